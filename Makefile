@@ -1,0 +1,98 @@
+# tagger build pipeline.
+#
+#   make run    install what is missing, build, and run the agent
+#   make test   the same set-up, then the whole test suite
+#
+# Kernel side: vmlinux.h (from this kernel's BTF) -> <probe>.bpf.o -> tagger.bpf.o
+# (static link) -> tagger.skel.h, which the cffi extension embeds.  V=1 shows
+# the commands.
+
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+PYTHON  ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+CLANG   ?= clang
+BPFTOOL ?= bpftool
+ARCH    := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
+
+# Debian packages: build (clang..zlib), workloads for tests and benchmarks.
+APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config \
+                stress-ng fio rt-tests redis-server linux-perf
+
+BPF_PROBES  := sched blkio cgroup
+BPF_OBJS    := $(patsubst %,bpf/%.bpf.o,$(BPF_PROBES))
+BPF_HEADERS := $(wildcard bpf/*.h)
+NATIVE_SRC  := tagger/native/build.py tagger/native/native.c tagger/native/native.h
+
+.PHONY: help deps venv bpf install run test bench clean
+
+help:
+	@echo "make run     set up everything missing, then run tagger"
+	@echo "make test    set up everything missing, then run the test suite"
+	@echo "make bench   run the benchmarks (root, real kernel)"
+	@echo "make bpf     build the BPF objects and skeleton only"
+	@echo "make clean   remove build products"
+
+# --- system packages ---------------------------------------------------------
+deps: .stamp-apt
+.stamp-apt: Makefile
+	$(Q)missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	$(Q)touch $@
+
+# --- kernel side ---------------------------------------------------------------
+bpf: bpf/tagger.skel.h
+
+bpf/vmlinux.h: | .stamp-apt
+	$(Q)echo "  BTF     $@"
+	$(Q)$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@
+
+bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS) bpf/vmlinux.h
+	$(Q)echo "  CLANG   $@"
+	$(Q)$(CLANG) -g -O2 -Wall -target bpf -D__TARGET_ARCH_$(ARCH) -Ibpf -c $< -o $@
+
+bpf/tagger.bpf.o: $(BPF_OBJS)
+	$(Q)echo "  LINK    $@"
+	$(Q)$(BPFTOOL) gen object $@ $^
+
+bpf/tagger.skel.h: bpf/tagger.bpf.o
+	$(Q)echo "  SKEL    $@"
+	$(Q)$(BPFTOOL) gen skeleton $< name tagger_bpf > $@
+
+# --- Python side ----------------------------------------------------------------
+venv: $(VPY)
+$(VPY): | .stamp-apt
+	$(Q)$(PYTHON) -m venv $(VENV)
+	$(Q)$(VPY) -m pip install -q --upgrade pip setuptools wheel
+
+install: .stamp-install
+.stamp-install: $(VPY) bpf/tagger.skel.h pyproject.toml setup.py $(NATIVE_SRC)
+	$(Q)echo "  PIP     tagger (editable, with tests)"
+	$(Q)$(VPY) -m pip install -q -e '.[test,bench]'
+	$(Q)touch $@
+
+run: install
+	$(VENV)/bin/tagger run $(ARGS)
+
+test: install
+	$(VPY) -m pytest -ra $(PYTEST_ARGS)
+
+bench: install
+	$(Q)for b in benchmarks/bench_*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done
+
+clean:
+	rm -rf build *.egg-info tagger/native/_native*.so tagger/native/_native.c \
+	       bpf/*.o bpf/*.skel.h bpf/vmlinux.h .stamp-install

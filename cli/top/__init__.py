@@ -1,0 +1,1 @@
+"""tagger top: the live, top-like view."""

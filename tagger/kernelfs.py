@@ -1,0 +1,124 @@
+"""The one door to /proc, /sys/fs/cgroup and /sys/fs/resctrl.
+
+Every read and write of a kernel file goes through a :class:`KernelFS`, whose
+root tests point at a temporary directory (a fixture tree for what this machine
+lacks: resctrl, the cpu controller on cgroup v2).  errno becomes a domain
+exception here (see :mod:`tagger.errors`); optional files read as ``None``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import errors
+
+
+class KernelFS:
+    """Kernel files under ``root`` ("/" on a real host)."""
+
+    def __init__(self, root: str | os.PathLike = "/"):
+        self.root = Path(root)
+
+    def __repr__(self):
+        return f"KernelFS({str(self.root)!r})"
+
+    @property
+    def is_real(self) -> bool:
+        return self.root == Path("/")
+
+    def path(self, p: str | os.PathLike) -> Path:
+        """The real path of kernel path ``p`` (e.g. "/sys/fs/cgroup/unified")."""
+        p = str(p)
+        return self.root / p.lstrip("/") if p.startswith("/") else self.root / p
+
+    # --- reads ------------------------------------------------------------
+    def read_text(self, p) -> str:
+        real = self.path(p)
+        try:
+            with open(real, "r") as f:
+                return f.read()
+        except OSError as err:
+            raise errors.from_oserror(err, p) from err
+
+    def read_optional(self, p) -> str | None:
+        """Contents, or None when the file does not exist (an optional feature)."""
+        try:
+            return self.read_text(p)
+        except errors.NotFound:
+            return None
+
+    def read_int(self, p) -> int:
+        return int(self.read_text(p).split()[0])
+
+    def read_keyed(self, p) -> dict[str, int]:
+        """A flat keyed file such as cpu.stat: "key value" per line."""
+        out = {}
+        for line in self.read_text(p).splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                try:
+                    out[parts[0]] = int(parts[1])
+                except ValueError:
+                    pass
+        return out
+
+    def read_pressure(self, p) -> dict[str, dict[str, float]] | None:
+        """A PSI file ({some,full} -> {avg10,avg60,avg300,total}); None if absent."""
+        text = self.read_optional(p)
+        if text is None:
+            return None
+        out = {}
+        for line in text.splitlines():
+            kind, *fields = line.split()
+            out[kind] = {k: float(v) for k, v in (f.split("=") for f in fields)}
+        return out
+
+    def exists(self, p) -> bool:
+        return self.path(p).exists()
+
+    def is_dir(self, p) -> bool:
+        return self.path(p).is_dir()
+
+    def listdir(self, p) -> list[str]:
+        try:
+            return sorted(os.listdir(self.path(p)))
+        except OSError as err:
+            raise errors.from_oserror(err, p) from err
+
+    def stat(self, p) -> os.stat_result:
+        try:
+            return os.stat(self.path(p))
+        except OSError as err:
+            raise errors.from_oserror(err, p) from err
+
+    # --- writes -----------------------------------------------------------
+    def write_text(self, p, value: str) -> None:
+        """Write one value; the kernel's refusal raises KernelRefused with its errno."""
+        real = self.path(p)
+        try:
+            # No O_CREAT on a real host: a missing knob must be an error, not a new file.
+            flags = os.O_WRONLY | (0 if self.is_real else os.O_CREAT | os.O_TRUNC)
+            fd = os.open(real, flags, 0o644)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise errors.from_oserror(err, p, value) from err
+
+    def mkdir(self, p, exist_ok=True) -> None:
+        try:
+            os.makedirs(self.path(p), exist_ok=exist_ok)
+        except OSError as err:
+            raise errors.from_oserror(err, p, "mkdir") from err
+
+    def rmdir(self, p) -> None:
+        try:
+            os.rmdir(self.path(p))
+        except OSError as err:
+            raise errors.from_oserror(err, p, "rmdir") from err
+
+
+#: The host's kernel files.  Modules take a ``fs`` argument defaulting to this.
+HOST = KernelFS("/")

@@ -1,0 +1,1 @@
+"""Policies: closed control loops over many cgroups (Retro's LatencySLO)."""

@@ -1,0 +1,30 @@
+"""A ``policies:`` entry, parsed by the rules loader and run by :mod:`tagger.policies`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which cgroups: by path globs, excludes, display names and current tags."""
+    cgroup: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LatencySloSpec:
+    """``kind: latency-slo``: keep ``metric < target`` for the protected cgroups by
+    throttling the ``throttle`` ones (Retro's LatencySLO)."""
+    name: str
+    protect: Selector
+    throttle: Selector
+    metric: str                 # e.g. "runq.p99" or "io.lat.p99"
+    target: float               # seconds
+    alpha: float = 0.5          # throttle gain
+    beta: float = 0.1           # release step (fraction per tick)
+    floor: float = 0.1          # CPUs: lowest quota it may impose
+    ceiling: float | None = None  # CPUs: released limit; None = the node's CPUs
+    resources: tuple[str, ...] = ("cpu", "io")

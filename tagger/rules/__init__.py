@@ -1,0 +1,1 @@
+"""Rules: parse, validate, compile and evaluate the rules directory."""
