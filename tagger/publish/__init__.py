@@ -1,0 +1,125 @@
+"""Publishers: the ways the world reads tagger's tags (Prometheus, Redis).
+
+The socket API lives in :mod:`tagger.api`; the daemon wires them all.  Helpers
+shared by the publishers and the socket API live here: cgroup path globs and
+turning the engine's records (Tag, TagEvent, AppliedAction, Snapshot) into
+plain values that msgpack, JSON and Redis can carry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+
+import numpy as np
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern:
+    # Same reading as rules' `match: {cgroup: ...}`: "**" crosses "/", "*" and "?" do not.
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("/**", i) and i + 3 == len(pattern):
+            out.append("(?:/.*)?")          # "/a/**" also matches "/a" itself
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def path_matches(path: str, patterns) -> bool:
+    """True if ``path`` matches any of ``patterns`` (``None`` or empty: everything).
+
+    ``**`` matches across ``/``; ``*`` and ``?`` stay within one path element;
+    ``/a/**`` matches ``/a`` and everything under it."""
+    if not patterns:
+        return True
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    return any(_glob_regex(p).match(path) for p in patterns)
+
+
+def to_plain(obj):
+    """Dataclasses, numpy scalars/arrays, tuples and sets as plain dicts, lists,
+    floats, ints and strings (what msgpack, JSON and Redis carry).  NaN stays a
+    float NaN; callers that need JSON turn it into null."""
+    if obj is None or isinstance(obj, (str, bool, int, bytes)):
+        return obj
+    if isinstance(obj, float):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.name.startswith("_")}
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_plain(v) for v in obj]
+    return str(obj)
+
+
+def json_safe(obj):
+    """``to_plain`` output with NaN and infinities as None (JSON has neither)."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def snapshot_to_plain(snap, patterns=None) -> dict:
+    """A Snapshot as plain values, optionally only the rows whose path matches."""
+    rows = [i for i, p in enumerate(snap.cgroups.paths) if path_matches(p, patterns)] \
+        if patterns else None
+    table = snap.cgroups
+
+    def pick(seq):
+        return list(seq) if rows is None else [seq[i] for i in rows]
+
+    columns = {}
+    for name, col in snap.columns.items():
+        col = np.asarray(col, dtype=np.float64)
+        columns[name] = (col if rows is None else col[rows]).tolist()
+    return {
+        "t": float(snap.t), "dt": float(snap.dt), "seq": int(snap.seq), "source": snap.source,
+        "cgroups": {
+            "ids": [int(x) for x in pick(table.ids)],
+            "paths": pick(table.paths),
+            "names": pick(table.names),
+            "labels": pick(table.labels),
+        },
+        "columns": columns,
+        "node": {k: float(v) for k, v in snap.node.items()},
+    }
+
+
+def current_tags_plain(current: dict) -> dict:
+    """``TagStore.current()`` ({path: {key: Tag}}) as {path: {key: {value, rule, since}}}."""
+    out = {}
+    for path, tags in current.items():
+        out[path] = {key: {"value": _attr(tag, "value"), "rule": _attr(tag, "rule"),
+                           "since": _attr(tag, "since")} for key, tag in tags.items()}
+    return out
+
+
+def _attr(obj, name):
+    return to_plain(obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None))

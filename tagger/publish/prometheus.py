@@ -1,0 +1,262 @@
+"""Prometheus exposition of the latest tick: per-cgroup metrics, tags, applied
+actions and the agent's own health.
+
+A custom collector (prometheus_client's "custom collector" pattern) builds the
+families from the latest published tick at scrape time, so a cgroup that
+vanished is simply absent from the next scrape: no labelled Gauge children to
+forget and leak.  The tick loop only swaps one reference (:meth:`update`);
+the cost of formatting is paid by the scraper's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import start_http_server
+from prometheus_client.samples import Sample
+
+from tagger import __version__
+from tagger.errors import ConfigError
+from tagger.publish import path_matches
+from tagger.snapshot import METRICS, NODE_METRICS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADDR = "127.0.0.1:9473"
+
+#: Snapshot unit -> Prometheus base-unit suffix (prometheus.io/docs/practices/naming).
+UNIT_SUFFIX = {
+    "s": "_seconds", "s/s": "_seconds_per_second", "bytes": "_bytes",
+    "bytes/s": "_per_second", "1/s": "_per_second", "fraction": "_ratio",
+    "cpus": "_cpus", "ratio": "", "count": "",
+}
+
+#: Cgroup labels (from the cgroup table) copied onto every per-cgroup series.
+WORKLOAD_LABELS = ("namespace", "pod", "container")
+
+#: health key -> (metric name, "gauge" | "counter", help).  The daemon fills
+#: the health dict; keys it does not have are left out of the exposition.
+HEALTH = {
+    "tick_seconds": ("tagger_tick_seconds", "gauge", "Wall time the last tick's work took"),
+    "tick_cpu_seconds": ("tagger_tick_cpu_seconds", "gauge", "CPU time the last tick's work took"),
+    "tick_jitter_seconds": ("tagger_tick_jitter_seconds", "gauge",
+                            "How late the last tick started against its schedule"),
+    "tick_jitter_max_seconds": ("tagger_tick_jitter_max_seconds", "gauge",
+                                "Largest tick lateness since start"),
+    "interval_seconds": ("tagger_tick_interval_seconds", "gauge", "Configured tick interval"),
+    "ticks": ("tagger_ticks", "counter", "Ticks run"),
+    "overruns": ("tagger_tick_overruns", "counter", "Ticks whose work took longer than the interval"),
+    "tick_errors": ("tagger_tick_errors", "counter", "Ticks that failed with an error (logged)"),
+    "cpu_seconds": ("tagger_agent_cpu_seconds", "counter", "CPU time used by the agent process"),
+    "bpf_ns_per_event": ("tagger_bpf_ns_per_event", "gauge",
+                         "Kernel time spent in tagger's BPF programs per event, nanoseconds"),
+    "events_per_second": ("tagger_bpf_events_per_second", "gauge", "Events counted in the kernel per second"),
+    "ringbuf_drops": ("tagger_ringbuf_drops", "counter", "Ring-buffer records lost (buffer full)"),
+    "map_full": ("tagger_map_full", "counter", "Updates refused because a BPF map was full"),
+    "cgroups": ("tagger_cgroups", "gauge", "Cgroups in the latest snapshot"),
+    "rules_loaded": ("tagger_rules_loaded", "gauge", "Rules in force"),
+    "policies_loaded": ("tagger_policies_loaded", "gauge", "Policies in force"),
+    "rule_errors": ("tagger_rule_errors", "gauge",
+                    "Problems found by the last load of the rules directory (0: it loaded)"),
+    "reloads": ("tagger_rule_reloads", "counter", "Successful reloads of the rules directory"),
+    "reload_failures": ("tagger_rule_reload_failures", "counter",
+                        "Reloads refused because the rules directory had errors"),
+    "tags": ("tagger_tags_current", "gauge", "Tags currently set, over all cgroups"),
+    "actions": ("tagger_actions_current", "gauge", "Actions currently applied"),
+    "api_clients": ("tagger_api_clients", "gauge", "Connected socket API clients"),
+    "api_dropped": ("tagger_api_subscribers_dropped", "counter",
+                    "Socket subscribers dropped for reading too slowly"),
+    "api_errors": ("tagger_api_request_errors", "counter", "Socket requests answered with an error"),
+    "redis_connected": ("tagger_redis_connected", "gauge", "1 while the Redis publisher is connected"),
+    "redis_dropped": ("tagger_redis_dropped", "counter",
+                      "Redis updates dropped because its queue was full (outage)"),
+}
+
+#: AppliedAction.knob -> (metric, help) for knobs whose value is a number.
+#: Other numeric knobs get tagger_action_<knob>; every action also gets
+#: tagger_action{cgroup,knob,rule,dry_run} 1.
+KNOB_METRICS = {
+    "cpu.max": ("tagger_cpu_max_cpus", "CPU quota applied, CPUs (quota / period)"),
+    "cpu.weight": ("tagger_cpu_weight", "cpu.weight applied"),
+    "io.read_bps": ("tagger_io_max_read_bytes_per_second", "Read limit applied, bytes/s"),
+    "io.write_bps": ("tagger_io_max_write_bytes_per_second", "Write limit applied, bytes/s"),
+    "io.read_iops": ("tagger_io_max_read_iops", "Read IOPS limit applied"),
+    "io.write_iops": ("tagger_io_max_write_iops", "Write IOPS limit applied"),
+    "rdt.mb": ("tagger_rdt_mb_percent", "Memory-bandwidth percentage applied"),
+}
+
+
+def metric_name(metric: str, unit: str) -> str:
+    """``runq.p99`` (s) -> ``tagger_runq_p99_seconds``."""
+    base = "tagger_" + re.sub(r"[^a-zA-Z0-9_]", "_", metric)
+    suffix = UNIT_SUFFIX.get(unit, "")
+    return base if base.endswith(suffix) else base + suffix
+
+
+class TaggerCollector:
+    """Collector for a private CollectorRegistry.  Thread-safe: :meth:`update`
+    (tick loop) swaps one tuple; :meth:`collect` (scrape thread) reads it."""
+
+    def __init__(self, export=None):
+        self.export = tuple(export or ())
+        self._latest = (None, {}, [], {})
+        self._lock = threading.Lock()
+
+    def update(self, snapshot=None, tags=None, actions=None, health=None):
+        """Publish one tick.  ``tags``: {path: {key: Tag}}; ``actions``: list of
+        AppliedAction; ``health``: the daemon's health dict (keys in HEALTH).
+        The objects must not be changed afterwards (the tick loop makes new ones)."""
+        with self._lock:
+            self._latest = (snapshot, tags or {}, list(actions or ()), dict(health or {}))
+
+    def describe(self):
+        return []     # no describe-time collect (families vary with the tick)
+
+    def collect(self):
+        with self._lock:
+            snapshot, tags, actions, health = self._latest
+        yield from self._health(health, snapshot)
+        rows = self._rows(snapshot) if snapshot is not None else []
+        if snapshot is not None:
+            yield from self._cgroup_metrics(snapshot, rows)
+            yield from self._node_metrics(snapshot)
+        yield from self._tags(tags)
+        yield from self._actions(actions)
+
+    # --- pieces -----------------------------------------------------------
+    def _rows(self, snapshot):
+        table = snapshot.cgroups
+        out = []
+        for i, path in enumerate(table.paths):
+            if self.export and not path_matches(path, self.export):
+                continue
+            labels = table.labels[i] if i < len(table.labels) else {}
+            extra = [(k, str(labels[k])) for k in WORKLOAD_LABELS if labels.get(k)]
+            out.append((i, path, table.names[i] if i < len(table.names) else path, extra))
+        return out
+
+    def _cgroup_metrics(self, snapshot, rows):
+        for metric, col in snapshot.columns.items():
+            meta = METRICS.get(metric)
+            unit = meta.unit if meta else ""
+            help_ = meta.help if meta else metric
+            fam = GaugeMetricFamily(metric_name(metric, unit), help_,
+                                    labels=["cgroup", "name"])
+            for i, path, name, extra in rows:
+                value = float(col[i])
+                if math.isnan(value):
+                    continue      # unknown is absent, never 0
+                # Sample labels may carry more than the family's: namespace/pod/container when known.
+                fam.samples.append(_sample(fam.name, {"cgroup": path, "name": name, **dict(extra)}, value))
+            yield fam
+
+    def _node_metrics(self, snapshot):
+        for key, value in snapshot.node.items():
+            meta = NODE_METRICS.get(key)
+            unit = meta.unit if meta else ""
+            value = float(value)
+            if math.isnan(value):
+                continue
+            name = metric_name("node." + key, unit)
+            yield GaugeMetricFamily(name, (meta.help if meta else key) + " (node)", value=value)
+
+    def _tags(self, tags):
+        fam = GaugeMetricFamily("tagger_tag", "1 for each tag set on a cgroup",
+                                labels=["cgroup", "key", "value"])
+        for path, by_key in tags.items():
+            if self.export and not path_matches(path, self.export):
+                continue
+            for key, tag in by_key.items():
+                value = tag.get("value") if isinstance(tag, dict) else getattr(tag, "value", tag)
+                fam.add_metric([path, str(key), str(value)], 1)
+        yield fam
+
+    def _actions(self, actions):
+        applied = GaugeMetricFamily("tagger_action", "1 for each knob tagger changed, and why",
+                                    labels=["cgroup", "knob", "rule", "dry_run"])
+        numeric: dict[str, GaugeMetricFamily] = {}
+        for act in actions:
+            cgroup, knob = str(_get(act, "cgroup")), str(_get(act, "knob"))
+            rule, dry = str(_get(act, "rule")), "true" if _get(act, "dry_run") else "false"
+            applied.add_metric([cgroup, knob, rule, dry], 1)
+            value = _get(act, "value")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                name, help_ = KNOB_METRICS.get(
+                    knob, ("tagger_action_" + re.sub(r"[^a-zA-Z0-9_]", "_", knob), f"{knob} applied"))
+                fam = numeric.get(name)
+                if fam is None:
+                    fam = numeric[name] = GaugeMetricFamily(name, help_, labels=["cgroup", "rule"])
+                fam.add_metric([cgroup, rule], float(value))
+        yield applied
+        yield from numeric.values()
+
+    def _health(self, health, snapshot):
+        info = InfoMetricFamily("tagger", "The agent's version and telemetry source")
+        info.add_metric([], {"version": __version__,
+                             "source": str(health.get("source") or getattr(snapshot, "source", "none"))})
+        yield info
+        for key, (name, kind, help_) in HEALTH.items():
+            value = health.get(key)
+            if value is None:
+                continue
+            value = float(value)
+            if math.isnan(value):
+                continue
+            if kind == "counter":
+                yield CounterMetricFamily(name, help_, value=value)
+            else:
+                yield GaugeMetricFamily(name, help_, value=value)
+
+
+def _sample(name, labels, value):
+    return Sample(name, labels, value)
+
+
+def _get(obj, name):
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """``"127.0.0.1:9473"``, ``":9473"`` (still loopback), ``"9473"``, ``"[::1]:9473"``."""
+    text = str(addr).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port_n = int(port)
+    except ValueError:
+        raise ConfigError(f"--metrics {addr!r}: expected HOST:PORT, e.g. {DEFAULT_ADDR}") from None
+    if not 0 <= port_n < 65536:
+        raise ConfigError(f"--metrics {addr!r}: port out of range")
+    return host, port_n
+
+
+class MetricsServer:
+    """The /metrics HTTP endpoint on its own registry and thread."""
+
+    def __init__(self, collector: TaggerCollector, addr: str = DEFAULT_ADDR):
+        self.collector = collector
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+        self.host, port = parse_addr(addr)
+        self._server, self._thread = start_http_server(port, addr=self.host, registry=self.registry)
+        self.port = self._server.server_port
+        if self.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("metrics served on %s:%d, not loopback: anyone who can reach it sees "
+                        "every cgroup's name and tags", self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self):
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
