@@ -51,7 +51,9 @@ def exposition(collector) -> dict:
 
 
 def samples(fams, name):
-    return [s for s in fams[name].samples if s.name == name] if name in fams else []
+    """Samples called ``name`` (a counter's family drops the _total suffix)."""
+    fam = fams.get(name) or fams.get(name.removesuffix("_total"))
+    return [s for s in fam.samples if s.name == name] if fam else []
 
 
 def test_exposition_parses_and_carries_everything():
