@@ -1,0 +1,455 @@
+"""Cgroup layout and registry: where each hierarchy lives, and id <-> path <-> name.
+
+A workload is known by its path relative to the hierarchy root ("/" is the
+root).  On a hybrid host (v2 mounted at /sys/fs/cgroup/unified, the controllers
+on v1, as on the development machines) that one path names it in every
+hierarchy: the v2 directory gives the cgroup id the BPF programs see (its inode
+number), the v1 cpu directory holds its quota, the v1 blkio directory its I/O
+figures.
+
+    layout = Layout.detect(fs=HOST)
+    layout.controller_version("cpu")        # 1, 2 or None
+    layout.controller_dir("cpu", "/a/b")     # "/sys/fs/cgroup/cpu/a/b"
+    registry = Registry(layout)
+    registry.scan()
+    registry.path_of(cgid), registry.id_of(path), registry.describe(path)
+
+Everything is read through a :class:`~tagger.kernelfs.KernelFS`, so tests point
+``fs`` at a temp tree holding a fake ``/proc/self/mounts``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Iterable, Mapping
+
+from . import errors
+from .kernelfs import HOST, KernelFS
+
+log = logging.getLogger(__name__)
+
+#: v1 controllers a "cgroup" mount's options may name (Documentation/admin-guide/cgroup-v1).
+V1_CONTROLLERS = frozenset({
+    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio",
+    "blkio", "perf_event", "hugetlb", "pids", "rdma", "misc",
+})
+
+#: The same controller under its other hierarchy's name (v1 "blkio" is v2 "io").
+_ALIASES = {"io": "blkio", "blkio": "io"}
+
+
+def _unescape_mount_field(s: str) -> str:
+    # /proc/mounts escapes space, tab, newline and backslash as \ooo (fs/proc_namespace.c).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def normalize(relpath: str) -> str:
+    """A relative cgroup path in canonical form: leading "/", no trailing "/"."""
+    parts = [p for p in str(relpath).split("/") if p and p != "."]
+    if ".." in parts:
+        raise ValueError(f"cgroup path may not contain '..': {relpath!r}")
+    return "/" + "/".join(parts)
+
+
+def _join(root: str, relpath: str) -> str:
+    rel = normalize(relpath)
+    return root if rel == "/" else root.rstrip("/") + rel
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the cgroup hierarchies are mounted on this host.
+
+    ``kind`` is "v2" (unified only), "v1" (legacy only) or "hybrid" (both: v2
+    holds the ids, controllers are on v1 unless listed in the v2 root's
+    ``cgroup.controllers``).  Paths are kernel paths (as under ``fs.root``)."""
+
+    kind: str
+    v2_root: str | None
+    v1_roots: Mapping[str, str]                 # controller or "name=systemd" -> mount point
+    v2_controllers: frozenset[str] = frozenset()
+    fs: KernelFS = field(default=HOST, repr=False, compare=False)
+
+    # --- detection ----------------------------------------------------------
+    @classmethod
+    def detect(cls, fs: KernelFS = HOST) -> "Layout":
+        """Read ``/proc/self/mounts`` (and the v2 root's cgroup.controllers)."""
+        return cls.from_mounts(fs.read_text("/proc/self/mounts"), fs)
+
+    @classmethod
+    def from_mounts(cls, mounts_text: str, fs: KernelFS = HOST) -> "Layout":
+        v2_root = None
+        v1_roots: dict[str, str] = {}
+        for line in mounts_text.splitlines():
+            fields = line.split()
+            if len(fields) < 4:
+                continue
+            where, fstype, opts = _unescape_mount_field(fields[1]), fields[2], fields[3].split(",")
+            if fstype == "cgroup2":
+                # The first cgroup2 mount wins; later ones are bind mounts of the same tree.
+                v2_root = v2_root or where
+            elif fstype == "cgroup":
+                for opt in opts:
+                    if opt in V1_CONTROLLERS or opt.startswith("name="):
+                        v1_roots.setdefault(opt, where)
+        if v2_root is None and not v1_roots:
+            raise errors.NotFound(errno.ENOENT, "no cgroup hierarchy is mounted (see /proc/self/mounts)")
+        v2_controllers: frozenset[str] = frozenset()
+        if v2_root is not None:
+            text = fs.read_optional(_join(v2_root, "/") + "/cgroup.controllers")
+            v2_controllers = frozenset((text or "").split())
+        if v2_root is None:
+            kind = "v1"
+        elif v1_roots:
+            kind = "hybrid"
+        else:
+            kind = "v2"
+        return cls(kind, v2_root, dict(v1_roots), v2_controllers, fs)
+
+    # --- queries --------------------------------------------------------------
+    def controller_version(self, name: str) -> int | None:
+        """1 if ``name`` is on a v1 hierarchy, 2 if the v2 root lists it in
+        cgroup.controllers, None if it is not available.  "io" and "blkio" are
+        the same controller."""
+        for n in (name, _ALIASES.get(name)):
+            if n and n in self.v1_roots:
+                return 1
+        for n in (name, _ALIASES.get(name)):
+            if n and self.v2_root is not None and n in self.v2_controllers:
+                return 2
+        return None
+
+    def controller_root(self, controller: str) -> str:
+        """Mount point of the hierarchy holding ``controller``; NotFound if none."""
+        version = self.controller_version(controller)
+        if version == 1:
+            name = controller if controller in self.v1_roots else _ALIASES[controller]
+            return self.v1_roots[name]
+        if version == 2:
+            return self.v2_root
+        raise errors.NotFound(
+            errno.ENOENT,
+            f"cgroup controller {controller!r} is not available: not mounted on v1 and not in "
+            f"{self.v2_root or 'the (missing) v2 root'}/cgroup.controllers")
+
+    def controller_dir(self, controller: str, relpath: str) -> str:
+        """Kernel path of ``relpath`` in the hierarchy holding ``controller``."""
+        return _join(self.controller_root(controller), relpath)
+
+    def v2_dir(self, relpath: str) -> str:
+        """Kernel path of ``relpath`` in the v2 hierarchy; NotFound on a v1-only host."""
+        if self.v2_root is None:
+            raise errors.NotFound(errno.ENOENT, "no cgroup v2 hierarchy is mounted (v1-only host)")
+        return _join(self.v2_root, relpath)
+
+    @property
+    def walk_root(self) -> str:
+        """The hierarchy the registry walks: v2 where mounted (it carries the ids
+        BPF sees), else the v1 cpu hierarchy, else name=systemd, else any."""
+        if self.v2_root is not None:
+            return self.v2_root
+        for key in ("cpu", "cpuacct", "name=systemd"):
+            if key in self.v1_roots:
+                return self.v1_roots[key]
+        return next(iter(self.v1_roots.values()))
+
+    def summary(self) -> dict:
+        """Plain data for ``tagger doctor`` and logs."""
+        where = {}
+        for ctrl in ("cpu", "cpuacct", "io", "memory", "cpuset", "pids"):
+            v = self.controller_version(ctrl)
+            where[ctrl] = None if v is None else {"version": v, "root": self.controller_root(ctrl)}
+        return {"kind": self.kind, "v2_root": self.v2_root, "v2_controllers": sorted(self.v2_controllers),
+                "v1_roots": dict(self.v1_roots), "controllers": where}
+
+
+# --- display names ------------------------------------------------------------
+
+_HEX_ID = re.compile(r"^[0-9a-f]{64}$")
+_SCOPE_PREFIXES = (          # runtime scope/dir prefix -> runtime label
+    ("cri-containerd-", "containerd"),
+    ("crio-conmon-", "crio-conmon"),
+    ("crio-", "crio"),
+    ("docker-", "docker"),
+    ("libpod-conmon-", "podman-conmon"),
+    ("libpod-", "podman"),
+    ("containerd-", "containerd"),
+)
+_POD_CGROUPFS = re.compile(r"^pod([0-9a-fA-F-]{8,})$")
+_POD_SYSTEMD = re.compile(r"^kubepods(?:-(burstable|besteffort))?-pod([0-9a-fA-F_]{8,})\.slice$")
+_QOS_SYSTEMD = re.compile(r"^kubepods-(burstable|besteffort)\.slice$")
+_SYSTEMD_UNIT = re.compile(r"^.+\.(service|scope|slice|socket|mount|swap|target|device)$")
+_USER_SLICE = re.compile(r"^user-(\d+)\.slice$")
+
+
+def _container_id(component: str) -> tuple[str, str] | None:
+    """(runtime, id) for a container's cgroup directory name, else None."""
+    name = component[:-len(".scope")] if component.endswith(".scope") else component
+    for prefix, runtime in _SCOPE_PREFIXES:
+        if name.startswith(prefix):
+            cid = name[len(prefix):]
+            if _HEX_ID.match(cid):
+                return runtime, cid
+    if _HEX_ID.match(name):            # cgroupfs driver, docker/containerd: the bare id
+        return "", name
+    return None
+
+
+PodNames = Callable[[str], "tuple[str, str] | None"]   # pod uid -> (namespace, pod name)
+
+
+def _kubernetes(parts: list[str], pod_names: PodNames | None) -> tuple[str, dict[str, str]] | None:
+    """Kubepods paths of both kubelet cgroup drivers (cgroupfs and systemd)."""
+    try:
+        k = next(i for i, p in enumerate(parts) if p in ("kubepods", "kubepods.slice"))
+    except StopIteration:
+        return None
+    rest = parts[k + 1:]
+    labels: dict[str, str] = {}
+    qos = "guaranteed"
+    uid = None
+    i = 0
+    if rest and (rest[0] in ("burstable", "besteffort") or _QOS_SYSTEMD.match(rest[0])):
+        m = _QOS_SYSTEMD.match(rest[0])
+        qos = m.group(1) if m else rest[0]
+        i = 1
+    if i < len(rest):
+        m = _POD_CGROUPFS.match(rest[i]) or _POD_SYSTEMD.match(rest[i])
+        if m:
+            uid = m.group(m.lastindex).replace("_", "-")   # systemd driver escapes '-' as '_'
+            i += 1
+    if uid is None:
+        if i == 0 and not rest:
+            return "kubepods", {"kind": "kubepods"}
+        if i == 1 and len(rest) == 1:
+            return f"kubepods-{qos}", {"kind": "qos", "qos": qos}
+        return None                    # something else under kubepods: the generic name
+    labels = {"kind": "pod", "qos": qos, "pod_uid": uid}
+    pod_name = f"pod/{uid}"
+    known = pod_names(uid) if pod_names else None
+    if known:
+        labels["namespace"], labels["pod"] = known
+        pod_name = f"{known[0]}/{known[1]}"
+    if i == len(rest):
+        return pod_name, labels
+    cont = _container_id(rest[i])
+    if cont is None:
+        return None
+    runtime, cid = cont
+    labels["kind"] = "container"
+    labels["container_id"] = cid
+    if runtime:
+        labels["runtime"] = runtime
+    tail = "/".join(rest[i + 1:])
+    return f"{pod_name}/{cid[:12]}" + (f"/{tail}" if tail else ""), labels
+
+
+def describe(path: str, pod_names: PodNames | None = None) -> tuple[str, dict[str, str]]:
+    """(display name, labels) for a cgroup path, from the path alone.
+
+    Labels: ``kind`` (unit, pod, container, qos, kubepods), ``unit``/``slice``
+    for systemd, ``qos``/``pod_uid``/``container_id``/``runtime`` for
+    Kubernetes and container runtimes (``namespace``/``pod`` only when
+    ``pod_names`` maps the pod uid).  Unknown shapes get their last component."""
+    path = normalize(path)
+    if pod_names is None:
+        name, labels = _describe_cached(path)
+        return name, dict(labels)      # the cache's dict stays unshared
+    return _describe(path, pod_names)
+
+
+@lru_cache(maxsize=65536)
+def _describe_cached(path: str) -> tuple[str, dict[str, str]]:
+    return _describe(path, None)
+
+
+def _describe(path: str, pod_names: PodNames | None) -> tuple[str, dict[str, str]]:
+    if path == "/":
+        return "/", {}
+    parts = path[1:].split("/")
+    k8s = _kubernetes(parts, pod_names)
+    if k8s is not None:
+        return k8s
+
+    # The innermost container or systemd unit names the workload: containers
+    # outside Kubernetes (/docker/<id>, /system.slice/docker-<id>.scope,
+    # /machine.slice/libpod-<id>.scope, containerd's cgroupfs /<namespace>/<id>)
+    # and units; a sub-cgroup inside one (delegation) keeps its name as a prefix.
+    for i in range(len(parts) - 1, -1, -1):
+        tail = "/".join(parts[i + 1:])
+        cont = _container_id(parts[i])
+        if cont is not None:
+            runtime, cid = cont
+            if not runtime and i > 0 and parts[i - 1] == "docker":
+                runtime = "docker"
+            labels = {"kind": "container", "container_id": cid}
+            if runtime:
+                labels["runtime"] = runtime
+            prefix = f"{runtime}-" if runtime else ""
+            return f"{prefix}{cid[:12]}" + (f"/{tail}" if tail else ""), labels
+        if _SYSTEMD_UNIT.match(parts[i]):
+            unit = parts[i]
+            labels = {"kind": "slice" if unit.endswith(".slice") else "unit", "unit": unit}
+            slices = [p for p in parts[:i] if p.endswith(".slice")]
+            if slices:
+                labels["slice"] = slices[-1]
+            for p in parts[:i + 1]:
+                m = _USER_SLICE.match(p)
+                if m:
+                    labels["uid"] = m.group(1)
+            return unit + (f"/{tail}" if tail else ""), labels
+    return parts[-1], {}
+
+
+# --- the registry ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Change:
+    """What one :meth:`Registry.scan` found: paths that appeared and vanished."""
+    added: frozenset[str]
+    removed: frozenset[str]
+
+
+class Registry:
+    """id <-> path <-> display name + labels for every cgroup in the v2 tree.
+
+    ``scan()`` walks the tree again (one ``getdents`` per cgroup, no ``stat``:
+    the v2 id is the directory's inode number, which ``os.scandir`` gives for
+    free) and reports what changed.  Cgroups that vanish mid-walk are skipped.
+    On a v1-only host the walk covers the cpu (or name=systemd) hierarchy and
+    every id is 0 (BPF cannot tell v1 cgroups apart)."""
+
+    def __init__(self, layout: Layout, fs: KernelFS | None = None, pod_names: PodNames | None = None):
+        self.layout = layout
+        self.fs = fs if fs is not None else layout.fs
+        self.pod_names = pod_names
+        self._by_path: dict[str, int] = {}
+        self._by_id: dict[int, str] = {}
+        self._names: dict[str, tuple[str, dict[str, str]]] = {}
+        self.scans = 0
+
+    def __len__(self) -> int:
+        return len(self._by_path)
+
+    def __contains__(self, path: str) -> bool:
+        return normalize(path) in self._by_path
+
+    @property
+    def has_ids(self) -> bool:
+        return self.layout.v2_root is not None
+
+    def paths(self) -> list[str]:
+        """Every known path, parents before children."""
+        return list(self._by_path)
+
+    def items(self) -> Iterable[tuple[int, str]]:
+        """(id, path) pairs, parents before children."""
+        return ((i, p) for p, i in self._by_path.items())
+
+    def scan(self) -> Change:
+        """Walk the hierarchy; return what appeared and vanished since the last scan."""
+        found = self._walk()
+        old = self._by_path
+        added = found.keys() - old.keys()
+        removed = old.keys() - found.keys()
+        # A path whose inode changed was removed and made again between scans.
+        recreated = {p for p in found.keys() & old.keys() if found[p] != old[p]}
+        self._by_path = found
+        self._by_id = {i: p for p, i in found.items() if i}
+        for p in removed:
+            self._names.pop(p, None)
+        self.scans += 1
+        return Change(frozenset(added | recreated), frozenset(removed | recreated))
+
+    def _walk(self) -> dict[str, int]:
+        root = self.layout.walk_root
+        ids = self.has_ids
+        real_root = self.fs.path(root)
+        try:
+            root_id = os.stat(real_root).st_ino if ids else 0
+        except OSError as err:
+            raise errors.from_oserror(err, root) from err
+        found = {"/": root_id}
+        stack = [(str(real_root), "")]
+        while stack:
+            real, rel = stack.pop()
+            try:
+                with os.scandir(real) as it:
+                    children = [(e.name, e.inode(), e.path) for e in it if e.is_dir(follow_symlinks=False)]
+            except (FileNotFoundError, NotADirectoryError):
+                continue              # the cgroup went away mid-walk: a normal race
+            except PermissionError as err:
+                log.debug("cannot list %s: %s", real, err)
+                continue
+            for name, ino, child_real in sorted(children):
+                child = f"{rel}/{name}"
+                found[child] = ino if ids else 0
+                stack.append((child_real, child))
+        # Parents before children, siblings in name order: stable row order.
+        return dict(sorted(found.items(), key=lambda kv: kv[0].split("/")))
+
+    # --- events from the BPF cgroup mkdir/rmdir ring buffer -------------------
+    def add(self, cgid: int, path: str) -> None:
+        """Record a cgroup made since the last scan (BPF mkdir event)."""
+        path = normalize(path)
+        old = self._by_path.get(path)
+        if old:
+            self._by_id.pop(old, None)
+        self._by_path[path] = cgid
+        if cgid:
+            self._by_id[cgid] = path
+
+    def remove(self, cgid: int | None = None, path: str | None = None) -> None:
+        """Forget a cgroup removed since the last scan (BPF rmdir event)."""
+        if path is None and cgid is not None:
+            path = self._by_id.get(cgid)
+        if path is None:
+            return
+        path = normalize(path)
+        cgid = self._by_path.pop(path, None)
+        if cgid:
+            self._by_id.pop(cgid, None)
+        self._names.pop(path, None)
+
+    # --- lookups ----------------------------------------------------------------
+    def path_of(self, cgid: int, rescan: bool = False) -> str | None:
+        """Path of the cgroup with v2 id ``cgid``; with ``rescan``, walk again once if unknown."""
+        path = self._by_id.get(int(cgid))
+        if path is None and rescan:
+            self.scan()
+            path = self._by_id.get(int(cgid))
+        return path
+
+    def id_of(self, path: str) -> int | None:
+        """v2 id of ``path`` (0 on a v1-only host), or None if unknown."""
+        return self._by_path.get(normalize(path))
+
+    def describe(self, path: str) -> tuple[str, dict[str, str]]:
+        """(display name, labels) of ``path`` (also for paths not seen yet)."""
+        path = normalize(path)
+        got = self._names.get(path)
+        if got is None:
+            got = describe(path, self.pod_names)
+            if path in self._by_path:
+                self._names[path] = got
+        return got
+
+    def name_of(self, path: str) -> str:
+        return self.describe(path)[0]
+
+    def table(self, paths: Iterable[str] | None = None):
+        """A :class:`~tagger.snapshot.CgroupTable` of ``paths`` (default: all known)."""
+        from .snapshot import CgroupTable
+        paths = self.paths() if paths is None else [normalize(p) for p in paths]
+        described = [self.describe(p) for p in paths]
+        return CgroupTable.from_paths(
+            paths,
+            names=[d[0] for d in described],
+            labels=[dict(d[1]) for d in described],
+            ids=[self._by_path.get(p) or 0 for p in paths],
+        )
