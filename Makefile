@@ -54,7 +54,7 @@ deps: .stamp-apt
 	$(Q)touch $@
 
 # --- kernel side ---------------------------------------------------------------
-bpf: bpf/tagger.skel.h
+bpf: bpf/tagger.skel.h bpf/empty.skel.h
 
 bpf/vmlinux.h: | .stamp-apt
 	$(Q)echo "  BTF     $@"
@@ -72,6 +72,11 @@ bpf/tagger.skel.h: bpf/tagger.bpf.o
 	$(Q)echo "  SKEL    $@"
 	$(Q)$(BPFTOOL) gen skeleton $< name tagger_bpf > $@
 
+# Empty programs on the same hooks: the benchmarks' baseline.
+bpf/empty.skel.h: bpf/empty.bpf.o
+	$(Q)echo "  SKEL    $@"
+	$(Q)$(BPFTOOL) gen skeleton $< name empty_bpf > $@
+
 # --- Python side ----------------------------------------------------------------
 venv: $(VPY)
 $(VPY): | .stamp-apt
@@ -79,7 +84,7 @@ $(VPY): | .stamp-apt
 	$(Q)$(VPY) -m pip install -q --upgrade pip setuptools wheel
 
 install: .stamp-install
-.stamp-install: $(VPY) bpf/tagger.skel.h pyproject.toml setup.py $(NATIVE_SRC)
+.stamp-install: $(VPY) bpf/tagger.skel.h bpf/empty.skel.h pyproject.toml setup.py $(NATIVE_SRC)
 	$(Q)echo "  PIP     tagger (editable, with tests)"
 	$(Q)$(VPY) -m pip install -q -e '.[test,bench]'
 	$(Q)touch $@

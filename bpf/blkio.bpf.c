@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Block I/O probe: per cgroup, completed requests, bytes, queue time
+ * (insert -> issue), device time (issue -> complete) and a latency histogram.
+ *
+ * Completion runs in interrupt context, where the current task is whoever
+ * was interrupted: the request is attributed at insert/issue to the bio's
+ * blkcg (the io controller's cgroup; on a hybrid host a v1 blkio cgroup that
+ * user space gave the slot of the v2 cgroup at the same path), falling back
+ * to the issuing task's cgroup. */
+#include <vmlinux.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "tagger.h"
+#include "maps.bpf.h"
+#include "core_fixes.bpf.h"
+
+struct tg_rq {
+	__u64 insert_ns;
+	__u64 issue_ns;
+	__u32 slot;
+	__u32 _pad;
+};
+
+/* In-flight requests, keyed by the request's address (preallocated: no
+ * allocation per event; a full map is counted in rq_full). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct tg_rq);
+} requests SEC(".maps");
+
+/* v1/v2 blkcg cgroup id -> slot: the bio's blkcg is reached through an
+ * untrusted pointer walk, so it is looked up by id rather than through
+ * cgroup storage.  Filled by user space (and by the mkdir handler on v2). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TG_DEFAULT_SLOTS);
+	__type(key, __u64);
+	__type(value, __u32);
+} blkcg_slots SEC(".maps") __weak;
+
+static __always_inline __u32 slot_of_request(struct request *rq, struct tg_global *g)
+{
+	struct bio *bio = BPF_CORE_READ(rq, bio);
+	__u64 id;
+	__u32 *slot;
+
+	if (bio) {
+		id = BPF_CORE_READ(bio, bi_blkg, blkcg, css.cgroup, kn, id);
+		if (id) {
+			slot = bpf_map_lookup_elem(&blkcg_slots, &id);
+			if (slot && *slot)
+				return *slot;
+		}
+	}
+	/* No bio (flush) or a blkcg not mapped yet: the issuing task. */
+	return slot_of_cgroup(bpf_get_current_task_btf()->cgroups->dfl_cgrp, g);
+}
+
+static __always_inline void track(struct request *rq, bool issue)
+{
+	__u64 now = bpf_ktime_get_ns(), key = (__u64)rq;
+	struct tg_global *g = global_of(bpf_get_smp_processor_id());
+	struct tg_rq *r, fresh = {};
+
+	g->io_events++;
+	r = bpf_map_lookup_elem(&requests, &key);
+	if (r && issue) {
+		/* Issued after insert, or re-issued after a requeue. */
+		r->issue_ns = now;
+		return;
+	}
+	/* Inserted into a scheduler queue, or issued directly (no scheduler). */
+	fresh.insert_ns = now;
+	fresh.issue_ns = issue ? now : 0;
+	fresh.slot = slot_of_request(rq, g);
+	if (bpf_map_update_elem(&requests, &key, &fresh, BPF_ANY))
+		g->rq_full++;
+}
+
+SEC("tp_btf/block_rq_insert")
+int BPF_PROG(tg_block_rq_insert, struct request *rq)
+{
+	track(rq, false);
+	return 0;
+}
+
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(tg_block_rq_issue, struct request *rq)
+{
+	track(rq, true);
+	return 0;
+}
+
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(tg_block_rq_complete, struct request *rq, blk_status_t error,
+	     unsigned int nr_bytes)
+{
+	__u64 now = bpf_ktime_get_ns(), key = (__u64)rq, lat, issue;
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct tg_global *g = global_of(cpu);
+	struct tg_cg_stats *s;
+	struct tg_event *e;
+	struct tg_rq *r;
+	__u32 op;
+
+	g->io_events++;
+	r = bpf_map_lookup_elem(&requests, &key);
+	if (!r)
+		return 0;        /* issued before we attached */
+	s = stats_of(cpu, r->slot);
+	if (!s)
+		return 0;
+	op = BPF_CORE_READ(rq, cmd_flags) & TG_REQ_OP_MASK;
+	if (op == REQ_OP_READ)
+		s->io_read_bytes += nr_bytes;
+	else if (op == REQ_OP_WRITE)
+		s->io_write_bytes += nr_bytes;
+	/* A partial completion leaves the rest of the request in flight. */
+	if (nr_bytes < BPF_CORE_READ(rq, __data_len))
+		return 0;
+
+	issue = r->issue_ns ? r->issue_ns : r->insert_ns;
+	lat = now - r->insert_ns;
+	s->io_ops++;
+	s->io_queue_ns += issue - r->insert_ns;
+	s->io_device_ns += now - issue;
+	if (lat > s->io_max_ns)
+		s->io_max_ns = lat;
+	s->io_hist[hist_bucket(lat)]++;
+
+	if (outlier_allowed(s, lat, now)) {
+		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (e) {
+			__builtin_memset(e, 0, sizeof(*e));
+			e->kind = TG_EV_IO;
+			e->slot = r->slot;
+			e->latency_ns = lat;
+			e->ts_ns = now;
+			bpf_ringbuf_submit(e, 0);
+		} else {
+			g->ringbuf_drops++;
+		}
+	}
+	bpf_map_delete_elem(&requests, &key);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: GPL-2.0
+/* cgroup lifecycle probe: gives each new v2 cgroup a slot at mkdir, before
+ * its first task can run, and tells user space about every mkdir/rmdir
+ * (v1 hierarchies included, so a v1 blkio cgroup can share the slot of the
+ * v2 cgroup at the same path). */
+#include <vmlinux.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "tagger.h"
+#include "maps.bpf.h"
+
+/* See blkio.bpf.c. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TG_DEFAULT_SLOTS);
+	__type(key, __u64);
+	__type(value, __u32);
+} blkcg_slots SEC(".maps") __weak;
+
+static __always_inline void emit(__u32 kind, struct cgroup *cgrp, const char *path, __u32 slot)
+{
+	struct tg_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		global_of(bpf_get_smp_processor_id())->ringbuf_drops++;
+		return;
+	}
+	e->kind = kind;
+	e->slot = slot;
+	e->cgroup_id = BPF_CORE_READ(cgrp, kn, id);
+	e->latency_ns = 0;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->pid = 0;
+	e->hierarchy_id = BPF_CORE_READ(cgrp, root, hierarchy_id);
+	e->level = BPF_CORE_READ(cgrp, level);
+	e->cause = 0;
+	e->comm[0] = 0;
+	bpf_probe_read_kernel_str(e->path, sizeof(e->path), path);
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(tg_cgroup_mkdir, struct cgroup *cgrp, const char *path)
+{
+	struct tg_global *g = global_of(bpf_get_smp_processor_id());
+	struct tg_slot *s;
+	__u32 slot = 0;
+	__u64 id;
+
+	/* v1 hierarchies: user space maps them by path. */
+	if (BPF_CORE_READ(cgrp, root, hierarchy_id) != 0) {
+		emit(TG_EV_MKDIR, cgrp, path, 0);
+		return 0;
+	}
+	s = bpf_cgrp_storage_get(&cgroup_slots, cgrp, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!s) {
+		g->slots_exhausted++;
+	} else if (!s->slot) {
+		if (bpf_map_pop_elem(&free_slots, &slot) == 0) {
+			s->slot = slot;
+			/* On a pure v2 host the blkcg is this very cgroup. */
+			id = BPF_CORE_READ(cgrp, kn, id);
+			bpf_map_update_elem(&blkcg_slots, &id, &slot, BPF_ANY);
+		} else {
+			g->slots_exhausted++;
+		}
+	} else {
+		slot = s->slot;
+	}
+	emit(TG_EV_MKDIR, cgrp, path, slot);
+	return 0;
+}
+
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(tg_cgroup_rmdir, struct cgroup *cgrp, const char *path)
+{
+	struct tg_slot *s;
+	__u32 slot = 0;
+
+	if (BPF_CORE_READ(cgrp, root, hierarchy_id) == 0) {
+		s = bpf_cgrp_storage_get(&cgroup_slots, cgrp, 0, 0);
+		if (s) {
+			slot = s->slot;
+			/* User space recycles the slot after its last read. */
+			s->slot = 0;
+		}
+	}
+	emit(TG_EV_RMDIR, cgrp, path, slot);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

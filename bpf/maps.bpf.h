@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Maps and settings shared by every probe.  Each probe's object carries a
+ * weak copy; `bpftool gen object` links them into one. */
+#ifndef __MAPS_BPF_H
+#define __MAPS_BPF_H
+
+#include <vmlinux.h>
+#include <bpf/bpf_helpers.h>
+#include "tagger.h"
+
+/* Settings, written into .rodata before load. */
+const volatile __u32 targ_max_slots __weak = TG_DEFAULT_SLOTS;
+const volatile __u64 targ_outlier_ns __weak = 0;            /* 0: no outlier events */
+const volatile __u64 targ_outlier_interval_ns __weak = 1000000000ULL;
+
+/* Counters: one struct per (cpu, slot), cpu-major, so each CPU writes only
+ * its own cache lines and user space reads them all through one mmap.
+ * max_entries = nr_cpus * targ_max_slots, set before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tg_cg_stats);
+} stats SEC(".maps") __weak;
+
+/* cgroup -> slot.  Local storage, so the hot path finds a cgroup's slot
+ * without a hash lookup; v1 blkio cgroups carry the slot of the v2 cgroup
+ * at the same path (set by user space). */
+struct {
+	__uint(type, BPF_MAP_TYPE_CGRP_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct tg_slot);
+} cgroup_slots SEC(".maps") __weak;
+
+/* Free slots: user space fills it and returns slots of removed cgroups;
+ * the cgroup_mkdir handler takes from it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, TG_DEFAULT_SLOTS);
+	__type(value, __u32);
+} free_slots SEC(".maps") __weak;
+
+/* Lifecycle events and latency outliers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps") __weak;
+
+/* Health counters, per CPU (read through the skeleton's .bss mmap). */
+struct tg_global globals[TG_MAX_CPUS] __weak SEC(".bss");
+
+static __always_inline struct tg_cg_stats *stats_of(__u32 cpu, __u32 slot)
+{
+	__u32 idx;
+
+	if (slot >= targ_max_slots)
+		slot = 0;
+	idx = cpu * targ_max_slots + slot;
+	return bpf_map_lookup_elem(&stats, &idx);
+}
+
+static __always_inline struct tg_global *global_of(__u32 cpu)
+{
+	return &globals[cpu & (TG_MAX_CPUS - 1)];
+}
+
+/* The slot of a cgroup, or 0 (counted) when it has none yet. */
+static __always_inline __u32 slot_of_cgroup(struct cgroup *cgrp, struct tg_global *g)
+{
+	struct tg_slot *s = bpf_cgrp_storage_get(&cgroup_slots, cgrp, 0, 0);
+
+	if (s && s->slot)
+		return s->slot;
+	g->unknown_cgroup++;
+	return 0;
+}
+
+/* log2 bucket of a latency, in microseconds (as bcc's runqlat -u). */
+static __always_inline __u32 hist_bucket(__u64 ns)
+{
+	__u64 us = ns / 1000;
+	__u32 r = 0, shift;
+
+	shift = (us > 0xFFFFFFFF) << 5; us >>= shift; r |= shift;
+	shift = (us > 0xFFFF) << 4; us >>= shift; r |= shift;
+	shift = (us > 0xFF) << 3; us >>= shift; r |= shift;
+	shift = (us > 0xF) << 2; us >>= shift; r |= shift;
+	shift = (us > 0x3) << 1; us >>= shift; r |= shift;
+	r |= (us >> 1);
+	return r < TG_HIST_BUCKETS ? r : TG_HIST_BUCKETS - 1;
+}
+
+/* Outlier events are rate limited per cgroup (per CPU) in the kernel. */
+static __always_inline bool outlier_allowed(struct tg_cg_stats *s, __u64 lat, __u64 now)
+{
+	if (!targ_outlier_ns || lat < targ_outlier_ns)
+		return false;
+	if (now - s->last_outlier_ns < targ_outlier_interval_ns)
+		return false;
+	s->last_outlier_ns = now;
+	return true;
+}
+
+#endif /* __MAPS_BPF_H */

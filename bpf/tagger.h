@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Structs and constants shared by the BPF programs and the C hot path
+ * (tagger/native).  Fixed-width types only: both sides compile this file,
+ * and tagger/native/build.py feeds it to cffi, so Python never retypes it. */
+#ifndef __TAGGER_H
+#define __TAGGER_H
+
+#define TG_MAX_CPUS       1024   /* power of two: masks a cpu index for the verifier */
+#define TG_DEFAULT_SLOTS  16384  /* cgroups tracked at once; slot 0 is "cgroup not known yet" */
+#define TG_HIST_BUCKETS   27     /* log2(us): bucket k holds [2^k, 2^(k+1)) us, bucket 0 [0, 2) us */
+#define TG_CAUSES         3
+#define TG_PATH_MAX       256
+#define TG_COMM_LEN       16
+
+/* Why a task was waiting on the run queue. */
+enum tg_cause {
+	TG_CAUSE_WAKEUP  = 0,    /* woken from sleep */
+	TG_CAUSE_NEW     = 1,    /* new task (fork/clone) */
+	TG_CAUSE_PREEMPT = 2,    /* switched out while still runnable */
+};
+
+enum tg_event_kind {
+	TG_EV_MKDIR   = 1,
+	TG_EV_RMDIR   = 2,
+	TG_EV_RUNQ    = 3,       /* run-queue latency above targ_outlier_ns */
+	TG_EV_IO      = 4,       /* block request latency above targ_outlier_ns */
+};
+
+/* Run-queue latency of one cause, counted since load. */
+struct tg_runq {
+	__u64 count;
+	__u64 sum_ns;
+	__u64 max_ns;            /* since the last read: user space zeroes it */
+	__u32 hist[TG_HIST_BUCKETS];   /* wraps; user space takes deltas mod 2^32 */
+	__u32 _pad;
+};
+
+/* Counters of one cgroup on one CPU (the kernel side), or summed over CPUs
+ * (what tg_read_stats returns).  Monotonic except the *max_ns fields. */
+struct tg_cg_stats {
+	__u64 cpu_ns;            /* on-CPU time, switch-in to switch-out */
+	__u64 switches;          /* voluntary switch-outs (task blocked) */
+	__u64 preempted;         /* involuntary switch-outs (still runnable) */
+	__u64 preempts;          /* preemptions this cgroup's tasks caused */
+	struct tg_runq runq[TG_CAUSES];
+	__u64 io_ops;            /* completed block requests */
+	__u64 io_read_bytes;
+	__u64 io_write_bytes;
+	__u64 io_queue_ns;       /* insert -> issue */
+	__u64 io_device_ns;      /* issue -> complete */
+	__u64 io_max_ns;         /* since the last read */
+	__u32 io_hist[TG_HIST_BUCKETS];
+	__u32 _pad;
+	__u64 last_outlier_ns;   /* per-CPU rate limit of outlier events */
+	__u64 _reserved[4];      /* pads the struct to 640 bytes, ten cache lines */
+};
+
+/* Per-CPU health counters: nothing is lost silently. */
+struct tg_global {
+	__u64 sched_events;      /* sched_switch + sched_wakeup{,_new} handled */
+	__u64 io_events;         /* block insert/issue/complete handled */
+	__u64 unknown_cgroup;    /* events of cgroups without a slot (counted in slot 0) */
+	__u64 ringbuf_drops;     /* events the ring buffer had no room for */
+	__u64 pairs_full;        /* preemption pairs the pair map had no room for */
+	__u64 rq_full;           /* block requests the request map had no room for */
+	__u64 slots_exhausted;   /* new cgroups that found no free slot */
+	__u64 task_storage_fail; /* tasks that could not get storage */
+};
+
+/* Victim and preemptor cgroup slots: key of the preemption pair map. */
+struct tg_pair {
+	__u32 victim;
+	__u32 preemptor;
+};
+
+/* Value of the per-cgroup local storage: the cgroup's slot. */
+struct tg_slot {
+	__u32 slot;
+	__u32 flags;
+};
+
+/* One ring-buffer record: cgroup lifecycle or a latency outlier. */
+struct tg_event {
+	__u32 kind;              /* enum tg_event_kind */
+	__u32 slot;
+	__u64 cgroup_id;         /* kernfs id of the cgroup (its inode number) */
+	__u64 latency_ns;
+	__u64 ts_ns;
+	__u32 pid;
+	__u32 hierarchy_id;      /* 0 = cgroup v2 */
+	__u32 level;
+	__u32 cause;
+	char comm[TG_COMM_LEN];
+	char path[TG_PATH_MAX];
+};
+
+#endif /* __TAGGER_H */

@@ -1,0 +1,365 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The C hot path: open, load, attach and detach tagger's BPF programs; read
+ * every counter in one call per tick; drain the ring buffer into a
+ * caller-owned array.  No Python runs per event, and nothing here allocates
+ * per tick. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "tagger.h"
+#include "native.h"
+#include "tagger.skel.h"
+#include "empty.skel.h"
+
+struct tg_handle {
+	struct tagger_bpf *skel;
+	struct ring_buffer *rb;
+	struct tg_cg_stats *stats;   /* mmap of the stats map: [cpu][slot] */
+	size_t stats_len;
+	int ncpus;
+	uint32_t max_slots;
+	/* tg_drain's target while ring_buffer__consume runs */
+	struct tg_event *drain_out;
+	uint32_t drain_cap, drain_n;
+};
+
+struct tg_empty {
+	struct empty_bpf *skel;
+};
+
+const char *tg_version(void)
+{
+	return TG_VERSION;
+}
+
+static int libbpf_print(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+	/* Warnings only: the verifier log of a failed load is one. */
+	if (level == LIBBPF_DEBUG || getenv("TAGGER_LIBBPF_QUIET"))
+		return 0;
+	return vfprintf(stderr, fmt, args);
+}
+
+static int on_event(void *ctx, void *data, size_t len)
+{
+	struct tg_handle *h = ctx;
+
+	if (len < sizeof(struct tg_event))
+		return 0;
+	memcpy(&h->drain_out[h->drain_n++], data, sizeof(struct tg_event));
+	/* Stop once the caller's array is full (this record is already
+	 * copied); the rest stays in the ring for the next drain. */
+	return h->drain_n == h->drain_cap ? -ENOSPC : 0;
+}
+
+int tg_open(const struct tg_config *cfg, struct tg_handle **out)
+{
+	struct tg_handle *h;
+	int err, fd;
+
+	libbpf_set_print(libbpf_print);
+	if (cfg->max_slots < 2)
+		return -EINVAL;
+	h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->ncpus = libbpf_num_possible_cpus();
+	if (h->ncpus <= 0 || h->ncpus > TG_MAX_CPUS) {
+		err = h->ncpus <= 0 ? h->ncpus : -E2BIG;
+		goto fail;
+	}
+	h->max_slots = cfg->max_slots;
+
+	h->skel = tagger_bpf__open();
+	if (!h->skel) {
+		err = -errno;
+		goto fail;
+	}
+	h->skel->rodata->targ_max_slots = cfg->max_slots;
+	h->skel->rodata->targ_outlier_ns = cfg->outlier_ns;
+	h->skel->rodata->targ_outlier_interval_ns = cfg->outlier_interval_ns;
+	err = bpf_map__set_max_entries(h->skel->maps.stats, (uint32_t)h->ncpus * cfg->max_slots);
+	err = err ?: bpf_map__set_max_entries(h->skel->maps.free_slots, cfg->max_slots);
+	err = err ?: bpf_map__set_max_entries(h->skel->maps.blkcg_slots, cfg->max_slots);
+	if (err)
+		goto fail;
+	err = tagger_bpf__load(h->skel);
+	if (err)
+		goto fail;
+
+	fd = bpf_map__fd(h->skel->maps.stats);
+	h->stats_len = (size_t)h->ncpus * cfg->max_slots * sizeof(struct tg_cg_stats);
+	h->stats = mmap(NULL, h->stats_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (h->stats == MAP_FAILED) {
+		h->stats = NULL;
+		err = -errno;
+		goto fail;
+	}
+	h->rb = ring_buffer__new(bpf_map__fd(h->skel->maps.events), on_event, h, NULL);
+	if (!h->rb) {
+		err = -errno;
+		goto fail;
+	}
+	*out = h;
+	return 0;
+fail:
+	tg_close(h);
+	return err < 0 ? err : -EINVAL;
+}
+
+int tg_attach(struct tg_handle *h)
+{
+	return tagger_bpf__attach(h->skel);
+}
+
+void tg_close(struct tg_handle *h)
+{
+	if (!h)
+		return;
+	ring_buffer__free(h->rb);
+	if (h->stats)
+		munmap(h->stats, h->stats_len);
+	/* Destroying the skeleton detaches every link and frees the maps. */
+	tagger_bpf__destroy(h->skel);
+	free(h);
+}
+
+int tg_nr_cpus(struct tg_handle *h)
+{
+	return h->ncpus;
+}
+
+uint32_t tg_max_slots(struct tg_handle *h)
+{
+	return h->max_slots;
+}
+
+static void add_runq(struct tg_runq *dst, struct tg_runq *src)
+{
+	dst->count += src->count;
+	dst->sum_ns += src->sum_ns;
+	if (src->max_ns > dst->max_ns)
+		dst->max_ns = src->max_ns;
+	src->max_ns = 0;
+	for (int b = 0; b < TG_HIST_BUCKETS; b++)
+		dst->hist[b] += src->hist[b];
+}
+
+/* Sum every CPU's counters of slots [0, nslots) into out[], and restart the
+ * "since the last read" maxima.  Zeroing a max races with a CPU raising it;
+ * losing that one sample to the next tick is the price of taking no lock. */
+int tg_read_stats(struct tg_handle *h, struct tg_cg_stats *out, uint32_t nslots)
+{
+	if (nslots > h->max_slots)
+		nslots = h->max_slots;
+	memset(out, 0, (size_t)nslots * sizeof(*out));
+	for (int cpu = 0; cpu < h->ncpus; cpu++) {
+		struct tg_cg_stats *row = h->stats + (size_t)cpu * h->max_slots;
+
+		for (uint32_t i = 0; i < nslots; i++) {
+			struct tg_cg_stats *s = &row[i], *d = &out[i];
+
+			d->cpu_ns += s->cpu_ns;
+			d->switches += s->switches;
+			d->preempted += s->preempted;
+			d->preempts += s->preempts;
+			for (int c = 0; c < TG_CAUSES; c++)
+				add_runq(&d->runq[c], &s->runq[c]);
+			d->io_ops += s->io_ops;
+			d->io_read_bytes += s->io_read_bytes;
+			d->io_write_bytes += s->io_write_bytes;
+			d->io_queue_ns += s->io_queue_ns;
+			d->io_device_ns += s->io_device_ns;
+			if (s->io_max_ns > d->io_max_ns)
+				d->io_max_ns = s->io_max_ns;
+			s->io_max_ns = 0;
+			for (int b = 0; b < TG_HIST_BUCKETS; b++)
+				d->io_hist[b] += s->io_hist[b];
+		}
+	}
+	return (int)nslots;
+}
+
+int tg_read_globals(struct tg_handle *h, struct tg_global *out)
+{
+	memset(out, 0, sizeof(*out));
+	for (int cpu = 0; cpu < h->ncpus; cpu++) {
+		const uint64_t *src = (const uint64_t *)&h->skel->bss->globals[cpu];
+		uint64_t *dst = (uint64_t *)out;
+
+		for (size_t k = 0; k < sizeof(*out) / sizeof(uint64_t); k++)
+			dst[k] += src[k];
+	}
+	return 0;
+}
+
+int tg_drain(struct tg_handle *h, struct tg_event *out, uint32_t cap)
+{
+	int err;
+
+	if (!cap)
+		return 0;
+	h->drain_out = out;
+	h->drain_cap = cap;
+	h->drain_n = 0;
+	err = ring_buffer__consume(h->rb);
+	if (err < 0 && err != -ENOSPC)
+		return err;
+	return (int)h->drain_n;
+}
+
+/* Take (and empty) the preemption pair map in batches. */
+int tg_read_pairs(struct tg_handle *h, struct tg_pair *keys, uint64_t *counts, uint32_t cap)
+{
+	int fd = bpf_map__fd(h->skel->maps.preempt_pairs);
+	uint64_t token = 0;
+	uint32_t total = 0, n;
+	bool first = true;
+	int err;
+
+	while (total < cap) {
+		n = cap - total;
+		err = bpf_map_lookup_and_delete_batch(fd, first ? NULL : &token, &token,
+						      keys + total, counts + total, &n, NULL);
+		first = false;
+		total += n;
+		if (err) {
+			if (errno == ENOENT)   /* the whole map was read */
+				break;
+			return -errno;
+		}
+	}
+	return (int)total;
+}
+
+int tg_slot_push(struct tg_handle *h, uint32_t slot)
+{
+	if (slot == 0 || slot >= h->max_slots)
+		return -EINVAL;
+	/* A recycled slot starts from zero on every CPU. */
+	for (int cpu = 0; cpu < h->ncpus; cpu++)
+		memset(&h->stats[(size_t)cpu * h->max_slots + slot], 0, sizeof(struct tg_cg_stats));
+	if (bpf_map_update_elem(bpf_map__fd(h->skel->maps.free_slots), NULL, &slot, 0))
+		return -errno;
+	return 0;
+}
+
+int tg_slot_pop(struct tg_handle *h, uint32_t *slot)
+{
+	if (bpf_map_lookup_and_delete_elem(bpf_map__fd(h->skel->maps.free_slots), NULL, slot))
+		return -errno;
+	return 0;
+}
+
+int tg_register_cgroup(struct tg_handle *h, int cgroup_fd, uint32_t slot, uint32_t *existing)
+{
+	int fd = bpf_map__fd(h->skel->maps.cgroup_slots);
+	struct tg_slot value = { .slot = slot };
+
+	*existing = 0;
+	if (bpf_map_update_elem(fd, &cgroup_fd, &value, BPF_NOEXIST) == 0)
+		return 0;
+	if (errno != EEXIST)
+		return -errno;
+	/* The mkdir handler got there first (or a slot-less entry exists). */
+	if (bpf_map_lookup_elem(fd, &cgroup_fd, &value))
+		return -errno;
+	if (value.slot) {
+		*existing = value.slot;
+		return -EEXIST;
+	}
+	value.slot = slot;
+	if (bpf_map_update_elem(fd, &cgroup_fd, &value, BPF_EXIST))
+		return -errno;
+	return 0;
+}
+
+int tg_map_blkcg(struct tg_handle *h, uint64_t cgroup_id, uint32_t slot)
+{
+	int fd = bpf_map__fd(h->skel->maps.blkcg_slots);
+
+	if (!slot)
+		return bpf_map_delete_elem(fd, &cgroup_id) && errno != ENOENT ? -errno : 0;
+	if (bpf_map_update_elem(fd, &cgroup_id, &slot, BPF_ANY))
+		return -errno;
+	return 0;
+}
+
+/* Run-time statistics stay on while the returned fd is open: closing it (or
+ * the process dying) turns them off again. */
+int tg_enable_stats(void)
+{
+	int fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
+
+	return fd < 0 ? -errno : fd;
+}
+
+static int object_prog_stats(struct bpf_object *obj, struct tg_prog_stat *out, uint32_t cap)
+{
+	struct bpf_program *prog;
+	uint32_t n = 0;
+
+	bpf_object__for_each_program(prog, obj) {
+		struct bpf_prog_info info = {};
+		uint32_t len = sizeof(info);
+
+		if (n == cap)
+			break;
+		if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len))
+			return -errno;
+		snprintf(out[n].name, sizeof(out[n].name), "%s", bpf_program__name(prog));
+		out[n].run_time_ns = info.run_time_ns;
+		out[n].run_cnt = info.run_cnt;
+		n++;
+	}
+	return (int)n;
+}
+
+int tg_prog_stats(struct tg_handle *h, struct tg_prog_stat *out, uint32_t cap)
+{
+	return object_prog_stats(h->skel->obj, out, cap);
+}
+
+int tg_empty_open(struct tg_empty **out)
+{
+	struct tg_empty *e = calloc(1, sizeof(*e));
+	int err;
+
+	if (!e)
+		return -ENOMEM;
+	libbpf_set_print(libbpf_print);
+	e->skel = empty_bpf__open_and_load();
+	if (!e->skel) {
+		err = -errno;
+		free(e);
+		return err;
+	}
+	err = empty_bpf__attach(e->skel);
+	if (err) {
+		empty_bpf__destroy(e->skel);
+		free(e);
+		return err;
+	}
+	*out = e;
+	return 0;
+}
+
+int tg_empty_prog_stats(struct tg_empty *e, struct tg_prog_stat *out, uint32_t cap)
+{
+	return object_prog_stats(e->skel->obj, out, cap);
+}
+
+void tg_empty_close(struct tg_empty *e)
+{
+	if (!e)
+		return;
+	empty_bpf__destroy(e->skel);
+	free(e);
+}

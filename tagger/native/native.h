@@ -1,0 +1,43 @@
+/* The C hot path's API, as cffi sees it (cdef) and as native.c implements it.
+ * Every function returns a count or 0 on success, or a negative errno.
+ * Python owns every buffer; C only fills them. */
+
+struct tg_config {
+	uint32_t max_slots;          /* cgroups tracked at once (slot 0 reserved) */
+	uint64_t outlier_ns;         /* run-queue/I-O latency that makes an event; 0 = none */
+	uint64_t outlier_interval_ns;/* at most one outlier event per cgroup and CPU per interval */
+};
+
+struct tg_prog_stat {
+	char name[64];
+	uint64_t run_time_ns;        /* with stats enabled (tg_enable_stats) */
+	uint64_t run_cnt;
+};
+
+struct tg_handle;
+struct tg_empty;
+
+const char *tg_version(void);
+
+int tg_open(const struct tg_config *cfg, struct tg_handle **out);
+int tg_attach(struct tg_handle *h);
+void tg_close(struct tg_handle *h);
+int tg_nr_cpus(struct tg_handle *h);
+uint32_t tg_max_slots(struct tg_handle *h);
+
+int tg_read_stats(struct tg_handle *h, struct tg_cg_stats *out, uint32_t nslots);
+int tg_read_globals(struct tg_handle *h, struct tg_global *out);
+int tg_drain(struct tg_handle *h, struct tg_event *out, uint32_t cap);
+int tg_read_pairs(struct tg_handle *h, struct tg_pair *keys, uint64_t *counts, uint32_t cap);
+
+int tg_slot_push(struct tg_handle *h, uint32_t slot);
+int tg_slot_pop(struct tg_handle *h, uint32_t *slot);
+int tg_register_cgroup(struct tg_handle *h, int cgroup_fd, uint32_t slot, uint32_t *existing);
+int tg_map_blkcg(struct tg_handle *h, uint64_t cgroup_id, uint32_t slot);
+
+int tg_enable_stats(void);
+int tg_prog_stats(struct tg_handle *h, struct tg_prog_stat *out, uint32_t cap);
+
+int tg_empty_open(struct tg_empty **out);
+int tg_empty_prog_stats(struct tg_empty *e, struct tg_prog_stat *out, uint32_t cap);
+void tg_empty_close(struct tg_empty *e);
