@@ -1,0 +1,167 @@
+"""Redis publisher against a real redis-server that the test starts on loopback
+(its own port and temp dir), including an outage in the middle of a run."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from tagger.publish.redis import RedisPublisher
+from tests.cgroup_fixture import wait_for
+
+redis = pytest.importorskip("redis")
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed")
+
+
+@dataclass(frozen=True)
+class Tag:
+    key: str
+    value: str
+    rule: str
+    since: float
+
+
+@dataclass(frozen=True)
+class TagEvent:
+    t: float
+    cgroup: str
+    key: str
+    value: str | None
+    old: str | None
+    rule: str
+    kind: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisInstance:
+    def __init__(self, tmp_path, port):
+        self.dir, self.port, self.proc = tmp_path, port, None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, decode_responses=True)
+
+        def up():
+            try:
+                return client.ping()
+            except redis.ConnectionError:
+                assert self.proc.poll() is None, "redis-server exited"
+                return False
+        wait_for(up, timeout=10, what="redis-server to answer")
+        return client
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    inst = RedisInstance(tmp_path, free_port())
+    inst.client = inst.start()
+    try:
+        yield inst
+    finally:
+        inst.stop()
+
+
+def tagset(**by_path):
+    return {path: {k: Tag(k, v, "r", 0.0) for k, v in tags.items()} for path, tags in by_path.items()}
+
+
+def test_hashes_and_stream(redis_server):
+    r = redis_server.client
+    pub = RedisPublisher(f"redis://127.0.0.1:{redis_server.port}/0", host="node1").start()
+    try:
+        tags = {"/a": {"resource": Tag("resource", "cpu-intensive", "cpu", 1.0)}}
+        pub.publish(tags, [TagEvent(1.0, "/a", "resource", "cpu-intensive", None, "cpu", "added")])
+        wait_for(lambda: r.hgetall("tagger:node1:tags:/a"), timeout=5, what="hash written")
+        assert r.hgetall("tagger:node1:tags:/a") == {"resource": "cpu-intensive"}
+        assert r.smembers("tagger:node1:cgroups") == {"/a"}
+        [(_, fields)] = r.xrange("tagger:events")
+        assert fields["host"] == "node1" and fields["kind"] == "added" and fields["old"] == ""
+
+        pub.publish({}, [TagEvent(2.0, "/a", "resource", None, "cpu-intensive", "cpu", "removed")])
+        wait_for(lambda: not r.exists("tagger:node1:tags:/a"), timeout=5, what="hash removed")
+        assert r.smembers("tagger:node1:cgroups") == set()
+        assert r.xlen("tagger:events") == 2
+    finally:
+        pub.close()
+
+
+def test_stream_is_capped(redis_server):
+    r = redis_server.client
+    pub = RedisPublisher(f"redis://127.0.0.1:{redis_server.port}", host="n", stream_maxlen=100).start()
+    try:
+        for i in range(30):
+            pub.publish({}, [TagEvent(float(i * 100 + j), "/x", "k", "v", None, "r", "added")
+                             for j in range(100)])
+        wait_for(lambda: pub.stats["published"] == 3000, timeout=10, what="all events written")
+        # "~" trims by whole macro nodes: at most one node above the cap.
+        assert r.xlen("tagger:events") < 300
+    finally:
+        pub.close()
+
+
+def test_outage_never_stalls_and_recovers(redis_server):
+    r = redis_server.client
+    pub = RedisPublisher(f"redis://127.0.0.1:{redis_server.port}", host="n", queue_size=50,
+                         backoff=(0.05, 0.2), timeout=0.5).start()
+    try:
+        pub.publish(tagset(**{"/old": {"k": "v"}}), [TagEvent(0.0, "/old", "k", "v", None, "r", "added")])
+        wait_for(lambda: r.exists("tagger:n:tags:/old"), timeout=5, what="first write")
+
+        redis_server.stop()                                   # outage
+        worst = 0.0
+        for i in range(200):
+            t0 = time.perf_counter()
+            pub.publish(tagset(**{"/new": {"k": str(i)}}),
+                        [TagEvent(float(i + 1), "/new", "k", str(i), None, "r", "changed")])
+            worst = max(worst, time.perf_counter() - t0)
+        assert worst < 0.05, f"publish blocked {worst:.3f}s during the outage"
+        wait_for(lambda: pub.stats["connected"] == 0, timeout=5, what="outage noticed")
+        assert pub.stats["dropped"] >= 150                    # bounded queue: drop + count
+
+        r = redis_server.start()                              # back, empty (no persistence)
+        wait_for(lambda: r.hgetall("tagger:n:tags:/new") == {"k": "199"}, timeout=10,
+                 what="tags rewritten after reconnect")
+        assert not r.exists("tagger:n:tags:/old")
+        assert r.smembers("tagger:n:cgroups") == {"/new"}
+        wait_for(lambda: r.xlen("tagger:events") == 50, timeout=5, what="queued events written")
+        assert pub.stats["reconnects"] >= 2
+    finally:
+        pub.close()
+
+
+def test_unreachable_at_start_is_not_fatal():
+    pub = RedisPublisher(f"redis://127.0.0.1:{free_port()}", backoff=(0.05, 0.1), timeout=0.2).start()
+    try:
+        t0 = time.perf_counter()
+        pub.publish(tagset(**{"/a": {"k": "v"}}), [])
+        assert time.perf_counter() - t0 < 0.05
+        time.sleep(0.2)
+        assert pub.stats["connected"] == 0
+    finally:
+        t0 = time.perf_counter()
+        pub.close()
+        assert time.perf_counter() - t0 < 3
