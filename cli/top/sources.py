@@ -1,0 +1,435 @@
+"""Where frames come from.  A :class:`FrameSource` has ``next_frame()`` (the
+next Frame, or None when nothing new has arrived) and ``close()``.
+
+- :class:`FakeSource`: frames a test scripts with ``push()``.
+- :class:`DemoSource`: a synthetic host that changes every tick (``--demo``, the
+  README screenshot, the benchmark).  Needs nothing: no root, no BPF.
+- :class:`LocalSource`: standalone; loads the BPF programs itself through
+  :mod:`tagger.telemetry` (root) and runs the rules over them without acting.
+- :class:`SocketSource`: ``--connect SOCKET``, a running ``tagger run``'s API.
+
+``next_frame()`` runs on the sampler thread, never on the UI thread, so it may
+block for a tick's worth of time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import deque
+from typing import Protocol
+
+import numpy as np
+
+from tagger.errors import TaggerError
+from tagger.snapshot import PREEMPTION_DTYPE, CgroupTable, Snapshot
+
+from .model import ActionInfo, Frame, TagEventInfo, TagInfo
+
+log = logging.getLogger(__name__)
+
+
+class SourceUnavailable(TaggerError):
+    """This source cannot run here; the message says what to do instead."""
+
+
+class FrameSource(Protocol):
+    #: what the header calls this source ("demo", "bpf", "socket /run/...")
+    name: str
+
+    def next_frame(self) -> Frame | None: ...
+
+    def close(self) -> None: ...
+
+
+def normalize_health(raw: dict | None, **extra) -> dict:
+    """The header's health keys from a collector's or the daemon's health dict
+    (their key names differ: ``events_per_second`` vs ``events/s``...)."""
+    raw = dict(raw or {})
+
+    def first(*keys):
+        for k in keys:
+            if raw.get(k) is not None:
+                return raw[k]
+        return None
+
+    out = {
+        "events_per_s": first("events_per_s", "events_per_second", "events/s"),
+        "drops": first("drops", "drops_per_s"),
+        "rules": first("rules", "rules_loaded"),
+        "actions": first("actions", "actions_applied"),
+        "dry_run": first("dry_run", "dry-run"),
+        "source": first("source"),
+    }
+    if out["drops"] is None and (raw.get("ringbuf_drops") is not None or raw.get("map_full") is not None):
+        out["drops"] = (raw.get("ringbuf_drops") or 0) + (raw.get("map_full") or 0)
+    out.update(extra)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+# ---------------------------------------------------------------------------
+
+class FakeSource:
+    """Frames scripted by a test: ``push(frame)``; ``next_frame()`` hands them
+    out in order, then None.  ``closed`` tells a test the app closed it."""
+
+    name = "fake"
+
+    def __init__(self, frames=()):
+        self._frames: deque[Frame] = deque(frames)
+        self.closed = False
+        self.calls = 0
+
+    def push(self, frame: Frame) -> None:
+        self._frames.append(frame)
+
+    def next_frame(self) -> Frame | None:
+        self.calls += 1
+        return self._frames.popleft() if self._frames else None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+# ---------------------------------------------------------------------------
+
+#: Histogram bucket edges of the demo host: powers of two from 1us to ~1s.
+DEMO_EDGES = np.array([2.0 ** k * 1e-6 for k in range(21)])
+
+_SERVICES = ("sshd", "systemd-journald", "nginx", "postgresql", "containerd", "kubelet",
+             "dockerd", "chronyd", "rsyslog", "node-exporter", "cron", "dbus")
+_APPS = ("web", "api", "checkout", "search", "cache", "batch", "etl", "ml-train", "report",
+         "indexer", "worker", "mailer")
+_CONTAINERS = ("app", "sidecar", "envoy")
+
+
+class DemoSource:
+    """A synthetic host: systemd services, a user session and Kubernetes pods in
+    three QoS classes, with best-effort batch pods that hog CPU and the
+    guaranteed pods next to them suffering run-queue latency.  Tags and a
+    dry-run cpu.max come from a few built-in rules that mirror the default ones.
+    Deterministic for a given ``seed``."""
+
+    name = "demo"
+
+    def __init__(self, cgroups: int = 120, seed: int = 7, interval: float = 1.0, cpus: int = 16):
+        self.rng = np.random.default_rng(seed)
+        self.interval = interval
+        self.cpus = cpus
+        paths, names, labels = self._layout(max(8, cgroups))
+        self.table = CgroupTable.from_paths(paths, names, labels,
+                                            ids=np.arange(1, len(paths) + 1))
+        n = len(paths)
+        qos = np.array([lab.get("qos", "") for lab in labels])
+        leaf = np.array([("container" in lab) or p.endswith((".service", ".scope")) for p, lab in
+                         zip(paths, labels)])
+        self.guaranteed = (qos == "guaranteed") & leaf
+        self.besteffort = (qos == "besteffort") & leaf
+        # A handful of CPU hogs, however big the host: that is what makes a neighbour noisy.
+        self.noisy = np.zeros(n, bool)
+        candidates = np.flatnonzero(self.besteffort)
+        self.noisy[self.rng.permutation(candidates)[:max(2, cpus // 3)]] = True
+        self.base_cpu = np.where(leaf, self.rng.lognormal(-2.5, 1.0, n), 0.0)
+        self.base_cpu[self.noisy] = self.rng.uniform(1.5, 3.5, self.noisy.sum())
+        self.has_io = leaf & (self.rng.random(n) < 0.6)
+        self.parent = np.array([self.table.index(p.rsplit("/", 1)[0] or "/") if p != "/" else -1
+                                for p in paths])
+        self.depth = np.array([0 if p == "/" else p.count("/") for p in paths])
+        self.seq = 0
+        self.t = 1000.0
+        self.tags: dict[str, dict[str, TagInfo]] = {}
+        self.closed = False
+
+    def _layout(self, count):
+        paths, names, labels = ["/"], ["/"], [{}]
+
+        def add(path, name, **lab):
+            paths.append(path)
+            names.append(name)
+            labels.append(lab)
+
+        add("/system.slice", "system.slice")
+        for s in _SERVICES:
+            add(f"/system.slice/{s}.service", f"{s}.service", unit=f"{s}.service")
+        add("/user.slice", "user.slice")
+        add("/user.slice/user-1000.slice", "user-1000.slice")
+        add("/user.slice/user-1000.slice/session-3.scope", "session-3.scope", unit="session-3.scope")
+        add("/kubepods", "kubepods")
+        for q in ("guaranteed", "burstable", "besteffort"):
+            add(f"/kubepods/{q}", q, qos=q)
+        k = 0
+        while len(paths) < count:
+            q = ("guaranteed", "burstable", "besteffort")[k % 3]
+            app = _APPS[(k // 3) % len(_APPS)]
+            ns = ("prod", "shop", "batch", "default")[k % 4] if q != "besteffort" else "batch"
+            pod = f"{app}-{k:04x}{'abcdef'[k % 6]}"
+            uid = f"pod{k:08x}"
+            add(f"/kubepods/{q}/{uid}", pod, pod=pod, namespace=ns, qos=q)
+            for c in _CONTAINERS[: 1 + k % 3]:
+                if len(paths) >= count:
+                    break
+                add(f"/kubepods/{q}/{uid}/{c}", f"{ns}/{pod}/{c}", pod=pod, namespace=ns,
+                    container=c, qos=q)
+            k += 1
+        return paths[:count], names[:count], labels[:count]
+
+    def next_frame(self) -> Frame:
+        rng, n = self.rng, len(self.table)
+        self.seq += 1
+        self.t += self.interval
+        swing = 1 + 0.6 * math.sin(self.seq / 7.0)       # the batch pods come and go
+        cpu = self.base_cpu * rng.lognormal(0, 0.15, n)
+        cpu[self.noisy] *= swing
+        # Keep the leaves within the machine, then let parents carry their
+        # children's CPU (cgroup accounting is hierarchical), deepest first.
+        cpu *= min(1.0, self.cpus * 0.9 / max(cpu.sum(), 1e-9))
+        for depth in range(self.depth.max(), 0, -1):
+            rows = np.flatnonzero(self.depth == depth)
+            np.add.at(cpu, self.parent[rows], cpu[rows])
+        noisy_load = float(cpu[self.noisy].sum()) / self.cpus
+        victim_factor = np.where(self.guaranteed, 1 + 8 * noisy_load, 1 + noisy_load)
+        p50 = rng.lognormal(math.log(40e-6), 0.4, n) * victim_factor
+        p99 = p50 * rng.uniform(6, 14, n)
+        wait = cpu * (p50 / 4e-4) * rng.uniform(0.5, 1.5, n)
+        io_p99 = np.where(self.has_io, rng.lognormal(math.log(3e-3), 0.7, n), np.nan)
+        iops = np.where(self.has_io, rng.lognormal(4, 1.2, n), np.nan)
+        events = (cpu * 4000 + 10) * rng.uniform(0.8, 1.2, n)
+        cols = {
+            "cpu.usage": cpu,
+            "cpu.share": cpu / self.cpus,
+            "runq.wait": wait,
+            "runq.p50": p50,
+            "runq.p95": p99 * 0.6,
+            "runq.p99": p99,
+            "runq.max": p99 * rng.uniform(1.5, 4, n),
+            "runq.slowdown": np.where(cpu > 0, (wait + cpu) / np.where(cpu > 0, cpu, 1), np.nan),
+            "runq.events": events,
+            "sched.preempted": np.where(self.guaranteed, 200 * noisy_load, 20) * rng.uniform(0.5, 1.5, n),
+            "io.ops": iops,
+            "io.read_bytes": iops * rng.uniform(4096, 65536, n),
+            "io.write_bytes": iops * rng.uniform(4096, 131072, n),
+            "io.lat.p99": io_p99,
+            "io.slowdown": np.where(self.has_io, rng.uniform(1.0, 2.5, n), np.nan),
+            "mem.current": np.where(self.base_cpu > 0, rng.lognormal(19, 1.2, n), np.nan),
+            "psi.cpu.some": np.clip(wait / 10, 0, 1),
+        }
+        # Histograms: counts spread around each row's median bucket.
+        centre = np.log2(np.maximum(p50, 1e-6) / 1e-6)
+        buckets = np.arange(len(DEMO_EDGES) - 1)
+        shape = np.exp(-0.5 * ((buckets[None, :] - centre[:, None]) / 1.6) ** 2)
+        runq_hist = np.round(shape / shape.sum(1, keepdims=True) * events[:, None])
+        io_centre = np.log2(np.nan_to_num(io_p99, nan=1e-6) / 4 / 1e-6)
+        io_shape = np.exp(-0.5 * ((buckets[None, :] - io_centre[:, None]) / 1.2) ** 2)
+        io_hist = np.where(self.has_io[:, None],
+                           np.round(io_shape / io_shape.sum(1, keepdims=True) * np.nan_to_num(iops)[:, None]), 0)
+        # Preemptions: each guaranteed container is preempted by two noisy pods.
+        noisy_rows, victims = np.flatnonzero(self.noisy), np.flatnonzero(self.guaranteed)
+        pre = np.zeros(0, PREEMPTION_DTYPE)
+        if len(noisy_rows) and len(victims):
+            v = np.repeat(victims, 2)
+            pre = np.zeros(len(v), PREEMPTION_DTYPE)
+            pre["victim"] = v
+            pre["preemptor"] = rng.choice(noisy_rows, len(v))
+            pre["count"] = rng.uniform(20, 400, len(v)) * swing
+        snap = Snapshot(
+            t=self.t, dt=self.interval, cgroups=self.table, columns=cols,
+            node={"cpus": float(self.cpus), "cpu.usage": float(cpu[0]),
+                  "runq.p99": float(np.nanpercentile(p99, 90)), "events": float(events.sum()),
+                  "drops": 0.0, "cgroups": float(n)},
+            histograms={"runq.wakeup": runq_hist * 0.7, "runq.preempt": runq_hist * 0.3,
+                        "io.lat": io_hist},
+            hist_edges=DEMO_EDGES, preemptions=pre, source="demo", seq=self.seq)
+        tags, events_out, actions = self._rules(snap)
+        health = {"events_per_s": float(events.sum()), "drops": 0, "rules": 4,
+                  "actions": sum(len(a) for a in actions.values()), "dry_run": True, "source": "demo"}
+        return Frame(snap, tags, actions, events_out, health)
+
+    def _rules(self, snap):
+        """The demo's stand-in for the rules engine (same shapes, four rules)."""
+        cpu, p99 = snap.columns["cpu.usage"], snap.columns["runq.p99"]
+        new: dict[str, dict[str, TagInfo]] = {}
+        for i, path in enumerate(snap.cgroups.paths):
+            lab = snap.cgroups.labels[i]
+            want = {}
+            if lab.get("qos") == "guaranteed" and "container" in lab:
+                want["priority"] = ("high", "latency-critical-by-path")
+            elif lab.get("qos") == "besteffort" and "container" in lab:
+                want["priority"] = ("low", "best-effort-is-low")
+            if cpu[i] > 0.8 and "container" in lab:
+                want["resource"] = ("cpu-intensive", "cpu-intensive")
+            if p99[i] > 2e-3 and "container" in lab:
+                want["latency"] = ("runq-starved", "runq-starved")
+            if want:
+                old = self.tags.get(path, {})
+                new[path] = {k: (old[k] if k in old and old[k].value == v else
+                                 TagInfo(k, v, rule, self.t)) for k, (v, rule) in want.items()}
+        events = []
+        for path in set(self.tags) | set(new):
+            before, after = self.tags.get(path, {}), new.get(path, {})
+            for k in set(before) | set(after):
+                b, a = before.get(k), after.get(k)
+                if b == a:
+                    continue
+                kind = "added" if b is None else "removed" if a is None else "changed"
+                events.append(TagEventInfo(self.t, path, k, a.value if a else None,
+                                           b.value if b else None, (a or b).rule, kind))
+        self.tags = new
+        actions = {}
+        for path, tags in new.items():
+            if tags.get("priority", TagInfo("", "")).value == "low" and "resource" in tags:
+                since = max(tags["priority"].since, tags["resource"].since)
+                actions[path] = [ActionInfo(path, "cpu.max", "50000 100000", "max 100000",
+                                            "cap-low-priority-hogs", since, dry_run=True)]
+        return new, sorted(events, key=lambda e: (e.cgroup, e.key)), actions
+
+    def close(self) -> None:
+        self.closed = True
+
+
+# ---------------------------------------------------------------------------
+
+NEEDS_ROOT = ("standalone `tagger top` loads tagger's BPF programs and needs root: "
+              "run `sudo tagger top`, or attach to a running agent with "
+              "`tagger top --connect /run/tagger/tagger.sock` (or try the keys with `tagger top --demo`)")
+
+
+class LocalSource:
+    """Standalone: measure with :func:`tagger.telemetry.open_collector` and run
+    the rules over each tick without acting (the actions shown are what the
+    rules *would* do: dry-run).  Without the rules engine (not built yet, or
+    missing) it shows no tags and says so in the status line."""
+
+    name = "local"
+
+    def __init__(self, rules_dir=None):
+        try:
+            from tagger.telemetry import open_collector
+        except ImportError as err:
+            raise SourceUnavailable(
+                f"standalone `tagger top` needs tagger.telemetry, which this build lacks ({err}); "
+                "use --connect SOCKET or --demo") from None
+        if os.geteuid() != 0:
+            raise SourceUnavailable(NEEDS_ROOT)
+        self._events: deque = deque(maxlen=1000)
+        self.note = ""
+        self._engine = self._store = None
+        self._rules_count = None
+        self._load_rules(rules_dir)
+        try:
+            self._cm = open_collector(prefer_bpf=True)
+            self._coll = self._cm.__enter__()
+        except PermissionError as err:          # tagger.errors.PermissionDenied subclasses it
+            raise SourceUnavailable(f"{err}\n{NEEDS_ROOT}") from None
+
+    def _load_rules(self, rules_dir):
+        try:
+            from tagger.rules import Engine, load_directory
+            from tagger.tags import TagStore
+        except ImportError:
+            self.note = "rules engine not in this build: no tags"
+            return
+        if rules_dir is None:
+            from tagger.default_rules import DIRECTORY as rules_dir
+        ruleset = load_directory(rules_dir)      # RulesError lists every problem; the CLI prints it
+        self._store = TagStore(history=1000)
+        self._engine = Engine(ruleset, self._store)
+        self._rules_count = len(getattr(ruleset, "rules", ()) or ())
+
+    def next_frame(self) -> Frame:
+        snap = self._coll.tick()
+        tags, actions, events = {}, {}, []
+        if self._engine is not None:
+            result = self._engine.evaluate(snap)
+            events = list(result.events)
+            tags = self._store.current()
+            for path, sets in (result.actions or {}).items():
+                actions[path] = [ActionInfo(path, "cpu.max", _cpu_max_text(s.cpu), None, s.rule,
+                                            snap.t, dry_run=True)
+                                 for s in sets if getattr(s, "cpu", None) and s.cpu.max is not None]
+        raw = self._coll.health() if hasattr(self._coll, "health") else {}
+        health = normalize_health(raw, rules=self._rules_count, dry_run=True,
+                                  actions=sum(len(a) for a in actions.values()))
+        if raw.get("source") == "cgroupfs" or snap.source == "cgroupfs":
+            self.note = "no BPF: cgroupfs figures only (no run-queue or I/O latency)"
+        if self.note:
+            health["note"] = self.note
+        return Frame.build(snap, tags, actions, events, health)
+
+    def close(self) -> None:
+        cm, self._cm = getattr(self, "_cm", None), None
+        if cm is not None:
+            cm.__exit__(None, None, None)       # detaches the BPF programs
+
+
+def _cpu_max_text(cpu) -> str:
+    period_us = int(round((cpu.period or 0.1) * 1e6))
+    return f"{int(round(cpu.max * period_us))} {period_us}"
+
+
+# ---------------------------------------------------------------------------
+
+class SocketSource:
+    """``--connect SOCKET``: poll a running agent's API once a tick (snapshot,
+    tags, actions, health and the tag events since the last poll).  Polling
+    rather than subscribing keeps one connection and one request/response
+    rhythm; a Unix-socket round trip is far below a tick."""
+
+    def __init__(self, path: str, timeout: float = 5.0):
+        try:
+            from tagger.api import ApiClient, ApiError
+        except ImportError as err:
+            raise SourceUnavailable(f"--connect needs tagger.api, which this build lacks ({err})") from None
+        self._ApiError = ApiError
+        self.path = path
+        self.name = f"socket {path}"
+        try:
+            self._client = ApiClient(path, timeout=timeout)
+        except ApiError as err:
+            raise SourceUnavailable(str(err)) from None
+        self._last_t = None
+        self._last_seq = None
+
+    def next_frame(self) -> Frame | None:
+        c = self._client
+        plain = c.request("snapshot")
+        if plain is None:                    # the agent has not finished its first tick
+            return None
+        snap = snapshot_from_plain(plain)
+        if snap.seq and snap.seq == self._last_seq:
+            return None                      # polled faster than the agent ticks
+        self._last_seq = snap.seq
+        tags = c.request("tags") or {}
+        actions = c.request("actions") or []
+        health = c.request("health") or {}
+        since = self._last_t
+        events = c.request("history", since=since, limit=200) if since is not None else \
+            c.request("history", limit=200)
+        if events:
+            self._last_t = max(e.get("t", 0) for e in events)
+        elif self._last_t is None:
+            self._last_t = snap.t
+        return Frame.build(snap, tags, actions, events or (),
+                           normalize_health(health, source=health.get("source") or snap.source))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def snapshot_from_plain(d: dict) -> Snapshot:
+    """The inverse of :func:`tagger.publish.snapshot_to_plain`; histograms and
+    preemptions are used when the agent sends them (``histograms``,
+    ``hist_edges``, ``preemptions`` as [victim, preemptor, count] rows)."""
+    cg = d.get("cgroups") or {}
+    paths = list(cg.get("paths") or ())
+    table = CgroupTable.from_paths(paths, cg.get("names"), cg.get("labels"), cg.get("ids"))
+    cols = {k: np.asarray(v, dtype=np.float64) for k, v in (d.get("columns") or {}).items()}
+    hists = {k: np.asarray(v, dtype=np.float64) for k, v in (d.get("histograms") or {}).items()}
+    pre_rows = d.get("preemptions") or ()
+    pre = np.zeros(len(pre_rows), PREEMPTION_DTYPE)
+    for j, row in enumerate(pre_rows):
+        pre[j] = tuple(row) if not isinstance(row, dict) else (row["victim"], row["preemptor"], row["count"])
+    return Snapshot(t=float(d.get("t", 0.0)), dt=float(d.get("dt", 0.0)), cgroups=table, columns=cols,
+                    node={k: float(v) for k, v in (d.get("node") or {}).items()},
+                    histograms=hists, hist_edges=np.asarray(d.get("hist_edges") or (), dtype=np.float64),
+                    preemptions=pre, source=str(d.get("source", "socket")), seq=int(d.get("seq", 0)))
