@@ -1,0 +1,57 @@
+"""A control point: one knob of one cgroup that an action sets and the journal
+can put back.  Each kind (cpu.max, cpu.weight, io.max) reads and writes a text
+form that is the same on cgroup v1 and v2, so the journal does not care which
+hierarchy the controller lives on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tagger.kernelfs import KernelFS
+
+
+@dataclass(frozen=True)
+class Safety:
+    """Limits on how hard and how fast tagger may squeeze a cgroup.
+
+    ``quota_floor``: no CPU quota below this many CPUs.
+    ``max_step``: one change may take at most this fraction off a limit (None: any).
+    ``cooldown``: seconds after a change before the same knob may be tightened
+    again.  Loosening (and undoing) is never held back: it is always safe.
+    """
+    quota_floor: float = 0.1
+    max_step: float | None = 0.5
+    cooldown: float = 2.0
+
+
+class ControlPoint:
+    """One knob of one cgroup.  ``read``/``write`` take the knob's text form;
+    ``write`` raises ActionRefused naming the kernel limit that refused."""
+
+    #: journal name, e.g. "cpu.max" or "io.max 254:0"
+    knob: str = ""
+
+    def __init__(self, fs: KernelFS, cgroup: str, directory: str):
+        self.fs = fs
+        self.cgroup = cgroup
+        self.dir = directory
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.cgroup!r}, {self.knob!r})"
+
+    def present(self) -> bool:
+        """The cgroup still exists in the hierarchy holding this knob."""
+        return self.fs.is_dir(self.dir)
+
+    def read(self) -> str:
+        raise NotImplementedError
+
+    def write(self, value: str) -> None:
+        raise NotImplementedError
+
+    def paced(self, current: str, wanted: str, safety: Safety, held_for: float | None) -> str:
+        """The value to write now on the way from ``current`` to ``wanted``:
+        floors, step limits and cool-down applied.  ``held_for`` is the time
+        since tagger last changed this knob (None: never)."""
+        return wanted

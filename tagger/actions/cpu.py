@@ -1,0 +1,247 @@
+"""CPU control points: the CFS bandwidth quota and the weight.
+
+cgroup v2: ``cpu.max`` ("$QUOTA $PERIOD" or "max $PERIOD", microseconds) and
+``cpu.weight``.  cgroup v1 (hybrid hosts keep cpu there): ``cpu.cfs_quota_us``
+(-1 = unlimited), ``cpu.cfs_period_us`` and ``cpu.shares`` at the same relative
+path in the cpu hierarchy.
+
+The kernel's limits (kernel/sched/core.c ``tg_set_cfs_bandwidth`` and
+``tg_cfs_schedulable_down``, Documentation/scheduler/sched-bwc.rst) are checked
+before writing, so a refusal names the limit instead of a bare EINVAL:
+quota >= 1ms, 1ms <= period <= 1s, burst <= quota, and on v1 only a child's
+quota/period ratio may not exceed its nearest limited ancestor's, nor may a
+parent drop below a limited descendant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tagger import errors
+from tagger.kernelfs import KernelFS
+
+from .control import ControlPoint, Safety
+from .refusal import ActionRefused
+
+MIN_QUOTA_US = 1_000          # min_cfs_quota_period: 1ms
+MIN_PERIOD_US = 1_000
+MAX_PERIOD_US = 1_000_000     # max_cfs_quota_period: 1s
+BW_SHIFT = 20
+MAX_QUOTA_US = (1 << (64 - BW_SHIFT)) - 1   # max_cfs_runtime, in us (MAX_BW)
+
+
+def _ratio(quota_us: int, period_us: int) -> int:
+    """The kernel's to_ratio(): fixed-point quota/period, compared exactly as it does."""
+    return ((quota_us * 1000) << BW_SHIFT) // (period_us * 1000)
+
+
+@dataclass(frozen=True)
+class CpuMax:
+    """A CFS bandwidth limit.  ``quota_us`` None is unlimited ("max", v1 -1)."""
+    quota_us: int | None
+    period_us: int = 100_000
+
+    @classmethod
+    def parse(cls, text: str) -> "CpuMax":
+        parts = text.split()
+        quota = None if parts[0] in ("max", "-1") else int(parts[0])
+        period = int(parts[1]) if len(parts) > 1 else 100_000
+        return cls(quota, period)
+
+    @classmethod
+    def from_cpus(cls, cpus: float | None, period_s: float = 0.1) -> "CpuMax":
+        period = int(round(period_s * 1e6))
+        if cpus is None or math.isinf(cpus):
+            return cls(None, period)
+        return cls(int(round(cpus * period)), period)
+
+    @property
+    def cpus(self) -> float:
+        return math.inf if self.quota_us is None else self.quota_us / self.period_us
+
+    def text(self) -> str:
+        return f"{'max' if self.quota_us is None else self.quota_us} {self.period_us}"
+
+    def __str__(self):
+        return self.text()
+
+
+class CpuQuota(ControlPoint):
+    """``cpu.max`` (v2) or ``cpu.cfs_quota_us`` + ``cpu.cfs_period_us`` (v1)."""
+
+    knob = "cpu.max"
+
+    def __init__(self, fs: KernelFS, cgroup: str, directory: str, version: int, node_cpus: float):
+        super().__init__(fs, cgroup, directory)
+        self.version = version
+        self.node_cpus = node_cpus
+
+    def _f(self, name):
+        return f"{self.dir}/{name}"
+
+    def read(self) -> str:
+        if self.version == 2:
+            return CpuMax.parse(self.fs.read_text(self._f("cpu.max"))).text()
+        quota = self.fs.read_int(self._f("cpu.cfs_quota_us"))
+        period = self.fs.read_int(self._f("cpu.cfs_period_us"))
+        return CpuMax(None if quota < 0 else quota, period).text()
+
+    def _burst_us(self) -> int:
+        name = "cpu.max.burst" if self.version == 2 else "cpu.cfs_burst_us"
+        text = self.fs.read_optional(self._f(name))
+        return int(text.split()[0]) if text else 0
+
+    def check(self, value: CpuMax) -> None:
+        """Raise ActionRefused naming the first kernel limit ``value`` breaks."""
+        p, q = value.period_us, value.quota_us
+        if not MIN_PERIOD_US <= p <= MAX_PERIOD_US:
+            raise ActionRefused(f"{self.cgroup}: cpu period {p}us outside the kernel's 1ms..1s "
+                                f"(min/max_cfs_quota_period)", "period 1ms..1s", self.dir)
+        if q is None:
+            return
+        if q < MIN_QUOTA_US:
+            raise ActionRefused(f"{self.cgroup}: cpu quota {q}us below the kernel's 1ms minimum "
+                                f"(min_cfs_quota_period)", "quota >= 1ms", self.dir)
+        if q > MAX_QUOTA_US:
+            raise ActionRefused(f"{self.cgroup}: cpu quota {q}us above max_cfs_runtime",
+                                "quota <= max_cfs_runtime", self.dir)
+        burst = self._burst_us()
+        if burst > q:
+            bname = "cpu.max.burst" if self.version == 2 else "cpu.cfs_burst_us"
+            raise ActionRefused(f"{self.cgroup}: {bname} {burst}us exceeds the new quota {q}us "
+                                f"(the kernel requires burst <= quota)", "burst <= quota", self.dir)
+        if self.version == 1:
+            self._check_v1_hierarchy(value)
+
+    def _check_v1_hierarchy(self, value: CpuMax) -> None:
+        # v1 only: tg_cfs_schedulable_down() refuses a child whose ratio exceeds its
+        # nearest limited ancestor's (v2 takes the minimum instead, no refusal).
+        mine = _ratio(value.quota_us, value.period_us)
+        parts = self.dir.rstrip("/").split("/")
+        for depth in range(len(parts) - 1, 0, -1):
+            parent = "/".join(parts[:depth])
+            if not self.fs.exists(parent + "/cpu.cfs_quota_us"):
+                break           # above the hierarchy's root
+            pq = self.fs.read_int(parent + "/cpu.cfs_quota_us")
+            if pq >= 0:
+                pp = self.fs.read_int(parent + "/cpu.cfs_period_us")
+                if mine > _ratio(pq, pp):
+                    raise ActionRefused(
+                        f"{self.cgroup}: quota {value.cpus:.3g} CPUs exceeds the parent's "
+                        f"{pq / pp:.3g} CPUs ({parent}): on cgroup v1 a child may not exceed its parent",
+                        "v1 child <= parent", self.dir)
+                break
+        for child_dir, cq, cp in self._limited_descendants(self.dir):
+            if _ratio(cq, cp) > mine:
+                raise ActionRefused(
+                    f"{self.cgroup}: quota {value.cpus:.3g} CPUs is below a child's {cq / cp:.3g} CPUs "
+                    f"({child_dir}): on cgroup v1 a child may not exceed its parent",
+                    "v1 child <= parent", self.dir)
+
+    def _limited_descendants(self, d):
+        try:
+            names = self.fs.listdir(d)
+        except errors.NotFound:
+            return
+        for name in names:
+            sub = f"{d}/{name}"
+            if not self.fs.is_dir(sub):
+                continue
+            try:
+                q = self.fs.read_int(sub + "/cpu.cfs_quota_us")
+                if q >= 0:
+                    yield sub, q, self.fs.read_int(sub + "/cpu.cfs_period_us")
+            except errors.NotFound:
+                continue
+            yield from self._limited_descendants(sub)
+
+    def write(self, text: str) -> None:
+        value = CpuMax.parse(text)
+        self.check(value)
+        try:
+            if self.version == 2:
+                self.fs.write_text(self._f("cpu.max"), value.text())
+                return
+            self._write_v1(value)
+        except errors.KernelRefused as err:
+            raise ActionRefused(f"{self.cgroup}: {err} — the kernel refused a CFS bandwidth "
+                                f"setting (sched-bwc.rst limits: quota >= 1ms, period 1ms..1s, "
+                                f"burst <= quota, v1 child <= parent)", "kernel refused", err.path) from err
+
+    def _write_v1(self, value: CpuMax) -> None:
+        qf, pf = self._f("cpu.cfs_quota_us"), self._f("cpu.cfs_period_us")
+        quota = -1 if value.quota_us is None else value.quota_us
+        old_q = self.fs.read_int(qf)
+        old_p = self.fs.read_int(pf)
+        if old_p == value.period_us:
+            self.fs.write_text(qf, str(quota))
+            return
+        # Two files, two writes: go through the intermediate state with the
+        # smaller quota/period ratio, so the v1 child <= parent check that the
+        # final state passes also holds on the way.
+        def r(q, p):
+            return math.inf if q < 0 else q / p
+        if r(quota, old_p) <= r(old_q, value.period_us):
+            self.fs.write_text(qf, str(quota))
+            self.fs.write_text(pf, str(value.period_us))
+        else:
+            self.fs.write_text(pf, str(value.period_us))
+            self.fs.write_text(qf, str(quota))
+
+    def paced(self, current: str, wanted: str, safety: Safety, held_for: float | None) -> str:
+        cur, want = CpuMax.parse(current), CpuMax.parse(wanted)
+        if want.quota_us is None:
+            return want.text()
+        cpus = max(want.cpus, safety.quota_floor)
+        cur_cpus = min(cur.cpus, self.node_cpus)     # unlimited = the whole node
+        if cpus < cur_cpus:
+            if held_for is not None and held_for < safety.cooldown:
+                return cur.text()
+            if safety.max_step is not None:
+                cpus = max(cpus, cur_cpus * (1 - safety.max_step))
+        # Keep the quota the kernel accepts even for tiny floors.
+        quota = max(MIN_QUOTA_US, int(round(cpus * want.period_us)))
+        return CpuMax(quota, want.period_us).text()
+
+
+#: cgroup v2 cpu.weight range and default (Documentation/admin-guide/cgroup-v2.rst).
+WEIGHT_MIN, WEIGHT_MAX, WEIGHT_DEFAULT = 1, 10_000, 100
+#: cgroup v1 cpu.shares range (MIN_SHARES, MAX_SHARES in kernel/sched/sched.h).
+SHARES_MIN, SHARES_MAX = 2, 1 << 18
+
+
+def weight_to_shares(weight: int) -> int:
+    """cpu.weight -> cpu.shares, as the kernel converts (weight 100 = 1024 shares)."""
+    return max(SHARES_MIN, min(SHARES_MAX, round(weight * 1024 / WEIGHT_DEFAULT)))
+
+
+class CpuWeight(ControlPoint):
+    """``cpu.weight`` (v2) or ``cpu.shares`` (v1).  The text form is the file's own number."""
+
+    knob = "cpu.weight"
+
+    def __init__(self, fs, cgroup, directory, version: int):
+        super().__init__(fs, cgroup, directory)
+        self.version = version
+        self.file = f"{directory}/{'cpu.weight' if version == 2 else 'cpu.shares'}"
+
+    def native(self, weight: int) -> str:
+        if not WEIGHT_MIN <= weight <= WEIGHT_MAX:
+            raise ActionRefused(f"{self.cgroup}: cpu weight {weight} outside {WEIGHT_MIN}..{WEIGHT_MAX}",
+                                "weight 1..10000", self.dir)
+        return str(weight if self.version == 2 else weight_to_shares(weight))
+
+    def read(self) -> str:
+        return self.fs.read_text(self.file).strip()
+
+    def write(self, value: str) -> None:
+        try:
+            self.fs.write_text(self.file, value)
+        except errors.KernelRefused as err:
+            raise ActionRefused(f"{self.cgroup}: {err}", "kernel refused", err.path) from err
+
+    def paced(self, current, wanted, safety, held_for):
+        if int(wanted) < int(current) and held_for is not None and held_for < safety.cooldown:
+            return current
+        return wanted

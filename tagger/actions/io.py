@@ -1,0 +1,126 @@
+"""I/O limit control points: bytes and operations per second, per block device.
+
+cgroup v2: one ``io.max`` line per device, ``"MAJ:MIN rbps=N wbps=N riops=N wiops=N"``
+("max" = no limit).  cgroup v1: ``blkio.throttle.{read,write}_{bps,iops}_device``,
+one ``"MAJ:MIN N"`` line per device, where writing 0 removes the rule
+(Documentation/admin-guide/cgroup-v1/blkio-controller.rst).  Both read and
+write the v2 text form here, so the journal holds the same thing either way.
+
+Limits apply to whole disks; blk-throttle has no per-partition rules.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tagger import errors
+from tagger.kernelfs import KernelFS
+
+from .control import ControlPoint, Safety
+from .refusal import ActionRefused
+from .spec import IoSpec
+
+KEYS = ("rbps", "wbps", "riops", "wiops")
+V1_FILES = {
+    "rbps": "blkio.throttle.read_bps_device",
+    "wbps": "blkio.throttle.write_bps_device",
+    "riops": "blkio.throttle.read_iops_device",
+    "wiops": "blkio.throttle.write_iops_device",
+}
+UNLIMITED = " ".join(f"{k}=max" for k in KEYS)
+#: Devices that are not disks worth throttling when a rule names none.
+_SKIP_DISKS = ("loop", "ram", "zram", "nbd", "sr", "fd")
+
+
+def parse_limits(text: str) -> dict[str, int | None]:
+    """``"rbps=1048576 wbps=max"`` -> {"rbps": 1048576, "wbps": None, ...}; absent keys are None."""
+    out: dict[str, int | None] = {k: None for k in KEYS}
+    for field in text.split():
+        if "=" in field:
+            k, v = field.split("=", 1)
+            if k in out:
+                out[k] = None if v == "max" else int(v)
+    return out
+
+
+def format_limits(limits: dict[str, int | None]) -> str:
+    return " ".join(f"{k}={'max' if limits.get(k) is None else int(limits[k])}" for k in KEYS)
+
+
+def spec_limits(spec: IoSpec) -> dict[str, int | None]:
+    out = {"rbps": spec.read_bps, "wbps": spec.write_bps, "riops": spec.read_iops, "wiops": spec.write_iops}
+    for k, v in out.items():
+        if v is not None and v < 1:
+            # v1 reads 0 as "no rule" and a stopped disk is never what a rule means.
+            raise ActionRefused(f"io {k}={v}: a limit must be at least 1 per second", f"{k} >= 1")
+    return {k: None if v is None else int(v) for k, v in out.items()}
+
+
+def resolve_devices(fs: KernelFS, device: str | None) -> list[str]:
+    """``"254:0"``, ``"/dev/vda"`` or ``"vda"`` -> ["254:0"]; None -> every whole disk."""
+    if device is None:
+        disks = [d for d in fs.listdir("/sys/block") if not d.startswith(_SKIP_DISKS)]
+        return [fs.read_text(f"/sys/block/{d}/dev").strip() for d in disks]
+    if ":" in device and all(p.isdigit() for p in device.split(":")):
+        return [device]
+    name = os.path.basename(device.rstrip("/"))
+    base = f"/sys/class/block/{name}"
+    if not fs.exists(base + "/dev"):
+        raise ActionRefused(f"io device {device!r}: no such block device ({base})", "device exists")
+    if fs.exists(base + "/partition"):
+        raise ActionRefused(f"io device {device!r} is a partition; blk-throttle limits whole "
+                            f"disks, name the disk instead", "whole disk")
+    return [fs.read_text(base + "/dev").strip()]
+
+
+class IoLimit(ControlPoint):
+    """The limits of one cgroup on one device."""
+
+    def __init__(self, fs: KernelFS, cgroup: str, directory: str, version: int, device: str):
+        super().__init__(fs, cgroup, directory)
+        self.version = version
+        self.device = device
+        self.knob = f"io.max {device}"
+
+    def _device_value(self, text: str) -> str | None:
+        for line in text.splitlines():
+            parts = line.split(None, 1)
+            if parts and parts[0] == self.device:
+                return parts[1] if len(parts) > 1 else ""
+        return None
+
+    def read(self) -> str:
+        if self.version == 2:
+            rest = self._device_value(self.fs.read_text(f"{self.dir}/io.max"))
+            return format_limits(parse_limits(rest or ""))
+        limits: dict[str, int | None] = {}
+        for k, f in V1_FILES.items():
+            v = self._device_value(self.fs.read_text(f"{self.dir}/{f}"))
+            limits[k] = int(v) if v and int(v) > 0 else None
+        return format_limits(limits)
+
+    def write(self, text: str) -> None:
+        limits = parse_limits(text)
+        try:
+            if self.version == 2:
+                self.fs.write_text(f"{self.dir}/io.max", f"{self.device} {format_limits(limits)}")
+                return
+            for k, f in V1_FILES.items():
+                v = limits[k]
+                self.fs.write_text(f"{self.dir}/{f}", f"{self.device} {0 if v is None else v}")
+        except errors.KernelRefused as err:
+            raise ActionRefused(f"{self.cgroup}: {err} (blk-throttle refuses partitions, unknown "
+                                f"devices and malformed limits)", "kernel refused", err.path) from err
+
+    def paced(self, current: str, wanted: str, safety: Safety, held_for: float | None) -> str:
+        cur, want = parse_limits(current), parse_limits(wanted)
+        tighter = any(w is not None and (c is None or w < c) for c, w in zip(cur.values(), want.values()))
+        if tighter and held_for is not None and held_for < safety.cooldown:
+            return current
+        if safety.max_step is not None:
+            for k in KEYS:
+                c, w = cur[k], want[k]
+                # From "no limit" there is no rate to step from: the first limit goes straight in.
+                if c is not None and w is not None and w < c:
+                    want[k] = max(w, int(c * (1 - safety.max_step)))
+        return format_limits(want)
