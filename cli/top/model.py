@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from tagger.snapshot import Snapshot
-from tagger.units import format_count, format_duration, parse_quantity
+from tagger.units import UNIT_FACTORS, format_count, format_duration, parse_quantity
 
 #: Sparklines in the detail pane cover this many ticks.
 HISTORY_TICKS = 60
@@ -169,10 +169,10 @@ def quota_cpus(value) -> float:
     if isinstance(value, (tuple, list)) and len(value) == 2:
         quota, period = value
     else:
-        parts = str(value).split()
+        parts = str(value).strip().removesuffix("CPUs").removesuffix("CPU").split()
         if len(parts) == 1:
             try:
-                return float(parts[0].removesuffix("CPUs").removesuffix("CPU"))
+                return float(parts[0])
             except ValueError:
                 return math.nan
         if len(parts) != 2:
@@ -284,8 +284,9 @@ KEYS: tuple[Key, ...] = (
 )
 
 _COMPARISON = re.compile(
-    r"(?<![\w.])(%s)\s*(>=|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*[a-zA-Zµ%%]*)"
-    % "|".join(re.escape(m) for m in DEFAULT_THRESHOLDS if "." in m))
+    r"(?<![\w.])(%s)\s*(>=|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?:%s)?)(?![\w%%])"
+    % ("|".join(re.escape(m) for m in DEFAULT_THRESHOLDS if "." in m),
+       "|".join(re.escape(u) for u in sorted(UNIT_FACTORS, key=len, reverse=True))))
 
 
 def thresholds_from_rules(directory: str | Path | None) -> dict[str, float]:
