@@ -1,0 +1,84 @@
+"""``tagger run``: the agent (tag, act, publish), until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from tagger.errors import ConfigError, RulesError
+from tagger.units import parse_duration
+
+
+def _duration(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    if seconds <= 0:
+        raise click.BadParameter("must be positive")
+    return seconds
+
+
+def _off(value):
+    return None if value is not None and value.lower() in ("off", "none", "") else value
+
+
+@click.command()
+@click.option("--rules", "rules", metavar="DIR", help="Rules directory [default: the packaged rules].")
+@click.option("--interval", default="1s", show_default=True, callback=_duration,
+              help="Tick length (10s, 500ms, ...).")
+@click.option("--dry-run", is_flag=True, help="Decide and publish, but change nothing on the machine.")
+@click.option("--state-dir", metavar="DIR", default="/var/lib/tagger", show_default=True,
+              help="Where the action journal lives (originals of every changed knob).")
+@click.option("--metrics", metavar="ADDR", default="127.0.0.1:9473", show_default=True,
+              help="Prometheus exposition address; 'off' to disable.")
+@click.option("--export", metavar="GLOB", multiple=True,
+              help="Only cgroups matching GLOB in the per-cgroup metrics (repeatable).")
+@click.option("--socket", "socket_path", metavar="PATH", default="/run/tagger/tagger.sock",
+              show_default=True, help="Unix socket for `tagger tags` and `tagger top`; 'off' to disable.")
+@click.option("--record", metavar="FILE", help="Also record every snapshot to a trace file.")
+@click.option("--redis", metavar="URL", help="Publish tags and tag events to Redis (redis://host:6379/0).")
+@click.option("--config", "config_file", metavar="FILE",
+              help="YAML file with any of these settings; flags given here win.")
+@click.option("--cgroupfs-only", is_flag=True, help="Do not load BPF; read cgroupfs only.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@click.pass_context
+def run(ctx, rules, interval, dry_run, state_dir, metrics, export, socket_path, record, redis,
+        config_file, cgroupfs_only, log_level):
+    """Run the agent: each tick, Snapshot -> rules -> tags -> actions -> publish.
+
+    \b
+    SIGHUP (or editing the rules directory) reloads the rules; a directory
+    with errors is refused and the previous rules stay in force.
+    SIGTERM or Ctrl-C reverts every action and exits.
+    """
+    from tagger.daemon import Config, Daemon, read_config_file, setup_logging
+
+    setup_logging(getattr(logging, log_level.upper()))
+    settings = read_config_file(config_file) if config_file else {}
+    given = {
+        "rules": rules, "interval": interval, "dry_run": dry_run, "state_dir": state_dir,
+        "metrics": _off(metrics), "socket": _off(socket_path), "record": record, "redis": redis,
+        "export": tuple(export), "prefer_bpf": not cgroupfs_only,
+    }
+    params = {"rules": "rules", "interval": "interval", "dry_run": "dry_run", "state_dir": "state_dir",
+              "metrics": "metrics", "socket": "socket_path", "record": "record", "redis": "redis",
+              "export": "export", "prefer_bpf": "cgroupfs_only"}
+    for key, value in given.items():
+        source = ctx.get_parameter_source(params[key])
+        if key not in settings or source == click.core.ParameterSource.COMMANDLINE:
+            settings[key] = value
+    try:
+        code = Daemon(Config(**settings)).run()
+    except RulesError as err:
+        # every problem was logged already, one per line
+        raise click.ClickException(f"the rules directory has errors; nothing was started "
+                                   f"({len(getattr(err, 'errors', []) or [err])} errors)") from None
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    sys.exit(code)

@@ -1,0 +1,628 @@
+"""The agent: ``tagger run``.  Each tick: Snapshot -> rules -> tags -> actions
+-> publish.  This is the one module that wires the engine's rooms together
+(docs/interfaces.md); it owns the schedule, reload, signals and teardown.
+
+Guarantees a caller may rely on:
+
+* Ticks are scheduled on the monotonic clock; the loop measures its own cost
+  (wall and CPU) and lateness (jitter) and publishes them.
+* SIGHUP, or a change in the rules directory, reloads atomically: a directory
+  with errors is logged (every error) and the previous rules stay in force.
+* SIGTERM/SIGINT: every applied action is reverted, BPF detached, the socket
+  removed, exit status 0.
+* Running as root, a rules directory or file that is not owned by root, or is
+  writable by group or others, is refused with how to fix it (as sshd does).
+* A failing publisher or a failing tick is logged and counted; it never ends
+  the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import select
+import signal
+import stat
+import time
+from pathlib import Path
+
+from tagger import __version__
+from tagger.errors import ConfigError, RulesError, TaggerError
+from tagger.kernelfs import HOST, KernelFS
+from tagger.sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = "/var/lib/tagger"
+
+
+def default_rules_dir() -> str:
+    """The rules shipped with the package (``tagger.default_rules``)."""
+    try:
+        import importlib.resources as resources
+        return str(resources.files("tagger.default_rules"))
+    except (ModuleNotFoundError, TypeError):
+        return str(Path(__file__).resolve().parent.parent / "rules")
+
+
+@dataclasses.dataclass
+class Config:
+    """What ``tagger run`` was asked to do.  ``None`` for metrics/socket turns them off."""
+    rules: str | None = None                  # None: the packaged default rules
+    interval: float = 1.0
+    dry_run: bool = False
+    state_dir: str = DEFAULT_STATE_DIR
+    metrics: str | None = "127.0.0.1:9473"
+    socket: str | None = "/run/tagger/tagger.sock"
+    record: str | None = None
+    redis: str | None = None
+    export: tuple[str, ...] = ()
+    prefer_bpf: bool = True
+    history: int = 10000
+    check_ownership: bool | None = None       # None: when running as root
+
+    @property
+    def rules_dir(self) -> str:
+        return self.rules or default_rules_dir()
+
+
+#: keys a --config file may set (YAML mapping; dashes or underscores)
+CONFIG_KEYS = {f.name for f in dataclasses.fields(Config)}
+
+
+def read_config_file(path: str) -> dict:
+    """The settings in a YAML ``--config`` file; unknown keys are an error."""
+    import yaml
+
+    from tagger.units import parse_duration
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as err:
+        raise ConfigError(f"--config {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of settings")
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in CONFIG_KEYS:
+            raise ConfigError(f"--config {path}: unknown setting {key!r} "
+                              f"(known: {', '.join(sorted(CONFIG_KEYS))})")
+        if name == "interval":
+            value = parse_duration(value)
+        if name == "export" and isinstance(value, str):
+            value = (value,)
+        if name in ("metrics", "socket") and value in (False, "off", "none", ""):
+            value = None
+        out[name] = tuple(value) if name == "export" else value
+    return out
+
+
+# --- rules directory ownership (sshd StrictModes, sudo's sudoers checks) --------------
+def check_rules_ownership(directory: str, uid: int = 0) -> None:
+    """Refuse a rules directory, or a rule file in it, not owned by ``uid`` or
+    writable by group or others; the directory's ancestors must not be writable
+    by anyone else either (a sticky, root-owned directory such as /tmp is fine,
+    as for sshd).  Raises ConfigError saying how to fix it."""
+    path = Path(directory).resolve()
+    problems = []
+
+    def check(p: Path, what: str, allow_sticky: bool = False):
+        try:
+            st = os.stat(p)
+        except OSError as err:
+            problems.append(f"{p}: {err.strerror}")
+            return
+        if st.st_uid != uid:
+            problems.append(f"{what} {p} is owned by uid {st.st_uid}, not root\n"
+                            f"    fix: chown root:root {p}")
+        loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if loose and not (allow_sticky and st.st_mode & stat.S_ISVTX and st.st_uid == uid):
+            problems.append(f"{what} {p} is writable by {'group' if loose & stat.S_IWGRP else 'others'}"
+                            f" (mode {stat.S_IMODE(st.st_mode):04o})\n    fix: chmod go-w {p}")
+
+    if not path.is_dir():
+        raise ConfigError(f"rules directory {directory}: not a directory")
+    for parent in reversed(path.parents):
+        check(parent, "directory above the rules", allow_sticky=True)
+    check(path, "rules directory")
+    for entry in sorted(path.iterdir()):
+        if entry.suffix in (".yaml", ".yml"):
+            check(entry, "rule file")
+    if problems:
+        raise ConfigError("refusing rules that someone other than root could change "
+                          "(rule files decide what is done to this machine):\n  "
+                          + "\n  ".join(problems))
+
+
+def _rules_signature(directory: str):
+    """Cheap change detector: (name, inode, size, mtime) of every rule file."""
+    try:
+        with os.scandir(directory) as it:
+            files = sorted((e.name, e.inode(), e.stat().st_size, e.stat().st_mtime_ns)
+                           for e in it if e.name.endswith((".yaml", ".yml")))
+        st = os.stat(directory)
+        return (st.st_ino, st.st_mtime_ns, tuple(files))
+    except OSError:
+        return None
+
+
+def own_cgroup() -> str:
+    """This process's cgroup path (v2 line of /proc/self/cgroup, else the cpu one)."""
+    try:
+        text = HOST.read_text("/proc/self/cgroup")
+    except TaggerError:
+        return "/"
+    fallback = "/"
+    for line in text.splitlines():
+        hid, controllers, path = line.split(":", 2)
+        if hid == "0":
+            return path or "/"
+        if "cpu" in controllers.split(","):
+            fallback = path or "/"
+    return fallback
+
+
+def rules_summary(ruleset, directory: str, errors=(), loaded_at: float | None = None) -> dict:
+    """What the socket's ``rules`` request returns."""
+    rules = []
+    for r in getattr(ruleset, "rules", ()) or ():
+        rules.append({
+            "name": getattr(r, "name", str(r)),
+            "source": getattr(r, "source", ""),
+            "enabled": bool(getattr(r, "enabled", True)),
+            "when": getattr(r, "when_src", None),
+            "for": getattr(r, "for_", None),
+            "keep_for": getattr(r, "keep_for", None),
+            "tags": dict(getattr(r, "tags", {}) or {}),
+            "actions": getattr(r, "actions", None) is not None,
+        })
+    policies = [getattr(p, "name", str(p)) for p in getattr(ruleset, "policies", ()) or ()]
+    return {"dir": directory, "loaded_at": loaded_at, "rules": rules, "policies": policies,
+            "errors": [str(e) for e in errors]}
+
+
+class _TickCost:
+    """Rolling figures of the loop's own cost, for health and the benchmark."""
+
+    def __init__(self):
+        self.ticks = 0
+        self.overruns = 0
+        self.errors = 0
+        self.last_wall = 0.0
+        self.last_cpu = 0.0
+        self.last_jitter = 0.0
+        self.max_jitter = 0.0
+
+
+class Daemon:
+    """Build with a Config; :meth:`run` blocks until SIGTERM/SIGINT (or :meth:`stop`).
+
+    The rooms can be injected (tests, benchmarks): ``collector`` (an object
+    with ``tick()``, ``health()``, ``close()``), ``actuator``, ``layout``."""
+
+    def __init__(self, config: Config, *, fs: KernelFS = HOST, collector=None, actuator=None,
+                 layout=None, notifier: Notifier | None = None, clock=time.monotonic):
+        self.config = config
+        self.fs = fs
+        self.clock = clock
+        self.notifier = notifier or Notifier()
+        self._collector = collector
+        self._actuator = actuator
+        self._layout = layout
+        self.cost = _TickCost()
+        self.reloads = 0
+        self.reload_failures = 0
+        self.rule_errors = 0
+        self._stop = False
+        self._reload_requested = False
+        self._signature = None
+        self._wake_r = self._wake_w = None
+        self._log_suppressed: dict[str, int] = {}
+        self.store = self.engine = self.ruleset = None
+        self.policies = []
+        self.collector = self.actuator = None
+        self.metrics = self.api = self.redis = self.trace = None
+        self.prometheus = None
+        self.last_snapshot = None
+        self.ready = False
+        self._reverted = False
+
+    # --- public ---------------------------------------------------------------
+    def stop(self):
+        """Ask the loop to end after the current tick (thread- and signal-safe)."""
+        self._stop = True
+        self._wake()
+
+    def request_reload(self):
+        self._reload_requested = True
+        self._wake()
+
+    def run(self) -> int:
+        """Set up, loop until stopped, tear down.  0 on a clean stop."""
+        with contextlib.ExitStack() as stack:
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            stack.callback(os.close, self._wake_r)
+            stack.callback(os.close, self._wake_w)
+            self._setup(stack)
+            stack.enter_context(self._signals())
+            self.ready = True
+            self.notifier.ready(f"tagging {len(self.last_snapshot or ())} cgroups every "
+                                f"{self.config.interval:g}s")
+            log.info("tagger %s running: rules %s, every %gs%s", __version__, self.config.rules_dir,
+                     self.config.interval, " (dry run: nothing is changed)" if self.config.dry_run else "")
+            self._loop()
+            log.info("stopping: reverting actions, detaching BPF")
+            self.notifier.stopping()
+        log.info("stopped")
+        return 0
+
+    # --- setup and teardown ---------------------------------------------------
+    def _setup(self, stack: contextlib.ExitStack):
+        cfg = self.config
+        if cfg.interval <= 0 or math.isnan(cfg.interval):
+            raise ConfigError(f"--interval must be positive, not {cfg.interval}")
+        from tagger.rules import Engine, load_directory
+        from tagger.tags import TagStore
+
+        self._check_ownership(cfg.rules_dir)
+        self._signature = _rules_signature(cfg.rules_dir)
+        try:
+            self.ruleset = load_directory(cfg.rules_dir)
+        except RulesError as err:
+            for problem in getattr(err, "problems", None) or [err]:
+                log.error("%s", problem)
+            raise
+        self.store = TagStore(history=cfg.history)
+        self.engine = Engine(self.ruleset, self.store)
+        self.policies = self._make_policies(self.ruleset, {})
+        self._log_ruleset("loaded")
+
+        # Actions first and last: the journal restores what a crash left behind
+        # before anything new is changed, and every change is reverted at exit.
+        if self._actuator is None:
+            from tagger.actions import Actuator
+            from tagger.cgroups import Layout
+            layout = self._layout or Layout.detect(fs=self.fs)
+            me = own_cgroup()
+            self._actuator = Actuator(layout, fs=self.fs, state_dir=cfg.state_dir,
+                                      dry_run=cfg.dry_run, protected=("/", me))
+        self.actuator = self._actuator
+        if not cfg.dry_run:
+            os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        self.actuator.recover()
+        stack.callback(self._revert_actions)     # if setup fails below
+
+        if self._collector is None:
+            from tagger.telemetry import open_collector
+            self._collector = stack.enter_context(open_collector(prefer_bpf=cfg.prefer_bpf, fs=self.fs))
+        else:
+            stack.callback(self._close_quietly, self._collector, "collector")
+        self.collector = self._collector
+
+        # Publishers.  Each is closed on every exit path (socket file removed).
+        from tagger.publish.prometheus import MetricsServer, TaggerCollector
+        self.prometheus = TaggerCollector(export=cfg.export)
+        if cfg.metrics:
+            self.metrics = MetricsServer(self.prometheus, cfg.metrics)
+            stack.callback(self._close_quietly, self.metrics, "metrics server")
+            log.info("metrics on %s", self.metrics.url)
+        if cfg.socket:
+            from tagger.api import ApiServer
+            self.api = ApiServer(cfg.socket, history=cfg.history).start()
+            stack.callback(self._close_quietly, self.api, "socket API")
+            self.api.set_rules(self._rules_summary())
+        if cfg.redis:
+            from tagger.publish.redis import RedisPublisher
+            self.redis = RedisPublisher(cfg.redis).start()
+            stack.callback(self._close_quietly, self.redis, "redis publisher")
+        if cfg.record:
+            from tagger.trace import TraceWriter
+            self.trace = TraceWriter(cfg.record)
+            stack.callback(self._close_quietly, self.trace, "trace")
+            log.info("recording snapshots to %s", cfg.record)
+        # Teardown runs in reverse: the machine is put back first, then BPF and publishers.
+        stack.callback(self._revert_actions)
+
+    def _check_ownership(self, directory):
+        check = self.config.check_ownership
+        if check is None:
+            check = os.geteuid() == 0
+        if check:
+            check_rules_ownership(directory)
+
+    def _revert_actions(self):
+        if self._reverted:
+            return
+        self._reverted = True
+        try:
+            self.actuator.revert_all()
+        except Exception:
+            log.exception("reverting actions failed; the journal in %s restores them on next start",
+                          self.config.state_dir)
+
+    @staticmethod
+    def _close_quietly(obj, what):
+        try:
+            obj.close()
+        except Exception:
+            log.exception("closing the %s failed", what)
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGTERM/SIGINT stop, SIGHUP reloads; the wake-up fd ends a wait at once."""
+        handlers = {signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop,
+                    signal.SIGHUP: self._on_hup}
+        old = {}
+        try:
+            old_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        except ValueError:        # not the main thread (tests driving run() from a thread)
+            yield
+            return
+        try:
+            for sig, handler in handlers.items():
+                old[sig] = signal.signal(sig, handler)
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            signal.set_wakeup_fd(old_fd)
+
+    def _on_stop(self, signum, frame):
+        if self._stop:            # a second signal while reverting: say we heard it
+            log.warning("%s again: still reverting actions, please wait", signal.Signals(signum).name)
+        self._stop = True
+
+    def _on_hup(self, signum, frame):
+        self._reload_requested = True
+
+    def _wake(self):
+        if self._wake_w is not None:
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:
+                pass
+
+    # --- the loop -------------------------------------------------------------
+    def _loop(self):
+        interval = self.config.interval
+        next_tick = self.clock()
+        last_watchdog = -math.inf
+        while not self._stop:
+            now = self.clock()
+            if now < next_tick:
+                self._wait(next_tick - now)
+                if self._reload_requested:
+                    self._reload(forced=True)
+                continue
+            self.cost.last_jitter = now - next_tick
+            self.cost.max_jitter = max(self.cost.max_jitter, self.cost.last_jitter)
+            self._tick()
+            if self._stop:
+                break
+            self._maybe_reload()
+            wd = self.notifier.watchdog_interval
+            if wd is not None and now - last_watchdog >= wd:
+                self.notifier.watchdog()
+                last_watchdog = now
+            next_tick += interval
+            after = self.clock()
+            if after >= next_tick:      # the tick overran: skip, do not burst to catch up
+                self.cost.overruns += 1
+                missed = math.floor((after - next_tick) / interval) + 1
+                next_tick += missed * interval
+
+    def _wait(self, seconds):
+        try:
+            ready, _, _ = select.select([self._wake_r], [], [], max(seconds, 0))
+        except InterruptedError:
+            return
+        if ready:
+            try:
+                while os.read(self._wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def _tick(self):
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        try:
+            snap = self.collector.tick()
+            self.last_snapshot = snap
+            result = self.engine.evaluate(snap)
+            desired = {path: list(sets) for path, sets in (result.actions or {}).items()}
+            for policy in self.policies:
+                try:
+                    for path, action_set in (policy.step(snap, self.store) or {}).items():
+                        desired.setdefault(path, []).append(action_set)
+                except Exception:
+                    self._log_once(f"policy {getattr(policy, 'name', policy)}",
+                                   "policy %s failed this tick", getattr(policy, "name", policy))
+            applied_now = self.actuator.apply(snap, desired)
+            del applied_now      # current() below is the whole picture, not only this tick's changes
+            events = list(result.events or ())
+            if self.trace is not None:
+                self._publish("trace", self.trace.write, snap)
+            self._publish_tick(snap, events)
+            self.cost.ticks += 1
+        except Exception:
+            self.cost.errors += 1
+            self._log_once("tick", "tick failed (the loop carries on)")
+        finally:
+            self.cost.last_wall = time.perf_counter() - wall0
+            self.cost.last_cpu = time.process_time() - cpu0
+
+    def _publish_tick(self, snap, events):
+        tags = self.store.current()
+        actions = self.actuator.current()
+        health = self.health()
+        if self.prometheus is not None:
+            self._publish("prometheus", self.prometheus.update, snap, tags, actions, health)
+        if self.api is not None:
+            self._publish("socket API", self.api.publish, snap, tags, events, actions, health)
+        if self.redis is not None:
+            self._publish("redis", self.redis.publish, tags, events)
+
+    def _publish(self, what, fn, *args):
+        try:
+            fn(*args)
+        except Exception:
+            self._log_once(what, "publishing to the %s failed", what)
+
+    def _log_once(self, key, msg, *args):
+        """log.exception the first time and then once per 100 repeats (weeks of uptime)."""
+        n = self._log_suppressed.get(key, 0)
+        self._log_suppressed[key] = n + 1
+        if n % 100 == 0:
+            log.exception(msg + ("" if n == 0 else f" ({n} times so far)"), *args)
+
+    # --- health -----------------------------------------------------------------
+    def health(self) -> dict:
+        c = self.cost
+        h = {
+            "version": __version__,
+            "interval_seconds": self.config.interval,
+            "tick_seconds": c.last_wall,
+            "tick_cpu_seconds": c.last_cpu,
+            "tick_jitter_seconds": c.last_jitter,
+            "tick_jitter_max_seconds": c.max_jitter,
+            "ticks": c.ticks,
+            "overruns": c.overruns,
+            "tick_errors": c.errors,
+            "cpu_seconds": time.process_time(),
+            "rules_loaded": len(getattr(self.ruleset, "rules", ()) or ()),
+            "policies_loaded": len(self.policies),
+            "rule_errors": self.rule_errors,
+            "reloads": self.reloads,
+            "reload_failures": self.reload_failures,
+            "cgroups": len(self.last_snapshot) if self.last_snapshot is not None else 0,
+            "dry_run": self.config.dry_run,
+        }
+        h.update(_collector_health(self.collector))
+        if self.api is not None:
+            h["api_clients"] = self.api.stats["clients"]
+            h["api_dropped"] = self.api.stats["dropped"]
+            h["api_errors"] = self.api.stats["errors"]
+        if self.redis is not None:
+            h["redis_connected"] = self.redis.stats["connected"]
+            h["redis_dropped"] = self.redis.stats["dropped"]
+        return h
+
+    # --- reload -------------------------------------------------------------------
+    def _maybe_reload(self):
+        if self._reload_requested:
+            self._reload(forced=True)
+            return
+        sig = _rules_signature(self.config.rules_dir)
+        if sig != self._signature:
+            self._reload(forced=False)
+
+    def _reload(self, forced: bool):
+        """Load the rules directory again; on any error keep the rules in force."""
+        from tagger.rules import load_directory
+        self._reload_requested = False
+        directory = self.config.rules_dir
+        self._signature = _rules_signature(directory)
+        why = "SIGHUP" if forced else "rules directory changed"
+        self.notifier.reloading()
+        try:
+            self._check_ownership(directory)
+            ruleset = load_directory(directory)
+        except (RulesError, ConfigError, OSError) as err:
+            problems = list(getattr(err, "errors", None) or getattr(err, "problems", None) or [err])
+            self.rule_errors = len(problems)
+            self.reload_failures += 1
+            log.error("reload (%s) refused, the previous rules stay in force; %d error%s:",
+                      why, len(problems), "" if len(problems) == 1 else "s")
+            for problem in problems:
+                log.error("  %s", problem)
+            if self.api is not None:
+                self.api.set_rules(self._rules_summary(problems))
+            self.notifier.ready("previous rules kept: the rules directory has errors")
+            return False
+        self.engine.replace_rules(ruleset)
+        self.policies = self._make_policies(ruleset, {getattr(p, "spec", None): p for p in self.policies})
+        self.ruleset = ruleset
+        self.rule_errors = 0
+        self.reloads += 1
+        self._log_ruleset(f"reloaded ({why})")
+        if self.api is not None:
+            self.api.set_rules(self._rules_summary())
+        self.notifier.ready()
+        return True
+
+    def _make_policies(self, ruleset, previous: dict):
+        specs = list(getattr(ruleset, "policies", ()) or ())
+        if not specs:
+            return []
+        from tagger.policies import LatencySlo
+        # An unchanged spec keeps its controller (and its limits' history) across a reload.
+        return [previous.get(spec) or LatencySlo(spec) for spec in specs]
+
+    def _log_ruleset(self, what):
+        rs = self.ruleset
+        for warning in getattr(rs, "warnings", ()) or ():
+            log.warning("%s", warning)
+        log.info("rules %s from %s: %d rules, %d policies", what, self.config.rules_dir,
+                 len(getattr(rs, "rules", ()) or ()), len(self.policies))
+
+    def _rules_summary(self, errors=()):
+        return rules_summary(self.ruleset, self.config.rules_dir, errors, self.clock())
+
+
+def _collector_health(collector) -> dict:
+    """The collector's health() under the names the publishers use."""
+    try:
+        raw = dict(collector.health()) if collector is not None and hasattr(collector, "health") else {}
+    except Exception:
+        log.debug("collector health failed", exc_info=True)
+        return {}
+    out = {}
+    aliases = {
+        "source": ("source",),
+        "bpf_ns_per_event": ("bpf_ns_per_event", "bpf ns/event", "ns_per_event"),
+        "events_per_second": ("events_per_second", "events/s", "events_per_s"),
+        "ringbuf_drops": ("ringbuf_drops", "ring_drops", "drops_ringbuf", "drops"),
+        "map_full": ("map_full", "map_full_drops", "drops_map_full"),
+    }
+    for name, keys in aliases.items():
+        for key in keys:
+            if key in raw and raw[key] is not None:
+                out[name] = raw[key]
+                break
+    for key, value in raw.items():      # anything else the collector reports, for the socket
+        out.setdefault(f"collector.{key}", value)
+    return out
+
+
+def setup_logging(level: int = logging.INFO):
+    """stderr logging; under systemd (JOURNAL_STREAM set) with sd-daemon(3)
+    priority prefixes and no timestamps, which journald adds itself."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler()
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+class _JournalFormatter(logging.Formatter):
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                logging.CRITICAL: 2}
+
+    def format(self, record):
+        prio = self.PRIORITY.get(record.levelno, 6)
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        # One prefix per line, so a traceback keeps its level in the journal.
+        return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
