@@ -310,7 +310,7 @@ class ApiServer:
     def _op_snapshot(self, conn, req):
         if self._snapshot is None:
             return None
-        return snapshot_to_plain(self._snapshot, _glob_arg(req))
+        return snapshot_to_plain(self._snapshot, _glob_arg(req), detail=bool(req.get("detail")))
 
     def _op_tags(self, conn, req):
         glob = _glob_arg(req)

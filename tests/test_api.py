@@ -113,6 +113,9 @@ def test_requests(server):
         assert snap["columns"]["cpu.usage"][0] == 1.5
         assert snap["columns"]["cpu.usage"][1] != snap["columns"]["cpu.usage"][1]   # NaN stays NaN
         assert c.request("snapshot", cgroup="/b/*")["cgroups"]["paths"] == ["/b/c"]
+        assert "histograms" not in snap
+        detail = c.request("snapshot", detail=True)
+        assert detail["histograms"] == {} and detail["preemptions"] == []
         [ev] = c.request("history")
         assert ev["kind"] == "added" and ev["cgroup"] == "/a"
         assert c.request("history", since=1.0) == []

@@ -61,7 +61,10 @@ def test_exposition_parses_and_carries_everything():
     snap = snapshot(["/a", "/kubepods/pod1/c1"], [1.5, 0.25],
                     labels=[{}, {"namespace": "web", "pod": "front-1", "container": "nginx", "unit": "x"}])
     tags = {"/a": {"resource": Tag("resource", "cpu-intensive", "cpu-intensive", 0.5)}}
-    acts = [AppliedAction("/a", "cpu.max", 0.5, None, "cap-hogs", 1.0, False)]
+    acts = [AppliedAction("/a", "cpu.max", "50000 100000", "max 100000", "cap-hogs", 1.0, False),
+            AppliedAction("/a", "io.max 8:0", "rbps=1048576 wbps=max riops=max wiops=max",
+                          "rbps=max wbps=max riops=max wiops=max", "io-cap", 1.0, False),
+            AppliedAction("", "rdt.schemata low", "L3:0=0f", "L3:0=ff", "rdt", 1.0, True)]
     health = {"tick_seconds": 0.004, "tick_jitter_seconds": 0.001, "ticks": 7, "reloads": 1,
               "rule_errors": 0, "rules_loaded": 3, "bpf_ns_per_event": 80.0, "ringbuf_drops": 0,
               "map_full": 0, "source": "bpf"}
@@ -83,6 +86,10 @@ def test_exposition_parses_and_carries_everything():
     [quota] = samples(fams, "tagger_cpu_max_cpus")
     assert quota.labels["cgroup"] == "/a" and quota.value == 0.5
     assert samples(fams, "tagger_action")[0].labels["rule"] == "cap-hogs"
+    [rbps] = samples(fams, "tagger_io_max_read_bytes_per_second")
+    assert rbps.labels["device"] == "8:0" and rbps.value == 1048576
+    rdt = [s for s in samples(fams, "tagger_action") if s.labels["knob"].startswith("rdt")]
+    assert rdt[0].labels["value"] == "L3:0=0f" and rdt[0].labels["dry_run"] == "true"
 
     assert samples(fams, "tagger_tick_seconds")[0].value == 0.004
     assert samples(fams, "tagger_ticks_total")[0].value == 7
@@ -94,7 +101,7 @@ def test_exposition_parses_and_carries_everything():
 def test_removed_cgroup_leaves_no_series():
     col = TaggerCollector()
     tags = {"/gone": {"k": Tag("k", "v", "r", 0.0)}}
-    acts = [AppliedAction("/gone", "cpu.max", 0.5, None, "r", 0.0, False)]
+    acts = [AppliedAction("/gone", "cpu.max", "50000 100000", "max 100000", "r", 0.0, False)]
     col.update(snapshot(["/stay", "/gone"], [0.1, 0.9]), tags, acts, {})
     _, text = exposition(col)
     assert 'cgroup="/gone"' in text

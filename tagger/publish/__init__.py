@@ -86,8 +86,11 @@ def json_safe(obj):
     return obj
 
 
-def snapshot_to_plain(snap, patterns=None) -> dict:
-    """A Snapshot as plain values, optionally only the rows whose path matches."""
+def snapshot_to_plain(snap, patterns=None, detail: bool = False) -> dict:
+    """A Snapshot as plain values, optionally only the rows whose path matches.
+    ``detail`` adds the latency histograms (``histograms``: name -> per-row
+    bucket counts, ``hist_edges``: seconds) and ``preemptions`` ([victim row,
+    preemptor row, count], rows of this reply's table)."""
     rows = [i for i, p in enumerate(snap.cgroups.paths) if path_matches(p, patterns)] \
         if patterns else None
     table = snap.cgroups
@@ -99,7 +102,7 @@ def snapshot_to_plain(snap, patterns=None) -> dict:
     for name, col in snap.columns.items():
         col = np.asarray(col, dtype=np.float64)
         columns[name] = (col if rows is None else col[rows]).tolist()
-    return {
+    out = {
         "t": float(snap.t), "dt": float(snap.dt), "seq": int(snap.seq), "source": snap.source,
         "cgroups": {
             "ids": [int(x) for x in pick(table.ids)],
@@ -110,6 +113,21 @@ def snapshot_to_plain(snap, patterns=None) -> dict:
         "columns": columns,
         "node": {k: float(v) for k, v in snap.node.items()},
     }
+    if detail:
+        out["histograms"] = {k: (np.asarray(h) if rows is None else np.asarray(h)[rows]).tolist()
+                             for k, h in snap.histograms.items()}
+        out["hist_edges"] = np.asarray(snap.hist_edges, dtype=np.float64).tolist()
+        remap = None if rows is None else {old: new for new, old in enumerate(rows)}
+        pre = []
+        for victim, preemptor, count in snap.preemptions:
+            v, p = int(victim), int(preemptor)
+            if remap is not None:
+                if v not in remap or p not in remap:
+                    continue
+                v, p = remap[v], remap[p]
+            pre.append([v, p, float(count)])
+        out["preemptions"] = pre
+    return out
 
 
 def current_tags_plain(current: dict) -> dict:

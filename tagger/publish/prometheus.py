@@ -77,18 +77,34 @@ HEALTH = {
                       "Redis updates dropped because its queue was full (outage)"),
 }
 
-#: AppliedAction.knob -> (metric, help) for knobs whose value is a number.
-#: Other numeric knobs get tagger_action_<knob>; every action also gets
-#: tagger_action{cgroup,knob,rule,dry_run} 1.
-KNOB_METRICS = {
-    "cpu.max": ("tagger_cpu_max_cpus", "CPU quota applied, CPUs (quota / period)"),
-    "cpu.weight": ("tagger_cpu_weight", "cpu.weight applied"),
-    "io.read_bps": ("tagger_io_max_read_bytes_per_second", "Read limit applied, bytes/s"),
-    "io.write_bps": ("tagger_io_max_write_bytes_per_second", "Write limit applied, bytes/s"),
-    "io.read_iops": ("tagger_io_max_read_iops", "Read IOPS limit applied"),
-    "io.write_iops": ("tagger_io_max_write_iops", "Write IOPS limit applied"),
-    "rdt.mb": ("tagger_rdt_mb_percent", "Memory-bandwidth percentage applied"),
+#: Numeric views of applied knobs (AppliedAction.value is the kernel's text).
+CPU_MAX = ("tagger_cpu_max_cpus", "CPU quota applied, CPUs (quota / period)")
+CPU_WEIGHT = ("tagger_cpu_weight", "cpu.weight applied")
+IO_MAX = {
+    "rbps": ("tagger_io_max_read_bytes_per_second", "Read limit applied, bytes/s"),
+    "wbps": ("tagger_io_max_write_bytes_per_second", "Write limit applied, bytes/s"),
+    "riops": ("tagger_io_max_read_iops", "Read IOPS limit applied"),
+    "wiops": ("tagger_io_max_write_iops", "Write IOPS limit applied"),
 }
+
+
+def knob_values(knob: str, value) -> list[tuple[str, str, dict, float]]:
+    """(metric, help, extra labels, number) for an applied knob; [] when it has no number."""
+    kind, _, arg = str(knob).partition(" ")
+    try:
+        if kind == "cpu.max":
+            from tagger.actions.cpu import CpuMax
+            cpus = CpuMax.parse(str(value)).cpus if not isinstance(value, (int, float)) else float(value)
+            return [] if math.isinf(cpus) else [(*CPU_MAX, {}, cpus)]
+        if kind == "cpu.weight":
+            return [(*CPU_WEIGHT, {}, float(value))]
+        if kind == "io.max":
+            from tagger.actions.io import parse_limits
+            return [(*IO_MAX[k], {"device": arg}, float(v))
+                    for k, v in parse_limits(str(value)).items() if v is not None and k in IO_MAX]
+    except (ValueError, IndexError, TypeError):
+        log.debug("no number in %s=%r", knob, value)
+    return []
 
 
 def metric_name(metric: str, unit: str) -> str:
@@ -177,21 +193,21 @@ class TaggerCollector:
         yield fam
 
     def _actions(self, actions):
-        applied = GaugeMetricFamily("tagger_action", "1 for each knob tagger changed, and why",
-                                    labels=["cgroup", "knob", "rule", "dry_run"])
+        applied = GaugeMetricFamily("tagger_action", "1 for each knob tagger changed, its value, and why",
+                                    labels=["cgroup", "knob", "value", "rule", "dry_run"])
         numeric: dict[str, GaugeMetricFamily] = {}
         for act in actions:
             cgroup, knob = str(_get(act, "cgroup")), str(_get(act, "knob"))
-            rule, dry = str(_get(act, "rule")), "true" if _get(act, "dry_run") else "false"
-            applied.add_metric([cgroup, knob, rule, dry], 1)
-            value = _get(act, "value")
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                name, help_ = KNOB_METRICS.get(
-                    knob, ("tagger_action_" + re.sub(r"[^a-zA-Z0-9_]", "_", knob), f"{knob} applied"))
+            rule, value = str(_get(act, "rule")), _get(act, "value")
+            if self.export and cgroup and not path_matches(cgroup, self.export):
+                continue
+            applied.add_metric([cgroup, knob, str(value), rule,
+                                "true" if _get(act, "dry_run") else "false"], 1)
+            for name, help_, extra, number in knob_values(knob, value):
                 fam = numeric.get(name)
                 if fam is None:
-                    fam = numeric[name] = GaugeMetricFamily(name, help_, labels=["cgroup", "rule"])
-                fam.add_metric([cgroup, rule], float(value))
+                    fam = numeric[name] = GaugeMetricFamily(name, help_, labels=["cgroup", "rule", *extra])
+                fam.add_metric([cgroup, rule, *extra.values()], number)
         yield applied
         yield from numeric.values()
 
