@@ -29,7 +29,7 @@ APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config \
 
 BPF_PROBES  := sched blkio cgroup
 BPF_OBJS    := $(patsubst %,bpf/%.bpf.o,$(BPF_PROBES))
-BPF_HEADERS := $(wildcard bpf/*.h)
+BPF_HEADERS := $(filter-out bpf/vmlinux.h %.skel.h,$(wildcard bpf/*.h))
 NATIVE_SRC  := tagger/native/build.py tagger/native/native.c tagger/native/native.h
 
 .PHONY: help deps venv bpf install run test bench clean

@@ -72,6 +72,17 @@ int BPF_PROG(tg_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 	return 0;
 }
 
+/* A task moved to another cgroup: cached slots may be stale.  Only the
+ * thread-group leader is traced, so every task re-checks its slot. */
+SEC("tp_btf/cgroup_attach_task")
+int BPF_PROG(tg_cgroup_attach_task, struct cgroup *dst_cgrp, const char *path,
+	     struct task_struct *task, bool threadgroup)
+{
+	if (BPF_CORE_READ(dst_cgrp, root, hierarchy_id) == 0)
+		__sync_fetch_and_add(&slot_generation, 1);
+	return 0;
+}
+
 SEC("tp_btf/cgroup_rmdir")
 int BPF_PROG(tg_cgroup_rmdir, struct cgroup *cgrp, const char *path)
 {

@@ -48,8 +48,15 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps") __weak;
 
-/* Health counters, per CPU (read through the skeleton's .bss mmap). */
-struct tg_global globals[TG_MAX_CPUS] __weak SEC(".bss");
+/* Health counters, per CPU (read through the skeleton's .bss mmap);
+ * one cache line each, so CPUs never share a line. */
+struct tg_global globals[TG_MAX_CPUS] __weak SEC(".bss") __attribute__((aligned(64)));
+
+/* Bumped whenever a task may have changed cgroup (cgroup_attach_task) or a
+ * cgroup got its slot from user space: tasks cache their slot with the
+ * generation it was looked up in, so the scheduler hot path does no cgroup
+ * storage lookup unless something moved. */
+__u64 slot_generation __weak SEC(".bss") = 0;
 
 static __always_inline struct tg_cg_stats *stats_of(__u32 cpu, __u32 slot)
 {

@@ -57,7 +57,6 @@ struct tg_cg_stats {
 
 /* Per-CPU health counters: nothing is lost silently. */
 struct tg_global {
-	__u64 sched_events;      /* sched_switch + sched_wakeup{,_new} handled */
 	__u64 io_events;         /* block insert/issue/complete handled */
 	__u64 unknown_cgroup;    /* events of cgroups without a slot (counted in slot 0) */
 	__u64 ringbuf_drops;     /* events the ring buffer had no room for */
@@ -65,6 +64,16 @@ struct tg_global {
 	__u64 rq_full;           /* block requests the request map had no room for */
 	__u64 slots_exhausted;   /* new cgroups that found no free slot */
 	__u64 task_storage_fail; /* tasks that could not get storage */
+	__u64 _pad;              /* one cache line per CPU */
+};
+
+/* The task on a CPU: what sched_switch needs of `prev` without a task
+ * storage lookup (the task switched in on a CPU is the next one out). */
+struct tg_oncpu {
+	__u64 task;              /* task_struct address, 0 = unknown */
+	__u64 since_ns;
+	__u32 slot;
+	__u32 _pad[11];          /* one cache line per CPU */
 };
 
 /* Victim and preemptor cgroup slots: key of the preemption pair map. */

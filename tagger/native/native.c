@@ -265,7 +265,7 @@ int tg_register_cgroup(struct tg_handle *h, int cgroup_fd, uint32_t slot, uint32
 
 	*existing = 0;
 	if (bpf_map_update_elem(fd, &cgroup_fd, &value, BPF_NOEXIST) == 0)
-		return 0;
+		goto registered;
 	if (errno != EEXIST)
 		return -errno;
 	/* The mkdir handler got there first (or a slot-less entry exists). */
@@ -278,6 +278,9 @@ int tg_register_cgroup(struct tg_handle *h, int cgroup_fd, uint32_t slot, uint32
 	value.slot = slot;
 	if (bpf_map_update_elem(fd, &cgroup_fd, &value, BPF_EXIST))
 		return -errno;
+registered:
+	/* Tasks already running in this cgroup cached slot 0: look again. */
+	__atomic_fetch_add(&h->skel->bss->slot_generation, 1, __ATOMIC_RELAXED);
 	return 0;
 }
 
