@@ -264,6 +264,11 @@ class Actuator:
                 self._refused.pop(key, None)
             except ActionRefused as err:
                 self._refuse(key, err)
+                entry = self.entries.get(key)
+                if entry is not None and entry.value == entry.original and key not in self._changed_at:
+                    # Refused at the first write: nothing changed, nothing to put back.
+                    self.journal.drop(key, sync=False)
+                    dirty = True
             except errors.Vanished:
                 # The cgroup went away between two reads: its knobs went with it.
                 self.journal.drop(key, sync=False)

@@ -1,0 +1,245 @@
+"""CPU quota and weight: v1 for real on this (hybrid) machine, v2 on fixture trees."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tagger import errors
+from tagger.actions.actuator import Actuator
+from tagger.actions.control import Safety
+from tagger.actions.cpu import CpuMax, CpuQuota
+from tagger.actions.refusal import ActionRefused
+from tagger.actions.spec import ActionSet, CpuSpec
+from tagger.cgroups import Layout
+from tagger.kernelfs import HOST, KernelFS
+from tagger.snapshot import Snapshot
+from tests.cgroup_fixture import wait_for
+from tests.fixtures.kernel_trees import cgroup_v2_tree
+
+BUSY = ["sh", "-c", "while :; do :; done"]
+FREE = Safety(quota_floor=0.1, max_step=None, cooldown=0)
+
+
+def cpuacct_cpus(cg, seconds):
+    """CPUs used by ``cg`` over ``seconds``, from its own cpuacct.usage (ns)."""
+    f = cg.dir("cpuacct") / "cpuacct.usage"
+    u0, t0 = int(f.read_text()), time.monotonic()
+    time.sleep(seconds)
+    u1, t1 = int(f.read_text()), time.monotonic()
+    return (u1 - u0) / 1e9 / (t1 - t0)
+
+
+def _busy_jiffies():
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4], os.sysconf("SC_CLK_TCK")   # minus idle, iowait
+
+
+def usage_and_others(cg, seconds):
+    """(CPUs used by ``cg``, CPUs used by everything else) over ``seconds``."""
+    b0, hz = _busy_jiffies()
+    t0 = time.monotonic()
+    ours = cpuacct_cpus(cg, seconds)
+    b1, _ = _busy_jiffies()
+    return ours, max(0.0, (b1 - b0) / hz / (time.monotonic() - t0) - ours)
+
+
+def tick(t):
+    return Snapshot.synthetic([], t=t)
+
+
+@pytest.mark.root
+def test_v1_quota_holds_and_lifts_on_the_real_kernel(make_cgroup, tmp_path):
+    cg = make_cgroup("hog", controllers=("cpu", "cpuacct"))
+    for _ in range(2):
+        cg.spawn(BUSY)
+    wait_for(lambda: len(cg.pids("cpu")) == 2, what="two busy loops")
+    layout = Layout.detect(HOST)
+    assert layout.controller_version("cpu") == 1
+    with Actuator(layout, state_dir=tmp_path / "state", safety=FREE) as act:
+        act.apply(tick(0), {cg.path: [ActionSet("cap-hogs", cpu=CpuSpec(max=0.3))]})
+        assert (cg.dir("cpu") / "cpu.cfs_quota_us").read_text().strip() == "30000"
+        assert (cg.dir("cpu") / "cpu.cfs_period_us").read_text().strip() == "100000"
+        time.sleep(0.3)                   # let the first period's debt settle
+        limited = cpuacct_cpus(cg, 5.0)
+        print(f"\nlimited to 0.3 CPU: measured {limited:.3f} CPU over 5 s (cpuacct.usage)")
+        assert abs(limited - 0.3) <= 0.03
+        act.apply(tick(1), {})            # the rule stopped matching
+        assert (cg.dir("cpu") / "cpu.cfs_quota_us").read_text().strip() == "-1"
+        # Two cores shared with other people's tests: the bar is > 1.5 CPU on a
+        # quiet machine; when others are busy the cgroup must at least take all
+        # the CPU they leave.  Best of a few 2 s windows.
+        windows = []
+        for _ in range(5):
+            ours, others = usage_and_others(cg, 2.0)
+            windows.append((ours, others))
+            if ours > min(1.5, 2.0 - others - 0.2):
+                break
+        print("limit removed: measured " + ", ".join(f"{o:.3f} CPU (others {x:.2f})" for o, x in windows))
+        assert any(o > min(1.5, 2.0 - x - 0.2) for o, x in windows)
+
+
+@pytest.mark.root
+def test_our_limits_agree_with_the_kernels(make_cgroup, tmp_path):
+    """Every limit we check is one the real kernel enforces: the same value,
+    written straight to the file, is refused with EINVAL."""
+    parent = make_cgroup("parent", controllers=("cpu",))
+    child_dir = parent.dir("cpu") / "child"
+    child_dir.mkdir()
+    (parent.dir("cpu") / "cpu.cfs_quota_us").write_text("50000")        # parent: 0.5 CPU
+    layout = Layout.detect(HOST)
+    child = CpuQuota(HOST, parent.path + "/child", str(child_dir), 1, 2.0)
+    me = CpuQuota(HOST, parent.path, str(parent.dir("cpu")), 1, 2.0)
+
+    cases = [
+        (child, CpuMax(500, 100_000), "quota >= 1ms", "cpu.cfs_quota_us", "500"),
+        (child, CpuMax(10_000, 2_000_000), "period 1ms..1s", "cpu.cfs_period_us", "2000000"),
+        (child, CpuMax(10_000, 500), "period 1ms..1s", "cpu.cfs_period_us", "500"),
+        (child, CpuMax(80_000, 100_000), "v1 child <= parent", "cpu.cfs_quota_us", "80000"),
+    ]
+    for cp, value, limit, f, raw in cases:
+        with pytest.raises(ActionRefused) as exc:
+            cp.check(value)
+        assert exc.value.limit == limit, str(exc.value)
+        with pytest.raises(errors.KernelRefused):
+            HOST.write_text(f"{cp.dir}/{f}", raw)
+
+    # A parent may not drop below a limited child either.
+    (child_dir / "cpu.cfs_quota_us").write_text("40000")
+    with pytest.raises(ActionRefused, match="below a child's"):
+        me.check(CpuMax(30_000, 100_000))
+    with pytest.raises(errors.KernelRefused):
+        HOST.write_text(f"{me.dir}/cpu.cfs_quota_us", "30000")
+
+    # burst must not exceed the new quota.
+    (child_dir / "cpu.cfs_burst_us").write_text("35000")
+    with pytest.raises(ActionRefused) as exc:
+        child.check(CpuMax(20_000, 100_000))
+    assert exc.value.limit == "burst <= quota" and "cpu.cfs_burst_us 35000us" in str(exc.value)
+    with pytest.raises(errors.KernelRefused):
+        HOST.write_text(f"{child.dir}/cpu.cfs_quota_us", "20000")
+
+    # Through the actuator the refusal is reported, not raised, and nothing changes.
+    with Actuator(layout, state_dir=tmp_path / "s", safety=FREE) as act:
+        act.apply(tick(0), {parent.path + "/child": [ActionSet("r", cpu=CpuSpec(max=0.8))]})
+        assert any("child may not exceed its parent" in m for m in act.refusals().values())
+        assert act.current() == []
+        assert (child_dir / "cpu.cfs_quota_us").read_text().strip() == "40000"
+
+
+@pytest.mark.root
+def test_v1_period_change_goes_through_a_state_the_kernel_accepts(make_cgroup, tmp_path):
+    parent = make_cgroup("p", controllers=("cpu",))
+    child_dir = parent.dir("cpu") / "c"
+    child_dir.mkdir()
+    (parent.dir("cpu") / "cpu.cfs_quota_us").write_text("100000")      # parent: 1 CPU
+    (child_dir / "cpu.cfs_quota_us").write_text("90000")               # child: 0.9 of 100ms
+    cp = CpuQuota(HOST, parent.path + "/c", str(child_dir), 1, 2.0)
+    # 0.9 CPU at 10ms: writing the quota first (9000/100ms) is fine, the period
+    # first (90000/10ms = 9 CPUs) is not; the order must be chosen.
+    cp.write(CpuMax(9_000, 10_000).text())
+    assert cp.read() == "9000 10000"
+    cp.write(CpuMax(90_000, 100_000).text())
+    assert cp.read() == "90000 100000"
+
+
+# --- cgroup v2 (fixture tree: the cpu controller is on v1 here) ------------------------
+
+@pytest.fixture
+def v2(tmp_path):
+    layout = cgroup_v2_tree(tmp_path, cgroups=("/batch/a", "/system.slice", "/system.slice/tagger.service",
+                                               "/init.scope", "/keep/me"))
+    return tmp_path, layout
+
+
+def _act(tmp_path, layout, **kw):
+    kw.setdefault("safety", FREE)
+    return Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False, **kw)
+
+
+def test_v2_writes_cpu_max_and_weight(v2):
+    tmp_path, layout = v2
+    act = _act(tmp_path, layout)
+    act.apply(tick(0), {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.5, period=0.05, weight=50))]})
+    d = tmp_path / "sys/fs/cgroup/batch/a"
+    assert d.joinpath("cpu.max").read_text() == "25000 50000"
+    assert d.joinpath("cpu.weight").read_text() == "50"
+    act.revert_all()
+    assert d.joinpath("cpu.max").read_text() == "max 100000"
+    assert d.joinpath("cpu.weight").read_text() == "100"
+
+
+def test_v2_burst_must_not_exceed_the_new_max(v2):
+    tmp_path, layout = v2
+    (tmp_path / "sys/fs/cgroup/batch/a/cpu.max.burst").write_text("60000\n")
+    act = _act(tmp_path, layout)
+    act.apply(tick(0), {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.5))]})
+    [msg] = act.refusals().values()
+    assert "cpu.max.burst 60000us exceeds the new quota 50000us" in msg
+    assert (tmp_path / "sys/fs/cgroup/batch/a/cpu.max").read_text() == "max 100000\n"
+
+
+def test_most_restrictive_rule_wins(v2):
+    tmp_path, layout = v2
+    act = _act(tmp_path, layout)
+    sets = [ActionSet("loose", cpu=CpuSpec(max=1.5)), ActionSet("tight", cpu=CpuSpec(max=0.4))]
+    [a] = act.apply(tick(0), {"/batch/a": sets})
+    assert (a.knob, a.value, a.original, a.rule) == ("cpu.max", "40000 100000", "max 100000", "tight")
+
+
+def test_floor_step_and_cooldown(v2):
+    tmp_path, layout = v2
+    act = _act(tmp_path, layout, safety=Safety(quota_floor=0.1, max_step=0.5, cooldown=2.0))
+    f = tmp_path / "sys/fs/cgroup/batch/a/cpu.max"
+    want = {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.01))]}
+    seen = []
+    for t in range(8):
+        act.apply(tick(t), want)
+        seen.append(f.read_text())
+    # Node has 2 CPUs: halve at most per change, one tightening per 2 s, never below 0.1.
+    assert seen == ["100000 100000", "100000 100000", "50000 100000", "50000 100000",
+                    "25000 100000", "25000 100000", "12500 100000", "12500 100000"]
+    act.apply(tick(8), want)
+    act.apply(tick(10), want)
+    assert f.read_text() == "10000 100000"           # the floor, not 0.01 CPU
+    # Loosening is never held back by the cool-down.
+    act.apply(tick(10.5), {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=1.0))]})
+    assert f.read_text() == "100000 100000"
+
+
+def test_protected_cgroups_are_never_touched(v2):
+    tmp_path, layout = v2
+    act = _act(tmp_path, layout, protected=("/keep/*",))
+    spec = [ActionSet("r", cpu=CpuSpec(max=0.2))]
+    paths = ["/", "/init.scope", "/system.slice/tagger.service", "/system.slice", "/keep/me"]
+    assert act.apply(tick(0), {p: spec for p in paths}) == []
+    for p in paths[1:]:
+        assert (tmp_path / "sys/fs/cgroup" / p.strip("/") / "cpu.max").read_text() == "max 100000\n"
+    assert not (tmp_path / "state").exists() or not (tmp_path / "state/actions.journal.json").exists()
+
+
+def test_dry_run_reports_the_same_actions_and_touches_nothing(v2):
+    tmp_path, layout = v2
+    want = {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.5, weight=20))]}
+    dry = _act(tmp_path, layout, dry_run=True)
+    got_dry = dry.apply(tick(0), want)
+    assert (tmp_path / "sys/fs/cgroup/batch/a/cpu.max").read_text() == "max 100000\n"
+    assert not (tmp_path / "state").exists()
+    real = _act(tmp_path, layout)
+    got = real.apply(tick(0), want)
+    strip = lambda acts: sorted((a.cgroup, a.knob, a.value, a.original, a.rule) for a in acts)   # noqa: E731
+    assert strip(got_dry) == strip(got) and all(a.dry_run for a in got_dry)
+    dry.revert_all()
+    assert not (tmp_path / "state/actions.journal.json").exists() or real.entries
+
+
+def test_vanished_cgroup_is_dropped_not_an_error(v2):
+    tmp_path, layout = v2
+    act = _act(tmp_path, layout)
+    act.apply(tick(0), {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.5))]})
+    import shutil
+    shutil.rmtree(tmp_path / "sys/fs/cgroup/batch/a")
+    act.apply(tick(1), {})
+    assert act.current() == [] and act.revert_all() == []
