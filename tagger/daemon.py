@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from tagger import __version__
-from tagger.errors import ConfigError, RulesError, TaggerError
+from tagger.errors import ConfigError, RulesError
 from tagger.kernelfs import HOST, KernelFS
 from tagger.sdnotify import Notifier
 
@@ -152,22 +152,6 @@ def _rules_signature(directory: str):
         return None
 
 
-def own_cgroup() -> str:
-    """This process's cgroup path (v2 line of /proc/self/cgroup, else the cpu one)."""
-    try:
-        text = HOST.read_text("/proc/self/cgroup")
-    except TaggerError:
-        return "/"
-    fallback = "/"
-    for line in text.splitlines():
-        hid, controllers, path = line.split(":", 2)
-        if hid == "0":
-            return path or "/"
-        if "cpu" in controllers.split(","):
-            fallback = path or "/"
-    return fallback
-
-
 def rules_summary(ruleset, directory: str, errors=(), loaded_at: float | None = None) -> dict:
     """What the socket's ``rules`` request returns."""
     rules = []
@@ -286,21 +270,19 @@ class Daemon:
         # Actions first and last: the journal restores what a crash left behind
         # before anything new is changed, and every change is reverted at exit.
         if self._actuator is None:
-            from tagger.actions import Actuator
+            from tagger.actions.actuator import Actuator
             from tagger.cgroups import Layout
             layout = self._layout or Layout.detect(fs=self.fs)
-            me = own_cgroup()
-            self._actuator = Actuator(layout, fs=self.fs, state_dir=cfg.state_dir,
-                                      dry_run=cfg.dry_run, protected=("/", me))
+            if not cfg.dry_run:
+                os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+            # The actuator protects the root, init and tagger's own cgroups itself.
+            self._actuator = Actuator(layout, fs=self.fs, state_dir=cfg.state_dir, dry_run=cfg.dry_run)
         self.actuator = self._actuator
-        if not cfg.dry_run:
-            os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         self.actuator.recover()
         stack.callback(self._revert_actions)     # if setup fails below
 
         if self._collector is None:
-            from tagger.telemetry import open_collector
-            self._collector = stack.enter_context(open_collector(prefer_bpf=cfg.prefer_bpf, fs=self.fs))
+            self._collector = stack.enter_context(self._open_collector())
         else:
             stack.callback(self._close_quietly, self._collector, "collector")
         self.collector = self._collector
@@ -329,6 +311,16 @@ class Daemon:
         # Teardown runs in reverse: the machine is put back first, then BPF and publishers.
         stack.callback(self._revert_actions)
 
+    def _open_collector(self):
+        try:
+            from tagger.telemetry import open_collector
+        except ModuleNotFoundError as err:
+            if err.name != "tagger.telemetry":
+                raise
+            from tagger.fallback import FallbackCollector
+            return FallbackCollector(fs=self.fs, reason="this build has no BPF collector")
+        return open_collector(prefer_bpf=self.config.prefer_bpf, fs=self.fs)
+
     def _check_ownership(self, directory):
         check = self.config.check_ownership
         if check is None:
@@ -341,7 +333,8 @@ class Daemon:
             return
         self._reverted = True
         try:
-            self.actuator.revert_all()
+            # close(): revert_all() and release the state directory's lock.
+            (getattr(self.actuator, "close", None) or self.actuator.revert_all)()
         except Exception:
             log.exception("reverting actions failed; the journal in %s restores them on next start",
                           self.config.state_dir)
@@ -448,8 +441,8 @@ class Daemon:
             events = list(result.events or ())
             if self.trace is not None:
                 self._publish("trace", self.trace.write, snap)
-            self._publish_tick(snap, events)
             self.cost.ticks += 1
+            self._publish_tick(snap, events)
         except Exception:
             self.cost.errors += 1
             self._log_once("tick", "tick failed (the loop carries on)")
@@ -560,7 +553,11 @@ class Daemon:
         specs = list(getattr(ruleset, "policies", ()) or ())
         if not specs:
             return []
-        from tagger.policies import LatencySlo
+        try:
+            from tagger.policies import LatencySlo
+        except ImportError:
+            log.warning("this build has no latency-slo controller; %d policies ignored", len(specs))
+            return []
         # An unchanged spec keeps its controller (and its limits' history) across a reload.
         return [previous.get(spec) or LatencySlo(spec) for spec in specs]
 

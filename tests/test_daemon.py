@@ -1,0 +1,333 @@
+"""The daemon's wiring, reload, ownership check, sd_notify and teardown, with a
+synthetic collector and a recording actuator (the real-kernel end-to-end bar
+is in test_daemon_e2e.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from dataclasses import dataclass
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tagger.api import ApiClient
+from tagger.daemon import Config, Daemon, check_rules_ownership, read_config_file
+from tagger.errors import ConfigError
+from tagger.sdnotify import Notifier
+from tagger.snapshot import Snapshot
+from tests.cgroup_fixture import wait_for
+
+RULES = """
+rules:
+  - name: cpu-intensive
+    match: {cgroup: "/**"}
+    when: cpu.usage > 0.8
+    for: 0s
+    keep_for: 0s
+    tags: {resource: cpu-intensive}
+  - name: cap-hogs
+    match: {tags: {resource: cpu-intensive}}
+    actions:
+      cpu: {max: 0.5}
+"""
+
+MORE_RULES = """
+rules:
+  - name: everyone-low
+    match: {cgroup: "/**"}
+    tags: {priority: low}
+"""
+
+
+class FakeCollector:
+    """Synthetic snapshots; ``usage`` (path -> CPUs) may be changed between ticks."""
+
+    def __init__(self, usage):
+        self.usage = dict(usage)
+        self.seq = 0
+        self.closed = False
+
+    def tick(self):
+        self.seq += 1
+        paths = sorted(self.usage)
+        snap = Snapshot.synthetic(paths, {"cpu.usage": [self.usage[p] for p in paths]},
+                                  t=self.seq * 0.05, dt=0.05)
+        snap.seq = self.seq
+        return snap
+
+    def health(self):
+        return {"source": "synthetic", "bpf_ns_per_event": 75.0, "drops": 3}
+
+    def close(self):
+        self.closed = True
+
+
+@dataclass(frozen=True)
+class Applied:
+    cgroup: str
+    knob: str
+    value: str
+    original: str
+    rule: str
+    since: float
+    dry_run: bool
+
+
+class RecordingActuator:
+    def __init__(self):
+        self.desired = {}
+        self.recovered = self.closed = False
+
+    def recover(self):
+        self.recovered = True
+        return []
+
+    def apply(self, snapshot, desired):
+        self.desired = desired
+        return self.current()
+
+    def current(self):
+        out = []
+        for path, sets in self.desired.items():
+            for s in sets:
+                if s.cpu and s.cpu.max:
+                    quota = int(s.cpu.max * 100000)
+                    out.append(Applied(path, "cpu.max", f"{quota} 100000", "max 100000", s.rule, 0.0, False))
+        return out
+
+    def close(self):
+        self.closed = True
+        self.desired = {}
+
+
+class Running:
+    """A Daemon on a thread, stopped on every exit path."""
+
+    def __init__(self, tmp_path, rules_dir, usage, **cfg):
+        self.collector = FakeCollector(usage)
+        self.actuator = RecordingActuator()
+        self.notify = None
+        config = Config(rules=str(rules_dir), interval=0.05, socket=str(tmp_path / "tagger.sock"),
+                        metrics="127.0.0.1:0", state_dir=str(tmp_path / "state"), **cfg)
+        self.daemon = Daemon(config, collector=self.collector, actuator=self.actuator,
+                             notifier=cfg.pop("notifier", None) if False else None)
+        self.result = None
+        self.error = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.result = self.daemon.run()
+        except BaseException as err:   # surfaced by the test
+            self.error = err
+
+    def __enter__(self):
+        self.thread.start()
+        wait_for(lambda: self.daemon.ready or self.error, timeout=10, what="daemon ready")
+        if self.error:
+            raise self.error
+        wait_for(lambda: self.daemon.cost.ticks >= 1, timeout=10, what="first tick")
+        return self
+
+    def __exit__(self, *exc):
+        self.daemon.stop()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive(), "daemon did not stop"
+
+
+@pytest.fixture
+def rules_dir(tmp_path):
+    d = tmp_path / "rules"
+    d.mkdir(mode=0o755)
+    (d / "10-cpu.yaml").write_text(RULES)
+    os.chmod(d / "10-cpu.yaml", 0o644)
+    return d
+
+
+def test_tick_flows_to_socket_metrics_and_actions(tmp_path, rules_dir):
+    with Running(tmp_path, rules_dir, {"/hog": 1.5, "/idle": 0.1}) as run:
+        with ApiClient(run.daemon.config.socket) as client:
+            wait_for(lambda: "/hog" in client.request("tags"), timeout=5, what="tag over the socket")
+            assert client.request("tags")["/hog"]["resource"]["value"] == "cpu-intensive"
+            [act] = client.request("actions")
+            assert act["knob"] == "cpu.max" and act["value"] == "50000 100000"
+            health = client.request("health")
+            assert health["ticks"] >= 1 and health["rules_loaded"] == 2
+            assert health["bpf_ns_per_event"] == 75.0 and health["ringbuf_drops"] == 3
+            assert health["tick_seconds"] >= 0 and "tick_jitter_seconds" in health
+            rules = client.request("rules")
+            assert [r["name"] for r in rules["rules"]] == ["cpu-intensive", "cap-hogs"]
+        assert run.actuator.recovered
+        assert [s.rule for s in run.actuator.desired["/hog"]] == ["cap-hogs"]
+
+        with urllib.request.urlopen(run.daemon.metrics.url, timeout=5) as resp:
+            text = resp.read().decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        tag = [s for s in fams["tagger_tag"].samples if s.labels["cgroup"] == "/hog"]
+        assert tag and tag[0].labels["value"] == "cpu-intensive"
+        assert fams["tagger_cpu_max_cpus"].samples[0].value == 0.5
+        assert fams["tagger_tick_seconds"].samples[0].value >= 0
+
+        run.collector.usage["/hog"] = 0.1                 # the hog calms down
+        with ApiClient(run.daemon.config.socket) as client:
+            wait_for(lambda: not client.request("tags"), timeout=5, what="tag cleared")
+            assert client.request("actions") == []
+            history = client.request("history", cgroup="/hog")
+            assert [e["kind"] for e in history] == ["added", "removed"]
+    # teardown: reverted, collector closed, socket gone, exit 0
+    assert run.result == 0 and run.error is None
+    assert run.actuator.closed and run.collector.closed
+    assert not os.path.exists(run.daemon.config.socket)
+
+
+def test_reload_with_broken_file_keeps_previous_rules(tmp_path, rules_dir, caplog):
+    with Running(tmp_path, rules_dir, {"/hog": 1.5}) as run:
+        d = run.daemon
+        (rules_dir / "20-broken.yaml").write_text("rules:\n  - name: bad\n    when: cpu.usgae > 1\n"
+                                                  "    frobnicate: yes\n    tags: {a: b}\n")
+        wait_for(lambda: d.reload_failures >= 1, timeout=5, what="reload refused")
+        assert d.rule_errors >= 2                          # every error, not only the first
+        assert len(d.ruleset.rules) == 2                   # previous rules in force
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        assert "20-broken.yaml:3" in logged and "frobnicate" in logged
+        with ApiClient(d.config.socket) as client:
+            wait_for(lambda: client.request("rules")["errors"], timeout=5, what="errors in rules reply")
+            assert "/hog" in client.request("tags")        # still tagging with the old rules
+            wait_for(lambda: client.request("health")["rule_errors"] == d.rule_errors, timeout=5,
+                     what="rule errors in health")
+
+        (rules_dir / "20-broken.yaml").write_text(MORE_RULES)     # fixed: reload takes it
+        wait_for(lambda: d.reloads >= 1, timeout=5, what="reload")
+        assert d.rule_errors == 0 and len(d.ruleset.rules) == 3
+        with ApiClient(d.config.socket) as client:
+            wait_for(lambda: client.request("tags").get("/hog", {}).get("priority"), timeout=5,
+                     what="new rule in force")
+
+        d.request_reload()                                 # SIGHUP's path, unchanged files
+        wait_for(lambda: d.reloads >= 2, timeout=5, what="forced reload")
+
+
+def test_broken_rules_at_start_refuse_to_start(tmp_path, rules_dir):
+    (rules_dir / "10-cpu.yaml").write_text("rules: [{name: x, when: 'cpu.usage >'}]\n")
+    daemon = Daemon(Config(rules=str(rules_dir), socket=None, metrics=None),
+                    collector=FakeCollector({}), actuator=RecordingActuator())
+    with pytest.raises(ValueError, match="error"):
+        daemon.run()
+
+
+def test_ownership_check(tmp_path):
+    d = tmp_path / "rules"
+    d.mkdir()
+    os.chmod(d, 0o755)
+    f = d / "a.yaml"
+    f.write_text(RULES)
+    os.chmod(f, 0o644)
+    check_rules_ownership(str(d), uid=os.geteuid())          # fine
+
+    os.chmod(f, 0o664)
+    with pytest.raises(ConfigError, match=r"writable by group.*\n.*chmod go-w .*a.yaml"):
+        check_rules_ownership(str(d), uid=os.geteuid())
+    os.chmod(f, 0o644)
+    os.chmod(d, 0o757)
+    with pytest.raises(ConfigError, match="rules directory .* writable by others"):
+        check_rules_ownership(str(d), uid=os.geteuid())
+    os.chmod(d, 0o755)
+    if os.geteuid() == 0:
+        os.chown(f, pwd.getpwnam("nobody").pw_uid, -1)
+        with pytest.raises(ConfigError, match=r"owned by uid .*\n.*chown root:root"):
+            check_rules_ownership(str(d), uid=0)
+
+
+def test_config_file(tmp_path):
+    cfg = tmp_path / "tagger.yaml"
+    cfg.write_text("interval: 500ms\nmetrics: off\nexport: '/kubepods/**'\ndry-run: true\n")
+    assert read_config_file(str(cfg)) == {"interval": 0.5, "metrics": None,
+                                          "export": ("/kubepods/**",), "dry_run": True}
+    cfg.write_text("intervall: 1s\n")
+    with pytest.raises(ConfigError, match="unknown setting 'intervall'"):
+        read_config_file(str(cfg))
+
+
+def test_sd_notify_ready_and_watchdog(tmp_path, rules_dir):
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    try:
+        notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})
+        assert notifier.watchdog_interval == 0.05
+        daemon = Daemon(Config(rules=str(rules_dir), interval=0.02, socket=None, metrics=None),
+                        collector=FakeCollector({"/a": 0.1}), actuator=RecordingActuator(),
+                        notifier=notifier)
+        thread = threading.Thread(target=daemon.run, daemon=True)
+        thread.start()
+        try:
+            got = set()
+            while not {"READY=1", "WATCHDOG=1"} <= got:
+                got |= set(sock.recv(4096).decode().split("\n"))
+        finally:
+            daemon.stop()
+            thread.join(timeout=10)
+        got |= set(sock.recv(4096).decode().split("\n"))
+        while "STOPPING=1" not in got:
+            got |= set(sock.recv(4096).decode().split("\n"))
+    finally:
+        sock.close()
+    assert Notifier({}).ready() is False                  # outside systemd: a no-op
+
+
+@pytest.mark.root
+def test_cli_sighup_and_sigterm(tmp_path, rules_dir):
+    """The real command in a subprocess (cgroupfs collector, dry run): SIGHUP
+    reloads, SIGTERM exits 0 and removes the socket."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (ownership check, cgroupfs)")
+    sock_path = str(tmp_path / "t.sock")
+    argv = [sys.executable, "-m", "tagger.cli.main", "run", "--rules", str(rules_dir),
+            "--interval", "200ms", "--socket", sock_path, "--metrics", "127.0.0.1:0",
+            "--state-dir", str(tmp_path / "state"), "--dry-run", "--cgroupfs-only"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def health():
+            if proc.poll() is not None:
+                raise AssertionError(f"tagger run exited: {proc.stderr.read()}")
+            try:
+                with ApiClient(sock_path, timeout=2) as c:
+                    return c.request("health")
+            except Exception:
+                return None
+        wait_for(lambda: (health() or {}).get("ticks", 0) >= 1, timeout=30, what="tagger run ticking")
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_for(lambda: (health() or {}).get("reloads", 0) >= 1, timeout=10, what="SIGHUP reload")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert not os.path.exists(sock_path)
+        assert "reloaded (SIGHUP)" in err and "stopped" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_tags_command(tmp_path, rules_dir):
+    from click.testing import CliRunner
+
+    from tagger.cli.tags import tags
+    with Running(tmp_path, rules_dir, {"/hog": 1.5, "/x/y": 0.9}) as run:
+        with ApiClient(run.daemon.config.socket) as client:
+            wait_for(lambda: len(client.request("tags")) == 2, timeout=5, what="tags")
+        runner = CliRunner()
+        res = runner.invoke(tags, ["--socket", run.daemon.config.socket])
+        assert res.exit_code == 0, res.output
+        assert "/hog" in res.output and "cpu-intensive" in res.output
+        res = runner.invoke(tags, ["--socket", run.daemon.config.socket, "--json", "--cgroup", "/x/**"])
+        assert list(json.loads(res.output)) == ["/x/y"]
