@@ -1,0 +1,205 @@
+"""tagger top as a real process on a pseudo-terminal: every way out (q,
+Ctrl+C, SIGTERM, SIGHUP... as far as a pty can tell) leaves the terminal as it
+found it; sources that cannot run say why before the terminal is taken; the
+socket source reads a real agent socket (tagger.api)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from tagger.cli.top.app import top
+from tagger.cli.top.sources import LocalSource, SocketSource, SourceUnavailable
+
+ALT_SCREEN_ON, ALT_SCREEN_OFF, CURSOR_ON = b"\x1b[?1049h", b"\x1b[?1049l", b"\x1b[?25h"
+
+
+class TopOnPty:
+    """``tagger top ARGS`` with a pty as its controlling terminal."""
+
+    def __init__(self, *args, rows=30, cols=120):
+        self.master, self.slave = pty.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.attrs_before = termios.tcgetattr(self.slave)
+        slave = self.slave
+
+        def make_controlling_tty():
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+        env = {**os.environ, "TERM": "xterm-256color"}
+        env.pop("TEXTUAL", None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "tagger.cli.main", "top", *args],
+                                     stdin=slave, stdout=slave, stderr=slave, env=env,
+                                     preexec_fn=make_controlling_tty, close_fds=True)
+        self.output = bytearray()
+
+    def read_until(self, predicate, timeout=30.0) -> bool:
+        """Read output until ``predicate(output)`` or the deadline; True if it held."""
+        deadline = time.monotonic() + timeout
+        while not predicate(bytes(self.output)):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready, _, _ = select.select([self.master], [], [], min(left, 0.5))
+            if ready:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:            # EIO: the child closed the terminal
+                    return predicate(bytes(self.output))
+                self.output += chunk
+            elif self.proc.poll() is not None:
+                return predicate(bytes(self.output))
+        return True
+
+    def finish(self, timeout=30.0) -> int:
+        """Wait for exit while draining the pty (a full pty would block the child)."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.read_until(lambda out: False, timeout=0.2)
+        self.read_until(lambda out: False, timeout=0.2)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            raise AssertionError(f"tagger top did not exit; last output: {bytes(self.output[-300:])!r}")
+        return self.proc.returncode
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.fixture
+def top_on_pty():
+    made = []
+
+    def start(*args):
+        t = TopOnPty(*args)
+        made.append(t)
+        return t
+
+    yield start
+    for t in made:
+        t.close()
+
+
+def _started(t: TopOnPty):
+    assert t.read_until(lambda out: b"NAME" in out and b"cgroups" in out), \
+        f"no table drawn; output: {bytes(t.output[-500:])!r}"
+
+
+@pytest.mark.parametrize("how", ["q", "ctrl+c", "SIGTERM", "SIGHUP"])
+def test_every_exit_path_restores_the_terminal(top_on_pty, how):
+    t = top_on_pty("--demo", "60", "--interval", "100ms")
+    _started(t)
+    assert ALT_SCREEN_ON in t.output
+    assert termios.tcgetattr(t.slave) != t.attrs_before      # raw mode while running
+    if how == "q":
+        os.write(t.master, b"q")
+    elif how == "ctrl+c":
+        os.write(t.master, b"\x03")
+    else:
+        t.proc.send_signal(getattr(signal, how))
+    rc = t.finish()
+    assert rc == 0, bytes(t.output[-500:])
+    tail = bytes(t.output[t.output.rfind(ALT_SCREEN_ON):])
+    assert ALT_SCREEN_OFF in tail and CURSOR_ON in tail
+    assert termios.tcgetattr(t.slave) == t.attrs_before       # cooked mode, echo back on
+
+
+def test_missing_socket_is_reported_before_the_terminal_is_taken(top_on_pty, tmp_path):
+    t = top_on_pty("--connect", str(tmp_path / "absent.sock"))
+    rc = t.finish()
+    assert rc == 1
+    assert b"no such socket" in t.output
+    assert ALT_SCREEN_ON not in t.output
+    assert termios.tcgetattr(t.slave) == t.attrs_before
+
+
+# -- sources that cannot run say what to do ----------------------------------------------------
+
+def test_standalone_without_root_says_so(monkeypatch):
+    import types
+    fake = types.ModuleType("tagger.telemetry")
+    fake.open_collector = lambda **kw: pytest.fail("must not load BPF without root")
+    monkeypatch.setitem(sys.modules, "tagger.telemetry", fake)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(SourceUnavailable, match=r"needs root.*sudo tagger top.*--connect"):
+        LocalSource()
+
+
+def test_standalone_collector_refusal_is_reported_with_the_way_out(monkeypatch):
+    import types
+
+    from tagger.errors import PermissionDenied
+    fake = types.ModuleType("tagger.telemetry")
+
+    def refuse(**kw):
+        raise PermissionDenied(1, "bpf(BPF_PROG_LOAD): permission denied (run as root?)")
+
+    fake.open_collector = refuse
+    monkeypatch.setitem(sys.modules, "tagger.telemetry", fake)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    result = CliRunner().invoke(top, [])
+    assert result.exit_code == 1
+    assert "BPF_PROG_LOAD" in result.output and "sudo tagger top" in result.output
+
+
+def test_connect_to_a_missing_socket_fails_cleanly(tmp_path):
+    result = CliRunner().invoke(top, ["--connect", str(tmp_path / "nope.sock")])
+    assert result.exit_code == 1
+    assert "no such socket" in result.output and "tagger run" in result.output
+
+
+def test_bad_interval_is_refused():
+    result = CliRunner().invoke(top, ["--demo", "5", "--interval", "10 parsecs"])
+    assert result.exit_code == 2
+    assert "--interval" in result.output
+
+
+# -- the socket source against a real agent socket ---------------------------------------------
+
+def test_socket_source_reads_snapshot_tags_actions_and_events(tmp_path):
+    from tagger.api import ApiServer
+    from tagger.cli.top.sources import DemoSource
+    from tagger.tags import Tag, TagEvent
+
+    frame = DemoSource(40, seed=9).next_frame()
+    snap = frame.snapshot
+    path = snap.cgroups.paths[5]
+    tags = {path: {"priority": Tag("priority", "low", "best-effort", snap.t - 3)}}
+    event = TagEvent(snap.t, path, "priority", "low", None, "best-effort", "added")
+    action = {"cgroup": path, "knob": "cpu.max", "value": "50000 100000", "original": "max 100000",
+              "rule": "cap-low-priority-hogs", "since": snap.t, "dry_run": False}
+    health = {"events_per_second": 5000.0, "ringbuf_drops": 0, "map_full": 0, "rules_loaded": 9,
+              "actions": 1, "dry_run": False, "source": "bpf"}
+    with ApiServer(str(tmp_path / "tagger.sock"), allowed_uids={os.geteuid()}) as server:
+        source = SocketSource(server.path)
+        try:
+            server.publish(snap, tags, [event], [action], health)
+            got = None
+            deadline = time.monotonic() + 10
+            while got is None and time.monotonic() < deadline:   # the server thread applies it
+                got = source.next_frame()
+            assert got is not None
+            assert got.snapshot.cgroups.paths == snap.cgroups.paths
+            assert got.tags[path]["priority"].rule == "best-effort"
+            assert got.actions[path][0].value == "50000 100000"
+            assert [e.kind for e in got.events] == ["added"]
+            assert got.health["rules"] == 9 and got.health["dry_run"] is False
+            assert source.next_frame() is None                     # same tick: nothing new
+        finally:
+            source.close()
