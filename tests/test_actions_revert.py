@@ -1,0 +1,144 @@
+"""Revert on the real kernel: after SIGTERM every knob tagger changed holds its
+original value; after SIGKILL, a restart's recover() puts them back (or
+re-adopts them, keeping the true original); vanished cgroups are dropped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tagger.actions.journal import JOURNAL_NAME, read_entries
+from tests.cgroup_fixture import wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+CPU_FILES = ("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.shares")
+BLKIO_FILES = ("blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device",
+               "blkio.throttle.read_iops_device", "blkio.throttle.write_iops_device")
+
+
+def knobs(cg):
+    """Every file tagger may change for ``cg``, as text."""
+    out = {f: (cg.dir("cpu") / f).read_text() for f in CPU_FILES}
+    out.update({f: (cg.dir("blkio") / f).read_text() for f in BLKIO_FILES})
+    return out
+
+
+def start_driver(state_dir, doc, *extra):
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fixtures.actions_driver", str(state_dir),
+                             json.dumps(doc), *extra], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    return proc
+
+
+def wait_line(proc, prefix, timeout=20):
+    lines = []
+
+    def got():
+        line = proc.stdout.readline()
+        lines.append(line)
+        return line.startswith(prefix) or proc.poll() is not None
+    wait_for(got, timeout, what=f"driver to print {prefix!r}")
+    assert lines[-1].startswith(prefix), lines
+    return lines[-1]
+
+
+@pytest.fixture
+def workloads(make_cgroup):
+    dev = open("/sys/block/vda/dev").read().strip()
+    cgs = [make_cgroup(n, controllers=("cpu", "blkio")) for n in ("a", "b")]
+    # Not the defaults: an operator's settings, which must come back exactly.
+    (cgs[0].dir("cpu") / "cpu.cfs_quota_us").write_text("150000")
+    (cgs[0].dir("cpu") / "cpu.shares").write_text("2048")
+    (cgs[0].dir("blkio") / "blkio.throttle.write_bps_device").write_text(f"{dev} 7000000")
+    doc = {cg.path: {"cpu": {"max": 0.3, "period": 0.05, "weight": 50},
+                     "io": {"device": "/dev/vda", "read_bps": 5_000_000, "write_bps": 2_000_000,
+                            "read_iops": 100, "write_iops": 80}} for cg in cgs}
+    return cgs, doc
+
+
+def _changed(before, cgs):
+    return {(cg.path, f) for cg in cgs for f, v in knobs(cg).items() if v != before[cg.path][f]}
+
+
+@pytest.mark.root
+def test_sigterm_restores_every_knob(workloads, tmp_path):
+    cgs, doc = workloads
+    before = {cg.path: knobs(cg) for cg in cgs}
+    proc = start_driver(tmp_path / "state", doc)
+    try:
+        wait_line(proc, "applied")
+        changed = _changed(before, cgs)
+        assert len(changed) == 2 * 7          # quota, period, shares, four throttle files, per cgroup
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    after = {cg.path: knobs(cg) for cg in cgs}
+    restored = sum(after[p][f] == before[p][f] for p, f in changed)
+    print(f"\nSIGTERM: {restored}/{len(changed)} changed knobs restored")
+    assert after == before
+    assert not (tmp_path / "state" / JOURNAL_NAME).exists()
+
+
+@pytest.mark.root
+def test_sigkill_then_recover_restores_every_knob(workloads, tmp_path):
+    cgs, doc = workloads
+    before = {cg.path: knobs(cg) for cg in cgs}
+    proc = start_driver(tmp_path / "state", doc)
+    wait_line(proc, "applied")
+    changed = _changed(before, cgs)
+    proc.kill()
+    proc.wait(timeout=10)
+    # Killed: nothing was put back, but the journal holds every original.
+    assert _changed(before, cgs) == changed
+    entries = read_entries(tmp_path / "state" / JOURNAL_NAME, quarantine=False)
+    assert {(e.cgroup, e.knob) for e in entries} == {(cg.path, k) for cg in cgs
+                                                     for k in ("cpu.max", "cpu.weight", "io.max 254:0")}
+    assert {e.original for e in entries if e.cgroup == cgs[0].path and e.knob == "cpu.max"} == {"150000 100000"}
+
+    proc = start_driver(tmp_path / "state", doc, "--recover-only")
+    assert wait_line(proc, "recovered").split() == ["recovered", str(len(entries))]
+    assert proc.wait(timeout=20) == 0
+    after = {cg.path: knobs(cg) for cg in cgs}
+    restored = sum(after[p][f] == before[p][f] for p, f in changed)
+    print(f"\nSIGKILL + recover: {restored}/{len(changed)} changed knobs restored")
+    assert after == before
+    assert not (tmp_path / "state" / JOURNAL_NAME).exists()
+
+
+@pytest.mark.root
+def test_restart_readopts_keeping_the_true_original_and_drops_vanished(workloads, make_cgroup, tmp_path):
+    cgs, doc = workloads
+    gone = make_cgroup("gone", controllers=("cpu", "blkio"))
+    doc = dict(doc, **{gone.path: {"cpu": {"max": 0.5}}})
+    before = {cg.path: knobs(cg) for cg in cgs}
+    proc = start_driver(tmp_path / "state", doc)
+    wait_line(proc, "applied")
+    proc.kill()
+    proc.wait(timeout=10)
+    for d in set(gone.dirs.values()):
+        os.rmdir(d)                        # the workload ended while tagger was down
+    del doc[gone.path]
+
+    # The rules still want the limits: the restart keeps them in place (no flap)
+    # and remembers the values from before the first run, not the limited ones.
+    proc = start_driver(tmp_path / "state", doc)
+    try:
+        assert wait_line(proc, "recovered").split() == ["recovered", "6"]   # gone's knob dropped
+        wait_line(proc, "applied")
+        assert (cgs[0].dir("cpu") / "cpu.cfs_quota_us").read_text().strip() == "15000"
+        entries = read_entries(tmp_path / "state" / JOURNAL_NAME, quarantine=False)
+        assert all(e.cgroup != gone.path for e in entries)
+        assert {e.original for e in entries if e.cgroup == cgs[0].path and e.knob == "cpu.max"} == {"150000 100000"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert {cg.path: knobs(cg) for cg in cgs} == before
