@@ -130,7 +130,10 @@ def check_rules_ownership(directory: str, uid: int = 0) -> None:
         raise ConfigError(f"rules directory {directory}: not a directory")
     for parent in reversed(path.parents):
         check(parent, "directory above the rules", allow_sticky=True)
-    check(path, "rules directory")
+    # A sticky root-owned directory (a Kubernetes ConfigMap mount is one) is
+    # allowed: others may add files there, but not replace root's, and their
+    # own files fail the per-file check below.
+    check(path, "rules directory", allow_sticky=True)
     for entry in sorted(path.iterdir()):
         if entry.suffix in (".yaml", ".yml"):
             check(entry, "rule file")
