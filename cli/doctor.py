@@ -64,4 +64,6 @@ def doctor(as_json, no_load):
     else:
         render(checks, code, sentence)
     sys.stdout.flush()
-    raise click.exceptions.Exit(code)
+    # sys.exit, not click's Exit: main() runs click with standalone_mode=False,
+    # which turns Exit into a return value that it then drops.
+    sys.exit(code)
