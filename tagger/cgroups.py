@@ -374,10 +374,13 @@ class Registry:
             root_id = os.stat(real_root).st_ino if ids else 0
         except OSError as err:
             raise errors.from_oserror(err, root) from err
-        found = {"/": root_id}
-        stack = [(str(real_root), "")]
+        found: dict[str, int] = {}
+        # Depth-first, children pushed in reverse name order: rows come out
+        # parents before children, siblings in name order (a stable row order).
+        stack = [(str(real_root), "/", root_id)]
         while stack:
-            real, rel = stack.pop()
+            real, rel, ino = stack.pop()
+            found[rel] = ino
             try:
                 with os.scandir(real) as it:
                     children = [(e.name, e.inode(), e.path) for e in it if e.is_dir(follow_symlinks=False)]
@@ -386,12 +389,11 @@ class Registry:
             except PermissionError as err:
                 log.debug("cannot list %s: %s", real, err)
                 continue
-            for name, ino, child_real in sorted(children):
-                child = f"{rel}/{name}"
-                found[child] = ino if ids else 0
-                stack.append((child_real, child))
-        # Parents before children, siblings in name order: stable row order.
-        return dict(sorted(found.items(), key=lambda kv: kv[0].split("/")))
+            children.sort(reverse=True)
+            prefix = "" if rel == "/" else rel
+            for name, child_ino, child_real in children:
+                stack.append((child_real, f"{prefix}/{name}", child_ino if ids else 0))
+        return found
 
     # --- events from the BPF cgroup mkdir/rmdir ring buffer -------------------
     def add(self, cgid: int, path: str) -> None:
