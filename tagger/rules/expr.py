@@ -311,6 +311,48 @@ def tag_refs(node: Node) -> list[tuple[str, str | None, int]]:
     return out
 
 
+def static_problems(node: Node, macros) -> list[ExprError]:
+    """Every problem findable without types: unknown metrics, node metrics,
+    macros and functions, wrong argument counts.  Lets the loader report all of
+    them at once; the compiler then stops at the first type error."""
+    out: list[ExprError] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.kind == "name" and n.value not in macros and n.value not in METRICS:
+            try:
+                Compiler({m: None for m in macros})._name(n)
+            except ExprError as err:
+                out.append(err)
+        elif n.kind == "node" and n.value not in NODE_METRICS:
+            try:
+                Compiler()._c(n)
+            except ExprError as err:
+                out.append(err)
+        elif n.kind == "call":
+            err = _call_shape(n)
+            if err is not None:
+                out.append(err)
+        stack.extend(reversed(n.args))
+    return sorted(out, key=lambda e: e.offset)
+
+
+def _call_shape(n: Node) -> ExprError | None:
+    name = n.value
+    if name not in FUNCTIONS:   # the list is short: show it rather than guess
+        return ExprError(f"unknown function {name!r} (functions: {', '.join(FUNCTIONS)})", n.pos)
+    kinds, _ = FUNCTIONS[name]
+    if kinds == "num+":
+        return ExprError(f"{name}() needs at least one argument", n.pos) if not n.args else None
+    if len(n.args) != len(kinds):
+        return ExprError(f"{name}() takes {len(kinds)} argument{'s' if len(kinds) != 1 else ''},"
+                         f" got {len(n.args)}", n.pos)
+    for arg, kind in zip(n.args, kinds):
+        if kind == "str" and arg.kind != "str":
+            return ExprError(f"{name}() needs a quoted string here", arg.pos)
+    return None
+
+
 # --- type check and compile -------------------------------------------------------
 
 Fn = Callable[["object"], object]
@@ -463,18 +505,12 @@ class Compiler:
 
     def _call(self, n: Node) -> Compiled:
         name = n.value
-        if name not in FUNCTIONS:
-            hint = suggest(name, FUNCTIONS)
-            raise ExprError(f"unknown function {name!r}" + (f": did you mean {hint}?" if hint else "")
-                            + f" (functions: {', '.join(FUNCTIONS)})", n.pos)
+        err = _call_shape(n)
+        if err is not None:
+            raise err
         kinds, result = FUNCTIONS[name]
         if kinds == "num+":
-            if not n.args:
-                raise ExprError(f"{name}() needs at least one argument", n.pos)
             kinds = ("num",) * len(n.args)
-        if len(n.args) != len(kinds):
-            raise ExprError(f"{name}() takes {len(kinds)} argument{'s' if len(kinds) != 1 else ''},"
-                            f" got {len(n.args)}", n.pos)
         args = []
         for arg, kind in zip(n.args, kinds):
             if kind == "str":

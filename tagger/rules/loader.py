@@ -374,6 +374,12 @@ class _Loader:
             src, node, path, text = self.macro_defs[name]
             self.path, self.text, self.subject = path, text, f'macro "{name}"'
             try:
+                found = ex.static_problems(trees[name], self.macro_defs)
+                if found:
+                    for err in found:
+                        self._expr_error(node, err)
+                    self.broken.add(name)
+                    return
                 compiled[name] = ex.Compiler(compiled).compile(trees[name])
             except ex.ExprError as err:
                 self._expr_error(node, err)
@@ -391,6 +397,11 @@ class _Loader:
             self.error(node, "a rule must be a mapping (name, match, when, tags, ...)")
             self.subject = ""
             return
+        for knode, vnode in node.value:     # name first, so every message names the rule
+            if isinstance(knode, yaml.ScalarNode) and knode.value == "name" \
+                    and isinstance(vnode, yaml.ScalarNode) and vnode.tag == _STR:
+                self.subject = f'rule "{vnode.value}"'
+                break
         fields = self._mapping(node, RULE_KEYS, "rule key")
         if "name" in fields:
             try:
@@ -462,6 +473,12 @@ class _Loader:
                 if used:
                     ok = False          # the macro's own error says what is wrong
                     return None, None
+                found = ex.static_problems(tree, self.macro_defs)
+                if found:
+                    for err in found:
+                        self._expr_error(vnode, err)
+                    ok = False
+                    return None, None
                 c = ex.Compiler(macros).compile(tree)
             except ex.ExprError as err:
                 self._expr_error(vnode, err)
@@ -517,7 +534,7 @@ class _Loader:
             for knode, valnode in vnode.value:
                 key = self._scalar_text(knode, "a tag key")
                 tags[key] = self._scalar_text(valnode, f"tag {key}")
-            self.selector_tags.append((tags, vnode, self.path, self.subject))
+                self.selector_tags.append((key, tags[key], knode, self.path, self.subject))
         if bad:
             raise _Skip
         return Selector(globs.get("cgroup", ()), globs.get("exclude", ()), names, tags)
@@ -573,10 +590,14 @@ class _Loader:
             raise _Skip
         return ActionSet(rule_name, specs.get("cpu"), specs.get("io"), specs.get("rdt"))
 
-    def _sub(self, node, keys, what, parse):
+    def _sub(self, node, keys, what, parse, required=()):
         """Parse each field of an action mapping; keep going after a bad one."""
         fields = self._mapping(node, keys, f"{what} key")
         bad = len(fields) != len(node.value)
+        for key in required:
+            if key not in fields:
+                self.error(node, f'{what} action needs "{key}"')
+                bad = True
         out = {}
         for key, (knode, vnode) in fields.items():
             try:
@@ -627,10 +648,7 @@ class _Loader:
         f = self._sub(node, RDT_KEYS, "rdt", {
             "group": lambda v, w: self._str(v, w),
             "l3": lambda v, w: self._l3(v, w),
-            "mb": lambda v, w: self._mb(v, w)})
-        if "group" not in f:
-            self.error(node, 'rdt action needs "group"')
-            raise _Skip
+            "mb": lambda v, w: self._mb(v, w)}, required=("group",))
         return RdtSpec(f["group"], f.get("l3"), int(f["mb"]) if "mb" in f else None)
 
     def _l3(self, node, what):
@@ -769,11 +787,10 @@ class _Loader:
             for k, v in r.tags.items():
                 set_keys.setdefault(k, set()).add(v)
 
-        for tags, node, path, subject in self.selector_tags:
-            for key, value in tags.items():
-                msg = self._tag_msg(key, value, set_keys)
-                if msg:
-                    self.warn(node, msg, path=path, subject=subject)
+        for key, value, node, path, subject in self.selector_tags:
+            msg = self._tag_msg(key, value, set_keys)
+            if msg:
+                self.warn(node, msg, path=path, subject=subject)
         for r in rules:
             for c in (r.when, r.clear_when):
                 for key, value, _ in (ex.tag_refs(c.tree) if c is not None and c.tree else ()):
