@@ -215,23 +215,17 @@ def detail_renderable(detail: Detail | None, message: str = ""):
         f"mem {format_bytes(v['mem.current'])}  psi cpu {format_percent(v['psi.cpu.some'])} "
         f"io {format_percent(v['psi.io.some'])}")
 
-    hists = Table.grid(padding=(0, 4))
-    hists.add_row(histogram_text("run-queue latency", detail.runq_hist, detail.hist_edges),
-                  histogram_text("block I/O latency", detail.io_hist, detail.hist_edges))
-
-    spark = Table.grid(padding=(0, 1))
-    n = len(detail.history["cpu"])
+    spark = Text(f"last {len(detail.history['cpu'])} ticks\n", "bold")
     for key, label, fmt in (("cpu", "cpu", lambda x: f"{x:.2f} CPUs"),
                             ("runq", "runq p99", format_duration), ("io", "io p99", format_duration)):
         series = detail.history[key]
         last = series[-1] if len(series) else math.nan
-        spark.add_row(Text(f"{label:>9}", "bold"), Text(sparkline(series), "green"),
-                      Text("-" if math.isnan(last) else fmt(last)))
-    spark_title = Text(f"last {n} ticks", "bold")
-
-    who = Table.grid(padding=(0, 4))
-    who.add_row(_ranked("preempted most by", detail.preempted_by),
-                _ranked("preempts most", detail.preempts))
+        spark.append(f"{label:>9} ", "bold")
+        spark.append(sparkline(series), "green")
+        spark.append(f" {'-' if math.isnan(last) else fmt(last)}\n")
+    who = Text()
+    who.append_text(_ranked("preempted most by", detail.preempted_by))
+    who.append_text(_ranked("preempts most", detail.preempts))
 
     tags = Text("tags\n", "bold")
     if not detail.tags:
@@ -245,7 +239,7 @@ def detail_renderable(detail: Detail | None, message: str = ""):
         acts.append("  none\n", STYLE_MISSING)
     for a in detail.actions:
         acts.append(f"  {a.knob} = {a.value}", STYLE_THROTTLE_DRY if a.dry_run else STYLE_THROTTLE)
-        acts.append(f"  (was {a.original})  rule {a.rule or '?'}  since {_ago(age(a.since, detail.t))}"
+        acts.append(f"  (was {a.original})\n    rule {a.rule or '?'}  since {_ago(age(a.since, detail.t))}"
                     + ("  dry-run" if a.dry_run else "") + "\n")
 
     events = Text("recent tag events\n", "bold")
@@ -256,10 +250,18 @@ def detail_renderable(detail: Detail | None, message: str = ""):
                   "changed": f"{e.key}: {e.old} → {e.value}"}.get(e.kind, f"{e.kind} {e.key}")
         events.append(f"  {_ago(age(e.t, detail.t))} ago  {change}  rule {e.rule or '?'}\n")
 
+    # Three columns so the whole pane fits half a terminal: the pictures first,
+    # then what tagger thinks and did about it.
+    upper = Table.grid(padding=(0, 3))
+    upper.add_row(histogram_text("run-queue latency", detail.runq_hist, detail.hist_edges),
+                  histogram_text("block I/O latency", detail.io_hist, detail.hist_edges), who)
+    lower = Table.grid(padding=(0, 3))
+    lower.add_row(tags, acts, events)
+
     parts = [head]
     if message:
         parts.append(Text(message, "bold yellow"))
-    return Group(*parts, figures, Text(""), hists, spark_title, spark, Text(""), who, tags, acts, events)
+    return Group(*parts, figures, upper, spark, lower)
 
 
 def _ranked(title: str, items: list[tuple[str, float]]) -> Text:

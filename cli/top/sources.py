@@ -130,8 +130,13 @@ class DemoSource:
         self.noisy = np.zeros(n, bool)
         candidates = np.flatnonzero(self.besteffort)
         self.noisy[self.rng.permutation(candidates)[:max(2, cpus // 3)]] = True
-        self.base_cpu = np.where(leaf, self.rng.lognormal(-2.5, 1.0, n), 0.0)
-        self.base_cpu[self.noisy] = self.rng.uniform(1.5, 3.5, self.noisy.sum())
+        # Everyone else shares a third of the machine; the hogs take up to
+        # another half at the peak of their swing.
+        quiet = leaf & ~self.noisy
+        weights = np.where(quiet, self.rng.lognormal(0, 1.2, n), 0.0)
+        self.base_cpu = weights / max(weights.sum(), 1e-9) * cpus * 0.33
+        hogs = self.rng.uniform(1.5, 3.0, self.noisy.sum())
+        self.base_cpu[self.noisy] = hogs * min(1.0, cpus * 0.5 / 1.6 / max(hogs.sum(), 1e-9))
         self.has_io = leaf & (self.rng.random(n) < 0.6)
         self.parent = np.array([self.table.index(p.rsplit("/", 1)[0] or "/") if p != "/" else -1
                                 for p in paths])
@@ -178,7 +183,8 @@ class DemoSource:
         rng, n = self.rng, len(self.table)
         self.seq += 1
         self.t += self.interval
-        swing = 1 + 0.6 * math.sin(self.seq / 7.0)       # the batch pods come and go
+        # The batch pods come and go over a minute (at full strength on ticks 0, 60, ...).
+        swing = 1 + 0.6 * math.cos(2 * math.pi * self.seq / 60)
         cpu = self.base_cpu * rng.lognormal(0, 0.15, n)
         cpu[self.noisy] *= swing
         # Keep the leaves within the machine, then let parents carry their
@@ -188,7 +194,7 @@ class DemoSource:
             rows = np.flatnonzero(self.depth == depth)
             np.add.at(cpu, self.parent[rows], cpu[rows])
         noisy_load = float(cpu[self.noisy].sum()) / self.cpus
-        victim_factor = np.where(self.guaranteed, 1 + 8 * noisy_load, 1 + noisy_load)
+        victim_factor = np.where(self.guaranteed, 1 + 14 * noisy_load, 1 + noisy_load)
         p50 = rng.lognormal(math.log(40e-6), 0.4, n) * victim_factor
         p99 = p50 * rng.uniform(6, 14, n)
         wait = cpu * (p50 / 4e-4) * rng.uniform(0.5, 1.5, n)
