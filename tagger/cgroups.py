@@ -324,10 +324,17 @@ class Registry:
     On a v1-only host the walk covers the cpu (or name=systemd) hierarchy and
     every id is 0 (BPF cannot tell v1 cgroups apart)."""
 
-    def __init__(self, layout: Layout, fs: KernelFS | None = None, pod_names: PodNames | None = None):
+    def __init__(self, layout: Layout, fs: KernelFS | None = None, pod_names: PodNames | None = None,
+                 v1_ids: Iterable[str] = ()):
         self.layout = layout
         self.fs = fs if fs is not None else layout.fs
         self.pod_names = pod_names
+        # v1 hierarchies whose own cgroup ids must map back to paths too: on a
+        # hybrid host a bio's blkcg is a cgroup of the v1 blkio hierarchy, with
+        # an id (inode) of that hierarchy, not the v2 one.
+        self._v1_roots = {c: layout.controller_root(c) for c in v1_ids if layout.controller_version(c) == 1}
+        self._v1_by_id: dict[str, dict[int, str]] = {c: {} for c in self._v1_roots}
+        self._v1_by_path: dict[str, dict[str, int]] = {c: {} for c in self._v1_roots}
         self._by_path: dict[str, int] = {}
         self._by_id: dict[int, str] = {}
         self._names: dict[str, tuple[str, dict[str, str]]] = {}
@@ -353,7 +360,11 @@ class Registry:
 
     def scan(self) -> Change:
         """Walk the hierarchy; return what appeared and vanished since the last scan."""
-        found = self._walk()
+        found = self._walk(self.layout.walk_root, self.has_ids)
+        for ctrl, root in self._v1_roots.items():
+            v1 = self._walk(root, True)
+            self._v1_by_path[ctrl] = v1
+            self._v1_by_id[ctrl] = {i: p for p, i in v1.items()}
         old = self._by_path
         added = found.keys() - old.keys()
         removed = old.keys() - found.keys()
@@ -366,9 +377,7 @@ class Registry:
         self.scans += 1
         return Change(frozenset(added | recreated), frozenset(removed | recreated))
 
-    def _walk(self) -> dict[str, int]:
-        root = self.layout.walk_root
-        ids = self.has_ids
+    def _walk(self, root: str, ids: bool) -> dict[str, int]:
         real_root = self.fs.path(root)
         try:
             root_id = os.stat(real_root).st_ino if ids else 0
@@ -419,17 +428,31 @@ class Registry:
         self._names.pop(path, None)
 
     # --- lookups ----------------------------------------------------------------
-    def path_of(self, cgid: int, rescan: bool = False) -> str | None:
-        """Path of the cgroup with v2 id ``cgid``; with ``rescan``, walk again once if unknown."""
-        path = self._by_id.get(int(cgid))
+    def _id_maps(self, controller: str | None):
+        if controller is not None and controller in self._v1_roots:
+            return self._v1_by_id[controller], self._v1_by_path[controller]
+        for alias in (controller, _ALIASES.get(controller or "")):
+            if alias in self._v1_roots:
+                return self._v1_by_id[alias], self._v1_by_path[alias]
+        if controller is not None and self.layout.controller_version(controller) == 1:
+            raise KeyError(f"controller {controller!r} is on v1: make the Registry with v1_ids=({controller!r},)")
+        return self._by_id, self._by_path
+
+    def path_of(self, cgid: int, rescan: bool = False, controller: str | None = None) -> str | None:
+        """Path of the cgroup with v2 id ``cgid``; with ``rescan``, walk again once
+        if unknown.  With ``controller`` ("io"), ``cgid`` is an id of the
+        hierarchy holding it (v1 on a hybrid host: a bio's blkcg)."""
+        by_id = self._id_maps(controller)[0]
+        path = by_id.get(int(cgid))
         if path is None and rescan:
             self.scan()
-            path = self._by_id.get(int(cgid))
+            path = self._id_maps(controller)[0].get(int(cgid))
         return path
 
-    def id_of(self, path: str) -> int | None:
-        """v2 id of ``path`` (0 on a v1-only host), or None if unknown."""
-        return self._by_path.get(normalize(path))
+    def id_of(self, path: str, controller: str | None = None) -> int | None:
+        """v2 id of ``path`` (0 on a v1-only host), or None if unknown; with
+        ``controller``, its id in the hierarchy holding that controller."""
+        return self._id_maps(controller)[1].get(normalize(path))
 
     def describe(self, path: str) -> tuple[str, dict[str, str]]:
         """(display name, labels) of ``path`` (also for paths not seen yet)."""

@@ -315,3 +315,32 @@ def test_registry_real_ids(make_cgroup):
     finally:
         child.rmdir()
     assert reg.scan().removed == {cg.path + "/child"}
+
+
+def test_registry_v1_ids_for_blkio(tmp_path):
+    """Hybrid: a bio's blkcg is a v1 blkio cgroup; its id maps back to the same path."""
+    fs = make_tree(tmp_path, MOUNTS_HYBRID, "/sys/fs/cgroup/unified", "",
+                   dirs=["/sys/fs/cgroup/unified/a/b", "/sys/fs/cgroup/blkio/a/b", "/sys/fs/cgroup/cpu/a"])
+    layout = Layout.detect(fs)
+    reg = Registry(layout, v1_ids=("io",))
+    reg.scan()
+    blk = os.stat(tmp_path / "sys/fs/cgroup/blkio/a/b").st_ino
+    assert reg.path_of(blk, controller="io") == "/a/b"
+    assert reg.path_of(blk, controller="blkio") == "/a/b"
+    assert reg.id_of("/a/b", controller="io") == blk
+    assert reg.id_of("/a/b") == os.stat(tmp_path / "sys/fs/cgroup/unified/a/b").st_ino
+    with pytest.raises(KeyError, match="v1_ids"):
+        reg.path_of(1, controller="cpu")
+
+
+@pytest.mark.root
+def test_registry_real_blkio_ids(make_cgroup):
+    layout = Layout.detect(HOST)
+    if layout.controller_version("io") != 1:
+        pytest.skip("the io controller is not on v1 here")
+    cg = make_cgroup("blk", controllers=("blkio",))
+    reg = Registry(layout, v1_ids=("io",))
+    reg.scan()
+    ino = os.stat(cg.dir("blkio")).st_ino
+    assert reg.path_of(ino, controller="io") == cg.path
+    assert reg.path_of(cg.id) == cg.path
