@@ -124,7 +124,7 @@ class Actuator:
         self.resctrl = Resctrl(fs, resctrl_root)
         self.cpus = cpus or node_cpus(fs)
         self.journal = Journal(state_dir, durable)
-        self._changed_at: dict[str, float] = {}
+        self._tightened_at: dict[str, float] = {}
         self._refused: dict[str, str] = {}
         self._warned: set[str] = set()
         if not dry_run:
@@ -265,7 +265,7 @@ class Actuator:
             except ActionRefused as err:
                 self._refuse(key, err)
                 entry = self.entries.get(key)
-                if entry is not None and entry.value == entry.original and key not in self._changed_at:
+                if entry is not None and entry.value == entry.original:
                     # Refused at the first write: nothing changed, nothing to put back.
                     self.journal.drop(key, sync=False)
                     dirty = True
@@ -292,14 +292,15 @@ class Actuator:
             # here on leaves enough to put it back.
             self.journal.put(entry, sync=not self.dry_run)
         else:
-            held = now - self._changed_at[key] if key in self._changed_at else None
+            held = now - self._tightened_at[key] if key in self._tightened_at else None
             value = cp.paced(entry.value, wanted, self.safety, held)
         changed = value != entry.value or entry.rule != rule
         if value != entry.value or getattr(cp, "sync_each_tick", False):
             if not self.dry_run:
                 cp.write(value)
+            if cp.tighter(entry.value, value):
+                self._tightened_at[key] = now
             if value != entry.value:
-                self._changed_at[key] = now
                 log.info("%s %s: %s -> %s (%s)", cp.cgroup or "resctrl", cp.knob, entry.value, value, rule)
         entry.value, entry.rule = value, rule
         return changed
@@ -320,7 +321,7 @@ class Actuator:
                             entry.cgroup, entry.knob, entry.original, err)
             return False
         self.journal.drop(key, sync=False)
-        self._changed_at.pop(key, None)
+        self._tightened_at.pop(key, None)
         return True
 
     def recover(self, restore: bool = False) -> list[AppliedAction]:

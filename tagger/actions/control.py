@@ -17,8 +17,10 @@ class Safety:
 
     ``quota_floor``: no CPU quota below this many CPUs.
     ``max_step``: one change may take at most this fraction off a limit (None: any).
-    ``cooldown``: seconds after a change before the same knob may be tightened
-    again.  Loosening (and undoing) is never held back: it is always safe.
+    ``cooldown``: seconds after a tightening before the same knob may be
+    tightened again.  Loosening (and undoing) is never held back, and does not
+    restart the cool-down: giving back is always safe, and a control loop must
+    be able to squeeze again right after it released too far.
     """
     quota_floor: float = 0.1
     max_step: float | None = 0.5
@@ -53,5 +55,9 @@ class ControlPoint:
     def paced(self, current: str, wanted: str, safety: Safety, held_for: float | None) -> str:
         """The value to write now on the way from ``current`` to ``wanted``:
         floors, step limits and cool-down applied.  ``held_for`` is the time
-        since tagger last changed this knob (None: never)."""
+        since tagger last tightened this knob (None: never)."""
         return wanted
+
+    def tighter(self, old: str, new: str) -> bool:
+        """``new`` gives the cgroup less than ``old`` (starts a cool-down)."""
+        return False

@@ -205,6 +205,10 @@ class CpuQuota(ControlPoint):
         return CpuMax(quota, want.period_us).text()
 
 
+    def tighter(self, old: str, new: str) -> bool:
+        return CpuMax.parse(new).cpus < CpuMax.parse(old).cpus
+
+
 #: cgroup v2 cpu.weight range and default (Documentation/admin-guide/cgroup-v2.rst).
 WEIGHT_MIN, WEIGHT_MAX, WEIGHT_DEFAULT = 1, 10_000, 100
 #: cgroup v1 cpu.shares range (MIN_SHARES, MAX_SHARES in kernel/sched/sched.h).
@@ -240,6 +244,9 @@ class CpuWeight(ControlPoint):
             self.fs.write_text(self.file, value)
         except errors.KernelRefused as err:
             raise ActionRefused(f"{self.cgroup}: {err}", "kernel refused", err.path) from err
+
+    def tighter(self, old, new):
+        return int(new) < int(old)
 
     def paced(self, current, wanted, safety, held_for):
         if int(wanted) < int(current) and held_for is not None and held_for < safety.cooldown:

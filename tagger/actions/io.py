@@ -112,10 +112,13 @@ class IoLimit(ControlPoint):
             raise ActionRefused(f"{self.cgroup}: {err} (blk-throttle refuses partitions, unknown "
                                 f"devices and malformed limits)", "kernel refused", err.path) from err
 
+    def tighter(self, old: str, new: str) -> bool:
+        cur, want = parse_limits(old), parse_limits(new)
+        return any(w is not None and (c is None or w < c) for c, w in zip(cur.values(), want.values()))
+
     def paced(self, current: str, wanted: str, safety: Safety, held_for: float | None) -> str:
         cur, want = parse_limits(current), parse_limits(wanted)
-        tighter = any(w is not None and (c is None or w < c) for c, w in zip(cur.values(), want.values()))
-        if tighter and held_for is not None and held_for < safety.cooldown:
+        if self.tighter(current, wanted) and held_for is not None and held_for < safety.cooldown:
             return current
         if safety.max_step is not None:
             for k in KEYS:

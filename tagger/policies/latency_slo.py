@@ -1,0 +1,223 @@
+"""The ``latency-slo`` policy: Retro's LatencySLO loop (Mace et al., NSDI 2015),
+with cgroups as workflows and CPU quota / I/O limits as control points.
+
+Each tick:
+
+1. Among the protected cgroups, W is the one with the worst
+   ``miss = latency / target`` (the SLO metric, e.g. runq.p99 < 2ms).
+2. Per resource r (cpu, io): ``importance(r) = latency(W, r) * log(slowdown(W, r))``
+   — how much of W's latency r causes, and how much r is slowing W down.
+   latency(W, cpu) is W's run-queue latency, latency(W, io) its block latency;
+   slowdown is ``runq.slowdown`` / ``io.slowdown`` (Retro's slowdown).
+3. Per low-priority cgroup l: ``interference(l) = Σ_r importance(r) * load(l, r) / load(r)``,
+   normalised by Σ_r importance(r) so it lies in [0, 1]: l's share of the load
+   on the resources that hurt W, weighted by how much each hurts.  load is
+   ``cpu.usage`` for cpu and read+write bytes/s for io; load(r) sums over the
+   protected and throttled cgroups.
+4. If ``miss > 1``: every l's limit is scaled by ``1 - α (miss - 1) interference(l)``
+   (not below ``floor``); else every limit is released by ``1 + β`` up to the
+   ``ceiling``; a CPU limit released past the node's CPUs (no ceiling set), or an
+   I/O limit back at the rate it was first throttled from, is dropped: the
+   actuator then restores the cgroup's original setting.
+
+Two additions to the seed algorithm keep it from sitting on the target (the
+proportional throttle vanishes as miss -> 1 while each release adds β; a
+deterministic load then parks W just above its SLO):
+
+* a throttle takes back at least one release step (factor <= 1 / (1 + β));
+* release waits until the SLO has held for ``hold`` ticks in a row (default 3),
+  so after a miss the limit stays below the point that missed for a while
+  (TCP's congestion avoidance does the same with its slow growth).
+
+The policy only says what it wants (ActionSets merged into the rules' desired
+actions); the actuator applies them with its floor, step limit and cool-down.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tagger.actions.spec import ActionSet, CpuSpec, IoSpec
+from tagger.rules.selectors import PathSelector
+from tagger.snapshot import Snapshot
+
+from .spec import LatencySloSpec, Selector
+
+#: I/O limits never go below this (bytes/s): a floor for the disk control point.
+IO_FLOOR = 1024 * 1024
+
+
+@dataclass
+class ControlState:
+    """What the policy holds on one throttled cgroup."""
+    cpu: float | None = None           # CPUs
+    io_scale: float | None = None      # fraction of io_base
+    io_base: tuple[float, float] = (0.0, 0.0)   # read, write bytes/s when first throttled
+
+
+@dataclass
+class SloStatus:
+    """The last tick's reasoning, for publishers and ``tagger actions``."""
+    worst: str | None = None
+    miss: float = math.nan
+    importance: dict[str, float] = field(default_factory=dict)
+    interference: dict[str, float] = field(default_factory=dict)
+    action: str = "idle"          # "throttle" | "hold" | "release" | "idle"
+
+
+def _resource_latency_metric(slo_metric: str, resource: str) -> str:
+    if resource == "cpu":
+        return slo_metric if slo_metric.startswith("runq.") else "runq.p99"
+    return slo_metric if slo_metric.startswith("io.lat.") else "io.lat.p99"
+
+
+SLOWDOWN = {"cpu": "runq.slowdown", "io": "io.slowdown"}
+
+
+class LatencySlo:
+    """One ``latency-slo`` policy.  ``step`` once a tick."""
+
+    def __init__(self, spec: LatencySloSpec, cpus: float | None = None, hold: int = 3):
+        self.spec = spec
+        self.hold = hold
+        self._met = 0              # ticks in a row with the SLO met
+        self.rule = f"latency-slo:{spec.name}"
+        self.cpus = cpus
+        self.state: dict[str, ControlState] = {}
+        self.status = SloStatus()
+        self._protect = PathSelector(spec.protect)
+        self._throttle = PathSelector(spec.throttle)
+
+    # --- selection ------------------------------------------------------------
+    @staticmethod
+    def _tags_ok(sel: Selector, tags) -> bool:
+        return all(k in tags and tags[k].value == v for k, v in sel.tags.items())
+
+    def _rows(self, snap: Snapshot, store, selector: PathSelector) -> list[int]:
+        t = snap.cgroups
+        out = []
+        for i, (path, name) in enumerate(zip(t.paths, t.names)):
+            if selector.match_one(path, name) and (
+                    not selector.selector.tags or self._tags_ok(selector.selector, store.tags_of(path))):
+                out.append(i)
+        return out
+
+    # --- the loop ---------------------------------------------------------------
+    def step(self, snapshot: Snapshot, store, applied=None) -> dict[str, ActionSet]:
+        """The actions this policy wants now, by cgroup path.  ``applied`` (the
+        actuator's ``current()``) lets the loop continue from the limits actually
+        in force when the actuator paced or floored them."""
+        spec = self.spec
+        cpus = self.cpus or float(snapshot.node.get("cpus", math.nan))
+        if not cpus or math.isnan(cpus):
+            import os
+            cpus = float(os.cpu_count() or 1)
+        ceiling = spec.ceiling if spec.ceiling is not None else cpus
+        self._sync(applied)
+
+        protect = self._rows(snapshot, store, self._protect)
+        pset = set(protect)
+        throttle = [i for i in self._rows(snapshot, store, self._throttle) if i not in pset]
+        paths = snapshot.cgroups.paths
+        # Forget cgroups that left the table (vanished or no longer low priority).
+        live = {paths[i] for i in throttle}
+        for gone in [p for p in self.state if p not in live]:
+            del self.state[gone]
+
+        status = SloStatus()
+        lat = snapshot.column(spec.metric)
+        misses = [(lat[i] / spec.target, i) for i in protect if not math.isnan(lat[i])]
+        if misses:
+            miss, w = max(misses)
+            status.worst, status.miss = paths[w], float(miss)
+        else:
+            miss, w = 0.0, None
+
+        self._met = 0 if (w is not None and miss > 1) else self._met + 1
+        if w is not None and miss > 1:
+            importance = {}
+            for r in spec.resources:
+                latency = snapshot.column(_resource_latency_metric(spec.metric, r))[w]
+                slowdown = snapshot.column(SLOWDOWN[r])[w]
+                value = latency * math.log(slowdown) if slowdown > 1 else 0.0
+                importance[r] = 0.0 if math.isnan(value) else float(value)
+            status.importance = importance
+            total_importance = sum(importance.values())
+            loads = {r: self._load(snapshot, r) for r in spec.resources}
+            rows = protect + throttle
+            totals = {r: float(np.nansum(loads[r][rows])) for r in spec.resources}
+            status.action = "throttle"
+            for i in throttle:
+                interference = 0.0
+                if total_importance > 0:
+                    interference = sum(importance[r] * loads[r][i] / totals[r]
+                                       for r in spec.resources
+                                       if totals[r] > 0 and not math.isnan(loads[r][i])) / total_importance
+                status.interference[paths[i]] = interference
+                if interference <= 0:
+                    continue
+                factor = max(0.0, min(1 - spec.alpha * (miss - 1) * interference, 1 / (1 + spec.beta)))
+                st = self.state.setdefault(paths[i], ControlState())
+                if "cpu" in spec.resources and importance.get("cpu", 0) > 0:
+                    usage = snapshot.column("cpu.usage")[i]
+                    # The first throttle starts from what l uses now: scaling an
+                    # unused ceiling would change nothing.
+                    start = st.cpu if st.cpu is not None else min(ceiling, usage if usage > 0 else ceiling)
+                    st.cpu = max(spec.floor, start * factor)
+                if "io" in spec.resources and importance.get("io", 0) > 0:
+                    if st.io_scale is None:
+                        rb = snapshot.column("io.read_bytes")[i]
+                        wb = snapshot.column("io.write_bytes")[i]
+                        st.io_base = (0.0 if math.isnan(rb) else float(rb), 0.0 if math.isnan(wb) else float(wb))
+                        st.io_scale = 1.0
+                    if sum(st.io_base) > 0:
+                        st.io_scale = st.io_scale * factor
+        elif self.state and self._met < self.hold:
+            status.action = "hold"
+        elif self.state:
+            status.action = "release"
+            for path, st in list(self.state.items()):
+                if st.cpu is not None:
+                    st.cpu *= 1 + spec.beta
+                    if st.cpu >= ceiling:
+                        st.cpu = ceiling if spec.ceiling is not None else None
+                if st.io_scale is not None:
+                    st.io_scale *= 1 + spec.beta
+                    if st.io_scale >= 1:
+                        st.io_scale = None
+                if st.cpu is None and st.io_scale is None:
+                    del self.state[path]
+        self.status = status
+        return self._actions()
+
+    def _load(self, snap: Snapshot, resource: str) -> np.ndarray:
+        if resource == "cpu":
+            return snap.column("cpu.usage")
+        return np.nan_to_num(snap.column("io.read_bytes")) + np.nan_to_num(snap.column("io.write_bytes"))
+
+    def _sync(self, applied) -> None:
+        for a in applied or ():
+            st = self.state.get(a.cgroup)
+            if st is None or a.rule != self.rule or a.knob != "cpu.max" or st.cpu is None:
+                continue
+            quota, _, period = a.value.partition(" ")
+            if quota != "max":
+                st.cpu = int(quota) / int(period)
+
+    def _actions(self) -> dict[str, ActionSet]:
+        out = {}
+        for path, st in self.state.items():
+            cpu = CpuSpec(max=st.cpu) if st.cpu is not None else None
+            io = None
+            if st.io_scale is not None:
+                rb, wb = st.io_base
+                io = IoSpec(read_bps=max(IO_FLOOR, rb * st.io_scale) if rb > 0 else None,
+                            write_bps=max(IO_FLOOR, wb * st.io_scale) if wb > 0 else None)
+                if io.read_bps is None and io.write_bps is None:
+                    io = None
+            if cpu or io:
+                out[path] = ActionSet(self.rule, cpu=cpu, io=io)
+        return out
