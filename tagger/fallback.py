@@ -23,7 +23,6 @@ keeps exited *threads*, not exited processes).
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import math
 import os
@@ -291,12 +290,15 @@ class FallbackCollector:
 
 
 def _as_predicate(include):
+    """A glob (the rules' cgroup globs: "*" within a segment, "/a/**" is /a and
+    everything below) or a predicate, as a predicate."""
     if include is None or callable(include):
         return include
-    pattern = str(include)
-    # "/a/**" also matches "/a" itself, as rules' cgroup globs do.
-    base = pattern[:-3] if pattern.endswith("/**") else None
-    return lambda p: fnmatch.fnmatchcase(p, pattern) or (base is not None and p == (base or "/"))
+    import re
+
+    from .rules.selectors import glob_regex
+    rx = re.compile(glob_regex(str(include)) + r"\Z")
+    return lambda p: rx.match("" if p == "/" else p) is not None
 
 
 def _online_cpus(fs: KernelFS) -> int:

@@ -195,3 +195,12 @@ def test_real_delayacct_untouched_by_default():
         coll.tick()
         assert not coll.health()["delayacct_changed"]
     assert HOST.read_text("/proc/sys/kernel/task_delayacct") == before
+
+
+def test_include_glob_semantics():
+    from tagger.fallback import _as_predicate
+    under = _as_predicate("/kubepods/**")
+    assert under("/kubepods") and under("/kubepods/a/b") and not under("/kubepodsx")
+    one = _as_predicate("/system.slice/*")
+    assert one("/system.slice/a.service") and not one("/system.slice/a.service/x")
+    assert _as_predicate("/**")("/")
