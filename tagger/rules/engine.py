@@ -359,6 +359,13 @@ class Engine:
                     owner = self._owner.setdefault(k, np.full(n, -1, np.int32))
                     codes[row] = self._intern(tag.value)
                     owner[row] = pos.get(tag.rule, -1)
+                    rule = self._rules[owner[row]] if owner[row] >= 0 else None
+                    if rule is not None and rule.tags.get(k) == tag.value:
+                        # The rule was firing here before this engine existed: keep it
+                        # firing, so keep_for/clear_when decide when the tag goes.
+                        st = self._states[rule.name]
+                        st.firing[row] = True
+                        st.pending[row] = tag.since
         self._selectors.retable(paths, names, None)
         self._selectors_stale = False
         return removed
