@@ -250,13 +250,13 @@ def detail_renderable(detail: Detail | None, message: str = ""):
                   "changed": f"{e.key}: {e.old} → {e.value}"}.get(e.kind, f"{e.kind} {e.key}")
         events.append(f"  {_ago(age(e.t, detail.t))} ago  {change}  rule {e.rule or '?'}\n")
 
-    # Three columns so the whole pane fits half a terminal: the pictures first,
+    # Side by side so the whole pane fits half a terminal: the pictures first,
     # then what tagger thinks and did about it.
     upper = Table.grid(padding=(0, 3))
     upper.add_row(histogram_text("run-queue latency", detail.runq_hist, detail.hist_edges),
                   histogram_text("block I/O latency", detail.io_hist, detail.hist_edges), who)
     lower = Table.grid(padding=(0, 3))
-    lower.add_row(tags, acts, events)
+    lower.add_row(Text.assemble(tags, acts), events)
 
     parts = [head]
     if message:
