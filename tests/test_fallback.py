@@ -180,7 +180,7 @@ def test_real_busy_loops(make_cgroup, rundelay):
     ref_wait = (d1 - d0) / 1e9 / snap.dt
     print(f"\n{rundelay}: cpu.usage {usage:.3f} (cpu.stat {ref_usage:.3f}), "
           f"runq.wait {wait:.3f} s/s (schedstat {ref_wait:.3f}), dt {snap.dt:.3f}s")
-    assert usage > 0.5
+    assert usage > 0.2                              # other engineers share these CPUs
     assert usage == pytest.approx(ref_usage, rel=0.05)
     assert wait > 0.05                              # oversubscribed: tasks wait for a CPU
     assert wait == pytest.approx(ref_wait, rel=0.10)
