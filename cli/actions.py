@@ -1,0 +1,127 @@
+"""``tagger actions``: what tagger has changed on the kernel, and why, read from
+the actions journal in the state directory (no running agent needed)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+
+from tagger.actions.journal import JOURNAL_NAME, LOCK_NAME, read_entries
+from tagger.errors import ConfigError
+
+DEFAULT_STATE_DIR = "/var/lib/tagger"
+
+
+def agent_pid(state_dir: Path) -> int | None:
+    """The pid of the agent holding ``state_dir``, or None when none does."""
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def human(knob: str, value: str) -> str:
+    """A knob's value in the field's units: "0.3 CPU", "read 10 MiB/s", "unlimited"."""
+    from tagger.units import format_bytes
+    kind = knob.split(" ", 1)[0]
+    try:
+        if kind == "cpu.max":
+            quota, _, period = value.partition(" ")
+            if quota == "max":
+                return "unlimited"
+            return f"{int(quota) / int(period):.3g} CPU per {int(period) / 1000:g}ms"
+        if kind == "io.max":
+            names = {"rbps": "read", "wbps": "write", "riops": "read", "wiops": "write"}
+            parts = []
+            for field in value.split():
+                k, _, v = field.partition("=")
+                if v != "max":
+                    n = int(v)
+                    parts.append(f"{names[k]} {format_bytes(n, per_second=True)}" if k.endswith("bps")
+                                 else f"{names[k]} {n} IOPS")
+            return ", ".join(parts) or "unlimited"
+    except (ValueError, KeyError):
+        pass
+    return value.strip().replace("\n", " ") or "-"
+
+
+def _age(since: float) -> str:
+    s = max(0, time.time() - since)
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s / n:.0f}{unit}"
+    return f"{s:.0f}s"
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (for scripts).")
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="The agent's state directory.")
+@click.option("--restore", is_flag=True,
+              help="Put every journaled knob back now (only when no agent is running).")
+def actions(as_json, state_dir: Path, restore):
+    """What tagger has changed on the kernel now, and why.
+
+    Every knob tagger changes (CPU quota, weight, I/O limits, RDT groups) is in
+    the journal with its original value until it is put back.  If no agent is
+    running and knobs are listed, the last one stopped without restoring them
+    (crash, SIGKILL): the next `tagger run` restores them, or use --restore.
+    """
+    try:
+        entries = read_entries(state_dir / JOURNAL_NAME, quarantine=False)
+        pid = agent_pid(state_dir)
+    except PermissionError as err:
+        raise ConfigError(f"{state_dir}: permission denied (the journal is root's; try sudo)") from err
+    if restore:
+        if pid is not None:
+            raise click.ClickException(f"an agent (pid {pid}) holds {state_dir}; stop it instead "
+                                       f"(SIGTERM restores every knob)")
+        from tagger.actions.actuator import Actuator
+        from tagger.cgroups import Layout
+        act = Actuator(Layout.detect(), state_dir=state_dir)
+        act.recover(restore=True)
+        left = act.revert_all()
+        act.journal.unlock()
+        click.echo(f"restored {len(entries) - len(left)} of {len(entries)} knobs"
+                   + (f"; {len(left)} refused, still journaled" if left else ""))
+        if left:
+            raise SystemExit(1)
+        return
+    if as_json:
+        click.echo(json.dumps({
+            "state_dir": str(state_dir), "agent_pid": pid,
+            "actions": [{"cgroup": e.cgroup or None, "knob": e.knob, "value": e.value,
+                         "original": e.original, "rule": e.rule, "since": e.since} for e in entries],
+        }, indent=1))
+        return
+    if not entries:
+        click.echo("no kernel settings changed" + (f" (agent pid {pid})" if pid else ""))
+        return
+    rows = [(e.cgroup or "(resctrl)", e.knob, human(e.knob, e.value), human(e.knob, e.original),
+             e.rule, _age(e.since))
+            for e in sorted(entries, key=lambda e: (e.cgroup, e.knob))]
+    head = ("CGROUP", "KNOB", "VALUE", "ORIGINAL", "RULE", "SINCE")
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    if pid is None:
+        click.echo(f"\nno agent is running: these were left by one that stopped without restoring "
+                   f"(crash?). `tagger run` restores them on start; `tagger actions --restore` now.")
+
+
+__all__ = ["actions", "agent_pid"]

@@ -1,0 +1,65 @@
+"""``tagger actions``: lists what is changed and why, from the journal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tagger.actions.journal import JOURNAL_NAME, Entry, Journal
+from tagger.cli.actions import actions
+
+
+@pytest.fixture
+def journal(tmp_path):
+    j = Journal(tmp_path, durable=False)
+    j.put(Entry("/batch/a", "cpu.max", "max 100000", "30000 100000", "cap-low-priority-hogs"))
+    j.put(Entry("", "rdt.group batch", "absent", "present", "cache-hogs", made=True))
+    return j
+
+
+def test_table_lists_each_knob_with_its_rule(journal, tmp_path):
+    out = CliRunner().invoke(actions, ["--state-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0].split() == ["CGROUP", "KNOB", "VALUE", "ORIGINAL", "RULE", "SINCE"]
+    rows = {tuple(line.split("  ")[0:1]) + tuple(c.strip() for c in line.split("  ") if c.strip())[1:4]
+            for line in lines[1:3]}
+    assert rows == {("/batch/a", "cpu.max", "0.3 CPU per 100ms", "unlimited"),
+                    ("(resctrl)", "rdt.group batch", "present", "absent")}
+    assert "cap-low-priority-hogs" in out.output
+    assert "no agent is running" in out.output          # nobody holds the lock
+
+
+def test_json_and_the_running_agent(journal, tmp_path):
+    journal.lock()                                      # as a running agent would
+    try:
+        out = CliRunner().invoke(actions, ["--json", "--state-dir", str(tmp_path)])
+    finally:
+        journal.unlock()
+    doc = json.loads(out.output)
+    assert doc["agent_pid"] > 0
+    assert {(a["cgroup"], a["knob"], a["value"], a["original"]) for a in doc["actions"]} == {
+        ("/batch/a", "cpu.max", "30000 100000", "max 100000"), (None, "rdt.group batch", "present", "absent")}
+
+
+def test_empty_and_unreadable(tmp_path):
+    out = CliRunner().invoke(actions, ["--state-dir", str(tmp_path)])
+    assert out.output.strip() == "no kernel settings changed"
+    (tmp_path / JOURNAL_NAME).write_text("garbage")
+    out = CliRunner().invoke(actions, ["--state-dir", str(tmp_path)])
+    assert out.exit_code != 0 and "unreadable journal" in str(out.exception)
+    assert (tmp_path / JOURNAL_NAME).read_text() == "garbage"   # a viewer never moves it
+
+
+@pytest.mark.root
+def test_restore_puts_a_crashed_agents_knobs_back(make_cgroup, tmp_path):
+    cg = make_cgroup("left", controllers=("cpu",))
+    (cg.dir("cpu") / "cpu.cfs_quota_us").write_text("30000")         # as the crashed agent left it
+    Journal(tmp_path).put(Entry(cg.path, "cpu.max", "max 100000", "30000 100000", "r"))
+    out = CliRunner().invoke(actions, ["--state-dir", str(tmp_path), "--restore"])
+    assert out.exit_code == 0, out.output
+    assert "restored 1 of 1 knobs" in out.output
+    assert (cg.dir("cpu") / "cpu.cfs_quota_us").read_text().strip() == "-1"
+    assert not (tmp_path / JOURNAL_NAME).exists()
