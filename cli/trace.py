@@ -77,6 +77,14 @@ def _fmt_event(ev, t0: float) -> str:
     return f"+{rel:9.3f}s  {ev.kind:<7}  {ev.cgroup}  {what}{rule}"
 
 
+class _Out:
+    """stdout through click (so tests capture it), one write per line."""
+
+    @staticmethod
+    def write(text: str):
+        click.echo(text, nl=False)
+
+
 @click.command()
 @click.argument("trace", type=click.Path(exists=True, dir_okay=False), metavar="TRACE")
 @click.option("--rules", "rules_dir", metavar="DIR", help="Rules directory [default: the packaged rules].")
@@ -110,7 +118,7 @@ def replay(trace, rules_dir, as_json):
     reader = TraceReader(trace)
     t0 = None
     n_events = 0
-    out = click.get_text_stream("stdout")
+    out = _Out()
     if not as_json:
         out.write(f"# {trace}: trace format {reader.header.get('version')}, "
                   f"recorded on {reader.header.get('host', '?')}; rules {len(ruleset.rules)}\n")
