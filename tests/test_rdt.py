@@ -222,3 +222,17 @@ def test_rule_stops_matching_one_cgroup_keeps_the_group_for_the_other(host):
     act.apply(Snapshot.synthetic([], t=2), {})
     assert r.groups() == [] and act.current() == []
     act.close()
+
+
+def test_dry_run_reports_the_same_rdt_actions_and_makes_nothing(host):
+    tmp_path, fs, layout = host
+    want = {"/batch/a": [ActionSet("r", rdt=RdtSpec("batch", l3="25%", mb=50))]}
+    dry = _act(tmp_path, fs, layout, dry_run=True)
+    got_dry = dry.apply(Snapshot.synthetic([]), want)
+    assert Resctrl(fs).groups() == [] and fs.writes == []
+    real = _act(tmp_path, fs, layout)
+    got = real.apply(Snapshot.synthetic([]), want)
+    assert {(a.cgroup, a.knob, a.value) for a in got_dry} == {(a.cgroup, a.knob, a.value) for a in got}
+    assert ("", "rdt.schemata batch", "L3:0=0001f;2=0001f\nMB:0=50;2=50\n") in {
+        (a.cgroup, a.knob, a.value) for a in got_dry}
+    real.close()

@@ -27,6 +27,7 @@ import fnmatch
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -127,6 +128,9 @@ class Actuator:
         self._tightened_at: dict[str, float] = {}
         self._refused: dict[str, str] = {}
         self._warned: set[str] = set()
+        # apply() runs on the daemon's tick; current() is read by publishers'
+        # threads.  Re-entrant: a signal handler in the ticking thread may revert.
+        self._lock = threading.RLock()
         if not dry_run:
             self.journal.lock()
             # Load at once: a save before recover() must not overwrite a crashed run's originals.
@@ -251,6 +255,10 @@ class Actuator:
         rules and policies that match it now), paced by ``safety``; undo the rest.
         Refusals are logged once and reported by :meth:`refusals`; they never stop
         the other actions."""
+        with self._lock:
+            return self._apply(snapshot, desired)
+
+    def _apply(self, snapshot, desired) -> list[AppliedAction]:
         now = snapshot.t if snapshot is not None else time.monotonic()
         wants = self._wants(desired)
         dirty = False
@@ -281,7 +289,8 @@ class Actuator:
         entry = self.entries.get(key)
         if entry is None:
             if not cp.present():
-                return False
+                raise ActionRefused(f"{cp.cgroup}: no such cgroup in the hierarchy holding "
+                                    f"{cp.knob.split(' ')[0]} ({cp.dir})", "cgroup exists", cp.dir)
             original = cp.read()
             value = cp.paced(original, wanted, self.safety, None)
             if value == original and not getattr(cp, "sync_each_tick", False):
@@ -331,6 +340,10 @@ class Actuator:
         that still wants them and restored by the first that does not."""
         if self.dry_run:
             return []
+        with self._lock:
+            return self._recover(restore)
+
+    def _recover(self, restore: bool) -> list[AppliedAction]:
         dirty = False
         for key in sorted(self.entries, key=lambda k: -_phase(self.entries[k].knob)):
             entry = self.entries[key]
@@ -354,6 +367,10 @@ class Actuator:
     def revert_all(self) -> list[str]:
         """Every knob back to its journaled original (SIGTERM/SIGINT path).
         Returns the keys that could not be restored (they stay journaled)."""
+        with self._lock:
+            return self._revert_all()
+
+    def _revert_all(self) -> list[str]:
         for key in sorted(self.entries, key=lambda k: -_phase(self.entries[k].knob)):
             self._restore(key)
         if not self.dry_run:
@@ -365,8 +382,9 @@ class Actuator:
 
     # --- reporting ----------------------------------------------------------------------------
     def current(self) -> list[AppliedAction]:
-        return [AppliedAction(e.cgroup, e.knob, e.value, e.original, e.rule, e.since, self.dry_run)
-                for e in self.entries.values()]
+        with self._lock:
+            return [AppliedAction(e.cgroup, e.knob, e.value, e.original, e.rule, e.since, self.dry_run)
+                    for e in self.entries.values()]
 
     def refusals(self) -> dict[str, str]:
         """What could not be applied at the last ticks: key -> message naming the limit."""

@@ -349,9 +349,13 @@ class RdtSchemata(ControlPoint):
         self.knob = f"rdt.schemata {name}"
 
     def present(self) -> bool:
-        return self.resctrl.has_group(self.name)
+        # Node-wide; a group that is not there yet (a dry run never makes it)
+        # has the empty schemata, and restoring "" writes nothing.
+        return True
 
     def read(self) -> str:
+        if not self.resctrl.has_group(self.name):
+            return ""
         # Normalised ("MB:0= 30" is shown padded) so a restore writes back valid text.
         lines = []
         for res, doms in _parse_schemata(self.resctrl.read_schemata(self.name)).items():
