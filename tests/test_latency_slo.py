@@ -21,20 +21,10 @@ from tests.fixtures.kernel_trees import cgroup_v2_tree
 MS = 1e-3
 
 
-def store_with(**tags_by_path):
-    store = TagStore()
-    for path, prio in tags_by_path.items():
-        store.set(path.replace("_", "/"), "priority", prio, "static", 0.0)
-    return store
-
-
 def spec(**kw):
     return LatencySloSpec(name="web-slo", protect=Selector(tags={"priority": "high"}),
                           throttle=Selector(tags={"priority": "low"}), metric="runq.p99",
                           target=2 * MS, **kw)
-
-
-STORE = None
 
 
 @pytest.fixture

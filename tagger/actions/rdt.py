@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from tagger import errors
 from tagger.kernelfs import HOST, KernelFS
 
+from .control import ControlPoint
 from .refusal import ActionRefused
 from .spec import RdtSpec
 
@@ -312,8 +313,6 @@ class Resctrl:
 
 
 # --- control points (see tagger.actions.control) -------------------------------
-
-from .control import ControlPoint  # noqa: E402  (after Resctrl, which it wraps)
 
 ABSENT, PRESENT = "absent", "present"
 

@@ -36,6 +36,7 @@ actions); the actuator applies them with its floor, step limit and cool-down.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,7 +114,6 @@ class LatencySlo:
         spec = self.spec
         cpus = self.cpus or float(snapshot.node.get("cpus", math.nan))
         if not cpus or math.isnan(cpus):
-            import os
             cpus = float(os.cpu_count() or 1)
         ceiling = spec.ceiling if spec.ceiling is not None else cpus
         self._sync(applied)
