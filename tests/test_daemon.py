@@ -331,3 +331,23 @@ def test_tags_command(tmp_path, rules_dir):
         assert "/hog" in res.output and "cpu-intensive" in res.output
         res = runner.invoke(tags, ["--socket", run.daemon.config.socket, "--json", "--cgroup", "/x/**"])
         assert list(json.loads(res.output)) == ["/x/y"]
+
+
+class FailingCollector(FakeCollector):
+    def tick(self):
+        if self.seq >= 2:
+            self.seq += 1
+            raise ValueError("embedded null byte")
+        return super().tick()
+
+
+def test_failing_ticks_are_counted_and_visible(tmp_path, rules_dir):
+    run = Running(tmp_path, rules_dir, {"/hog": 1.5})
+    run.collector = FailingCollector({"/hog": 1.5})
+    run.daemon._collector = run.collector
+    with run:
+        with ApiClient(run.daemon.config.socket) as client:
+            wait_for(lambda: client.request("health")["tick_errors"] >= 3, timeout=5,
+                     what="tick errors in health")
+            assert "/hog" in client.request("tags")          # the last good tick's tags stay
+    assert run.result == 0
