@@ -243,3 +243,17 @@ def test_vanished_cgroup_is_dropped_not_an_error(v2):
     shutil.rmtree(tmp_path / "sys/fs/cgroup/batch/a")
     act.apply(tick(1), {})
     assert act.current() == [] and act.revert_all() == []
+
+
+def test_a_knob_changed_behind_our_back_is_set_again(v2, caplog):
+    tmp_path, layout = v2
+    act = _act(tmp_path, layout)
+    want = {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.5))]}
+    act.apply(tick(0), want)
+    f = tmp_path / "sys/fs/cgroup/batch/a/cpu.max"
+    f.write_text("max 100000\n")                          # an operator "fixed" it
+    act.apply(tick(1), want)
+    assert f.read_text() == "50000 100000"
+    assert "changed behind tagger's back" in caplog.text
+    act.revert_all()
+    assert f.read_text() == "max 100000"                  # the original, not the operator's write

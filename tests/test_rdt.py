@@ -5,6 +5,7 @@ sync and removal on revert."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from tagger.actions.actuator import Actuator
 from tagger.actions.control import Safety
@@ -236,3 +237,32 @@ def test_dry_run_reports_the_same_rdt_actions_and_makes_nothing(host):
     assert ("", "rdt.schemata batch", "L3:0=0001f;2=0001f\nMB:0=50;2=50\n") in {
         (a.cgroup, a.knob, a.value) for a in got_dry}
     real.close()
+
+
+# --- property: our cbm check is the kernel's, bit for bit -----------------------------
+
+
+def kernel_cbm_validate(val, cbm_len, min_cbm_bits, sparse):
+    """A line-by-line port of cbm_validate() (fs/resctrl/ctrlmondata.c), with
+    find_first_bit / find_next_zero_bit / find_next_bit written out."""
+    if (min_cbm_bits > 0 and val == 0) or val > (1 << cbm_len) - 1:
+        return False
+    first_bit = next((i for i in range(cbm_len) if val >> i & 1), cbm_len)
+    zero_bit = next((i for i in range(first_bit, cbm_len) if not val >> i & 1), cbm_len)
+    if not sparse and next((i for i in range(zero_bit, cbm_len) if val >> i & 1), cbm_len) < cbm_len:
+        return False
+    if zero_bit - first_bit < min_cbm_bits:
+        return False
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(cbm_len=st.integers(4, 20), min_bits=st.integers(0, 4), sparse=st.booleans(),
+       val=st.integers(0, (1 << 21) - 1))
+def test_cbm_validation_matches_the_kernel(cbm_len, min_bits, sparse, val):
+    cache = CacheInfo("L3", (1 << cbm_len) - 1, min_bits, 16, sparse)
+    try:
+        ours = parse_cbm(f"0x{val:x}", cache) == val
+    except ActionRefused:
+        ours = False
+    assert ours == kernel_cbm_validate(val, cbm_len, min_bits, sparse)

@@ -304,7 +304,16 @@ class Actuator:
             held = now - self._tightened_at[key] if key in self._tightened_at else None
             value = cp.paced(entry.value, wanted, self.safety, held)
         changed = value != entry.value or entry.rule != rule
-        if value != entry.value or getattr(cp, "sync_each_tick", False):
+        drifted = False
+        if not self.dry_run and not changed and not getattr(cp, "sync_each_tick", False):
+            # Someone else (an operator, another agent) wrote the knob while we
+            # hold it: the rule still wants our value, so put it back, and say so.
+            actual = cp.read()
+            if actual != entry.value:
+                drifted = True
+                self._warn_once(f"drift {key} {actual}", "%s %s: changed behind tagger's back to %r; "
+                                "setting %r again (rule %s)", cp.cgroup, cp.knob, actual, value, rule)
+        if value != entry.value or drifted or getattr(cp, "sync_each_tick", False):
             if not self.dry_run:
                 cp.write(value)
             if cp.tighter(entry.value, value):
