@@ -16,11 +16,17 @@
 #include "core_fixes.bpf.h"
 
 struct tg_rq {
-	__u64 insert_ns;
+	__u64 start_ns;          /* the kernel's own stamp (allocation), else insert */
 	__u64 issue_ns;
 	__u32 slot;
-	__u32 _pad;
+	__u32 done;              /* fully completed; accounting waits for block_io_done */
 };
+
+/* Set by user space before load when the kernel has the block_io_done
+ * tracepoint (6.5, commit 5a80bd075f3b): the request's latency then ends
+ * where the kernel's own I/O accounting ends, after the bio completion
+ * callbacks, as in /sys/block/<dev>/stat. */
+const volatile bool targ_has_io_done = false;
 
 /* In-flight requests, keyed by the request's address (preallocated: no
  * allocation per event; a full map is counted in rq_full). */
@@ -72,8 +78,13 @@ static __always_inline void track(struct request *rq, bool issue)
 		r->issue_ns = now;
 		return;
 	}
-	/* Inserted into a scheduler queue, or issued directly (no scheduler). */
-	fresh.insert_ns = now;
+	/* Inserted into a scheduler queue, or issued directly (no scheduler).
+	 * The queue time starts where the kernel's own accounting starts
+	 * (rq->start_time_ns, stamped at allocation: the plug wait counts, as
+	 * in /sys/block/<dev>/stat and iostat's await); 0 if not stamped. */
+	fresh.start_ns = BPF_CORE_READ(rq, start_time_ns);
+	if (!fresh.start_ns || fresh.start_ns > now)
+		fresh.start_ns = now;
 	fresh.issue_ns = issue ? now : 0;
 	fresh.slot = slot_of_request(rq, g);
 	if (bpf_map_update_elem(&requests, &key, &fresh, BPF_ANY))
@@ -94,19 +105,51 @@ int BPF_PROG(tg_block_rq_issue, struct request *rq)
 	return 0;
 }
 
+/* The request is done: its latency into the cgroup's counters. */
+static __always_inline void account_request(struct tg_rq *r, __u64 key, __u64 now, __u32 cpu)
+{
+	struct tg_cg_stats *s = stats_of(cpu, r->slot);
+	__u64 lat, issue;
+	struct tg_event *e;
+
+	bpf_map_delete_elem(&requests, &key);
+	if (!s)
+		return;
+	issue = r->issue_ns ? r->issue_ns : r->start_ns;
+	lat = now - r->start_ns;
+	s->io_ops++;
+	s->io_queue_ns += issue - r->start_ns;
+	s->io_device_ns += now - issue;
+	if (lat > s->io_max_ns)
+		s->io_max_ns = lat;
+	s->io_hist[hist_bucket(lat)]++;
+
+	if (!outlier_allowed(s, lat, now))
+		return;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		global_of(cpu)->ringbuf_drops++;
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->kind = TG_EV_IO;
+	e->slot = r->slot;
+	e->latency_ns = lat;
+	e->ts_ns = now;
+	bpf_ringbuf_submit(e, 0);
+}
+
 SEC("tp_btf/block_rq_complete")
 int BPF_PROG(tg_block_rq_complete, struct request *rq, blk_status_t error,
 	     unsigned int nr_bytes)
 {
-	__u64 now = bpf_ktime_get_ns(), key = (__u64)rq, lat, issue;
+	__u64 key = (__u64)rq;
 	__u32 cpu = bpf_get_smp_processor_id();
-	struct tg_global *g = global_of(cpu);
 	struct tg_cg_stats *s;
-	struct tg_event *e;
 	struct tg_rq *r;
 	__u32 op;
 
-	g->io_events++;
+	global_of(cpu)->io_events++;
 	r = bpf_map_lookup_elem(&requests, &key);
 	if (!r)
 		return 0;        /* issued before we attached */
@@ -121,30 +164,23 @@ int BPF_PROG(tg_block_rq_complete, struct request *rq, blk_status_t error,
 	/* A partial completion leaves the rest of the request in flight. */
 	if (nr_bytes < BPF_CORE_READ(rq, __data_len))
 		return 0;
-
-	issue = r->issue_ns ? r->issue_ns : r->insert_ns;
-	lat = now - r->insert_ns;
-	s->io_ops++;
-	s->io_queue_ns += issue - r->insert_ns;
-	s->io_device_ns += now - issue;
-	if (lat > s->io_max_ns)
-		s->io_max_ns = lat;
-	s->io_hist[hist_bucket(lat)]++;
-
-	if (outlier_allowed(s, lat, now)) {
-		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-		if (e) {
-			__builtin_memset(e, 0, sizeof(*e));
-			e->kind = TG_EV_IO;
-			e->slot = r->slot;
-			e->latency_ns = lat;
-			e->ts_ns = now;
-			bpf_ringbuf_submit(e, 0);
-		} else {
-			g->ringbuf_drops++;
-		}
+	if (targ_has_io_done &&
+	    (BPF_CORE_READ(rq, rq_flags) & (1U << bpf_core_enum_value(enum rqf_flags, __RQF_IO_STAT)))) {
+		r->done = 1;     /* block_io_done follows */
+		return 0;
 	}
-	bpf_map_delete_elem(&requests, &key);
+	account_request(r, key, bpf_ktime_get_ns(), cpu);
+	return 0;
+}
+
+SEC("tp_btf/block_io_done")
+int BPF_PROG(tg_block_io_done, struct request *rq)
+{
+	__u64 key = (__u64)rq;
+	struct tg_rq *r = bpf_map_lookup_elem(&requests, &key);
+
+	if (r && r->done)
+		account_request(r, key, bpf_ktime_get_ns(), bpf_get_smp_processor_id());
 	return 0;
 }
 

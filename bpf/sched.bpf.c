@@ -168,9 +168,18 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 
 	if (prev->pid && cur->task == (__u64)prev) {
 		victim = cur->slot;
+		/* Moved to another cgroup while running (a process entering its
+		 * cgroup right after fork): the kernel charges this slice to the
+		 * new cgroup, and so do we. */
+		if (cur->slot_gen != slot_generation)
+			victim = slot_of_cgroup(prev->cgroups->dfl_cgrp, g);
 		s = stats_of(cpu, victim);
 		if (s) {
-			s->cpu_ns += now - cur->since_ns;
+			/* The kernel's own CPU time (what cgroup cpu.stat sums):
+			 * update_curr() ran in put_prev_task() before this
+			 * tracepoint.  It excludes steal and IRQ time, which the
+			 * rq clock includes. */
+			s->cpu_ns += prev->se.sum_exec_runtime - cur->since_ns;
 			if (preempted)
 				s->preempted++;
 			else
@@ -200,7 +209,8 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 		t->slot_gen = slot_generation;
 	}
 	cur->task = (__u64)next;
-	cur->since_ns = now;
+	cur->since_ns = next->se.sum_exec_runtime;
+	cur->slot_gen = t->slot_gen;
 	cur->slot = t->slot;
 
 	if (!preempted && !t->enqueued_ns)

@@ -38,7 +38,7 @@ struct tg_runq {
 /* Counters of one cgroup on one CPU (the kernel side), or summed over CPUs
  * (what tg_read_stats returns).  Monotonic except the *max_ns fields. */
 struct tg_cg_stats {
-	__u64 cpu_ns;            /* on-CPU time, switch-in to switch-out */
+	__u64 cpu_ns;            /* on-CPU time (se.sum_exec_runtime), switch-in to switch-out */
 	__u64 switches;          /* voluntary switch-outs (task blocked) */
 	__u64 preempted;         /* involuntary switch-outs (still runnable) */
 	__u64 preempts;          /* preemptions this cgroup's tasks caused */
@@ -46,7 +46,7 @@ struct tg_cg_stats {
 	__u64 io_ops;            /* completed block requests */
 	__u64 io_read_bytes;
 	__u64 io_write_bytes;
-	__u64 io_queue_ns;       /* insert -> issue */
+	__u64 io_queue_ns;       /* rq allocated (or inserted) -> issue */
 	__u64 io_device_ns;      /* issue -> complete */
 	__u64 io_max_ns;         /* since the last read */
 	__u32 io_hist[TG_HIST_BUCKETS];
@@ -71,9 +71,10 @@ struct tg_global {
  * storage lookup (the task switched in on a CPU is the next one out). */
 struct tg_oncpu {
 	__u64 task;              /* task_struct address, 0 = unknown */
-	__u64 since_ns;
+	__u64 since_ns;          /* its se.sum_exec_runtime at switch-in */
+	__u64 slot_gen;          /* slot_generation at switch-in */
 	__u32 slot;
-	__u32 _pad[11];          /* one cache line per CPU */
+	__u32 _pad[9];          /* one cache line per CPU */
 };
 
 /* Victim and preemptor cgroup slots: key of the preemption pair map. */

@@ -66,7 +66,8 @@ def cli(verbose):
 
 def main(argv=None):
     try:
-        cli.main(args=argv, prog_name="tagger", standalone_mode=False)
+        # standalone_mode=False hands back the command's return value: an int is its exit status.
+        status = cli.main(args=argv, prog_name="tagger", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -80,6 +81,7 @@ def main(argv=None):
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <bpf/btf.h>
 
 #include "tagger.h"
 #include "native.h"
@@ -59,6 +60,21 @@ static int on_event(void *ctx, void *data, size_t len)
 	return h->drain_n == h->drain_cap ? -ENOSPC : 0;
 }
 
+/* Does this kernel's BTF know the tp_btf hook "btf_trace_<name>"? */
+static bool kernel_has_tracepoint(const char *name)
+{
+	struct btf *vmlinux = btf__load_vmlinux_btf();
+	char type[128];
+	bool found;
+
+	if (!vmlinux)
+		return false;
+	snprintf(type, sizeof(type), "btf_trace_%s", name);
+	found = btf__find_by_name_kind(vmlinux, type, BTF_KIND_TYPEDEF) > 0;
+	btf__free(vmlinux);
+	return found;
+}
+
 int tg_open(const struct tg_config *cfg, struct tg_handle **out)
 {
 	struct tg_handle *h;
@@ -85,6 +101,10 @@ int tg_open(const struct tg_config *cfg, struct tg_handle **out)
 	h->skel->rodata->targ_max_slots = cfg->max_slots;
 	h->skel->rodata->targ_outlier_ns = cfg->outlier_ns;
 	h->skel->rodata->targ_outlier_interval_ns = cfg->outlier_interval_ns;
+	/* Kernels before 6.5 have no block_io_done: end latency at rq_complete. */
+	h->skel->rodata->targ_has_io_done = kernel_has_tracepoint("block_io_done");
+	if (!h->skel->rodata->targ_has_io_done)
+		bpf_program__set_autoload(h->skel->progs.tg_block_io_done, false);
 	err = bpf_map__set_max_entries(h->skel->maps.stats, (uint32_t)h->ncpus * cfg->max_slots);
 	err = err ?: bpf_map__set_max_entries(h->skel->maps.free_slots, cfg->max_slots);
 	err = err ?: bpf_map__set_max_entries(h->skel->maps.blkcg_slots, cfg->max_slots);

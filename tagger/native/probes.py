@@ -95,7 +95,8 @@ class Probes:
     def read_globals(self) -> dict[str, int]:
         buf = ffi.cast("struct tg_global *", ffi.from_buffer(self._globals))
         check(lib.tg_read_globals(self._h, buf), "reading health counters")
-        return {name: int(self._globals[0][name]) for name in self.global_dtype.names}
+        return {name: int(self._globals[0][name]) for name in self.global_dtype.names
+                if not name.startswith("_")}
 
     def drain(self) -> np.ndarray:
         """Ring-buffer records since the last drain (a view, valid until the next)."""

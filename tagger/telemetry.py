@@ -1,0 +1,531 @@
+"""Telemetry: kernel counters -> one Snapshot per tick.
+
+:class:`BpfCollector` owns the loaded BPF programs (:mod:`tagger.native`) and
+the slot bookkeeping: each cgroup the programs count has a slot, given by the
+kernel at mkdir (or by us at start for cgroups that already exist) and
+recycled by us after rmdir.  Each tick it reads every slot's counters in one
+call, takes deltas against the previous tick, and turns them into the
+Snapshot's columns with numpy: rates, means, and percentiles interpolated in
+the log2 histograms' deltas.  No Python runs per kernel event.
+
+Figures are per cgroup, not per subtree (a cgroup's own tasks), as the BPF
+programs count them; the fallback collector (:mod:`tagger.fallback`) makes
+its cgroupfs figures exclusive to match.
+
+    with open_collector() as coll:        # BPF, or the cgroupfs fallback with one warning
+        for snap in coll.stream(interval=1.0, count=10): ...
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from . import errors
+from .cgroupfs import CgroupfsReader
+from .cgroups import Layout, Registry, normalize
+from .kernelfs import HOST, KernelFS
+from .snapshot import PREEMPTION_DTYPE, CgroupTable, Snapshot
+
+log = logging.getLogger(__name__)
+
+#: cgroupfs figures the BPF collector adds (the kernel keeps them already).
+CGROUPFS_EXTRAS = ("cpu.throttled", "mem.current", "psi.cpu.some", "psi.io.some", "psi.mem.some")
+#: Walk the cgroup tree again this often (ticks) to heal missed lifecycle events.
+RESCAN_EVERY = 30
+
+_CAUSE_WAKEUP, _CAUSE_NEW, _CAUSE_PREEMPT = 0, 1, 2
+
+
+def hist_edges(buckets: int) -> np.ndarray:
+    """Bucket edges in seconds of the kernel's log2(us) histograms: bucket 0
+    holds [0, 2) us, bucket k >= 1 holds [2^k, 2^(k+1)) us."""
+    return np.concatenate([[0.0], 2.0 ** np.arange(1, buckets + 1)]) * 1e-6
+
+
+def hist_percentiles(hist: np.ndarray, edges: np.ndarray, qs: Iterable[float],
+                     cap: np.ndarray | None = None) -> np.ndarray:
+    """Percentiles per row of ``hist`` (n, B) counts, interpolating linearly
+    inside the bucket that holds each rank; NaN for rows with no events.
+    ``cap`` (n,) bounds each row by its observed maximum.  Returns (n, len(qs))."""
+    qs = list(qs)
+    h = np.asarray(hist, dtype=np.float64)
+    n = h.shape[0]
+    out = np.full((n, len(qs)), np.nan)
+    if n == 0:
+        return out
+    cum = np.cumsum(h, axis=1)
+    total = cum[:, -1]
+    has = total > 0
+    rows = np.nonzero(has)[0]
+    if rows.size == 0:
+        return out
+    cum, h, total = cum[rows], h[rows], total[rows]
+    for j, q in enumerate(qs):
+        rank = q * total
+        idx = np.minimum((cum < rank[:, None]).sum(axis=1), h.shape[1] - 1)
+        before = np.where(idx > 0, cum[np.arange(len(rows)), idx - 1], 0.0)
+        inside = h[np.arange(len(rows)), idx]
+        frac = np.clip((rank - before) / np.where(inside > 0, inside, 1.0), 0.0, 1.0)
+        out[rows, j] = edges[idx] + frac * (edges[idx + 1] - edges[idx])
+    if cap is not None:
+        out = np.minimum(out, np.asarray(cap, dtype=np.float64)[:, None])
+    return out
+
+
+def _safe_div(num, den):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.asarray(num, dtype=np.float64) / np.asarray(den, dtype=np.float64)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def stream_ticks(collector, interval: float, count: int | None) -> Iterator[Snapshot]:
+    """A Snapshot every ``interval`` seconds on a fixed schedule (no drift; a
+    late tick does not make the next ones burst to catch up)."""
+    if interval <= 0:
+        raise errors.ConfigError(f"interval must be positive, not {interval}")
+    deadline = time.monotonic()
+    done = 0
+    while count is None or done < count:
+        deadline += interval
+        pause = deadline - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        else:
+            deadline = time.monotonic()
+        yield collector.tick()
+        done += 1
+
+
+class BpfCollector:
+    """Snapshots from tagger's BPF programs.  A context manager: ``close()``
+    detaches the programs on every exit path.
+
+    ``outlier``: run-queue or block latency (seconds) that makes a ring-buffer
+    event (see :attr:`outliers`); 0 for none.  ``cgroupfs_metrics``: which
+    cgroupfs figures to add (every ``cgroupfs_every`` ticks)."""
+
+    source = "bpf"
+
+    def __init__(self, fs: KernelFS = HOST, layout: Layout | None = None, max_slots: int | None = None,
+                 outlier: float = 0.0, cgroupfs_metrics: Iterable[str] = CGROUPFS_EXTRAS,
+                 cgroupfs_every: int = 1):
+        from .native.probes import Probes   # needs the compiled module: import late
+
+        self.fs = fs
+        self.layout = layout or Layout.detect(fs)
+        if self.layout.v2_root is None:
+            raise errors.BpfUnavailable(0, "cgroup v2 is not mounted: BPF sees v2 cgroup ids only")
+        self.registry = Registry(self.layout, fs)
+        self.ncpus = os.cpu_count() or 1
+        self.max_slots = max_slots or _default_slots(self.ncpus)
+        self.probes = None
+        self._closed = False
+        try:
+            self.probes = Probes(max_slots=self.max_slots, outlier_ns=int(outlier * 1e9))
+            self._setup(cgroupfs_metrics, cgroupfs_every)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- set-up --------------------------------------------------------------------
+    def _setup(self, cgroupfs_metrics, cgroupfs_every):
+        from .native import lib
+
+        p = self.probes
+        self.buckets = int(lib.TG_HIST_BUCKETS)
+        self.edges = hist_edges(self.buckets)
+        self.slot_path: dict[int, str] = {}
+        self.path_slot: dict[str, int] = {}
+        self.slot_id = np.zeros(self.max_slots, np.uint64)
+        self.high_water = 1
+        self._blkio_hid = _hierarchy_id(self.fs, "blkio") if self.layout.controller_version("io") == 1 else None
+        self._blkio_ids: dict[str, int] = {}        # v1 blkio path -> its cgroup id
+        self._to_recycle: list[int] = []
+        self._rows_dirty = True
+        self.outliers: list[dict] = []
+        self.lost_lifecycle = 0
+
+        # Every slot but 0 starts free; the kernel's mkdir handler takes from the queue.
+        for slot in range(1, self.max_slots):
+            p.push_slot(slot)
+        # Attach before walking the tree, so no cgroup made meanwhile is missed.
+        p.attach()
+        self.registry.scan()
+        for cgid, path in self.registry.items():
+            self._register(path, cgid)
+        self._map_blkio_tree()
+
+        self._cur = p.new_stats(self.max_slots)
+        self._prev = p.new_stats(self.max_slots)
+        self._cgroupfs = CgroupfsReader(self.layout, tuple(cgroupfs_metrics), self.fs, ncpus=self.ncpus) \
+            if cgroupfs_metrics else None
+        self._cgroupfs_every = max(1, int(cgroupfs_every))
+        self._cgroupfs_cols: dict[str, np.ndarray] = {}
+        self._cgroupfs_paths: list[str] | None = None
+        self.seq = 0
+        self._globals_prev = p.read_globals()
+        p.read_pairs()                                   # start pairs from now
+        p.read_stats(self._prev, self.high_water)
+        self._t_prev = time.monotonic()
+        self._last_tick_s = math.nan
+
+    def _register(self, path: str, cgid: int) -> int | None:
+        """Give an existing v2 cgroup a slot; None if it vanished or no slot is free."""
+        path = normalize(path)
+        if path in self.path_slot:
+            return self.path_slot[path]
+        slot = self.probes.pop_slot()
+        if slot is None:
+            log.warning("no free slot for %s: raise --max-slots (now %d)", path, self.max_slots)
+            return None
+        try:
+            got = self.probes.register_cgroup(str(self.fs.path(self.layout.v2_dir(path))), slot)
+        except (FileNotFoundError, errors.BpfError) as err:
+            log.debug("cgroup %s vanished before registration: %s", path, err)
+            self.probes.push_slot(slot)
+            return None
+        if got != slot:                        # the kernel's mkdir handler was first
+            self.probes.push_slot(slot)
+        self._adopt(got, path, cgid)
+        return got
+
+    def _adopt(self, slot: int, path: str, cgid: int):
+        self.slot_path[slot] = path
+        self.path_slot[path] = slot
+        self.slot_id[slot] = cgid
+        self.high_water = max(self.high_water, slot + 1)
+        self._rows_dirty = True
+        if self.layout.controller_version("io") == 2:
+            # Pure v2: the bio's blkcg is this very cgroup.
+            self.probes.map_blkcg(cgid, slot)
+        elif path in self._blkio_ids:
+            self.probes.map_blkcg(self._blkio_ids[path], slot)
+
+    def _map_blkio_tree(self):
+        """Hybrid/v1 hosts: each v1 blkio cgroup counts its I/O into the slot of
+        the v2 cgroup at the same path (the bio carries the blkio cgroup)."""
+        if self._blkio_hid is None:
+            return
+        root = self.layout.controller_root("io")
+        for path, cgid in _walk_ids(self.fs.path(root)):
+            self._blkio_ids[path] = cgid
+            slot = self.path_slot.get(path)
+            if slot:
+                self.probes.map_blkcg(cgid, slot)
+
+    # --- lifecycle events -------------------------------------------------------------
+    def _handle_events(self, events: np.ndarray):
+        from .native import lib
+
+        for ev in events:
+            kind = int(ev["kind"])
+            if kind in (lib.TG_EV_RUNQ, lib.TG_EV_IO):
+                self.outliers.append({
+                    "kind": "runq" if kind == lib.TG_EV_RUNQ else "io",
+                    "cgroup": self.slot_path.get(int(ev["slot"])),
+                    "latency": int(ev["latency_ns"]) * 1e-9, "pid": int(ev["pid"]),
+                    "comm": ev["comm"].decode(errors="replace"), "cause": int(ev["cause"]),
+                })
+                continue
+            path = normalize(ev["path"].decode(errors="replace") or "/")
+            hid, cgid, slot = int(ev["hierarchy_id"]), int(ev["cgroup_id"]), int(ev["slot"])
+            truncated = len(ev["path"]) >= lib.TG_PATH_MAX - 1
+            if hid == 0:
+                if truncated:
+                    path = self.registry.path_of(cgid, rescan=True) or path
+                if kind == lib.TG_EV_MKDIR:
+                    self.registry.add(cgid, path)
+                    if slot:
+                        self._adopt(slot, path, cgid)
+                    else:
+                        self.lost_lifecycle += 1          # no free slot: counted in health
+                elif kind == lib.TG_EV_RMDIR:
+                    self.registry.remove(cgid, path)
+                    self._forget(path, slot)
+            elif hid == self._blkio_hid:
+                if kind == lib.TG_EV_MKDIR:
+                    self._blkio_ids[path] = cgid
+                    if path in self.path_slot:
+                        self.probes.map_blkcg(cgid, self.path_slot[path])
+                else:
+                    self._blkio_ids.pop(path, None)
+                    self.probes.map_blkcg(cgid, 0)
+
+    def _forget(self, path: str, slot: int):
+        slot = slot or self.path_slot.get(path, 0)
+        if self.path_slot.get(path) == slot:
+            del self.path_slot[path]
+        if slot and self.slot_path.get(slot) == path:
+            del self.slot_path[slot]
+            self._to_recycle.append(slot)
+        self._rows_dirty = True
+
+    def _rescan(self):
+        change = self.registry.scan()
+        for path in change.removed:
+            if path in self.path_slot:
+                self._forget(path, self.path_slot[path])
+        for path in change.added:
+            cgid = self.registry.id_of(path)
+            if cgid is not None:
+                self._register(path, cgid)
+
+    # --- rows ---------------------------------------------------------------------------
+    def _rows(self):
+        if self._rows_dirty:
+            paths = sorted(self.path_slot, key=lambda p: p.split("/"))
+            self._row_slots = np.array([self.path_slot[p] for p in paths], dtype=np.int64)
+            self._slot_row = np.full(self.max_slots, -1, np.int64)
+            self._slot_row[self._row_slots] = np.arange(len(paths))
+            self._table = self.registry.table(paths)
+            self._table.ids = self.slot_id[self._row_slots].copy()
+            self._rows_dirty = False
+        return self._row_slots, self._table
+
+    # --- one tick -------------------------------------------------------------------------
+    def tick(self) -> Snapshot:
+        """A Snapshot of everything since the previous tick."""
+        started = time.perf_counter()
+        p = self.probes
+        self.outliers = []
+        self._handle_events(p.drain().copy())
+        if self.seq % RESCAN_EVERY == RESCAN_EVERY - 1:
+            self._rescan()
+        n = self.high_water
+        p.read_stats(self._cur, n)
+        t = time.monotonic()
+        dt = max(t - self._t_prev, 1e-9)
+        pair_keys, pair_counts = p.read_pairs()
+        glob = p.read_globals()
+
+        slots, table = self._rows()
+        cur, prev = self._cur[:n], self._prev[:n]
+        columns, hists, node = self._columns(cur, prev, slots, dt)
+        node.update(self._node_health(glob, dt))
+        preemptions = self._preemptions(pair_keys, pair_counts, dt)
+
+        # The slots of cgroups removed this tick start again from zero.
+        self._cur, self._prev = self._prev, self._cur
+        for slot in self._to_recycle:
+            self._prev[slot] = 0
+            p.push_slot(slot)
+        self._to_recycle = []
+        self._t_prev = t
+
+        if self._cgroupfs is not None:
+            columns.update(self._cgroupfs_columns(table))
+        self.seq += 1
+        self._last_tick_s = time.perf_counter() - started
+        return Snapshot(t=t, dt=dt, cgroups=table, columns=columns, node=node, histograms=hists,
+                        hist_edges=self.edges, preemptions=preemptions, source=self.source, seq=self.seq)
+
+    def _columns(self, cur, prev, slots, dt):
+        def delta(field):
+            return (cur[field] - prev[field])      # unsigned: wraps like the kernel's counters
+
+        d_cpu = delta("cpu_ns").astype(np.float64)
+        rq_cur, rq_prev = cur["runq"], prev["runq"]
+        d_count = (rq_cur["count"] - rq_prev["count"]).astype(np.float64)          # (n, causes)
+        d_sum = (rq_cur["sum_ns"] - rq_prev["sum_ns"]).astype(np.float64)
+        d_hist = (rq_cur["hist"] - rq_prev["hist"]).astype(np.uint32)              # (n, causes, B), mod 2^32
+        rq_max = rq_cur["max_ns"].astype(np.float64)                              # since the last read
+        d_io_hist = (cur["io_hist"] - prev["io_hist"]).astype(np.uint32)
+        io_ops = delta("io_ops").astype(np.float64)
+        io_q = delta("io_queue_ns").astype(np.float64)
+        io_d = delta("io_device_ns").astype(np.float64)
+
+        r = slots
+        h = d_hist[r]                                                               # (rows, causes, B)
+        cols: dict[str, np.ndarray] = {}
+        cpu_s = d_cpu[r] * 1e-9
+        wait_s = d_sum[r].sum(axis=1) * 1e-9
+        events = d_count[r].sum(axis=1)
+        cols["cpu.usage"] = cpu_s / dt
+        cols["cpu.share"] = cpu_s / (dt * self.ncpus)
+        cols["runq.wait"] = wait_s / dt
+        cols["runq.events"] = events / dt
+        cols["runq.avg"] = _safe_div(wait_s, events)
+        all_hist = h.sum(axis=1)
+        some = events > 0
+        rmax = np.where(some, rq_max[r].max(axis=1) * 1e-9, np.nan)
+        pct = hist_percentiles(all_hist, self.edges, (0.5, 0.95, 0.99), cap=rmax)
+        cols["runq.p50"], cols["runq.p95"], cols["runq.p99"] = pct.T
+        cols["runq.max"] = rmax
+        wake_hist = h[:, _CAUSE_WAKEUP] + h[:, _CAUSE_NEW]
+        wake_max = np.maximum(rq_max[r][:, _CAUSE_WAKEUP], rq_max[r][:, _CAUSE_NEW]) * 1e-9
+        cols["runq.wakeup.p99"] = hist_percentiles(wake_hist, self.edges, (0.99,), cap=wake_max)[:, 0]
+        cols["runq.preempt.p99"] = hist_percentiles(h[:, _CAUSE_PREEMPT], self.edges, (0.99,),
+                                                    cap=rq_max[r][:, _CAUSE_PREEMPT] * 1e-9)[:, 0]
+        cols["runq.slowdown"] = _safe_div(wait_s + cpu_s, cpu_s)
+        cols["sched.switches"] = delta("switches")[r].astype(np.float64) / dt
+        cols["sched.preempted"] = delta("preempted")[r].astype(np.float64) / dt
+        cols["sched.preempts"] = delta("preempts")[r].astype(np.float64) / dt
+
+        ops = io_ops[r]
+        cols["io.ops"] = ops / dt
+        cols["io.read_bytes"] = delta("io_read_bytes")[r].astype(np.float64) / dt
+        cols["io.write_bytes"] = delta("io_write_bytes")[r].astype(np.float64) / dt
+        lat = io_q[r] + io_d[r]
+        cols["io.lat.avg"] = _safe_div(lat * 1e-9, ops)
+        io_max = np.where(ops > 0, cur["io_max_ns"][r].astype(np.float64) * 1e-9, np.nan)
+        pct = hist_percentiles(d_io_hist[r], self.edges, (0.5, 0.95, 0.99), cap=io_max)
+        cols["io.lat.p50"], cols["io.lat.p95"], cols["io.lat.p99"] = pct.T
+        cols["io.lat.max"] = io_max
+        cols["io.queue.avg"] = _safe_div(io_q[r] * 1e-9, ops)
+        cols["io.device.avg"] = _safe_div(io_d[r] * 1e-9, ops)
+        cols["io.slowdown"] = _safe_div(lat, io_d[r])
+
+        hists = {
+            "runq.wakeup": h[:, _CAUSE_WAKEUP],
+            "runq.new": h[:, _CAUSE_NEW],
+            "runq.preempt": h[:, _CAUSE_PREEMPT],
+            "io.lat": d_io_hist[r],
+        }
+
+        # The node: every slot, slot 0 (cgroups not known yet) included.
+        node_hist = d_hist.sum(axis=(0, 1))[None, :]
+        node_runq_events = d_count.sum()
+        node_io_ops = io_ops.sum()
+        node = {
+            "cpus": float(self.ncpus),
+            "cpu.usage": d_cpu.sum() * 1e-9 / dt,
+            "runq.wait": d_sum.sum() * 1e-9 / dt,
+            "runq.p99": float(hist_percentiles(node_hist, self.edges, (0.99,),
+                                               cap=[rq_max.max() * 1e-9 if node_runq_events else np.nan])[0, 0]),
+            "io.ops": node_io_ops / dt,
+            "io.lat.p99": float(hist_percentiles(d_io_hist.sum(axis=0)[None, :], self.edges, (0.99,),
+                                                 cap=[cur["io_max_ns"].max() * 1e-9 if node_io_ops else np.nan])[0, 0]),
+            "cgroups": float(len(slots)),
+            # Switches and run-queue waits ended: the kernel events the programs counted.
+            "events": float(delta("switches").sum() + delta("preempted").sum() + node_runq_events) / dt,
+        }
+        return cols, hists, node
+
+    def _node_health(self, glob, dt):
+        """Events lost per second: ring buffer or a map full, no slot, no task
+        storage, or a cgroup not known yet (those are counted in slot 0)."""
+        old = self._globals_prev
+        self._globals_prev = glob
+        d = {k: glob[k] - old.get(k, 0) for k in glob}
+        lost = (d["ringbuf_drops"] + d["pairs_full"] + d["rq_full"] + d["slots_exhausted"]
+                + d["task_storage_fail"] + d["unknown_cgroup"])
+        return {"drops": lost / dt}
+
+    def _preemptions(self, keys, counts, dt):
+        if len(keys) == 0:
+            return np.zeros(0, PREEMPTION_DTYPE)
+        victim = self._slot_row[np.minimum(keys["victim"], self.max_slots - 1)]
+        preemptor = self._slot_row[np.minimum(keys["preemptor"], self.max_slots - 1)]
+        keep = (victim >= 0) & (preemptor >= 0) & (victim != preemptor)
+        out = np.zeros(int(keep.sum()), PREEMPTION_DTYPE)
+        out["victim"], out["preemptor"] = victim[keep], preemptor[keep]
+        out["count"] = counts[keep].astype(np.float64) / dt
+        return out
+
+    def _cgroupfs_columns(self, table: CgroupTable) -> dict[str, np.ndarray]:
+        n = len(table)
+        if self.seq % self._cgroupfs_every == 1 % self._cgroupfs_every or self._cgroupfs_paths is None:
+            self._cgroupfs_cols = self._cgroupfs.read(table.paths)
+            self._cgroupfs_paths = table.paths
+        if self._cgroupfs_paths is not table.paths:
+            # Rows changed since the last read: carry values over by path.
+            index = {p: i for i, p in enumerate(self._cgroupfs_paths)}
+            take = np.array([index.get(p, -1) for p in table.paths], dtype=np.int64)
+            out = {}
+            for m, col in self._cgroupfs_cols.items():
+                v = np.full(n, np.nan)
+                ok = take >= 0
+                v[ok] = col[take[ok]]
+                out[m] = v
+            return out
+        return dict(self._cgroupfs_cols)
+
+    # --- health and lifetime -----------------------------------------------------------------
+    def health(self) -> dict:
+        glob = self.probes.read_globals() if self.probes else {}
+        return {
+            "source": self.source,
+            "ticks": self.seq,
+            "cgroups": len(self.path_slot),
+            "max_slots": self.max_slots,
+            "slots_high_water": self.high_water,
+            "tick_seconds": self._last_tick_s,
+            "lost_lifecycle_events": self.lost_lifecycle,
+            **{f"kernel.{k}": v for k, v in glob.items()},
+        }
+
+    def stream(self, interval: float = 1.0, count: int | None = None) -> Iterator[Snapshot]:
+        return stream_ticks(self, interval, count)
+
+    def close(self):
+        """Detach and unload the BPF programs; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.probes is not None:
+            self.probes.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _default_slots(ncpus: int) -> int:
+    # Counters are per CPU and slot (640 bytes): cap them at 256 MiB.
+    return int(max(1024, min(16384, (256 << 20) // (640 * max(ncpus, 1)))))
+
+
+def _hierarchy_id(fs: KernelFS, controller: str) -> int | None:
+    """The v1 hierarchy id of ``controller`` from /proc/cgroups (0 = on v2)."""
+    text = fs.read_optional("/proc/cgroups") or ""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == controller and parts[1].isdigit():
+            return int(parts[1]) or None
+    return None
+
+
+def _walk_ids(real_root) -> Iterator[tuple[str, int]]:
+    """(path, cgroup id) of every cgroup below a mount; ids are inode numbers."""
+    stack = [(str(real_root), "")]
+    yield "/", os.stat(real_root).st_ino
+    while stack:
+        real, rel = stack.pop()
+        try:
+            with os.scandir(real) as it:
+                dirs = [(e.name, e.inode(), e.path) for e in it if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for name, ino, child in dirs:
+            yield f"{rel}/{name}", ino
+            stack.append((child, f"{rel}/{name}"))
+
+
+def open_collector(prefer_bpf: bool = True, fs: KernelFS = HOST, **kwargs):
+    """The BPF collector, or, when BPF cannot run here, the cgroupfs fallback
+    with one warning saying why and what will be NaN."""
+    from .fallback import FallbackCollector
+
+    if prefer_bpf:
+        try:
+            return BpfCollector(fs=fs, **kwargs)
+        except (errors.BpfError, ImportError, PermissionError) as err:
+            reason = str(err)
+    else:
+        reason = "BPF not requested"
+    return FallbackCollector(fs=fs, reason=reason)
