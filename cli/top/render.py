@@ -35,11 +35,15 @@ STYLE_MISSING = Style(dim=True)
 SPARK = "▁▂▃▄▅▆▇█"
 
 
-def layout(width: int) -> list[tuple[Column, int]]:
-    """Column widths for a terminal ``width``: numbers fixed, NAME and TAGS share the rest."""
+def layout(width: int, longest_name: int | None = None) -> list[tuple[Column, int]]:
+    """Column widths for a terminal ``width``: numbers fixed, NAME and TAGS share
+    the rest; NAME takes what the names on screen need, up to 55% of it."""
     fixed = sum(c.width + GAP for c in COLUMNS if c.width)
     flex = max(0, width - fixed - 2 * GAP)
-    name_w = max(12, int(flex * 0.55))
+    name_w = int(flex * 0.55)
+    if longest_name is not None:
+        name_w = min(name_w, longest_name + 1)
+    name_w = max(12, name_w)
     tags_w = max(0, flex - name_w)
     return [(c, c.width or (name_w if c.key == "name" else tags_w)) for c in COLUMNS]
 
@@ -95,10 +99,16 @@ def row_segments(model: TopModel, row: int, widths: list[tuple[Column, int]],
 def screen_lines(model: TopModel, width: int, height: int) -> list[list[Segment]]:
     """A whole table screen (titles + visible rows) as segment lines: what the
     widget draws, used by the benchmark to time one screen."""
-    widths = layout(width)
+    window = model.window(height - 1) if model.rows is not None else ()
+    longest = None
+    if len(window):
+        names, paths = model.rows.names, model.rows.paths
+        indent = 2 * int(model.depth[window].max()) if model.state.tree else 0
+        longest = max(len(names[i] or paths[i]) for i in window) + indent
+    widths = layout(width, longest)
     lines = [title_segments(model, widths)]
     sel = model.selected_row()
-    for row in model.window(height - 1):
+    for row in window:
         lines.append(row_segments(model, int(row), widths, selected=(row == sel)))
     return lines
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 
 from .app import TopApp
@@ -27,7 +28,10 @@ async def take(source, out: str, ticks: int, interval: float, keys: list[str], s
         for k in range(ticks):
             if k and not isinstance(source, DemoSource):
                 time.sleep(interval)            # a live tick covers real time
-            app.sample_now()
+            try:
+                app.sample_now()
+            except Exception as err:            # one bad tick should not lose the shot
+                print(f"tick {k}: {type(err).__name__}: {err}", file=sys.stderr)
             await pilot.pause()
         for key in keys:
             await pilot.press(key)
