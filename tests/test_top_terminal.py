@@ -203,3 +203,47 @@ def test_socket_source_reads_snapshot_tags_actions_and_events(tmp_path):
             assert source.next_frame() is None                     # same tick: nothing new
         finally:
             source.close()
+
+
+# -- standalone on the real kernel ---------------------------------------------------------------
+
+@pytest.mark.bpf
+def test_standalone_shows_a_busy_cgroup_on_the_real_kernel(make_cgroup):
+    """A CPU hog in its own cgroup shows up with about one CPU, found by the
+    filter; quitting detaches the BPF programs (the source is closed)."""
+    import asyncio
+
+    from tagger.cli.top.app import TopApp
+    from tests.test_top_app import row_names
+
+    if os.geteuid() != 0:
+        pytest.skip("standalone top loads BPF programs: needs root")
+    hog = make_cgroup("top-hog")
+    hog.spawn([sys.executable, "-c", "while True: pass"])
+    source = LocalSource()
+
+    async def go():
+        app = TopApp(source, interval=None)
+        async with app.run_test(size=(140, 30)) as pilot:
+            app.sample_now()
+            await pilot.press("slash", *hog.path.rsplit("/", 1)[-1], "enter")
+            deadline = time.monotonic() + 15
+            cpu = 0.0
+            while time.monotonic() < deadline:
+                await pilot.pause(0.25)        # a tick's figures need real time to pass
+                app.sample_now()
+                cpu = app.model.frame.snapshot.value(hog.path, "cpu.usage")
+                if cpu > 0.3:
+                    break
+            assert cpu > 0.3, f"hog at {cpu} CPUs"
+            assert row_names(app) == ["top-hog"]
+            assert app.model.frame.snapshot.source == "bpf"
+            assert "runq p99" in str(app.query_one("#header").content)
+            await pilot.press("q")
+        assert source._cm is None               # closed: BPF detached
+
+    try:
+        asyncio.run(go())
+    finally:
+        hog.stop()
+        source.close()
