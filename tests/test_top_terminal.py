@@ -247,3 +247,36 @@ def test_standalone_shows_a_busy_cgroup_on_the_real_kernel(make_cgroup):
     finally:
         hog.stop()
         source.close()
+
+
+def test_socket_source_reconnects_after_the_agent_restarts(tmp_path):
+    from tagger.api import ApiError, ApiServer
+    from tagger.cli.top.sources import DemoSource
+
+    demo = DemoSource(10, seed=4)
+    path = str(tmp_path / "tagger.sock")
+
+    def first_frame(source):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:       # the server thread applies a publish
+            frame = source.next_frame()
+            if frame is not None:
+                return frame
+        raise AssertionError("no frame from the agent")
+
+    server = ApiServer(path, allowed_uids={os.geteuid()}).start()
+    source = SocketSource(path)
+    try:
+        server.publish(demo.next_frame().snapshot, {}, [], [], {})
+        assert first_frame(source).snapshot.seq == 1
+        server.close()
+        with pytest.raises((ApiError, OSError)):
+            source.next_frame()
+        with pytest.raises(ApiError, match="no such socket"):
+            source.next_frame()                   # still down: the error says so
+        server = ApiServer(path, allowed_uids={os.geteuid()}).start()
+        server.publish(demo.next_frame().snapshot, {}, [], [], {})
+        assert first_frame(source).snapshot.seq == 2
+    finally:
+        source.close()
+        server.close()

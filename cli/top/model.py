@@ -360,7 +360,9 @@ class Rows:
             if i is None:
                 continue
             for a in acts:
-                if a.knob in ("cpu.max", "cpu", "cpu.cfs_quota_us"):
+                # The actuator names the CPU quota "cpu.max" on v1 and v2 alike,
+                # value "QUOTA PERIOD" in microseconds.
+                if a.knob == "cpu.max":
                     self.values["throttle"][i] = quota_cpus(a.value)
                     self.dry_throttle[i] = a.dry_run
         self.tag_text: list[str] = [""] * n
@@ -534,14 +536,6 @@ class TopModel:
         self.state.selected = self.rows.paths[self.order[position]]
         self.state.message = ""
         self.generation += 1
-
-    def select_path(self, path: str) -> bool:
-        """Select ``path`` if it is shown; False otherwise."""
-        hits = np.flatnonzero(np.asarray(self.rows.paths, dtype=object)[self.order] == path) if self.rows else []
-        if len(hits) == 0:
-            return False
-        self.move_to(int(hits[0]))
-        return True
 
     # -- what to draw -----------------------------------------------------
     def window(self, height: int) -> np.ndarray:

@@ -386,18 +386,31 @@ class SocketSource:
             from tagger.api import ApiClient, ApiError
         except ImportError as err:
             raise SourceUnavailable(f"--connect needs tagger.api, which this build lacks ({err})") from None
-        self._ApiError = ApiError
+        self._connect = lambda: ApiClient(path, timeout=timeout)
         self.path = path
         self.name = f"socket {path}"
         try:
-            self._client = ApiClient(path, timeout=timeout)
+            self._client = self._connect()
         except ApiError as err:
             raise SourceUnavailable(str(err)) from None
         self._last_t = None
         self._last_seq = None
 
     def next_frame(self) -> Frame | None:
-        c = self._client
+        """The agent's newest tick, or None if it has not ticked since the last
+        call.  A broken connection raises (the view shows it) and the next call
+        connects again, so an agent restart costs a tick or two, not the view."""
+        if self._client is None:
+            self._client = self._connect()
+            self._last_seq = None
+        try:
+            return self._poll(self._client)
+        except Exception:                # ApiError, OSError, a garbled frame: start afresh
+            self._client.close()
+            self._client = None
+            raise
+
+    def _poll(self, c) -> Frame | None:
         plain = c.request("snapshot")
         if plain is None:                    # the agent has not finished its first tick
             return None
@@ -419,7 +432,9 @@ class SocketSource:
                            normalize_health(health, source=health.get("source") or snap.source))
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 def snapshot_from_plain(d: dict) -> Snapshot:
