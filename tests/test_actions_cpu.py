@@ -271,3 +271,16 @@ def test_a_knob_changed_behind_our_back_is_set_again(v2, caplog):
     assert "changed behind tagger's back" in caplog.text
     act.revert_all()
     assert f.read_text() == "max 100000"                  # the original, not the operator's write
+
+
+def test_one_refused_control_point_does_not_cost_the_others(v2):
+    tmp_path, layout = v2
+    act = _act(tmp_path, layout)
+    from tagger.actions.spec import IoSpec, RdtSpec
+    sets = [ActionSet("r", cpu=CpuSpec(max=0.5), io=IoSpec(device="/dev/sdz", read_bps=1e6),
+                      rdt=RdtSpec("g", l3="0xf"))]
+    applied = act.apply(tick(0), {"/batch/a": sets})
+    assert [(a.knob, a.value) for a in applied] == [("cpu.max", "50000 100000")]
+    msgs = act.refusals()
+    assert any("no such block device" in m for m in msgs.values())
+    assert any("resctrl not mounted" in m for m in msgs.values())

@@ -114,6 +114,11 @@ def node_cpus(fs: KernelFS = HOST) -> float:
 
 
 class Actuator:
+    """Applies desired actions to the kernel through ``fs``, journaled in
+    ``state_dir``; see the module docstring for what a caller may rely on.
+    Takes the state directory's lock (ConfigError if another agent holds it)
+    and loads its journal; a dry run does neither."""
+
     def __init__(self, layout: Layout, fs: KernelFS = HOST, state_dir=DEFAULT_STATE_DIR,
                  dry_run: bool = False, protected=(), safety: Safety = Safety(),
                  resctrl_root: str = RESCTRL, durable: bool = True, cpus: float | None = None):
@@ -192,17 +197,19 @@ class Actuator:
                 self._warn_once(f"protected {path}", "%s is protected: not acting on it (rules %s)",
                                 path, ", ".join(s.rule for s in sets))
                 continue
-            try:
-                self._want_cpu(wants, path, sets)
-                self._want_io(wants, path, sets)
-                rdt_sets = [s for s in sets if s.rdt is not None]
-                if rdt_sets:
-                    rdt_info = rdt_info or self.resctrl.info()
-                    self._want_rdt(wants, path, rdt_sets, rdt_info)
-            except ActionRefused as err:
-                self._refuse(f"{path}\t{err.limit}", err)
-            except errors.NotFound as err:
-                self._refuse(f"{path}\tmissing", err)
+            rdt_sets = [s for s in sets if s.rdt is not None]
+            # One refusal (a bad device, no resctrl) must not cost the other control points.
+            for what in ("cpu", "io", "rdt"):
+                try:
+                    if what == "cpu":
+                        self._want_cpu(wants, path, sets)
+                    elif what == "io":
+                        self._want_io(wants, path, sets)
+                    elif rdt_sets:
+                        rdt_info = rdt_info or self.resctrl.info()
+                        self._want_rdt(wants, path, rdt_sets, rdt_info)
+                except (ActionRefused, errors.NotFound) as err:
+                    self._refuse(f"{path}\t{what}", err)
         return wants
 
     def _want_cpu(self, wants, path, sets):
