@@ -11,10 +11,8 @@ from pathlib import Path
 
 import click
 
-from tagger.actions.journal import JOURNAL_NAME, LOCK_NAME, read_entries
+from tagger.actions.journal import DEFAULT_STATE_DIR, JOURNAL_NAME, LOCK_NAME, read_entries
 from tagger.errors import ConfigError
-
-DEFAULT_STATE_DIR = "/var/lib/tagger"
 
 
 def agent_pid(state_dir: Path) -> int | None:

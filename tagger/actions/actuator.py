@@ -38,14 +38,12 @@ from tagger.kernelfs import HOST, KernelFS
 from .control import ControlPoint, Safety
 from .cpu import CpuMax, CpuQuota, CpuWeight
 from .io import IoLimit, format_limits, resolve_devices, spec_limits
-from .journal import Entry, Journal, entry_key
+from .journal import DEFAULT_STATE_DIR, Entry, Journal, entry_key
 from .rdt import PRESENT, RESCTRL, Resctrl, RdtGroup, RdtSchemata, RdtTasks
 from .refusal import ActionRefused
 from .spec import ActionSet
 
 log = logging.getLogger(__name__)
-
-DEFAULT_STATE_DIR = "/var/lib/tagger"
 
 #: Set before, undone after: an RDT group exists before its schemata is written
 #: and before tasks move in; tasks leave before the group is removed.

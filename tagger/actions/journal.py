@@ -24,6 +24,7 @@ from tagger.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_STATE_DIR = "/var/lib/tagger"
 JOURNAL_NAME = "actions.journal.json"
 LOCK_NAME = "actions.lock"
 VERSION = 1

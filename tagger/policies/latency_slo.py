@@ -89,6 +89,10 @@ class LatencySlo:
         self.cpus = cpus
         self.state: dict[str, ControlState] = {}
         self.status = SloStatus()
+        unknown = set(spec.resources) - set(SLOWDOWN)
+        if unknown:
+            raise ValueError(f"latency-slo {spec.name}: unknown resources {sorted(unknown)} "
+                             f"(control points: {', '.join(SLOWDOWN)})")
         self._protect = PathSelector(spec.protect)
         self._throttle = PathSelector(spec.throttle)
 
