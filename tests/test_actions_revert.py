@@ -66,7 +66,8 @@ def _changed(before, cgs):
 
 
 @pytest.mark.root
-def test_sigterm_restores_every_knob(workloads, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_restores_every_knob(workloads, tmp_path, sig):
     cgs, doc = workloads
     before = {cg.path: knobs(cg) for cg in cgs}
     proc = start_driver(tmp_path / "state", doc)
@@ -74,14 +75,14 @@ def test_sigterm_restores_every_knob(workloads, tmp_path):
         wait_line(proc, "applied")
         changed = _changed(before, cgs)
         assert len(changed) == 2 * 7          # quota, period, shares, four throttle files, per cgroup
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == 128 + sig
     finally:
         if proc.poll() is None:
             proc.kill()
     after = {cg.path: knobs(cg) for cg in cgs}
     restored = sum(after[p][f] == before[p][f] for p, f in changed)
-    print(f"\nSIGTERM: {restored}/{len(changed)} changed knobs restored")
+    print(f"\n{sig.name}: {restored}/{len(changed)} changed knobs restored")
     assert after == before
     assert not (tmp_path / "state" / JOURNAL_NAME).exists()
 
