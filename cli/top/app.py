@@ -15,6 +15,7 @@ detached) in :meth:`TopApp.on_unmount`.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -90,7 +91,7 @@ class TopApp(App):
         if not self.is_headless:
             # Without these, SIGTERM/SIGHUP would kill the process with the
             # terminal still in raw mode and on the alternate screen.
-            loop = self._loop
+            loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 try:
                     loop.add_signal_handler(sig, self.exit)
