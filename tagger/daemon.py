@@ -189,6 +189,7 @@ class _TickCost:
         self.last_cpu = 0.0
         self.last_jitter = 0.0
         self.max_jitter = 0.0
+        self.stages: dict[str, float] = {}      # seconds per stage of the last tick
 
 
 class Daemon:
@@ -437,9 +438,19 @@ class Daemon:
 
     def _tick(self):
         wall0, cpu0 = time.perf_counter(), time.process_time()
+        stages = self.cost.stages
+        mark = wall0
+
+        def lap(stage):
+            nonlocal mark
+            now = time.perf_counter()
+            stages[stage] = now - mark
+            mark = now
+
         try:
             snap = self.collector.tick()
             self.last_snapshot = snap
+            lap("collect")
             result = self.engine.evaluate(snap)
             desired = {path: list(sets) for path, sets in (result.actions or {}).items()}
             for policy in self.policies:
@@ -449,13 +460,21 @@ class Daemon:
                 except Exception:
                     self._log_once(f"policy {getattr(policy, 'name', policy)}",
                                    "policy %s failed this tick", getattr(policy, "name", policy))
-            applied_now = self.actuator.apply(snap, desired)
-            del applied_now      # current() below is the whole picture, not only this tick's changes
+            lap("rules")
+            # Tags go out before actions are applied: a slow journal fsync in the
+            # actuator must not delay what subscribers see.
             events = list(result.events or ())
+            tags = self.store.current()
+            self._publish_tags(snap, tags, events)
+            lap("publish")
+            # apply() returns the whole picture; publishers read current() below.
+            self.actuator.apply(snap, desired)
+            lap("actions")
             if self.trace is not None:
                 self._publish("trace", self.trace.write, snap)
             self.cost.ticks += 1
-            self._publish_tick(snap, events)
+            self._publish_actions(snap, tags)
+            stages["publish"] += time.perf_counter() - mark
         except Exception:
             self.cost.errors += 1
             self._log_once("tick", "tick failed (the loop carries on)")
@@ -463,17 +482,24 @@ class Daemon:
         finally:
             self.cost.last_wall = time.perf_counter() - wall0
             self.cost.last_cpu = time.process_time() - cpu0
+            if self.cost.last_wall > self.config.interval:
+                log.warning("tick took %.3fs, longer than the %gs interval (%s)", self.cost.last_wall,
+                            self.config.interval,
+                            ", ".join(f"{k} {v:.3f}s" for k, v in stages.items()))
 
-    def _publish_tick(self, snap, events):
-        tags = self.store.current()
+    def _publish_tags(self, snap, tags, events):
+        if self.api is not None:
+            self._publish("socket API", self.api.publish, snap, tags, events, None, None)
+        if self.redis is not None:
+            self._publish("redis", self.redis.publish, tags, events)
+
+    def _publish_actions(self, snap, tags):
         actions = self.actuator.current()
         health = self.health()
         if self.prometheus is not None:
             self._publish("prometheus", self.prometheus.update, snap, tags, actions, health)
         if self.api is not None:
-            self._publish("socket API", self.api.publish, snap, tags, events, actions, health)
-        if self.redis is not None:
-            self._publish("redis", self.redis.publish, tags, events)
+            self._publish("socket API", self.api.publish, None, None, (), actions, health)
 
     def _publish_health(self):
         health = self.health()
@@ -504,6 +530,7 @@ class Daemon:
             "interval_seconds": self.config.interval,
             "tick_seconds": c.last_wall,
             "tick_cpu_seconds": c.last_cpu,
+            "tick_stage_seconds": dict(c.stages),
             "tick_jitter_seconds": c.last_jitter,
             "tick_jitter_max_seconds": c.max_jitter,
             "ticks": c.ticks,

@@ -1,0 +1,158 @@
+"""The end-to-end bar on the real kernel: a busy loop in a test cgroup gets its
+``cpu-intensive`` tag over the socket within ``for`` + 2 ticks and the rule's
+CPU quota is applied; both are cleared and reverted within ``keep_for`` + 2
+ticks after the loop stops; SIGTERM's path leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from tagger.api import ApiClient
+from tagger.daemon import Config, Daemon
+from tests.cgroup_fixture import wait_for
+
+INTERVAL = 0.5
+FOR = 2.0
+KEEP_FOR = 2.0
+
+
+def rules_text(prefix: str) -> str:
+    return f"""
+rules:
+  - name: cpu-intensive
+    match: {{cgroup: "{prefix}/**"}}
+    when: cpu.usage > 0.15       # far below the quota: a capped hog on a busy machine stays tagged
+    for: {FOR}s
+    keep_for: {KEEP_FOR}s
+    tags: {{resource: cpu-intensive}}
+  - name: cap-hogs
+    match: {{tags: {{resource: cpu-intensive}}}}
+    actions:
+      cpu: {{max: 0.5, period: 100ms}}
+"""
+
+
+def quota(cg) -> tuple[int | None, int]:
+    """(quota µs or None for unlimited, period µs) from v2 cpu.max or v1 cfs files."""
+    v2 = cg.v2 / "cpu.max"
+    if v2.exists():
+        q, p = v2.read_text().split()
+        return (None if q == "max" else int(q)), int(p)
+    d = cg.dir("cpu")
+    q = int((d / "cpu.cfs_quota_us").read_text())
+    return (None if q < 0 else q), int((d / "cpu.cfs_period_us").read_text())
+
+
+@pytest.mark.bpf
+def test_busy_loop_tagged_capped_then_cleared(make_cgroup, tmp_path):
+    cg = make_cgroup("hog", controllers=("cpu", "cpuacct"))
+    prefix = cg.path.rsplit("/", 1)[0]
+    rules = tmp_path / "rules"
+    rules.mkdir(mode=0o755)
+    (rules / "10-e2e.yaml").write_text(rules_text(prefix))
+    os.chmod(rules / "10-e2e.yaml", 0o644)
+    sock = str(tmp_path / "tagger.sock")
+    daemon = Daemon(Config(rules=str(rules), interval=INTERVAL, socket=sock, metrics=None,
+                           state_dir=str(tmp_path / "state")))
+    errors = []
+
+    def run():
+        try:
+            daemon.run()
+        except BaseException as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: daemon.ready or errors, timeout=60, what="daemon ready")
+        assert not errors, errors
+        if daemon.collector.source != "bpf":
+            pytest.skip(f"BPF collector did not load ({daemon.collector.source})")
+        assert quota(cg)[0] is None
+        with ApiClient(sock) as client:
+            wait_for(lambda: client.request("health").get("ticks", 0) >= 2, timeout=10, what="ticks")
+
+            def tag():
+                tags = client.request("tags", cgroup=cg.path).get(cg.path, {})
+                return tags.get("resource", {}).get("value")
+
+            start = time.monotonic()
+            cg.spawn([sys.executable, "-c", "while True: pass"])
+            try:
+                wait_for(lambda: tag() == "cpu-intensive", timeout=FOR + 10 * INTERVAL,
+                         interval=0.02, what="cpu-intensive tag")
+            except TimeoutError:
+                snap = client.request("snapshot", cgroup=cg.path)
+                raise AssertionError(f"no tag; the agent sees {cg.path}: "
+                                     f"{ {k: v for k, v in snap['columns'].items() if v} if snap else None}; "
+                                     f"rows {snap and snap['cgroups']['paths']}; "
+                                     f"health {client.request('health')}; tags {client.request('tags')}") from None
+            tagged_after = time.monotonic() - start
+            wait_for(lambda: quota(cg)[0] is not None, timeout=5 * INTERVAL, interval=0.02,
+                     what="quota applied")
+            capped_after = time.monotonic() - start
+            # The actuator paces tightening (Safety: at most half off per step, then a
+            # cool-down), so on a small node 0.5 CPU may come as a second step.
+            cooldown = daemon.actuator.safety.cooldown
+            wait_for(lambda: quota(cg) == (50000, 100000), timeout=cooldown + 4 * INTERVAL,
+                     interval=0.02, what="the rule's full quota")
+            full_after = time.monotonic() - start
+            [act] = [a for a in client.request("actions") if a["cgroup"] == cg.path]
+            assert act["knob"] == "cpu.max" and act["rule"] == "cap-hogs"
+
+            stop = time.monotonic()
+            cg.stop()
+            wait_for(lambda: tag() is None, timeout=KEEP_FOR + 10 * INTERVAL, interval=0.02,
+                     what="tag cleared")
+            cleared_after = time.monotonic() - stop
+            wait_for(lambda: quota(cg)[0] is None, timeout=5 * INTERVAL, interval=0.02,
+                     what="quota reverted")
+            reverted_after = time.monotonic() - stop
+        print(f"\ntag after {tagged_after:.2f}s, quota after {capped_after:.2f}s, "
+              f"full 0.5 CPU after {full_after:.2f}s (cool-down {cooldown:g}s) "
+              f"(bar: for + 2 ticks = {FOR + 2 * INTERVAL:.2f}s); cleared after {cleared_after:.2f}s, "
+              f"reverted after {reverted_after:.2f}s (bar: keep_for + 2 ticks = {KEEP_FOR + 2 * INTERVAL:.2f}s)")
+        slack = 0.1      # socket polling and thread wake-up, not ticks
+        assert tagged_after <= FOR + 2 * INTERVAL + slack
+        assert capped_after <= FOR + 2 * INTERVAL + slack
+        assert full_after <= FOR + 2 * INTERVAL + cooldown + INTERVAL + slack
+        assert reverted_after <= KEEP_FOR + 2 * INTERVAL + slack
+    finally:
+        daemon.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert not os.path.exists(sock)
+    assert quota(cg)[0] is None
+
+
+@pytest.mark.bpf
+def test_stop_reverts_quota_still_held(make_cgroup, tmp_path):
+    """SIGTERM's path (Daemon.stop) while an action is in force: reverted."""
+    cg = make_cgroup("held", controllers=("cpu", "cpuacct"))
+    rules = tmp_path / "rules"
+    rules.mkdir(mode=0o755)
+    (rules / "10.yaml").write_text(f"""
+rules:
+  - name: cap-static
+    match: {{cgroup: "{cg.path}"}}
+    actions:
+      cpu: {{max: 0.25}}
+""")
+    os.chmod(rules / "10.yaml", 0o644)
+    daemon = Daemon(Config(rules=str(rules), interval=INTERVAL, socket=None, metrics=None,
+                           state_dir=str(tmp_path / "state")))
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: quota(cg)[0] is not None, timeout=30, what="static quota applied")
+        assert quota(cg)[0] == 25000
+    finally:
+        daemon.stop()
+        thread.join(timeout=30)
+    assert quota(cg)[0] is None
