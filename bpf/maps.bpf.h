@@ -56,7 +56,10 @@ struct tg_global globals[TG_MAX_CPUS] __weak SEC(".bss") __attribute__((aligned(
  * cgroup got its slot from user space: tasks cache their slot with the
  * generation it was looked up in, so the scheduler hot path does no cgroup
  * storage lookup unless something moved. */
-__u64 slot_generation __weak SEC(".bss") = 0;
+__u64 slot_generation __weak SEC(".bss") __attribute__((aligned(64))) = 0;
+/* Keeps the line of slot_generation (read by every switch, written almost
+ * never) free of anything else. */
+__u8 _slot_generation_line[56] __weak SEC(".bss");
 
 static __always_inline struct tg_cg_stats *stats_of(__u32 cpu, __u32 slot)
 {

@@ -33,16 +33,8 @@ struct {
 	__type(value, struct tg_task);
 } tasks SEC(".maps");
 
-/* (victim, preemptor) -> preemptions; user space takes and empties it each
- * tick, so it holds one tick's pairs at most. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 8192);
-	__type(key, struct tg_pair);
-	__type(value, __u64);
-} preempt_pairs SEC(".maps");
-
-struct tg_oncpu oncpu[TG_MAX_CPUS] SEC(".bss");
+/* One cache line per CPU: each CPU writes only its own. */
+struct tg_oncpu oncpu[TG_MAX_CPUS] SEC(".bss") __attribute__((aligned(64)));
 
 /* The clock of the run queue a task is on.  The scheduler updated it under
  * the rq lock just before both tracepoints fire, and schedstat's run_delay
@@ -93,24 +85,26 @@ int BPF_PROG(tg_sched_wakeup_new, struct task_struct *p)
 	return 0;
 }
 
-static __always_inline void count_pair(__u32 victim, __u32 preemptor, struct tg_global *g)
+/* One more preemption of the victim's tasks by `preemptor`, in the victim's
+ * per-CPU row (this CPU only writes it: no atomics). */
+static __always_inline void count_preemptor(struct tg_cg_stats *v, __u32 preemptor, struct tg_global *g)
 {
-	struct tg_pair key = { .victim = victim, .preemptor = preemptor };
-	__u64 one = 1, *n;
+	__u32 i, rarest = 0;
 
-	n = bpf_map_lookup_elem(&preempt_pairs, &key);
-	if (n) {
-		__sync_fetch_and_add(n, 1);
-		return;
+	for (i = 0; i < TG_TOP_PREEMPTORS; i++) {
+		if (v->preemptor[i] == preemptor && v->preempt_count[i]) {
+			v->preempt_count[i]++;
+			return;
+		}
 	}
-	if (bpf_map_update_elem(&preempt_pairs, &key, &one, BPF_NOEXIST)) {
-		/* Lost the race to another CPU, or the map is full. */
-		n = bpf_map_lookup_elem(&preempt_pairs, &key);
-		if (n)
-			__sync_fetch_and_add(n, 1);
-		else
-			g->pairs_full++;
+	for (i = 1; i < TG_TOP_PREEMPTORS; i++) {
+		if (v->preempt_count[i] < v->preempt_count[rarest])
+			rarest = i;
 	}
+	if (v->preempt_count[rarest])
+		g->preemptors_evicted++;
+	v->preemptor[rarest] = preemptor;
+	v->preempt_count[rarest] = 1;
 }
 
 /* The wait that just ended, into the cgroup's run-queue counters. */
@@ -158,22 +152,22 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 	__u64 now = task_rq_clock(prev);
 	struct tg_oncpu *cur = &oncpu[cpu & (TG_MAX_CPUS - 1)];
 	struct tg_global *g = global_of(cpu);
-	struct tg_cg_stats *s;
+	struct tg_cg_stats *s, *v = NULL;
 	struct tg_task *t;
-	__u32 victim = 0;
 	/* Still runnable at switch-out: preempted (or yielded), so prev waits
 	 * on the run queue again from now.  (prev_state is a tracepoint
 	 * argument since 5.18, commit fa2c3254d7cf.) */
 	bool preempted = prev->pid && prev_state == TASK_RUNNING;
 
 	if (prev->pid && cur->task == (__u64)prev) {
-		victim = cur->slot;
+		__u32 victim = cur->slot;
+
 		/* Moved to another cgroup while running (a process entering its
 		 * cgroup right after fork): the kernel charges this slice to the
 		 * new cgroup, and so do we. */
 		if (cur->slot_gen != slot_generation)
 			victim = slot_of_cgroup(prev->cgroups->dfl_cgrp, g);
-		s = stats_of(cpu, victim);
+		s = v = stats_of(cpu, victim);
 		if (s) {
 			/* The kernel's own CPU time (what cgroup cpu.stat sums):
 			 * update_curr() ran in put_prev_task() before this
@@ -220,7 +214,8 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 		return 0;
 	if (preempted) {
 		s->preempts++;
-		count_pair(victim, t->slot, g);
+		if (v)
+			count_preemptor(v, t->slot, g);
 	}
 	if (t->enqueued_ns) {
 		account_wait(s, t, next, now, cpu);

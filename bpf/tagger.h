@@ -11,6 +11,7 @@
 #define TG_CAUSES         3
 #define TG_PATH_MAX       256
 #define TG_COMM_LEN       16
+#define TG_TOP_PREEMPTORS 4      /* preemptors remembered per cgroup and CPU */
 
 /* Why a task was waiting on the run queue. */
 enum tg_cause {
@@ -52,7 +53,12 @@ struct tg_cg_stats {
 	__u32 io_hist[TG_HIST_BUCKETS];
 	__u32 _pad;
 	__u64 last_outlier_ns;   /* per-CPU rate limit of outlier events */
-	__u64 _reserved[4];      /* pads the struct to 640 bytes, ten cache lines */
+	/* Who preempted this cgroup's tasks, and how often, since the last read
+	 * (user space takes and zeroes them).  A small table in the victim's
+	 * own row: no hash map on the scheduler's hot path, bounded by design;
+	 * a newcomer evicts the rarest entry (counted in preemptors_evicted). */
+	__u32 preemptor[TG_TOP_PREEMPTORS];
+	__u32 preempt_count[TG_TOP_PREEMPTORS];
 };
 
 /* Per-CPU health counters: nothing is lost silently. */
@@ -60,7 +66,7 @@ struct tg_global {
 	__u64 io_events;         /* block insert/issue/complete handled */
 	__u64 unknown_cgroup;    /* events of cgroups without a slot (counted in slot 0) */
 	__u64 ringbuf_drops;     /* events the ring buffer had no room for */
-	__u64 pairs_full;        /* preemption pairs the pair map had no room for */
+	__u64 preemptors_evicted;/* preemptor entries replaced by a newcomer */
 	__u64 rq_full;           /* block requests the request map had no room for */
 	__u64 slots_exhausted;   /* new cgroups that found no free slot */
 	__u64 task_storage_fail; /* tasks that could not get storage */
@@ -77,10 +83,12 @@ struct tg_oncpu {
 	__u32 _pad[9];          /* one cache line per CPU */
 };
 
-/* Victim and preemptor cgroup slots: key of the preemption pair map. */
+/* Victim and preemptor cgroup slots, and preemptions: what
+ * tg_read_pairs returns. */
 struct tg_pair {
 	__u32 victim;
 	__u32 preemptor;
+	__u64 count;
 };
 
 /* Value of the per-cgroup local storage: the cgroup's slot. */

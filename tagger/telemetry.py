@@ -171,7 +171,7 @@ class BpfCollector:
         self._cgroupfs_paths: list[str] | None = None
         self.seq = 0
         self._globals_prev = p.read_globals()
-        p.read_pairs()                                   # start pairs from now
+        p.read_pairs(self.high_water)                    # start pairs from now
         p.read_stats(self._prev, self.high_water)
         self._t_prev = time.monotonic()
         self._last_tick_s = math.nan
@@ -302,14 +302,14 @@ class BpfCollector:
         p.read_stats(self._cur, n)
         t = time.monotonic()
         dt = max(t - self._t_prev, 1e-9)
-        pair_keys, pair_counts = p.read_pairs()
+        pairs = p.read_pairs(n)
         glob = p.read_globals()
 
         slots, table = self._rows()
         cur, prev = self._cur[:n], self._prev[:n]
         columns, hists, node = self._columns(cur, prev, slots, dt)
         node.update(self._node_health(glob, dt))
-        preemptions = self._preemptions(pair_keys, pair_counts, dt)
+        preemptions = self._preemptions(pairs, dt)
 
         # The slots of cgroups removed this tick start again from zero.
         self._cur, self._prev = self._prev, self._cur
@@ -414,19 +414,22 @@ class BpfCollector:
         old = self._globals_prev
         self._globals_prev = glob
         d = {k: glob[k] - old.get(k, 0) for k in glob}
-        lost = (d["ringbuf_drops"] + d["pairs_full"] + d["rq_full"] + d["slots_exhausted"]
+        lost = (d["ringbuf_drops"] + d["rq_full"] + d["slots_exhausted"]
                 + d["task_storage_fail"] + d["unknown_cgroup"])
         return {"drops": lost / dt}
 
-    def _preemptions(self, keys, counts, dt):
-        if len(keys) == 0:
+    def _preemptions(self, pairs, dt):
+        """Pairs of rows (victim, preemptor) with preemptions per second, merged over CPUs."""
+        if len(pairs) == 0:
             return np.zeros(0, PREEMPTION_DTYPE)
-        victim = self._slot_row[np.minimum(keys["victim"], self.max_slots - 1)]
-        preemptor = self._slot_row[np.minimum(keys["preemptor"], self.max_slots - 1)]
+        victim = self._slot_row[np.minimum(pairs["victim"], self.max_slots - 1)]
+        preemptor = self._slot_row[np.minimum(pairs["preemptor"], self.max_slots - 1)]
         keep = (victim >= 0) & (preemptor >= 0) & (victim != preemptor)
-        out = np.zeros(int(keep.sum()), PREEMPTION_DTYPE)
-        out["victim"], out["preemptor"] = victim[keep], preemptor[keep]
-        out["count"] = counts[keep].astype(np.float64) / dt
+        keys, where = np.unique(np.stack([victim[keep], preemptor[keep]], axis=1), axis=0, return_inverse=True)
+        counts = np.bincount(where.ravel(), weights=pairs["count"][keep].astype(np.float64), minlength=len(keys))
+        out = np.zeros(len(keys), PREEMPTION_DTYPE)
+        out["victim"], out["preemptor"] = keys[:, 0], keys[:, 1]
+        out["count"] = counts / dt
         return out
 
     def _cgroupfs_columns(self, table: CgroupTable) -> dict[str, np.ndarray]:

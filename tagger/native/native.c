@@ -235,28 +235,36 @@ int tg_drain(struct tg_handle *h, struct tg_event *out, uint32_t cap)
 	return (int)h->drain_n;
 }
 
-/* Take (and empty) the preemption pair map in batches. */
-int tg_read_pairs(struct tg_handle *h, struct tg_pair *keys, uint64_t *counts, uint32_t cap)
+/* Every CPU's preemptor tables of slots [0, nslots), zeroed as they are
+ * read (a preemption counted between the read and the zeroing is lost: the
+ * price of taking no lock).  Returns the number of pairs written; the same
+ * pair may appear once per CPU. */
+int tg_read_pairs(struct tg_handle *h, struct tg_pair *out, uint32_t nslots, uint32_t cap)
 {
-	int fd = bpf_map__fd(h->skel->maps.preempt_pairs);
-	uint64_t token = 0;
-	uint32_t total = 0, n;
-	bool first = true;
-	int err;
+	uint32_t n = 0;
 
-	while (total < cap) {
-		n = cap - total;
-		err = bpf_map_lookup_and_delete_batch(fd, first ? NULL : &token, &token,
-						      keys + total, counts + total, &n, NULL);
-		first = false;
-		total += n;
-		if (err) {
-			if (errno == ENOENT)   /* the whole map was read */
-				break;
-			return -errno;
+	if (nslots > h->max_slots)
+		nslots = h->max_slots;
+	for (int cpu = 0; cpu < h->ncpus; cpu++) {
+		struct tg_cg_stats *row = h->stats + (size_t)cpu * h->max_slots;
+
+		for (uint32_t i = 0; i < nslots; i++) {
+			for (int k = 0; k < TG_TOP_PREEMPTORS; k++) {
+				uint32_t count = row[i].preempt_count[k];
+
+				if (!count)
+					continue;
+				if (n == cap)
+					return (int)n;
+				out[n].victim = i;
+				out[n].preemptor = row[i].preemptor[k];
+				out[n].count = count;
+				n++;
+				row[i].preempt_count[k] = 0;
+			}
 		}
 	}
-	return (int)total;
+	return (int)n;
 }
 
 int tg_slot_push(struct tg_handle *h, uint32_t slot)

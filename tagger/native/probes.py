@@ -21,8 +21,8 @@ from . import check, dtype_of, ffi, lib, require
 
 #: Ring-buffer records drained per tick at most; the rest waits for the next.
 DRAIN_CAPACITY = 4096
-#: Preemption pairs read per tick at most (the kernel map holds 8192).
-PAIR_CAPACITY = 8192
+#: Preemption pairs read per tick at most.
+PAIR_CAPACITY = 65536
 
 
 def _close_handle(handle):
@@ -53,7 +53,6 @@ class Probes:
         self.max_slots = int(lib.tg_max_slots(self._handle))
         self._events = np.zeros(DRAIN_CAPACITY, self.event_dtype)
         self._pairs = np.zeros(PAIR_CAPACITY, self.pair_dtype)
-        self._pair_counts = np.zeros(PAIR_CAPACITY, np.uint64)
         self._globals = np.zeros(1, self.global_dtype)
         self._u32 = ffi.new("uint32_t *")
         self.attached = False
@@ -104,12 +103,12 @@ class Probes:
         n = check(lib.tg_drain(self._h, buf, len(self._events)), "draining the ring buffer")
         return self._events[:n]
 
-    def read_pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        """(victim, preemptor) slot pairs and their counts since the last call."""
-        keys = ffi.cast("struct tg_pair *", ffi.from_buffer(self._pairs))
-        counts = ffi.cast("uint64_t *", ffi.from_buffer(self._pair_counts))
-        n = check(lib.tg_read_pairs(self._h, keys, counts, len(self._pairs)), "reading preemption pairs")
-        return self._pairs[:n], self._pair_counts[:n]
+    def read_pairs(self, nslots: int) -> np.ndarray:
+        """(victim, preemptor, count) since the last call, per CPU (a pair may
+        repeat); a view valid until the next call."""
+        out = ffi.cast("struct tg_pair *", ffi.from_buffer(self._pairs))
+        n = check(lib.tg_read_pairs(self._h, out, nslots, len(self._pairs)), "reading preemption pairs")
+        return self._pairs[:n]
 
     # --- slots -------------------------------------------------------------------
     def push_slot(self, slot: int) -> None:
