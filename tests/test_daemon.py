@@ -351,3 +351,13 @@ def test_failing_ticks_are_counted_and_visible(tmp_path, rules_dir):
                      what="tick errors in health")
             assert "/hog" in client.request("tags")          # the last good tick's tags stay
     assert run.result == 0
+
+
+def test_record_writes_a_readable_trace(tmp_path, rules_dir):
+    from tagger.trace import read_trace
+    trace = tmp_path / "run.trace"
+    with Running(tmp_path, rules_dir, {"/hog": 1.5, "/b": 0.2}, record=str(trace)) as run:
+        wait_for(lambda: run.daemon.cost.ticks >= 3, timeout=5, what="3 ticks")
+    snaps = list(read_trace(str(trace)))
+    assert len(snaps) >= 3
+    assert snaps[0].cgroups.paths == ["/b", "/hog"] and snaps[0].value("/hog", "cpu.usage") == 1.5

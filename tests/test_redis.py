@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -165,3 +166,18 @@ def test_unreachable_at_start_is_not_fatal():
         t0 = time.perf_counter()
         pub.close()
         assert time.perf_counter() - t0 < 3
+
+
+def test_daemon_publishes_to_redis(redis_server, tmp_path):
+    from tests.test_daemon import RULES, Running
+    rules = tmp_path / "rules"
+    rules.mkdir(mode=0o755)
+    (rules / "10.yaml").write_text(RULES)
+    os.chmod(rules / "10.yaml", 0o644)
+    r = redis_server.client
+    with Running(tmp_path, rules, {"/hog": 1.5}, redis=f"redis://127.0.0.1:{redis_server.port}") as run:
+        host = run.daemon.redis.host
+        wait_for(lambda: r.hgetall(f"tagger:{host}:tags:/hog") == {"resource": "cpu-intensive"},
+                 timeout=5, what="tag hash from the daemon")
+        assert r.xrange("tagger:events")[0][1]["cgroup"] == "/hog"
+        wait_for(lambda: run.daemon.health().get("redis_connected") == 1, timeout=5, what="health")
