@@ -284,3 +284,26 @@ def test_one_refused_control_point_does_not_cost_the_others(v2):
     msgs = act.refusals()
     assert any("no such block device" in m for m in msgs.values())
     assert any("resctrl not mounted" in m for m in msgs.values())
+
+
+@pytest.mark.root
+def test_v1_parent_and_child_settle_in_one_tick_and_revert(make_cgroup, tmp_path):
+    """On v1 the order of a parent's and a child's writes matters (child <= parent);
+    the actuator retries within the tick and reverts in two passes."""
+    parent = make_cgroup("p", controllers=("cpu",))
+    (parent.dir("cpu") / "c").mkdir()
+    P, C = parent.path, parent.path + "/c"
+    qf = {P: parent.dir("cpu") / "cpu.cfs_quota_us", C: parent.dir("cpu") / "c" / "cpu.cfs_quota_us"}
+    qf[P].write_text("50000")
+    qf[C].write_text("40000")                          # originals: 0.5 and 0.4 CPU
+    quota = lambda: (int(qf[P].read_text()), int(qf[C].read_text()))   # noqa: E731
+    cap = lambda p, c: {P: [ActionSet("r", cpu=CpuSpec(max=p))], C: [ActionSet("r", cpu=CpuSpec(max=c))]}  # noqa: E731
+    with Actuator(Layout.detect(HOST), state_dir=tmp_path / "s", safety=FREE) as act:
+        act.apply(tick(0), cap(1.0, 0.9))              # loosen both: parent must go first
+        assert quota() == (100000, 90000) and act.refusals() == {}
+        act.apply(tick(1), cap(0.3, 0.2))              # tighten both: child must go first
+        assert quota() == (30000, 20000) and act.refusals() == {}
+        act.apply(tick(2), cap(1.0, 0.9))
+        assert quota() == (100000, 90000)
+    # Revert to 0.5 / 0.4: the parent's restore is refused while the child is at 0.9.
+    assert quota() == (50000, 40000)

@@ -270,25 +270,40 @@ class Actuator:
         for key in sorted((k for k in self.entries if k not in wants),
                           key=lambda k: -_phase(self.entries[k].knob)):
             dirty |= self._restore(key)
-        for key in sorted(wants, key=lambda k: _phase(wants[k][0].knob)):
-            cp, value, rule = wants[key]
-            try:
-                dirty |= self._set(key, cp, value, rule, now)
-                self._refused.pop(key, None)
-            except ActionRefused as err:
-                self._refuse(key, err)
-                entry = self.entries.get(key)
-                if entry is not None and entry.value == entry.original:
-                    # Refused at the first write: nothing changed, nothing to put back.
-                    self.journal.drop(key, sync=False)
-                    dirty = True
-            except errors.Vanished:
-                # The cgroup went away between two reads: its knobs went with it.
-                self.journal.drop(key, sync=False)
-                dirty = True
+        # On v1 a child may not exceed its parent, so which of the two is written
+        # first can make one write fail for a tick; a second pass settles it.
+        order = sorted(wants, key=lambda k: (_phase(wants[k][0].knob), wants[k][0].cgroup.count("/")))
+        retry = []
+        for key in order:
+            dirty |= self._try_set(key, wants[key], now, retry)
+        for key in retry:
+            dirty |= self._try_set(key, wants[key], now, None)
         if dirty and not self.dry_run:
             self.journal.save()
         return self.current()
+
+    def _try_set(self, key, want, now, retry: list | None) -> bool:
+        """_set, with refusals reported; a hierarchy refusal goes to ``retry`` first."""
+        cp, value, rule = want
+        try:
+            dirty = self._set(key, cp, value, rule, now)
+            self._refused.pop(key, None)
+            return dirty
+        except ActionRefused as err:
+            if retry is not None and err.limit == "v1 child <= parent":
+                retry.append(key)
+                return False
+            self._refuse(key, err)
+            entry = self.entries.get(key)
+            if entry is not None and entry.value == entry.original:
+                # Refused at the first write: nothing changed, nothing to put back.
+                self.journal.drop(key, sync=False)
+                return True
+            return False
+        except errors.Vanished:
+            # The cgroup went away between two reads: its knobs went with it.
+            self.journal.drop(key, sync=False)
+            return True
 
     def _set(self, key, cp: ControlPoint, wanted: str, rule: str, now: float) -> bool:
         entry = self.entries.get(key)
@@ -385,8 +400,10 @@ class Actuator:
             return self._revert_all()
 
     def _revert_all(self) -> list[str]:
-        for key in sorted(self.entries, key=lambda k: -_phase(self.entries[k].knob)):
-            self._restore(key)
+        # Two passes: on v1 a parent's original may have to come back before its child's.
+        for _ in range(2):
+            for key in sorted(self.entries, key=lambda k: -_phase(self.entries[k].knob)):
+                self._restore(key)
         if not self.dry_run:
             if self.entries:
                 self.journal.save()
