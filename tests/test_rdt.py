@@ -266,3 +266,20 @@ def test_cbm_validation_matches_the_kernel(cbm_len, min_bits, sparse, val):
     except ActionRefused:
         ours = False
     assert ours == kernel_cbm_validate(val, cbm_len, min_bits, sparse)
+
+
+def test_restart_after_a_crash_removes_the_groups_the_crashed_run_made(host):
+    tmp_path, fs, layout = host
+    spec = [ActionSet("r", rdt=RdtSpec("batch", l3="0xff"))]
+    first = _act(tmp_path, fs, layout)
+    first.apply(Snapshot.synthetic([]), {"/batch/a": spec, "/batch/b": [ActionSet("r", rdt=RdtSpec("b2", l3="0xf"))]})
+    first.journal.unlock()                                 # SIGKILL: nothing restored
+    assert sorted(Resctrl(fs).groups()) == ["b2", "batch"]
+    fs.rmdir("/sys/fs/resctrl/b2")                         # someone removed one meanwhile
+    second = _act(tmp_path, fs, layout)
+    kept = second.recover()
+    # b2's knobs went with b2; batch's are re-adopted until an apply says otherwise.
+    assert {a.knob for a in kept} == {"rdt.group batch", "rdt.schemata batch", "rdt.tasks batch"}
+    second.apply(Snapshot.synthetic([]), {})
+    assert Resctrl(fs).groups() == [] and second.current() == []
+    assert {101, 102, 201} <= Resctrl(fs).tasks("")

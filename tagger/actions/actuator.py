@@ -379,6 +379,9 @@ class Actuator:
             try:
                 cp = self.control_point(entry.cgroup, entry.knob)
                 gone = not cp.present() or (entry.made and cp.read() != PRESENT)
+                if entry.knob.startswith("rdt."):
+                    # Every RDT knob lives in its group: gone with it.
+                    gone = gone or not self.resctrl.has_group(entry.knob.split(" ", 1)[1])
             except (errors.NotFound, ValueError):
                 gone = True
             if gone:
