@@ -18,6 +18,7 @@ import collections
 import errno
 import logging
 import os
+import re
 import selectors
 import socket
 import stat
@@ -455,15 +456,23 @@ class _BadArgs(Exception):
     pass
 
 
+MAX_GLOBS = 16
+#: Wildcard runs per glob.  Each one multiplies a backtracking regex's worst case by the
+#: path length; a few are all real globs use, many could stall the server thread.
+MAX_GLOB_STARS = 3
+
+
 def _glob_arg(req):
     glob = req.get("cgroup")
     if glob is None:
         return None
-    if isinstance(glob, str):
-        return (glob,)
-    if isinstance(glob, list) and all(isinstance(g, str) for g in glob):
-        return tuple(glob)
-    raise _BadArgs("'cgroup' is a glob or a list of globs")
+    globs = [glob] if isinstance(glob, str) else glob
+    if not isinstance(globs, list) or not all(isinstance(g, str) for g in globs):
+        raise _BadArgs("'cgroup' is a glob or a list of globs")
+    if len(globs) > MAX_GLOBS or any(len(g) > 4096 or len(re.findall(r"\*+", g)) > MAX_GLOB_STARS
+                                     for g in globs):
+        raise _BadArgs(f"at most {MAX_GLOBS} globs of at most {MAX_GLOB_STARS} wildcards each")
+    return tuple(globs)
 
 
 def _try_send(sock, data):

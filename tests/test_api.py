@@ -131,6 +131,9 @@ def test_requests(server):
         with pytest.raises(ApiError) as err:
             c.request("history", limit="lots")
         assert err.value.code == "bad-args"
+        with pytest.raises(ApiError) as err:
+            c.request("tags", cgroup="**a" * 40 + "b")     # a backtracking bomb is refused
+        assert err.value.code == "bad-args"
 
 
 def test_handshake_required_and_versioned(server):
