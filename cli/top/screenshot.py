@@ -22,7 +22,8 @@ from .model import thresholds_from_rules
 from .sources import DemoSource, LocalSource, SocketSource
 
 
-async def take(source, out: str, ticks: int, interval: float, keys: list[str], size, thresholds):
+async def take(source, out: str, ticks: int, interval: float, keys: list[str], size, thresholds,
+               filter_text: str = ""):
     app = TopApp(source, interval=None, thresholds=thresholds)
     async with app.run_test(size=size) as pilot:
         for k in range(ticks):
@@ -33,6 +34,10 @@ async def take(source, out: str, ticks: int, interval: float, keys: list[str], s
             except Exception as err:            # one bad tick should not lose the shot
                 print(f"tick {k}: {type(err).__name__}: {err}", file=sys.stderr)
             await pilot.pause()
+        if filter_text:
+            app.action_filter()
+            app.query_one("#filter").value = filter_text   # typed as-is, like an operator would
+            await pilot.press("enter")
         for key in keys:
             await pilot.press(key)
         await pilot.pause()
@@ -55,6 +60,7 @@ def main(argv=None):
     ap.add_argument("--keys", default="r home enter",
                     help="keys to press before the shot, space-separated Textual key names")
     ap.add_argument("--size", default="150x46", help="COLSxROWS")
+    ap.add_argument("--filter", default="", help="filter text to apply before the keys")
     args = ap.parse_args(argv)
 
     rules = args.rules
@@ -68,7 +74,7 @@ def main(argv=None):
         source = DemoSource(args.demo or 300, seed=7)
     cols, rows = (int(x) for x in args.size.lower().split("x"))
     path = asyncio.run(take(source, args.out, args.ticks, args.interval, args.keys.split(),
-                            (cols, rows), thresholds_from_rules(rules)))
+                            (cols, rows), thresholds_from_rules(rules), args.filter))
     print(path)
 
 
