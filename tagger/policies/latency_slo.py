@@ -96,6 +96,10 @@ class LatencySlo:
         self._protect = PathSelector(spec.protect)
         self._throttle = PathSelector(spec.throttle)
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
     # --- selection ------------------------------------------------------------
     @staticmethod
     def _tags_ok(sel: Selector, tags) -> bool:
