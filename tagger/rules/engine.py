@@ -29,7 +29,7 @@ import numpy as np
 
 from tagger.actions.spec import ActionSet
 from tagger.snapshot import Snapshot
-from tagger.tags import ADDED, CHANGED, REMOVED, TagEvent, TagStore
+from tagger.tags import ADDED, CHANGED, REMOVED, TagEvent, TagStore, make_event
 
 from .model import Rule, RuleSet
 from .selectors import PathSelector, SelectorCache
@@ -48,23 +48,34 @@ class TickResult:
     firing: dict[str, int] = field(default_factory=dict)     # rule -> cgroups it fires on
 
 
+def _stateless(rule: Rule) -> bool:
+    """No timers and no hysteresis: the rule fires exactly where its condition holds."""
+    return rule.for_ == 0 and rule.keep_for == 0 and rule.clear_when is None
+
+
 class _RuleState:
     """One rule's state machine over the current rows."""
-    __slots__ = ("pending", "firing", "release")
+    __slots__ = ("pending", "firing", "release", "busy")
 
     def __init__(self, n: int):
         self.pending = np.full(n, np.nan)       # when `when` started holding (NaN: not)
         self.firing = np.zeros(n, bool)
         self.release = np.full(n, np.nan)       # when the release condition started holding
+        # pending-but-not-firing or releasing: rows whose timers run even if `when`
+        # does not change; every other row is settled while `when` == `firing`.
+        self.busy = np.zeros(n, bool)
 
     def gather(self, g: np.ndarray, fresh: np.ndarray):
         src = np.maximum(g, 0)
-        self.pending = self.pending[src] if len(self.pending) else np.full(len(g), np.nan)
-        self.firing = self.firing[src] if len(self.firing) else np.zeros(len(g), bool)
-        self.release = self.release[src] if len(self.release) else np.full(len(g), np.nan)
+        n = len(g)
+        self.pending = self.pending[src] if len(self.pending) else np.full(n, np.nan)
+        self.firing = self.firing[src] if len(self.firing) else np.zeros(n, bool)
+        self.release = self.release[src] if len(self.release) else np.full(n, np.nan)
+        self.busy = self.busy[src] if len(self.busy) else np.zeros(n, bool)
         self.pending[fresh] = np.nan
         self.firing[fresh] = False
         self.release[fresh] = np.nan
+        self.busy[fresh] = False
 
 
 class EvalContext:
@@ -76,6 +87,7 @@ class EvalContext:
         self.n = len(snap)
         self._cols: dict[str, np.ndarray] = {}
         self._tag_cache: dict[tuple[str, str], np.ndarray] = {}
+        self._pre = None
 
     def column(self, name: str) -> np.ndarray:
         col = self._cols.get(name)
@@ -111,18 +123,24 @@ class EvalContext:
         for k in [k for k in self._tag_cache if k[0] == key]:
             del self._tag_cache[k]
 
+    def _valid_preemptions(self):
+        """(victim, preemptor, count) rows that name two different known rows; once a tick."""
+        if self._pre is None:
+            pre = self.snap.preemptions
+            n = self.n
+            victim = np.asarray(pre["victim"], np.int64) if len(pre) else np.zeros(0, np.int64)
+            preemptor = np.asarray(pre["preemptor"], np.int64) if len(pre) else victim
+            count = np.asarray(pre["count"], np.float64) if len(pre) else np.zeros(0)
+            ok = (victim >= 0) & (victim < n) & (preemptor >= 0) & (preemptor < n) & \
+                 (victim != preemptor) & (count > 0)       # own tasks are not a neighbour
+            self._pre = (victim[ok], preemptor[ok], count[ok])
+        return self._pre
+
     def _preemptions(self, key, value):
-        pre = self.snap.preemptions
-        n = self.n
-        if n == 0 or len(pre) == 0:
+        victim, preemptor, count = self._valid_preemptions()
+        if self.n == 0 or len(victim) == 0:
             return None
-        victim = pre["victim"].astype(np.int64)
-        preemptor = pre["preemptor"].astype(np.int64)
-        count = pre["count"].astype(np.float64)
-        ok = (victim >= 0) & (victim < n) & (preemptor >= 0) & (preemptor < n) & \
-             (victim != preemptor) & (count > 0)       # own tasks are not a neighbour
-        tagged = self.tag_is(key, value)
-        ok[ok] = tagged[victim[ok]]
+        ok = self.tag_is(key, value)[victim]
         if not ok.any():
             return None
         return victim[ok], preemptor[ok], count[ok]
@@ -282,12 +300,9 @@ class Engine:
 
     def _step(self, rule: Rule, st: _RuleState, w: np.ndarray, ctx, t: float) -> np.ndarray:
         """Advance ``rule``'s state machine; returns the rows where it fires."""
-        simple = rule.for_ == 0 and rule.keep_for == 0 and rule.clear_when is None
-        if simple:
-            st.firing = w
+        if _stateless(rule):
             return w
-        active = st.firing | ~np.isnan(st.pending)
-        idx = np.flatnonzero(w | active)
+        idx = np.flatnonzero((w != st.firing) | st.busy)
         if idx.size == 0:
             return st.firing
         wi = w[idx]
@@ -307,37 +322,57 @@ class Engine:
         f = f & ~done
         ps = np.where(done, np.nan, ps)
         rs = np.where(done, np.nan, rs)
+        st.busy[idx] = (~np.isnan(ps) & ~f) | ~np.isnan(rs)
         st.pending[idx], st.firing[idx], st.release[idx] = ps, f, rs
         return st.firing
 
     def _diff(self, paths, new_codes, new_owner, t) -> list[TagEvent]:
-        """Events for every row whose tag values changed, row by row, keys sorted."""
-        found = []
-        rules = self._rules
-        for k in sorted(set(new_codes) | set(self._codes)):
-            n = len(paths)
-            old = self._codes.get(k, np.full(n, _NONE, np.int32))
-            new = new_codes.get(k, np.full(n, _NONE, np.int32))
-            for r in np.flatnonzero(old != new).tolist():
-                path = paths[r]
-                if new[r] == _NONE:
-                    prev = self.store.tags_of(path).get(k)
-                    found.append((r, k, TagEvent(t, path, k, None, self._values[old[r]],
-                                                 prev.rule if prev else "", REMOVED)))
-                else:
-                    owner = rules[new_owner[k][r]].name
-                    value = self._values[new[r]]
-                    if old[r] == _NONE:
-                        found.append((r, k, TagEvent(t, path, k, value, None, owner, ADDED)))
-                    else:
-                        found.append((r, k, TagEvent(t, path, k, value, self._values[old[r]],
-                                                     owner, CHANGED)))
-            if k in new_owner and k in self._owner:
-                same = (old == new) & (new >= 0) & (self._owner[k] != new_owner[k])
-                for r in np.flatnonzero(same).tolist():
-                    self.store.retag(paths[r], k, rules[new_owner[k][r]].name)
-        found.sort(key=lambda x: (x[0], x[1]))
-        return [e for _, _, e in found]
+        """Events for every row whose tag values changed, ordered by row, then key.
+
+        Changed rows are found and gathered with numpy; Python only touches the
+        rows that changed, once each."""
+        n = len(paths)
+        none = np.full(n, _NONE, np.int32)
+        keys = sorted(set(new_codes) | set(self._codes))
+        parts = []
+        for ki, k in enumerate(keys):
+            old = self._codes.get(k, none)
+            new = new_codes.get(k, none)
+            old_owner = self._owner.get(k, none)
+            owner = new_owner.get(k, none)
+            changed = np.flatnonzero(old != new)
+            if changed.size:
+                parts.append((changed, np.full(changed.size, ki), old[changed], new[changed],
+                              old_owner[changed], owner[changed]))
+            other = old_owner != owner
+            if not other.any():
+                continue
+            moved = np.flatnonzero(other & (old == new) & (new >= 0))
+            for r in moved.tolist():         # same value, now owned by another rule: no event
+                self.store.retag(paths[r], k, self._rules[owner[r]].name)
+        if not parts:
+            return []
+        rows, kis, olds, news, old_owners, owners = (np.concatenate(c) for c in zip(*parts))
+        order = np.lexsort((kis, rows))
+        values, rules = self._values, self._rules
+        events = []
+        append = events.append
+        for r, ki, o, v, oo, no in zip(rows[order].tolist(), kis[order].tolist(),
+                                       olds[order].tolist(), news[order].tolist(),
+                                       old_owners[order].tolist(), owners[order].tolist()):
+            if v == _NONE:
+                if oo >= 0:
+                    rule = rules[oo].name
+                else:                        # owner unknown to this rule set (reload): ask the store
+                    prev = self.store.tags_of(paths[r]).get(keys[ki])
+                    rule = prev.rule if prev else ""
+                append(make_event(t, paths[r], keys[ki], None, values[o], rule, REMOVED))
+            elif o == _NONE:
+                append(make_event(t, paths[r], keys[ki], values[v], None, rules[no].name, ADDED))
+            else:
+                append(make_event(t, paths[r], keys[ki], values[v], values[o], rules[no].name,
+                                  CHANGED))
+        return events
 
     # --- the cgroup table -----------------------------------------------------------------
     def _first_tick(self, paths, names, t) -> list[TagEvent]:
@@ -381,8 +416,9 @@ class Engine:
         removed = []
         for r in np.flatnonzero(~kept).tolist():
             removed.extend(self._drop_events(old_paths[r], t))
-        for st in self._states.values():
-            st.gather(gather, fresh)
+        for rule in self._rules:
+            if not _stateless(rule):         # a stateless rule's firing is recomputed each tick
+                self._states[rule.name].gather(gather, fresh)
         src = np.maximum(gather, 0)
         for k in list(self._codes):
             codes = self._codes[k][src] if len(old_paths) else np.full(n, _NONE, np.int32)
@@ -398,7 +434,7 @@ class Engine:
 
     def _drop_events(self, path, t) -> list[TagEvent]:
         tags = self.store.tags_of(path)
-        return [TagEvent(t, path, k, None, tags[k].value, tags[k].rule, REMOVED)
+        return [make_event(t, path, k, None, tags[k].value, tags[k].rule, REMOVED)
                 for k in sorted(tags)]
 
     def _set_paths(self, paths):
