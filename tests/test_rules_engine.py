@@ -293,3 +293,63 @@ rules:
 def test_tiny_tables(n):
     engine = Engine(load_text(HOT))
     engine.evaluate(snap(0, ["/a"][:n], cpu_usage=[0.9][:n]))
+
+
+# --- the vectorised state machine against a one-row-at-a-time reference ---------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_EPS = 1e-9
+
+
+def _reference(values, t_list, for_, keep, clear):
+    """The state machine of docs/rules.md for one row, with plain floats."""
+    pending, firing, release = float("nan"), False, float("nan")
+    out = []
+    for t, v in zip(t_list, values):
+        w = v > 0.5                    # NaN compares false
+        c = v < 0.2
+        if w and pending != pending:
+            pending = t
+        if not w and not firing:
+            pending = float("nan")
+        if w and t - pending >= for_ - _EPS:
+            firing = True
+        rel = (not w) and (c if clear else True)
+        if firing and rel:
+            if release != release:
+                release = t
+            if t - release >= keep - _EPS:
+                firing, pending, release = False, float("nan"), float("nan")
+        else:
+            release = float("nan")
+        out.append(firing)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.lists(st.sampled_from([0.1, 0.3, 0.7, float("nan")]), min_size=12,
+                              max_size=12), min_size=1, max_size=5),
+       for_=st.sampled_from([0, 1, 2.5, 3]), keep=st.sampled_from([0, 1, 2, 4]),
+       clear=st.booleans(), step=st.sampled_from([0.5, 1.0]))
+def test_state_machine_matches_the_reference(rows, for_, keep, clear, step):
+    text = f"""
+rules:
+  - name: r
+    when: cpu.usage > 0.5
+    for: {for_}
+    keep_for: {keep}
+    {"clear_when: cpu.usage < 0.2" if clear else ""}
+    tags: {{hit: "yes"}}
+"""
+    paths = [f"/c{i}" for i in range(len(rows))]
+    engine = Engine(load_text(text))
+    times = [k * step for k in range(12)]
+    got = {p: [] for p in paths}
+    for k, t in enumerate(times):
+        engine.evaluate(Snapshot.synthetic(paths, {"cpu.usage": [r[k] for r in rows]}, t=t))
+        for p in paths:
+            got[p].append("hit" in engine.store.tags_of(p))
+    for p, values in zip(paths, rows):
+        assert got[p] == _reference(values, times, for_, keep, clear), (p, values)

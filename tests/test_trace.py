@@ -198,3 +198,45 @@ def test_replay_refuses_bad_rules(tmp_path):
     res = CliRunner().invoke(replay, [str(path), "--rules", str(rules)])
     assert res.exit_code == 1
     assert "did you mean cpu.usage?" in res.output
+
+
+class _FakeCollector:
+    """Stands in for tagger.telemetry's collector: same context-manager and
+    stream(interval, count) shape (docs/interfaces.md)."""
+
+    def __init__(self, snaps, log):
+        self.snaps, self.log = snaps, log
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.log.append("closed")
+
+    def stream(self, interval, count=None):
+        self.log.append(("stream", interval, count))
+        yield from self.snaps[:count]
+
+
+def test_record_command_writes_what_the_collector_streams(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from tagger.cli.trace import record as record_cmd
+
+    log = []
+    snaps = synthetic_run(10)
+    fake = types.ModuleType("tagger.telemetry")
+    fake.open_collector = lambda prefer_bpf=True, **kw: (log.append(("open", prefer_bpf)),
+                                                         _FakeCollector(snaps, log))[1]
+    monkeypatch.setitem(sys.modules, "tagger.telemetry", fake)
+    out = tmp_path / "r.tgr"
+    res = CliRunner().invoke(record_cmd, ["-o", str(out), "--duration", "5s", "--interval",
+                                          "500ms", "--cgroupfs-only"])
+    assert res.exit_code == 0, res.output
+    assert log == [("open", False), ("stream", 0.5, 10), "closed"]
+    back = list(read_trace(out))
+    assert len(back) == 10
+    for a, b in zip(snaps, back):
+        assert_same(a, b)
+    assert TraceReader(out).header["meta"] == {"interval": 0.5}

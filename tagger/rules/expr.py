@@ -391,9 +391,15 @@ _CMP = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equ
 _TYPE_WORD = {"num": "a number", "bool": "a condition", "str": "a string", "tag": 'tag("...")'}
 
 
+def _start(node: Node) -> int:
+    """Offset of the leftmost token of a subtree (operators sit in the middle)."""
+    return min([node.pos] + [_start(a) for a in node.args])
+
+
 def _want(c: Compiled, type_: str, node: Node, what: str):
     if c.type != type_:
-        raise ExprError(f"{what} needs {_TYPE_WORD[type_]}, got {_TYPE_WORD[c.type]}", node.pos)
+        raise ExprError(f"{what} needs {_TYPE_WORD[type_]}, got {_TYPE_WORD[c.type]}",
+                        _start(node))
 
 
 def _ne(a, b):
