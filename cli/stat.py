@@ -145,7 +145,7 @@ def _print_table(snap, rows):
 def _as_json(snap, rows) -> dict:
     return {
         "t": snap.t, "dt": snap.dt, "source": snap.source,
-        "node": {k: float(v) for k, v in snap.node.items()},
+        "node": {k: _nan_none(float(v)) for k, v in snap.node.items()},
         "cgroups": [
             {"path": snap.cgroups.paths[i], "name": snap.cgroups.names[i],
              "labels": snap.cgroups.labels[i],

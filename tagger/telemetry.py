@@ -54,18 +54,18 @@ def hist_percentiles(hist: np.ndarray, edges: np.ndarray, qs: Iterable[float],
     inside the bucket that holds each rank; NaN for rows with no events.
     ``cap`` (n,) bounds each row by its observed maximum.  Returns (n, len(qs))."""
     qs = list(qs)
-    h = np.asarray(hist, dtype=np.float64)
-    n = h.shape[0]
+    hist = np.asarray(hist)
+    n = hist.shape[0]
     out = np.full((n, len(qs)), np.nan)
     if n == 0:
         return out
-    cum = np.cumsum(h, axis=1)
-    total = cum[:, -1]
-    has = total > 0
-    rows = np.nonzero(has)[0]
+    # Only rows with events: on a large host most cgroups are idle each tick.
+    rows = np.nonzero(hist.any(axis=1))[0]
     if rows.size == 0:
         return out
-    cum, h, total = cum[rows], h[rows], total[rows]
+    h = hist[rows].astype(np.float64)
+    cum = np.cumsum(h, axis=1)
+    total = cum[:, -1]
     for j, q in enumerate(qs):
         rank = q * total
         idx = np.minimum((cum < rank[:, None]).sum(axis=1), h.shape[1] - 1)
@@ -74,7 +74,8 @@ def hist_percentiles(hist: np.ndarray, edges: np.ndarray, qs: Iterable[float],
         frac = np.clip((rank - before) / np.where(inside > 0, inside, 1.0), 0.0, 1.0)
         out[rows, j] = edges[idx] + frac * (edges[idx + 1] - edges[idx])
     if cap is not None:
-        out = np.minimum(out, np.asarray(cap, dtype=np.float64)[:, None])
+        with np.errstate(invalid="ignore"):
+            out = np.fmin(out, np.asarray(cap, dtype=np.float64)[:, None])
     return out
 
 
@@ -148,6 +149,7 @@ class BpfCollector:
         self._blkio_hid = _hierarchy_id(self.fs, "blkio") if self.layout.controller_version("io") == 1 else None
         self._blkio_ids: dict[str, int] = {}        # v1 blkio path -> its cgroup id
         self._to_recycle: list[int] = []
+        self._names: dict[str, tuple[str, dict]] = {}
         self._rows_dirty = True
         self.outliers: list[dict] = []
         self.lost_lifecycle = 0
@@ -262,6 +264,7 @@ class BpfCollector:
         slot = slot or self.path_slot.get(path, 0)
         if self.path_slot.get(path) == slot:
             del self.path_slot[path]
+        self._names.pop(path, None)
         if slot and self.slot_path.get(slot) == path:
             del self.slot_path[slot]
             self._to_recycle.append(slot)
@@ -284,10 +287,19 @@ class BpfCollector:
             self._row_slots = np.array([self.path_slot[p] for p in paths], dtype=np.int64)
             self._slot_row = np.full(self.max_slots, -1, np.int64)
             self._slot_row[self._row_slots] = np.arange(len(paths))
-            self._table = self.registry.table(paths)
-            self._table.ids = self.slot_id[self._row_slots].copy()
+            described = [self._describe(p) for p in paths]
+            self._table = CgroupTable(self.slot_id[self._row_slots].copy(), paths,
+                                      [d[0] for d in described], [d[1] for d in described])
             self._rows_dirty = False
         return self._row_slots, self._table
+
+    def _describe(self, path: str) -> tuple[str, dict]:
+        """(display name, labels), worked out once per path."""
+        got = self._names.get(path)
+        if got is None:
+            name, labels = self.registry.describe(path)
+            got = self._names[path] = (name, dict(labels))
+        return got
 
     # --- one tick -------------------------------------------------------------------------
     def tick(self) -> Snapshot:
@@ -306,8 +318,7 @@ class BpfCollector:
         glob = p.read_globals()
 
         slots, table = self._rows()
-        cur, prev = self._cur[:n], self._prev[:n]
-        columns, hists, node = self._columns(cur, prev, slots, dt)
+        columns, hists, node = self._columns(n, slots, dt)
         node.update(self._node_health(glob, dt))
         preemptions = self._preemptions(pairs, dt)
 
@@ -326,85 +337,101 @@ class BpfCollector:
         return Snapshot(t=t, dt=dt, cgroups=table, columns=columns, node=node, histograms=hists,
                         hist_edges=self.edges, preemptions=preemptions, source=self.source, seq=self.seq)
 
-    def _columns(self, cur, prev, slots, dt):
+    def _columns(self, n, slots, dt):
+        """Columns for the rows (``slots``), computed only for slots whose
+        counters changed since the last tick; idle rows are 0 (rates) or NaN
+        (latencies: no event, nothing to know)."""
+        words = self.probes.stats_dtype.itemsize // 8
+        cur_w = self._cur[:n].view(np.uint64).reshape(n, words)
+        prev_w = self._prev[:n].view(np.uint64).reshape(n, words)
+        changed = np.nonzero((cur_w != prev_w).any(axis=1))[0]
+        cur, prev = self._cur[changed], self._prev[changed]
+
         def delta(field):
-            return (cur[field] - prev[field])      # unsigned: wraps like the kernel's counters
+            return (cur[field] - prev[field]).astype(np.float64)   # unsigned: wraps like the kernel's
 
-        d_cpu = delta("cpu_ns").astype(np.float64)
-        rq_cur, rq_prev = cur["runq"], prev["runq"]
-        d_count = (rq_cur["count"] - rq_prev["count"]).astype(np.float64)          # (n, causes)
-        d_sum = (rq_cur["sum_ns"] - rq_prev["sum_ns"]).astype(np.float64)
-        d_hist = (rq_cur["hist"] - rq_prev["hist"]).astype(np.uint32)              # (n, causes, B), mod 2^32
-        rq_max = rq_cur["max_ns"].astype(np.float64)                              # since the last read
+        d_cpu = delta("cpu_ns")
+        d_count = (cur["runq"]["count"] - prev["runq"]["count"]).astype(np.float64)           # (m, causes)
+        d_sum = (cur["runq"]["sum_ns"] - prev["runq"]["sum_ns"]).astype(np.float64)     # (m, causes)
+        d_hist = (cur["runq"]["hist"] - prev["runq"]["hist"]).astype(np.uint32)          # (m, causes, B), mod 2^32
+        rq_max = cur["runq"]["max_ns"].astype(np.float64) * 1e-9                       # since the last read
         d_io_hist = (cur["io_hist"] - prev["io_hist"]).astype(np.uint32)
-        io_ops = delta("io_ops").astype(np.float64)
-        io_q = delta("io_queue_ns").astype(np.float64)
-        io_d = delta("io_device_ns").astype(np.float64)
+        io_ops, io_q, io_d = delta("io_ops"), delta("io_queue_ns"), delta("io_device_ns")
+        io_max = cur["io_max_ns"].astype(np.float64) * 1e-9
 
-        r = slots
-        h = d_hist[r]                                                               # (rows, causes, B)
+        # Rows among the changed slots (slot 0 and slots not adopted yet count for the node only).
+        rows = self._slot_row[changed]
+        mine = rows >= 0
+        at = rows[mine]
+        nrows = len(slots)
         cols: dict[str, np.ndarray] = {}
-        cpu_s = d_cpu[r] * 1e-9
-        wait_s = d_sum[r].sum(axis=1) * 1e-9
-        events = d_count[r].sum(axis=1)
-        cols["cpu.usage"] = cpu_s / dt
-        cols["cpu.share"] = cpu_s / (dt * self.ncpus)
-        cols["runq.wait"] = wait_s / dt
-        cols["runq.events"] = events / dt
-        cols["runq.avg"] = _safe_div(wait_s, events)
-        all_hist = h.sum(axis=1)
+
+        def put(name, values, idle=0.0):
+            col = np.full(nrows, idle)
+            col[at] = values[mine]
+            cols[name] = col
+
+        cpu_s = d_cpu * 1e-9
+        wait_s = d_sum.sum(axis=1) * 1e-9
+        events = d_count.sum(axis=1)
+        put("cpu.usage", cpu_s / dt)
+        put("cpu.share", cpu_s / (dt * self.ncpus))
+        put("runq.wait", wait_s / dt)
+        put("runq.events", events / dt)
+        put("runq.avg", _safe_div(wait_s, events), np.nan)
         some = events > 0
-        rmax = np.where(some, rq_max[r].max(axis=1) * 1e-9, np.nan)
-        pct = hist_percentiles(all_hist, self.edges, (0.5, 0.95, 0.99), cap=rmax)
-        cols["runq.p50"], cols["runq.p95"], cols["runq.p99"] = pct.T
-        cols["runq.max"] = rmax
-        wake_hist = h[:, _CAUSE_WAKEUP] + h[:, _CAUSE_NEW]
-        wake_max = np.maximum(rq_max[r][:, _CAUSE_WAKEUP], rq_max[r][:, _CAUSE_NEW]) * 1e-9
-        cols["runq.wakeup.p99"] = hist_percentiles(wake_hist, self.edges, (0.99,), cap=wake_max)[:, 0]
-        cols["runq.preempt.p99"] = hist_percentiles(h[:, _CAUSE_PREEMPT], self.edges, (0.99,),
-                                                    cap=rq_max[r][:, _CAUSE_PREEMPT] * 1e-9)[:, 0]
-        cols["runq.slowdown"] = _safe_div(wait_s + cpu_s, cpu_s)
-        cols["sched.switches"] = delta("switches")[r].astype(np.float64) / dt
-        cols["sched.preempted"] = delta("preempted")[r].astype(np.float64) / dt
-        cols["sched.preempts"] = delta("preempts")[r].astype(np.float64) / dt
+        rmax = np.where(some, rq_max.max(axis=1, initial=0.0), np.nan)
+        pct = hist_percentiles(d_hist.sum(axis=1), self.edges, (0.5, 0.95, 0.99), cap=rmax)
+        for j, name in enumerate(("runq.p50", "runq.p95", "runq.p99")):
+            put(name, pct[:, j], np.nan)
+        put("runq.max", rmax, np.nan)
+        wake_hist = d_hist[:, _CAUSE_WAKEUP] + d_hist[:, _CAUSE_NEW]
+        wake_max = np.maximum(rq_max[:, _CAUSE_WAKEUP], rq_max[:, _CAUSE_NEW])
+        put("runq.wakeup.p99", hist_percentiles(wake_hist, self.edges, (0.99,), cap=wake_max)[:, 0], np.nan)
+        put("runq.preempt.p99", hist_percentiles(d_hist[:, _CAUSE_PREEMPT], self.edges, (0.99,),
+                                                 cap=rq_max[:, _CAUSE_PREEMPT])[:, 0], np.nan)
+        put("runq.slowdown", _safe_div(wait_s + cpu_s, cpu_s), np.nan)
+        put("sched.switches", delta("switches") / dt)
+        put("sched.preempted", delta("preempted") / dt)
+        put("sched.preempts", delta("preempts") / dt)
 
-        ops = io_ops[r]
-        cols["io.ops"] = ops / dt
-        cols["io.read_bytes"] = delta("io_read_bytes")[r].astype(np.float64) / dt
-        cols["io.write_bytes"] = delta("io_write_bytes")[r].astype(np.float64) / dt
-        lat = io_q[r] + io_d[r]
-        cols["io.lat.avg"] = _safe_div(lat * 1e-9, ops)
-        io_max = np.where(ops > 0, cur["io_max_ns"][r].astype(np.float64) * 1e-9, np.nan)
-        pct = hist_percentiles(d_io_hist[r], self.edges, (0.5, 0.95, 0.99), cap=io_max)
-        cols["io.lat.p50"], cols["io.lat.p95"], cols["io.lat.p99"] = pct.T
-        cols["io.lat.max"] = io_max
-        cols["io.queue.avg"] = _safe_div(io_q[r] * 1e-9, ops)
-        cols["io.device.avg"] = _safe_div(io_d[r] * 1e-9, ops)
-        cols["io.slowdown"] = _safe_div(lat, io_d[r])
+        lat = io_q + io_d
+        io_max = np.where(io_ops > 0, io_max, np.nan)
+        put("io.ops", io_ops / dt)
+        put("io.read_bytes", delta("io_read_bytes") / dt)
+        put("io.write_bytes", delta("io_write_bytes") / dt)
+        put("io.lat.avg", _safe_div(lat * 1e-9, io_ops), np.nan)
+        pct = hist_percentiles(d_io_hist, self.edges, (0.5, 0.95, 0.99), cap=io_max)
+        for j, name in enumerate(("io.lat.p50", "io.lat.p95", "io.lat.p99")):
+            put(name, pct[:, j], np.nan)
+        put("io.lat.max", io_max, np.nan)
+        put("io.queue.avg", _safe_div(io_q * 1e-9, io_ops), np.nan)
+        put("io.device.avg", _safe_div(io_d * 1e-9, io_ops), np.nan)
+        put("io.slowdown", _safe_div(lat, io_d), np.nan)
 
-        hists = {
-            "runq.wakeup": h[:, _CAUSE_WAKEUP],
-            "runq.new": h[:, _CAUSE_NEW],
-            "runq.preempt": h[:, _CAUSE_PREEMPT],
-            "io.lat": d_io_hist[r],
-        }
+        hists = {}
+        for name, values in (("runq.wakeup", d_hist[:, _CAUSE_WAKEUP]), ("runq.new", d_hist[:, _CAUSE_NEW]),
+                             ("runq.preempt", d_hist[:, _CAUSE_PREEMPT]), ("io.lat", d_io_hist)):
+            full = np.zeros((nrows, self.buckets), np.uint32)
+            full[at] = values[mine]
+            hists[name] = full
 
-        # The node: every slot, slot 0 (cgroups not known yet) included.
-        node_hist = d_hist.sum(axis=(0, 1))[None, :]
-        node_runq_events = d_count.sum()
-        node_io_ops = io_ops.sum()
+        # The node: every changed slot, slot 0 (cgroups not known yet) included.
+        runq_events, ops = d_count.sum(), io_ops.sum()
+        node_rq_max = [rq_max.max(initial=0.0) if runq_events else np.nan]
+        node_io_max = [np.nanmax(io_max) if ops else np.nan]
         node = {
             "cpus": float(self.ncpus),
-            "cpu.usage": d_cpu.sum() * 1e-9 / dt,
-            "runq.wait": d_sum.sum() * 1e-9 / dt,
-            "runq.p99": float(hist_percentiles(node_hist, self.edges, (0.99,),
-                                               cap=[rq_max.max() * 1e-9 if node_runq_events else np.nan])[0, 0]),
-            "io.ops": node_io_ops / dt,
+            "cpu.usage": float(d_cpu.sum()) * 1e-9 / dt,
+            "runq.wait": float(d_sum.sum()) * 1e-9 / dt,
+            "runq.p99": float(hist_percentiles(d_hist.sum(axis=(0, 1))[None, :], self.edges, (0.99,),
+                                               cap=node_rq_max)[0, 0]),
+            "io.ops": float(ops) / dt,
             "io.lat.p99": float(hist_percentiles(d_io_hist.sum(axis=0)[None, :], self.edges, (0.99,),
-                                                 cap=[cur["io_max_ns"].max() * 1e-9 if node_io_ops else np.nan])[0, 0]),
-            "cgroups": float(len(slots)),
+                                                 cap=node_io_max)[0, 0]),
+            "cgroups": float(nrows),
             # Switches and run-queue waits ended: the kernel events the programs counted.
-            "events": float(delta("switches").sum() + delta("preempted").sum() + node_runq_events) / dt,
+            "events": float(delta("switches").sum() + delta("preempted").sum() + runq_events) / dt,
         }
         return cols, hists, node
 

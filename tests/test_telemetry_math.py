@@ -1,0 +1,59 @@
+"""Percentiles from the kernel's log2 histograms (pure numpy, no kernel)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tagger.telemetry import hist_edges, hist_percentiles
+
+B = 27
+EDGES = hist_edges(B)
+
+
+def _hist_of(latencies_s):
+    """What the kernel's hist_bucket() would count for these latencies."""
+    h = np.zeros(B, np.uint32)
+    for lat in latencies_s:
+        us = int(lat * 1e9) // 1000
+        k = 0 if us < 2 else min(int(np.log2(us)), B - 1)
+        h[k] += 1
+    return h
+
+
+def test_edges_are_log2_microseconds():
+    assert EDGES[0] == 0 and EDGES[1] == pytest.approx(2e-6) and EDGES[11] == pytest.approx(2048e-6)
+    assert np.all(np.diff(EDGES) > 0)
+
+
+def test_percentiles_fall_in_the_right_bucket_and_respect_the_max():
+    rng = np.random.default_rng(7)
+    lat = rng.uniform(1e-3, 1.9e-3, 1000)                 # all inside one bucket [1.024, 2.048) ms
+    h = _hist_of(lat)[None, :]
+    p50, p99 = hist_percentiles(h, EDGES, (0.5, 0.99))[0]
+    assert 1.024e-3 <= p50 <= p99 <= 2.048e-3
+    capped = hist_percentiles(h, EDGES, (0.99,), cap=[lat.max()])[0, 0]
+    assert capped <= lat.max()
+
+
+def test_percentiles_track_a_bimodal_distribution():
+    lat = [50e-6] * 900 + [8e-3] * 100                     # 10% slow
+    h = _hist_of(lat)[None, :]
+    p50, p95 = hist_percentiles(h, EDGES, (0.5, 0.95))[0]
+    assert 32e-6 <= p50 <= 64e-6
+    assert 4.096e-3 <= p95 <= 8.192e-3
+
+
+def test_rows_without_events_are_nan_not_zero():
+    h = np.zeros((3, B), np.uint32)
+    h[1, 5] = 4
+    out = hist_percentiles(h, EDGES, (0.5, 0.99))
+    assert np.isnan(out[0]).all() and np.isnan(out[2]).all()
+    assert np.all((out[1] >= EDGES[5]) & (out[1] <= EDGES[6]))
+
+
+def test_wrapped_uint32_deltas_still_count():
+    """Kernel buckets are u32 and wrap; deltas are taken mod 2^32."""
+    before = np.array([2**32 - 3], np.uint32)
+    after = np.array([4], np.uint32)
+    assert int((after - before).astype(np.uint32)[0]) == 7
