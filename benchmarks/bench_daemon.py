@@ -132,15 +132,19 @@ class Agent:
 
     def measure(self, seconds: float) -> dict:
         h0, c0, t0 = self.health(), cpu_seconds(self.proc.pid), time.monotonic()
-        tick_walls = []
+        tick_walls, stages = [], {}
         while time.monotonic() - t0 < seconds:
-            time.sleep(min(5.0, seconds - (time.monotonic() - t0)))
-            tick_walls.append(self.health().get("tick_seconds", float("nan")))
+            time.sleep(min(1.0, seconds - (time.monotonic() - t0)))
+            h = self.health()
+            tick_walls.append(h.get("tick_seconds", float("nan")))
+            for k, v in (h.get("tick_stage_seconds") or {}).items():
+                stages.setdefault(k, []).append(v)
         h1, c1, t1 = self.health(), cpu_seconds(self.proc.pid), time.monotonic()
         return {"cpu_share": (c1 - c0) / (t1 - t0), "seconds": t1 - t0, "cgroups": h1.get("cgroups"),
                 "ticks": h1.get("ticks", 0) - h0.get("ticks", 0), "source": h1.get("source"),
                 "tick_seconds": sorted(tick_walls)[len(tick_walls) // 2] if tick_walls else float("nan"),
-                "jitter_max": h1.get("tick_jitter_max_seconds"), "overruns": h1.get("overruns")}
+                "jitter_max": h1.get("tick_jitter_max_seconds"), "overruns": h1.get("overruns"),
+                "stages": {k: sum(v) / len(v) for k, v in stages.items()}}
 
     def stop(self):
         if self.proc.poll() is None:
@@ -157,6 +161,7 @@ def report(name, m):
     print(f"{name:9s} cgroups={m['cgroups']:>5}  source={m['source']}  CPU={m['cpu_share'] * 100:6.3f}% of one core"
           f"  over {m['seconds']:.0f}s ({m['ticks']} ticks)  tick median={m['tick_seconds'] * 1e3:.1f}ms"
           f"  jitter max={(m['jitter_max'] or 0) * 1e3:.1f}ms  overruns={m['overruns']}")
+    print(" " * 10 + "mean tick stages: " + ", ".join(f"{k} {v * 1e3:.1f}ms" for k, v in m["stages"].items()))
 
 
 def main():

@@ -45,7 +45,7 @@ def _off(value):
 @click.option("--config", "config_file", metavar="FILE",
               help="YAML file with any of these settings; flags given here win.")
 @click.option("--cgroupfs-only", is_flag=True, help="Do not load BPF; read cgroupfs only.")
-@click.option("--cgroupfs-every", type=click.IntRange(1), default=5, show_default=True, metavar="N",
+@click.option("--cgroupfs-every", type=click.IntRange(1), default=10, show_default=True, metavar="N",
               help="With BPF: read the cgroupfs-only figures (cpu.throttled, mem.current, psi.*) "
                    "every N ticks.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",

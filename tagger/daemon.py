@@ -65,7 +65,7 @@ class Config:
     #: BPF collector: read the cgroupfs-only figures (cpu.throttled, mem.current,
     #: psi.*) every N ticks; the kernel's counters are read every tick.  Opening
     #: ~5 files per cgroup is most of a tick's cost at 1,000 cgroups.
-    cgroupfs_every: int = 5
+    cgroupfs_every: int = 10
     check_ownership: bool | None = None       # None: when running as root
 
     @property
