@@ -174,10 +174,10 @@ def test_window_scrolls_to_keep_the_selection_visible():
     assert m.window(10)[0] == m.order[0]
 
 
-def test_tree_order_is_depth_first_with_siblings_by_rank():
+def test_tree_order_is_depth_first_with_siblings_in_sort_order():
     paths = ["/", "/a", "/a/x", "/a/y", "/b", "/orphan/z"]
-    rank = np.array([0, 2, 4, 3, 1, 5])
-    order, depth = tree_order(paths, rank)
+    flat = np.array([0, 4, 1, 3, 2, 5])         # the sort: /, /b, /a, /a/y, /a/x, /orphan/z
+    order, depth = tree_order(paths, flat)
     assert [paths[i] for i in order] == ["/", "/b", "/a", "/a/y", "/a/x", "/orphan/z"]
     assert list(depth) == [0, 1, 2, 2, 1, 0]
 
@@ -327,3 +327,21 @@ def test_keys_table_covers_the_issue_and_has_no_duplicates():
     assert shown == {"c": "sort('cpu')", "r": "sort('runq')", "i": "sort('io')", "n": "sort('name')",
                      "s": "sort('slowdown')", "slash": "filter", "t": "tree", "enter": "detail",
                      "p": "pause", "q": "quit"}
+
+
+def test_name_order_follows_a_changed_table():
+    m = TopModel()
+    m.sort_by("name")
+    m.apply_frame(make_frame({"/b": {}, "/a": {}}))
+    assert shown_paths(m) == ["/a", "/b"]
+    m.apply_frame(make_frame({"/c": {}, "/b": {}, "/a": {}}))   # same names would reuse the order
+    assert shown_paths(m) == ["/a", "/b", "/c"]
+
+
+def test_tree_follows_a_changed_hierarchy():
+    m = TopModel()
+    m.toggle_tree()
+    m.apply_frame(make_frame({"/a": {"cpu.usage": 1}, "/a/x": {"cpu.usage": 1}, "/b": {"cpu.usage": 2}}))
+    assert shown_paths(m) == ["/b", "/a", "/a/x"]
+    m.apply_frame(make_frame({"/a": {"cpu.usage": 1}, "/b": {"cpu.usage": 2}, "/b/x": {"cpu.usage": 1}}))
+    assert shown_paths(m) == ["/b", "/b/x", "/a"]

@@ -337,6 +337,8 @@ class Rows:
     """One frame's rows: numpy value columns aligned with the snapshot's cgroup
     table, plus the per-row text the filter and TAGS column need."""
 
+    _name_cache: tuple[list[str], list[str], np.ndarray] | None = None
+
     def __init__(self, frame: Frame):
         snap = frame.snapshot
         self.frame = frame
@@ -380,8 +382,16 @@ class Rows:
         """Row indices sorted by ``sort``; unknown values (NaN) last either way."""
         if sort == "name":
             if self._name_order is None:
-                keys = [(n.lower(), p) for n, p in zip(self.names, self.paths)]
-                self._name_order = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+                cached = Rows._name_cache
+                # Names rarely change between ticks; comparing two lists of the
+                # same string objects is far cheaper than sorting 10k strings.
+                if cached is not None and cached[0] == self.names and cached[1] == self.paths:
+                    self._name_order = cached[2]
+                else:
+                    keys = [(n.lower(), p) for n, p in zip(self.names, self.paths)]
+                    self._name_order = np.array(sorted(range(len(keys)), key=keys.__getitem__),
+                                                dtype=np.int64)
+                    Rows._name_cache = (self.names, self.paths, self._name_order)
             return self._name_order[::-1] if descending else self._name_order
         v = self.values[SORTS[sort][0]]
         # -NaN is NaN, so negating keeps NaN at the end of an ascending argsort.
@@ -403,32 +413,44 @@ def parent_of(path: str) -> str | None:
     return head or "/"
 
 
-def tree_order(paths: list[str], rank: np.ndarray, keep: np.ndarray | None = None):
-    """Depth-first order of ``paths`` (siblings by ``rank``, lower first) and each
-    row's depth in the shown tree.  Rows whose parent is absent are roots."""
-    n = len(paths)
+def parent_rows(paths: list[str]) -> np.ndarray:
+    """Per row, the row of its parent cgroup, or -1 when the parent is not in the table."""
     pos = {p: i for i, p in enumerate(paths)}
+    get = pos.get
+    return np.fromiter((-1 if p == "/" else get(p.rsplit("/", 1)[0] or "/", -1) for p in paths),
+                       np.int64, len(paths))
+
+
+def tree_order(paths: list[str], flat_order, keep: np.ndarray | None = None,
+               parents: np.ndarray | None = None):
+    """Depth-first order of ``paths`` with siblings in ``flat_order``'s order, and
+    each row's depth in the shown tree.  Rows whose parent is absent are roots.
+    Linear: children are collected by walking the flat order once, never sorted."""
+    n = len(paths)
+    parents = parent_rows(paths) if parents is None else parents
     children: dict[int, list[int]] = {}
     roots: list[int] = []
-    for i, p in enumerate(paths):
-        parent = parent_of(p)
-        j = pos.get(parent) if parent is not None else None
-        if j is None:
+    par = parents.tolist()
+    for i in np.asarray(flat_order).tolist():
+        p = par[i]
+        if p < 0:
             roots.append(i)
         else:
-            children.setdefault(j, []).append(i)
+            children.setdefault(p, []).append(i)
+    keep_list = keep.tolist() if keep is not None else None
     order: list[int] = []
-    depth = np.zeros(n, np.int32)
-    stack = [(i, 0) for i in sorted(roots, key=rank.__getitem__, reverse=True)]
+    depth = [0] * n
+    stack = [(i, 0) for i in reversed(roots)]
+    pop, push = stack.pop, stack.extend
     while stack:
-        i, d = stack.pop()
+        i, d = pop()
         depth[i] = d
-        if keep is None or keep[i]:
+        if keep_list is None or keep_list[i]:
             order.append(i)
         kids = children.get(i)
         if kids:
-            stack.extend((k, d + 1) for k in sorted(kids, key=rank.__getitem__, reverse=True))
-    return np.array(order, dtype=np.int64), depth
+            push((k, d + 1) for k in reversed(kids))
+    return np.array(order, dtype=np.int64), np.array(depth, dtype=np.int32)
 
 
 # ---------------------------------------------------------------------------
@@ -487,6 +509,7 @@ class TopModel:
         self._history: deque = deque(maxlen=HISTORY_TICKS)
         self.events: deque[TagEventInfo] = deque(maxlen=EVENT_HISTORY)
         self.generation = 0                    # bumps whenever what is shown may change
+        self._parents: tuple[list[str], np.ndarray] | None = None
 
     # -- frames -----------------------------------------------------------
     def apply_frame(self, frame: Frame) -> None:
@@ -620,9 +643,10 @@ class TopModel:
         order = rows.order(s.sort, s.descending)
         keep = rows.matching(s.filter) if s.filter else None
         if s.tree:
-            rank = np.empty(len(rows), np.int64)
-            rank[order] = np.arange(len(order))
-            order, self.depth = tree_order(rows.paths, rank, keep)
+            # The hierarchy rarely changes between ticks: reuse its parent rows.
+            if self._parents is None or self._parents[0] != rows.paths:
+                self._parents = (rows.paths, parent_rows(rows.paths))
+            order, self.depth = tree_order(rows.paths, order, keep, self._parents[1])
         elif keep is not None:
             order = order[keep[order]]
         self.order = order
