@@ -186,3 +186,18 @@ def test_a_rule_using_a_broken_macro_adds_no_second_error():
 
 def test_ruleset_empty_is_usable():
     assert RuleSet.empty().active == []
+
+
+def test_loaded_policy_specs_are_hashable_and_their_tags_read_only():
+    rs = load_text("""
+rules:
+  - {name: a, tags: {priority: low}}
+policies:
+  - {name: p, kind: latency-slo, protect: {tags: {priority: low}}, throttle: {cgroup: /x/**},
+     slo: runq.p99 < 2ms}
+""")
+    spec = rs.policies[0]
+    assert {spec: 1}[spec] == 1            # the daemon keys controllers by spec
+    assert spec.protect.tags == {"priority": "low"}
+    with pytest.raises(TypeError):
+        spec.protect.tags["priority"] = "high"

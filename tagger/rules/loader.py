@@ -24,7 +24,7 @@ from tagger.snapshot import METRICS
 from tagger.units import parse_duration, parse_quantity
 
 from . import expr as ex
-from .model import Problem, Rule, RuleSet, RulesLoadError
+from .model import FrozenTags, Problem, Rule, RuleSet, RulesLoadError
 from .selectors import GlobError, glob_regex, literal_prefix
 
 TOP_KEYS = ("macros", "rules", "policies")
@@ -537,7 +537,7 @@ class _Loader:
                 self.selector_tags.append((key, tags[key], knode, self.path, self.subject))
         if bad:
             raise _Skip
-        return Selector(globs.get("cgroup", ()), globs.get("exclude", ()), names, tags)
+        return Selector(globs.get("cgroup", ()), globs.get("exclude", ()), names, FrozenTags(tags))
 
     def _tags(self, node) -> dict[str, str]:
         if not isinstance(node, yaml.MappingNode):

@@ -11,6 +11,20 @@ from tagger.policies.spec import LatencySloSpec, Selector
 from .expr import Compiled
 
 
+class FrozenTags(dict):
+    """The ``tags`` of a loaded Selector: a dict that cannot change and so can be
+    hashed, which keeps the frozen Selector/LatencySloSpec hashable (the daemon
+    keys policy controllers by their spec across reloads)."""
+
+    def __hash__(self):
+        return hash(tuple(sorted(self.items())))
+
+    def _readonly(self, *a, **kw):
+        raise TypeError("a loaded selector's tags are read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore
+
+
 @dataclass(frozen=True)
 class Problem:
     """One finding, printed as ``path:line:col: rule "name": message``.
