@@ -120,6 +120,19 @@ def test_every_exit_path_restores_the_terminal(top_on_pty, how):
     assert termios.tcgetattr(t.slave) == t.attrs_before       # cooked mode, echo back on
 
 
+@pytest.mark.bpf
+def test_standalone_on_a_terminal_draws_the_host_and_quits_cleanly(top_on_pty):
+    if os.geteuid() != 0:
+        pytest.skip("standalone top loads BPF programs: needs root")
+    t = top_on_pty("--interval", "200ms")
+    _started(t)
+    assert t.read_until(lambda out: out.count(b"events/s") >= 3), "the header never refreshed"
+    os.write(t.master, b"q")
+    assert t.finish() == 0
+    assert ALT_SCREEN_OFF in t.output[t.output.rfind(ALT_SCREEN_ON):]
+    assert termios.tcgetattr(t.slave) == t.attrs_before
+
+
 def test_missing_socket_is_reported_before_the_terminal_is_taken(top_on_pty, tmp_path):
     t = top_on_pty("--connect", str(tmp_path / "absent.sock"))
     rc = t.finish()
