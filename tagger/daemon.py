@@ -244,8 +244,6 @@ class Daemon:
             self._setup(stack)
             stack.enter_context(self._signals())
             self.ready = True
-            self.notifier.ready(f"tagging {len(self.last_snapshot or ())} cgroups every "
-                                f"{self.config.interval:g}s")
             log.info("tagger %s running: rules %s, every %gs%s", __version__, self.config.rules_dir,
                      self.config.interval, " (dry run: nothing is changed)" if self.config.dry_run else "")
             self._loop()
@@ -410,6 +408,10 @@ class Daemon:
             self.cost.last_jitter = now - next_tick
             self.cost.max_jitter = max(self.cost.max_jitter, self.cost.last_jitter)
             self._tick()
+            if self.cost.ticks + self.cost.errors == 1:
+                # READY=1 once the first tick went through (systemd's "started").
+                self.notifier.ready(f"tagging {len(self.last_snapshot or ())} cgroups every "
+                                    f"{self.config.interval:g}s")
             if self._stop:
                 break
             self._maybe_reload()
