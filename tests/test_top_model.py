@@ -345,3 +345,13 @@ def test_tree_follows_a_changed_hierarchy():
     assert shown_paths(m) == ["/b", "/a", "/a/x"]
     m.apply_frame(make_frame({"/a": {"cpu.usage": 1}, "/b": {"cpu.usage": 2}, "/b/x": {"cpu.usage": 1}}))
     assert shown_paths(m) == ["/b", "/b/x", "/a"]
+
+
+def test_header_prefers_the_ticks_rates_over_the_agents_totals():
+    m = TopModel()
+    m.apply_frame(make_frame(THREE, node={"cpus": 4, "runq.p99": 1e-3, "events": 5000.0, "drops": 2.0},
+                             health={"events_per_s": 1.0, "drops": 900, "rules": 3, "dry_run": False}))
+    header = render.header_text(m).plain
+    assert "5k events/s" in header and "2 drops/s" in header
+    assert "900" not in header
+    assert "live" in header and "DRY-RUN" not in header

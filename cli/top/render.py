@@ -129,10 +129,15 @@ def header_text(model: TopModel) -> Text:
     t.append(" │ runq p99 ")
     runq = node.get("runq.p99", math.nan)
     t.append(format_duration(runq), STYLE_HOT if runq > model.thresholds.get("runq.p99", math.inf) else "")
-    events = health.get("events_per_s", node.get("events", math.nan))
-    drops = health.get("drops", node.get("drops", math.nan))
+    # The snapshot's node figures are per-second rates over this tick; the
+    # agent's health counters are totals since it started.  Prefer the rates.
+    events = node.get("events", health.get("events_per_s", math.nan))
+    if "drops" in node:
+        drops, drops_label = node["drops"], "drops/s"
+    else:
+        drops, drops_label = health.get("drops", math.nan), "drops"
     t.append(f" │ {format_count(events)} events/s │ ")
-    t.append(f"{format_count(drops)} drops", STYLE_HOT if drops and drops > 0 else "")
+    t.append(f"{format_count(drops)} {drops_label}", STYLE_HOT if drops and drops > 0 else "")
     rules = health.get("rules")
     t.append(f" │ {'-' if rules is None else rules} rules │ {health.get('actions', 0)} actions")
     dry = health.get("dry_run")

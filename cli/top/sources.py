@@ -428,8 +428,10 @@ class SocketSource:
             self._last_t = max(e.get("t", 0) for e in events)
         elif self._last_t is None:
             self._last_t = snap.t
-        return Frame.build(snap, tags, actions, events or (),
-                           normalize_health(health, source=health.get("source") or snap.source))
+        info = normalize_health(health, source=health.get("source") or snap.source)
+        if "actions" not in info:            # the agent's health may not count them
+            info["actions"] = sum(1 for a in actions if not (isinstance(a, dict) and a.get("dry_run")))
+        return Frame.build(snap, tags, actions, events or (), info)
 
     def close(self) -> None:
         if self._client is not None:
