@@ -240,3 +240,21 @@ def test_record_command_writes_what_the_collector_streams(tmp_path, monkeypatch)
     for a, b in zip(snaps, back):
         assert_same(a, b)
     assert TraceReader(out).header["meta"] == {"interval": 0.5}
+
+
+def test_replay_in_separate_processes_is_byte_identical(tmp_path):
+    # Different hash seeds in different processes: nothing may depend on set or
+    # dict iteration of strings.
+    import os
+    import subprocess
+    import sys
+    path = tmp_path / "t.tgr"
+    record(synthetic_run(), path)
+    outs = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        outs.append(subprocess.run([sys.executable, "-m", "tagger.cli.main", "replay", str(path),
+                                    "--json"], capture_output=True, env=env, check=True,
+                                   timeout=120).stdout)
+    assert outs[0] == outs[1]
+    assert b'"kind": "added"' in outs[0]
