@@ -337,3 +337,17 @@ def test_narrow_and_wide_terminals_fit_every_line(width):
             for y in range(table.size.height):
                 assert table.render_line(y).cell_length == table.size.width
     run(go())
+
+
+def test_click_selects_the_row_under_the_pointer():
+    async def go():
+        app, _ = scripted(make_frame(THREE))
+        async with app.run_test(size=SIZE) as pilot:
+            app.sample_now()
+            await pilot.pause()
+            await pilot.click(CgroupTable, offset=(3, 3))     # line 0 is the titles: row 3 is "c"
+            assert app.model.state.selected == "/c"
+            assert selected_line(app).startswith("c ")
+            await pilot.click(CgroupTable, offset=(3, 0))     # the titles select nothing
+            assert app.model.state.selected == "/c"
+    run(go())
