@@ -579,12 +579,12 @@ class Daemon:
             ruleset = load_directory(directory)
         except (RulesError, ConfigError, OSError) as err:
             problems = list(getattr(err, "errors", None) or getattr(err, "problems", None) or [err])
-            self.rule_errors = len(problems)
-            self.reload_failures += 1
             log.error("reload (%s) refused, the previous rules stay in force; %d error%s:",
                       why, len(problems), "" if len(problems) == 1 else "s")
             for problem in problems:
                 log.error("  %s", problem)
+            self.rule_errors = len(problems)
+            self.reload_failures += 1
             if self.api is not None:
                 self.api.set_rules(self._rules_summary(problems))
             self.notifier.ready("previous rules kept: the rules directory has errors")
