@@ -104,13 +104,16 @@ class TopApp(App):
 
     def on_unmount(self) -> None:
         self._stop.set()
-        if self._sampler is not None:
-            # The sampler closes the source itself once its current tick ends,
-            # so a BPF read is never cut off mid-call.
-            self._sampler.join(timeout=(self.interval or 0) + 5)
-            if not self._sampler.is_alive():
-                return
-        self._close_source()
+        if self._sampler is None:
+            self._close_source()
+            return
+        # The sampler closes the source itself once its current tick ends, so a
+        # BPF read is never cut off mid-call.  A tick stuck past the timeout is
+        # left alone: closing under it could crash, and process exit closes the
+        # BPF file descriptors (which detaches the programs) anyway.
+        self._sampler.join(timeout=(self.interval or 0) + 5)
+        if self._sampler.is_alive():
+            self.log.warning("sampler still in a tick at exit; the source closes with the process")
 
     # -- sampling (runs on its own thread) --------------------------------
     def _sample_loop(self) -> None:
@@ -173,9 +176,10 @@ class TopApp(App):
         self.refresh_view()
 
     def _close_source(self) -> None:
-        if self._source_closed:
-            return
-        self._source_closed = True
+        with self._inbox_lock:              # the sampler thread and the UI may both get here
+            if self._source_closed:
+                return
+            self._source_closed = True
         try:
             self.source.close()
         except Exception:                     # closing must not stop the terminal being restored
