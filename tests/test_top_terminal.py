@@ -293,3 +293,48 @@ def test_socket_source_reconnects_after_the_agent_restarts(tmp_path):
     finally:
         source.close()
         server.close()
+
+
+def test_standalone_runs_the_packaged_rules_and_notes_the_cgroupfs_fallback(monkeypatch):
+    """LocalSource over a stand-in collector: the real rules engine tags from the
+    packaged rules, and a cgroupfs-only collector is called out."""
+    import types
+
+    from tagger.snapshot import Snapshot
+
+    class CgroupfsOnly:
+        closed = False
+
+        def __init__(self):
+            self.t = 100.0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.closed = True
+
+        def tick(self):
+            self.t += 1
+            snap = Snapshot.synthetic(["/", "/system.slice", "/system.slice/sshd.service"],
+                                      {"cpu.usage": [0.2, 0.1, 0.1]}, t=self.t,
+                                      node={"cpus": 2.0, "events": 10.0, "drops": 0.0})
+            snap.source = "cgroupfs"
+            return snap
+
+        def health(self):
+            return {"source": "cgroupfs"}
+
+    collector = CgroupfsOnly()
+    fake = types.ModuleType("tagger.telemetry")
+    fake.open_collector = lambda **kw: collector
+    monkeypatch.setitem(sys.modules, "tagger.telemetry", fake)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    source = LocalSource()
+    frame = source.next_frame()
+    sshd = frame.tags["/system.slice/sshd.service"]
+    assert sshd["priority"].value == "system" and sshd["priority"].rule == "slice-system"
+    assert frame.health["rules"] > 0 and frame.health["dry_run"] is True
+    assert "cgroupfs" in frame.health["note"]
+    source.close()
+    assert collector.closed
