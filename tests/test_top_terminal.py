@@ -338,3 +338,43 @@ def test_standalone_runs_the_packaged_rules_and_notes_the_cgroupfs_fallback(monk
     assert "cgroupfs" in frame.health["note"]
     source.close()
     assert collector.closed
+
+
+def test_standalone_shows_what_the_rules_would_do_and_since_when(monkeypatch, tmp_path):
+    import types
+
+    from tagger.snapshot import Snapshot
+
+    (tmp_path / "10-cap.yaml").write_text(
+        "rules:\n"
+        "  - name: hog\n    match: {cgroup: '/**'}\n    when: cpu.usage > 0.8\n    tags: {cpu: hog}\n"
+        "  - name: cap-hogs\n    match: {tags: {cpu: hog}}\n    actions:\n      cpu: {max: 0.5}\n")
+
+    class Collector:
+        t = 10.0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def tick(self):
+            self.t += 1
+            return Snapshot.synthetic(["/hog", "/calm"], {"cpu.usage": [1.5, 0.1]}, t=self.t)
+
+    fake = types.ModuleType("tagger.telemetry")
+    fake.open_collector = lambda **kw: Collector()
+    monkeypatch.setitem(sys.modules, "tagger.telemetry", fake)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    source = LocalSource(tmp_path)
+    frames = [source.next_frame() for _ in range(4)]
+    acts = [f.actions.get("/hog", []) for f in frames]
+    assert any(acts), "the rules never asked for the cap"
+    first = next(k for k, a in enumerate(acts) if a)
+    assert first < len(frames) - 1
+    cap = acts[-1][0]
+    assert (cap.knob, cap.value, cap.rule, cap.dry_run) == ("cpu.max", "50000 100000", "cap-hogs", True)
+    assert cap.since == frames[first].snapshot.t            # held from the first tick, not reset
+    assert "/calm" not in frames[-1].actions
+    source.close()

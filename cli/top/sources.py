@@ -321,6 +321,7 @@ class LocalSource:
         self.note = ""
         self._engine = self._store = None
         self._rules_count = None
+        self._since: dict[tuple[str, str, str], float] = {}
         self._load_rules(rules_dir)
         try:
             self._cm = open_collector(prefer_bpf=True)
@@ -349,10 +350,15 @@ class LocalSource:
             result = self._engine.evaluate(snap)
             events = list(result.events)
             tags = self._store.current()
+            since = {}
             for path, sets in (result.actions or {}).items():
-                actions[path] = [ActionInfo(path, "cpu.max", _cpu_max_text(s.cpu), None, s.rule,
-                                            snap.t, dry_run=True)
-                                 for s in sets if getattr(s, "cpu", None) and s.cpu.max is not None]
+                wanted = [(knob, value, aset.rule) for aset in sets for knob, value in _desired(aset)]
+                for knob, value, rule in wanted:
+                    key = (path, knob, rule)
+                    since[key] = self._since.get(key, snap.t)   # first tick the rules wanted it
+                    actions.setdefault(path, []).append(
+                        ActionInfo(path, knob, value, None, rule, since[key], dry_run=True))
+            self._since = since
         raw = self._coll.health() if hasattr(self._coll, "health") else {}
         health = normalize_health(raw, rules=self._rules_count, dry_run=True,
                                   actions=sum(len(a) for a in actions.values()))
@@ -368,9 +374,20 @@ class LocalSource:
             cm.__exit__(None, None, None)       # detaches the BPF programs
 
 
-def _cpu_max_text(cpu) -> str:
-    period_us = int(round((cpu.period or 0.1) * 1e6))
-    return f"{int(round(cpu.max * period_us))} {period_us}"
+def _desired(aset):
+    """(knob, value) pairs an ActionSet asks for, named as the actuator names them."""
+    cpu, io, rdt = getattr(aset, "cpu", None), getattr(aset, "io", None), getattr(aset, "rdt", None)
+    if cpu is not None and cpu.max is not None:
+        period_us = int(round((cpu.period or 0.1) * 1e6))
+        yield "cpu.max", f"{int(round(cpu.max * period_us))} {period_us}"
+    if cpu is not None and cpu.weight is not None:
+        yield "cpu.weight", str(cpu.weight)
+    if io is not None:
+        limits = {k: getattr(io, k) for k in ("read_bps", "write_bps", "read_iops", "write_iops")}
+        yield f"io.max {io.device or '*'}", " ".join(f"{k}={v:g}" for k, v in limits.items() if v is not None)
+    if rdt is not None:
+        yield f"rdt.schemata {rdt.group}", " ".join(
+            f"{k}={v}" for k, v in (("l3", rdt.l3), ("mb", rdt.mb)) if v is not None)
 
 
 # ---------------------------------------------------------------------------
