@@ -106,8 +106,8 @@ def test_busy_loop_tagged_capped_then_cleared(make_cgroup, tmp_path):
             [act] = [a for a in client.request("actions") if a["cgroup"] == cg.path]
             assert act["knob"] == "cpu.max" and act["rule"] == "cap-hogs"
 
+            cg.stop()                  # returns once the loop's process is gone
             stop = time.monotonic()
-            cg.stop()
             wait_for(lambda: tag() is None, timeout=KEEP_FOR + 10 * INTERVAL, interval=0.02,
                      what="tag cleared")
             cleared_after = time.monotonic() - stop
