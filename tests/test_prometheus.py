@@ -67,7 +67,7 @@ def test_exposition_parses_and_carries_everything():
             AppliedAction("", "rdt.schemata low", "L3:0=0f", "L3:0=ff", "rdt", 1.0, True)]
     health = {"tick_seconds": 0.004, "tick_jitter_seconds": 0.001, "ticks": 7, "reloads": 1,
               "rule_errors": 0, "rules_loaded": 3, "bpf_ns_per_event": 80.0, "ringbuf_drops": 0,
-              "map_full": 0, "source": "bpf"}
+              "map_full": 0, "source": "bpf", "tick_stage_seconds": {"collect": 0.003, "rules": 0.001}}
     col.update(snap, tags, acts, health)
     fams, text = exposition(col)
 
@@ -96,6 +96,8 @@ def test_exposition_parses_and_carries_everything():
     assert samples(fams, "tagger_rule_reloads_total")[0].value == 1
     assert samples(fams, "tagger_bpf_ns_per_event")[0].value == 80.0
     assert samples(fams, "tagger_info")[0].labels["source"] == "bpf"
+    assert {s.labels["stage"]: s.value for s in samples(fams, "tagger_tick_stage_seconds")} == \
+        {"collect": 0.003, "rules": 0.001}
 
 
 def test_removed_cgroup_leaves_no_series():

@@ -216,6 +216,13 @@ class TaggerCollector:
         info.add_metric([], {"version": __version__,
                              "source": str(health.get("source") or getattr(snapshot, "source", "none"))})
         yield info
+        stages = health.get("tick_stage_seconds")
+        if isinstance(stages, dict) and stages:
+            fam = GaugeMetricFamily("tagger_tick_stage_seconds", "Wall time of the last tick by stage",
+                                    labels=["stage"])
+            for stage, seconds in stages.items():
+                fam.add_metric([str(stage)], float(seconds))
+            yield fam
         for key, (name, kind, help_) in HEALTH.items():
             value = health.get(key)
             if value is None:
