@@ -354,9 +354,10 @@ class Registry:
         """Every known path, parents before children."""
         return list(self._by_path)
 
-    def items(self) -> Iterable[tuple[int, str]]:
-        """(id, path) pairs, parents before children."""
-        return ((i, p) for p, i in self._by_path.items())
+    def items(self, controller: str | None = None) -> Iterable[tuple[int, str]]:
+        """(id, path) pairs, parents before children; with ``controller``, of
+        the hierarchy holding it (see ``v1_ids``)."""
+        return ((i, p) for p, i in self._id_maps(controller)[1].items())
 
     def scan(self) -> Change:
         """Walk the hierarchy; return what appeared and vanished since the last scan."""

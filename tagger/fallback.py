@@ -150,19 +150,9 @@ class FallbackCollector:
 
     def stream(self, interval: float = 1.0, count: int | None = None) -> Iterator[Snapshot]:
         """A Snapshot every ``interval`` seconds (on a fixed schedule, no drift)."""
-        if interval <= 0:
-            raise errors.ConfigError(f"interval must be positive, not {interval}")
-        deadline = time.monotonic()
-        done = 0
-        while count is None or done < count:
-            deadline += interval
-            pause = deadline - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            else:
-                deadline = time.monotonic()       # fell behind: do not burst to catch up
-            yield self.tick()
-            done += 1
+        from .telemetry import stream_ticks
+
+        return stream_ticks(self, interval, count)
 
     def health(self) -> dict:
         return {

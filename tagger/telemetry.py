@@ -123,7 +123,9 @@ class BpfCollector:
         self.layout = layout or Layout.detect(fs)
         if self.layout.v2_root is None:
             raise errors.BpfUnavailable(0, "cgroup v2 is not mounted: BPF sees v2 cgroup ids only")
-        self.registry = Registry(self.layout, fs)
+        # On a hybrid or v1 host the bio's blkcg is a v1 blkio cgroup: keep its ids too.
+        self._io_on_v1 = self.layout.controller_version("io") == 1
+        self.registry = Registry(self.layout, fs, v1_ids=("io",) if self._io_on_v1 else ())
         self.ncpus = os.cpu_count() or 1
         self.max_slots = max_slots or _default_slots(self.ncpus)
         self.probes = None
@@ -146,7 +148,7 @@ class BpfCollector:
         self.path_slot: dict[str, int] = {}
         self.slot_id = np.zeros(self.max_slots, np.uint64)
         self.high_water = 1
-        self._blkio_hid = _hierarchy_id(self.fs, "blkio") if self.layout.controller_version("io") == 1 else None
+        self._blkio_hid = _hierarchy_id(self.fs, "blkio") if self._io_on_v1 else None
         self._blkio_ids: dict[str, int] = {}        # v1 blkio path -> its cgroup id
         self._to_recycle: list[int] = []
         self._names: dict[str, tuple[str, dict]] = {}
@@ -213,10 +215,9 @@ class BpfCollector:
     def _map_blkio_tree(self):
         """Hybrid/v1 hosts: each v1 blkio cgroup counts its I/O into the slot of
         the v2 cgroup at the same path (the bio carries the blkio cgroup)."""
-        if self._blkio_hid is None:
+        if not self._io_on_v1:
             return
-        root = self.layout.controller_root("io")
-        for path, cgid in _walk_ids(self.fs.path(root)):
+        for cgid, path in self.registry.items(controller="io"):
             self._blkio_ids[path] = cgid
             slot = self.path_slot.get(path)
             if slot:
@@ -528,22 +529,6 @@ def _hierarchy_id(fs: KernelFS, controller: str) -> int | None:
         if len(parts) >= 2 and parts[0] == controller and parts[1].isdigit():
             return int(parts[1]) or None
     return None
-
-
-def _walk_ids(real_root) -> Iterator[tuple[str, int]]:
-    """(path, cgroup id) of every cgroup below a mount; ids are inode numbers."""
-    stack = [(str(real_root), "")]
-    yield "/", os.stat(real_root).st_ino
-    while stack:
-        real, rel = stack.pop()
-        try:
-            with os.scandir(real) as it:
-                dirs = [(e.name, e.inode(), e.path) for e in it if e.is_dir(follow_symlinks=False)]
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue
-        for name, ino, child in dirs:
-            yield f"{rel}/{name}", ino
-            stack.append((child, f"{rel}/{name}"))
 
 
 def open_collector(prefer_bpf: bool = True, fs: KernelFS = HOST, **kwargs):

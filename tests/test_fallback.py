@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 
 import numpy as np
@@ -16,6 +17,7 @@ from tagger.cgroups import Layout
 from tagger.fallback import FallbackCollector, _compact
 from tagger.kernelfs import HOST, KernelFS
 from tagger.snapshot import METRICS
+from tests.bpf_helpers import is_stopped
 from tests.cgroup_fixture import wait_for
 from tests.test_cgroups import MOUNTS_HYBRID, make_tree
 from tests.test_cgroupfs import hybrid_cgroup
@@ -166,10 +168,22 @@ def test_real_busy_loops(make_cgroup, rundelay):
     procs = [cg.spawn(BUSY) for _ in range(ncpu + 1)]
     wait_for(lambda: len(cg.pids()) == len(procs), timeout=10, what="busy loops to start")
     pids = [p.pid for p in procs]
+
+    def pause(sig):
+        # Stopped tasks change nothing, so the collector and the references
+        # read the same window however long each read takes on a busy host.
+        for pid in pids:
+            os.kill(pid, sig)
+        if sig == signal.SIGSTOP:
+            wait_for(lambda: all(is_stopped(pid) for pid in pids), what="busy loops to stop")
+
     with FallbackCollector(include=cg.path, rundelay=rundelay, warn=False) as coll:
-        u0, d0 = _usage_us(cg), _run_delay_ns(pids)
+        pause(signal.SIGSTOP)
         coll.tick()
+        u0, d0 = _usage_us(cg), _run_delay_ns(pids)
+        pause(signal.SIGCONT)
         time.sleep(1.5)                 # the measurement window itself
+        pause(signal.SIGSTOP)
         snap = coll.tick()
         u1, d1 = _usage_us(cg), _run_delay_ns(pids)
     cg.stop()
