@@ -234,12 +234,13 @@ class BpfCollector:
                     "kind": "runq" if kind == lib.TG_EV_RUNQ else "io",
                     "cgroup": self.slot_path.get(int(ev["slot"])),
                     "latency": int(ev["latency_ns"]) * 1e-9, "pid": int(ev["pid"]),
-                    "comm": ev["comm"].decode(errors="replace"), "cause": int(ev["cause"]),
+                    "comm": _c_string(ev["comm"]), "cause": int(ev["cause"]),
                 })
                 continue
-            path = normalize(ev["path"].decode(errors="replace") or "/")
+            raw_path = ev["path"].split(b"\0", 1)[0]
+            path = normalize(_c_string(raw_path) or "/")
             hid, cgid, slot = int(ev["hierarchy_id"]), int(ev["cgroup_id"]), int(ev["slot"])
-            truncated = len(ev["path"]) >= lib.TG_PATH_MAX - 1
+            truncated = len(raw_path) >= lib.TG_PATH_MAX - 1
             if hid == 0:
                 if truncated:
                     path = self.registry.path_of(cgid, rescan=True) or path
@@ -514,6 +515,12 @@ class BpfCollector:
             self.close()
         except Exception:
             pass
+
+
+def _c_string(raw: bytes) -> str:
+    """A NUL-terminated C string from a fixed-size field: ring-buffer records
+    are not zeroed, so whatever follows the first NUL is garbage."""
+    return bytes(raw).split(b"\0", 1)[0].decode(errors="replace")
 
 
 def _default_slots(ncpus: int) -> int:

@@ -57,3 +57,11 @@ def test_wrapped_uint32_deltas_still_count():
     before = np.array([2**32 - 3], np.uint32)
     after = np.array([4], np.uint32)
     assert int((after - before).astype(np.uint32)[0]) == 7
+
+
+def test_event_strings_end_at_the_first_nul():
+    """Ring-buffer records are not zeroed: bytes after the NUL are garbage."""
+    from tagger.telemetry import _c_string
+
+    assert _c_string(b"/tagger-bench-1/c0399\x00\x00garbage/tagger-bench-1") == "/tagger-bench-1/c0399"
+    assert _c_string(b"\x00junk") == ""
