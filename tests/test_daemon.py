@@ -361,3 +361,21 @@ def test_record_writes_a_readable_trace(tmp_path, rules_dir):
     snaps = list(read_trace(str(trace)))
     assert len(snaps) >= 3
     assert snaps[0].cgroups.paths == ["/b", "/hog"] and snaps[0].value("/hog", "cpu.usage") == 1.5
+
+
+def test_tags_watch_streams_changes(tmp_path, rules_dir):
+    with Running(tmp_path, rules_dir, {"/hog": 0.1}) as run:
+        proc = subprocess.Popen([sys.executable, "-m", "tagger.cli.main", "tags", "--watch", "--json",
+                                 "--socket", run.daemon.config.socket],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            first = json.loads(proc.stdout.readline())
+            assert first == {"tags": {}}
+            run.collector.usage["/hog"] = 1.5
+            event = json.loads(proc.stdout.readline())
+            assert (event["cgroup"], event["kind"], event["value"]) == ("/hog", "added", "cpu-intensive")
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+            proc.stdout.close()
+            proc.stderr.close()
