@@ -368,6 +368,8 @@ def test_tags_watch_streams_changes(tmp_path, rules_dir):
         proc = subprocess.Popen([sys.executable, "-m", "tagger.cli.main", "tags", "--watch", "--json",
                                  "--socket", run.daemon.config.socket],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        guard = threading.Timer(20, proc.kill)       # a missing line must not hang the test
+        guard.start()
         try:
             first = json.loads(proc.stdout.readline())
             assert first == {"tags": {}}
@@ -375,6 +377,7 @@ def test_tags_watch_streams_changes(tmp_path, rules_dir):
             event = json.loads(proc.stdout.readline())
             assert (event["cgroup"], event["kind"], event["value"]) == ("/hog", "added", "cpu-intensive")
         finally:
+            guard.cancel()
             proc.kill()
             proc.wait(timeout=10)
             proc.stdout.close()
