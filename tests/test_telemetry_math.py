@@ -65,3 +65,23 @@ def test_event_strings_end_at_the_first_nul():
 
     assert _c_string(b"/tagger-bench-1/c0399\x00\x00garbage/tagger-bench-1") == "/tagger-bench-1/c0399"
     assert _c_string(b"\x00junk") == ""
+
+
+def test_open_collector_falls_back_with_the_reason(monkeypatch, tmp_path):
+    """When BPF cannot load, the cgroupfs fallback takes over and says why."""
+    from tagger import errors, telemetry
+
+    def refuse(**kwargs):
+        raise errors.BpfUnavailable(1, "loading BPF programs (needs root or CAP_BPF+CAP_PERFMON)")
+
+    made = {}
+
+    class FakeFallback:
+        def __init__(self, fs, reason):
+            made["reason"] = reason
+
+    monkeypatch.setattr(telemetry, "BpfCollector", refuse)
+    monkeypatch.setattr("tagger.fallback.FallbackCollector", FakeFallback)
+    coll = telemetry.open_collector()
+    assert isinstance(coll, FakeFallback)
+    assert "CAP_BPF" in made["reason"]
