@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from tagger.native.probes import EmptyPrograms, Probes, bpf_stats_enabled  # noqa: E402
+from tagger.native.probes import EmptyPrograms, bpf_stats_enabled  # noqa: E402
 from tagger.telemetry import BpfCollector  # noqa: E402
 from tests.cgroup_fixture import _rmdir_tree, v2_root  # noqa: E402
 
@@ -53,10 +53,9 @@ def per_call(before, after, name):
 def program_costs(rounds: int, seconds: float):
     print(f"== ns per invocation, {rounds} rounds of a {seconds:g}s context-switch storm")
     ratios: dict[str, list[float]] = {name: [] for name in BASELINE}
-    with Probes(max_slots=1024) as probes, EmptyPrograms() as empty:
-        for slot in range(1, 1024):
-            probes.push_slot(slot)
-        probes.attach()
+    # The real collector: every cgroup has its slot, as in production.
+    with BpfCollector(cgroupfs_metrics=()) as coll, EmptyPrograms() as empty:
+        probes = coll.probes
         with bpf_stats_enabled():
             for r in range(rounds):
                 a, b = probes.prog_stats(), empty.prog_stats()

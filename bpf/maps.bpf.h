@@ -87,10 +87,11 @@ static __always_inline __u32 slot_of_cgroup(struct cgroup *cgrp, struct tg_globa
 	return 0;
 }
 
-/* log2 bucket of a latency, in microseconds (as bcc's runqlat -u). */
+/* log2 bucket of a latency in units of 2^TG_HIST_SHIFT ns (about a
+ * microsecond, as bcc's runqlat -u, without a 64-bit division). */
 static __always_inline __u32 hist_bucket(__u64 ns)
 {
-	__u64 us = ns / 1000;
+	__u64 us = ns >> TG_HIST_SHIFT;
 	__u32 r = 0, shift;
 
 	shift = (us > 0xFFFFFFFF) << 5; us >>= shift; r |= shift;

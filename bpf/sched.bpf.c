@@ -198,7 +198,9 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 		g->task_storage_fail++;
 		return 0;
 	}
-	if (t->slot_gen != slot_generation || !t->slot) {
+	/* Slot 0 is cached like any other: registering a cgroup bumps the
+	 * generation, so its tasks look again. */
+	if (t->slot_gen != slot_generation) {
 		t->slot = slot_of_cgroup(next->cgroups->dfl_cgrp, g);
 		t->slot_gen = slot_generation;
 	}

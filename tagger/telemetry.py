@@ -42,10 +42,10 @@ RESCAN_EVERY = 30
 _CAUSE_WAKEUP, _CAUSE_NEW, _CAUSE_PREEMPT = 0, 1, 2
 
 
-def hist_edges(buckets: int) -> np.ndarray:
-    """Bucket edges in seconds of the kernel's log2(us) histograms: bucket 0
-    holds [0, 2) us, bucket k >= 1 holds [2^k, 2^(k+1)) us."""
-    return np.concatenate([[0.0], 2.0 ** np.arange(1, buckets + 1)]) * 1e-6
+def hist_edges(buckets: int, shift: int = 10) -> np.ndarray:
+    """Bucket edges in seconds of the kernel's log2 histograms, whose unit is
+    2^shift ns: bucket 0 holds [0, 2) units, bucket k >= 1 [2^k, 2^(k+1))."""
+    return np.concatenate([[0.0], 2.0 ** np.arange(1, buckets + 1)]) * (2 ** shift) * 1e-9
 
 
 def hist_percentiles(hist: np.ndarray, edges: np.ndarray, qs: Iterable[float],
@@ -143,7 +143,7 @@ class BpfCollector:
 
         p = self.probes
         self.buckets = int(lib.TG_HIST_BUCKETS)
-        self.edges = hist_edges(self.buckets)
+        self.edges = hist_edges(self.buckets, int(lib.TG_HIST_SHIFT))
         self.slot_path: dict[int, str] = {}
         self.path_slot: dict[str, int] = {}
         self.slot_id = np.zeros(self.max_slots, np.uint64)

@@ -8,30 +8,31 @@ import pytest
 from tagger.telemetry import hist_edges, hist_percentiles
 
 B = 27
-EDGES = hist_edges(B)
+SHIFT = 10
+EDGES = hist_edges(B, SHIFT)
 
 
 def _hist_of(latencies_s):
     """What the kernel's hist_bucket() would count for these latencies."""
     h = np.zeros(B, np.uint32)
     for lat in latencies_s:
-        us = int(lat * 1e9) // 1000
+        us = int(lat * 1e9) >> SHIFT
         k = 0 if us < 2 else min(int(np.log2(us)), B - 1)
         h[k] += 1
     return h
 
 
-def test_edges_are_log2_microseconds():
-    assert EDGES[0] == 0 and EDGES[1] == pytest.approx(2e-6) and EDGES[11] == pytest.approx(2048e-6)
+def test_edges_are_log2_of_the_kernels_unit():
+    assert EDGES[0] == 0 and EDGES[1] == pytest.approx(2.048e-6) and EDGES[11] == pytest.approx(2048 * 1.024e-6)
     assert np.all(np.diff(EDGES) > 0)
 
 
 def test_percentiles_fall_in_the_right_bucket_and_respect_the_max():
     rng = np.random.default_rng(7)
-    lat = rng.uniform(1e-3, 1.9e-3, 1000)                 # all inside one bucket [1.024, 2.048) ms
+    lat = rng.uniform(1.1e-3, 2.0e-3, 1000)               # all inside one bucket [1.049, 2.097) ms
     h = _hist_of(lat)[None, :]
     p50, p99 = hist_percentiles(h, EDGES, (0.5, 0.99))[0]
-    assert 1.024e-3 <= p50 <= p99 <= 2.048e-3
+    assert EDGES[10] <= p50 <= p99 <= EDGES[11]
     capped = hist_percentiles(h, EDGES, (0.99,), cap=[lat.max()])[0, 0]
     assert capped <= lat.max()
 
@@ -40,8 +41,8 @@ def test_percentiles_track_a_bimodal_distribution():
     lat = [50e-6] * 900 + [8e-3] * 100                     # 10% slow
     h = _hist_of(lat)[None, :]
     p50, p95 = hist_percentiles(h, EDGES, (0.5, 0.95))[0]
-    assert 32e-6 <= p50 <= 64e-6
-    assert 4.096e-3 <= p95 <= 8.192e-3
+    assert EDGES[5] <= p50 <= EDGES[6]
+    assert EDGES[12] <= p95 <= EDGES[13]
 
 
 def test_rows_without_events_are_nan_not_zero():
