@@ -138,7 +138,10 @@ def test_preemption_pairs_name_the_preemptor(collector, make_cgroup):
     by = totals.preempted_by[victim.path]
     print({k: round(v) for k, v in by.items()})
     assert by, "no preemption of the victim was seen"
-    assert max(by, key=by.get) == hog.path
+    # Kernel threads live in the root cgroup and preempt everyone on a busy
+    # host; among workloads, the real-time task is the one.
+    workloads = {path: n for path, n in by.items() if path != "/"}
+    assert max(workloads, key=workloads.get) == hog.path
     assert by[hog.path] > 500          # ~1000 wakeups/s over 2 s
 
 
