@@ -382,3 +382,29 @@ def test_tags_watch_streams_changes(tmp_path, rules_dir):
             proc.wait(timeout=10)
             proc.stdout.close()
             proc.stderr.close()
+
+
+def test_run_command_merges_config_file_and_flags(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import tagger.daemon
+    from tagger.cli.run import run as run_command
+    seen = {}
+
+    class CapturingDaemon:
+        def __init__(self, config):
+            seen["config"] = config
+
+        def run(self):
+            return 0
+
+    monkeypatch.setattr(tagger.daemon, "Daemon", CapturingDaemon)
+    monkeypatch.setattr(tagger.daemon, "setup_logging", lambda level: None)
+    cfg = tmp_path / "tagger.yaml"
+    cfg.write_text("interval: 250ms\nmetrics: off\nredis: redis://r:6379\nrules: /etc/tagger/rules\n")
+    res = CliRunner().invoke(run_command, ["--config", str(cfg), "--rules", str(tmp_path), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    c = seen["config"]
+    assert c.interval == 0.25 and c.metrics is None and c.redis == "redis://r:6379"
+    assert c.rules == str(tmp_path) and c.dry_run is True           # flags win
+    assert c.socket == "/run/tagger/tagger.sock" and c.prefer_bpf is True   # defaults
