@@ -6,7 +6,6 @@ ticks after the loop stops; SIGTERM's path leaves nothing behind."""
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 
