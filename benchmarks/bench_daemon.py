@@ -14,18 +14,22 @@ daemon's own tick figures from its socket.  The bar: <= 2% of one core loaded.
 Everything it makes is removed on every exit path.  Needs root.
 
     sudo .venv/bin/python benchmarks/bench_daemon.py [--seconds 60] [--cgroups 1000] [--cgroupfs-only]
+                                                     [--scrape 15]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -102,14 +106,18 @@ class BenchCgroups:
 
 
 class Agent:
-    def __init__(self, workdir: Path, cgroupfs_only: bool):
+    def __init__(self, workdir: Path, cgroupfs_only: bool, scrape: float = 0.0):
         self.sock = str(workdir / "tagger.sock")
+        self.scrape = scrape
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.metrics_url = f"http://127.0.0.1:{s.getsockname()[1]}/metrics"
         rules = workdir / "rules"
         rules.mkdir(mode=0o755)
         (rules / "10-bench.yaml").write_text(RULES)
         os.chmod(rules / "10-bench.yaml", 0o644)
         argv = [sys.executable, "-m", "tagger.cli.main", "run", "--rules", str(rules), "--interval", "1s",
-                "--socket", self.sock, "--metrics", "127.0.0.1:0", "--state-dir", str(workdir / "state"),
+                "--socket", self.sock, "--metrics", self.metrics_url.split("/")[2], "--state-dir", str(workdir / "state"),
                 "--dry-run", "--log-level", "warning"]
         if cgroupfs_only:
             argv.append("--cgroupfs-only")
@@ -133,8 +141,14 @@ class Agent:
     def measure(self, seconds: float) -> dict:
         h0, c0, t0 = self.health(), cpu_seconds(self.proc.pid), time.monotonic()
         tick_walls, stages = [], {}
+        next_scrape = t0 + self.scrape if self.scrape else math.inf
+        scrape_bytes = 0
         while time.monotonic() - t0 < seconds:
             time.sleep(min(1.0, seconds - (time.monotonic() - t0)))
+            if time.monotonic() >= next_scrape:      # as a Prometheus server would
+                with urllib.request.urlopen(self.metrics_url, timeout=10) as resp:
+                    scrape_bytes = len(resp.read())
+                next_scrape += self.scrape
             h = self.health()
             tick_walls.append(h.get("tick_seconds", float("nan")))
             for k, v in (h.get("tick_stage_seconds") or {}).items():
@@ -144,7 +158,7 @@ class Agent:
                 "ticks": h1.get("ticks", 0) - h0.get("ticks", 0), "source": h1.get("source"),
                 "tick_seconds": sorted(tick_walls)[len(tick_walls) // 2] if tick_walls else float("nan"),
                 "jitter_max": h1.get("tick_jitter_max_seconds"), "overruns": h1.get("overruns"),
-                "stages": {k: sum(v) / len(v) for k, v in stages.items()}}
+                "stages": {k: sum(v) / len(v) for k, v in stages.items()}, "scrape_bytes": scrape_bytes}
 
     def stop(self):
         if self.proc.poll() is None:
@@ -161,7 +175,8 @@ def report(name, m):
     print(f"{name:9s} cgroups={m['cgroups']:>5}  source={m['source']}  CPU={m['cpu_share'] * 100:6.3f}% of one core"
           f"  over {m['seconds']:.0f}s ({m['ticks']} ticks)  tick median={m['tick_seconds'] * 1e3:.1f}ms"
           f"  jitter max={(m['jitter_max'] or 0) * 1e3:.1f}ms  overruns={m['overruns']}")
-    print(" " * 10 + "mean tick stages: " + ", ".join(f"{k} {v * 1e3:.1f}ms" for k, v in m["stages"].items()))
+    print(" " * 10 + "mean tick stages: " + ", ".join(f"{k} {v * 1e3:.1f}ms" for k, v in m["stages"].items())
+          + (f"; scraped {m['scrape_bytes'] / 1e6:.1f} MB" if m["scrape_bytes"] else ""))
 
 
 def main():
@@ -170,6 +185,8 @@ def main():
     ap.add_argument("--baseline-seconds", type=float, default=20)
     ap.add_argument("--cgroups", type=int, default=1000)
     ap.add_argument("--cgroupfs-only", action="store_true", help="measure the cgroupfs collector")
+    ap.add_argument("--scrape", type=float, default=0.0, metavar="SECONDS",
+                    help="also scrape /metrics every SECONDS (its cost lands in the agent's CPU)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_daemon: needs root (cgroups, BPF)")
@@ -179,7 +196,7 @@ def main():
     cgroups = BenchCgroups(args.cgroups)
     agent = None
     try:
-        agent = Agent(workdir, args.cgroupfs_only)
+        agent = Agent(workdir, args.cgroupfs_only, args.scrape)
         wait_for(lambda: agent.health().get("ticks", 0) >= 3, timeout=60, interval=0.2, what="agent up")
         base = agent.measure(args.baseline_seconds)
         report("baseline", base)
