@@ -1,0 +1,346 @@
+"""The pure half of the scenario: reading the workloads' records, the figures
+per phase, the SLO choice, time to recover and to release, the bars, the
+markdown report and the plots.  No kernel, no processes: tested on recorded
+samples (tests/test_noisy_neighbor.py)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+NAN = math.nan
+
+
+# --- records --------------------------------------------------------------------------
+def read_probe(path: str) -> np.ndarray:
+    """The probe client's record: (n, 2) array of send time (monotonic s), latency (s)."""
+    rows = []
+    try:
+        with open(path) as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) == 2:
+                    try:
+                        rows.append((float(parts[0]), float(parts[1])))
+                    except ValueError:        # a line cut short by a kill
+                        pass
+    except FileNotFoundError:
+        pass
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+
+_CYC_SAMPLE = re.compile(r"^\s*(\d+):\s*(\d+):\s*(-?\d+)\s*$")
+_CYC_INTERVAL = re.compile(r"Thread\s+(\d+)\s+Interval:\s*(\d+)")
+
+
+def parse_cyclictest(text: str, start: float) -> np.ndarray:
+    """cyclictest ``-v`` output (``thread:cycle:latency_us`` per wake-up) as an
+    (n, 2) array of wake-up time (monotonic s) and latency (s).  Wake-up k of a
+    thread is due at ``start + (k + 1) * interval`` (cyclictest's absolute timer)."""
+    intervals = {int(t): int(i) * 1e-6 for t, i in _CYC_INTERVAL.findall(text)}
+    rows = []
+    for line in text.splitlines():
+        m = _CYC_SAMPLE.match(line)
+        if m:
+            thread, cycle, lat = int(m.group(1)), int(m.group(2)), int(m.group(3))
+            interval = intervals.get(thread, intervals.get(0, 1e-3))
+            rows.append((start + (cycle + 1) * interval, lat * 1e-6))
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def parse_stress_ng_yaml(text: str) -> dict[str, float]:
+    """bogo-ops/s (real time) per stressor from ``stress-ng --yaml``."""
+    out, stressor = {}, None
+    for line in text.splitlines():
+        m = re.match(r"\s*-\s*stressor:\s*(\S+)", line)
+        if m:
+            stressor = m.group(1)
+            continue
+        m = re.match(r"\s*bogo-ops-per-second-real-time:\s*([0-9.eE+-]+)", line)
+        if m and stressor is not None:
+            out[stressor] = float(m.group(1))
+    return out
+
+
+def fio_write_bps(report: dict) -> float:
+    """Write bandwidth (bytes/s) summed over a fio JSON report's jobs."""
+    total = 0.0
+    for job in report.get("jobs", ()):
+        w = job.get("write", {})
+        total += float(w.get("bw_bytes", w.get("bw", 0) * 1024))
+    return total
+
+
+# --- figures ---------------------------------------------------------------------------
+def summary(values) -> dict[str, float]:
+    """p50, p99 and max of ``values`` (NaN when empty), and how many."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return {"p50": NAN, "p99": NAN, "max": NAN, "n": 0}
+    return {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)),
+            "max": float(v.max()), "n": int(v.size)}
+
+
+def in_window(rows: np.ndarray, t0: float, t1: float) -> np.ndarray:
+    """The rows of a (time, value) array with t0 <= time < t1."""
+    if rows.size == 0:
+        return rows
+    return rows[(rows[:, 0] >= t0) & (rows[:, 0] < t1)]
+
+
+def hist_summary(hists, edges, maxima=()) -> dict[str, float]:
+    """p50/p99 of run-queue latency from per-tick log2 histograms summed over a
+    window (tagger's own percentile code), and the largest per-tick max."""
+    from tagger.telemetry import hist_percentiles
+    hists = [h for h in hists if h is not None]
+    mx = [m for m in maxima if not math.isnan(m)]
+    if not hists or edges is None:
+        return {"p50": NAN, "p99": NAN, "max": NAN}
+    total = np.sum(hists, axis=0)[None, :]
+    p50, p99 = hist_percentiles(total, np.asarray(edges), (0.5, 0.99))[0]
+    top = max(mx) if mx else NAN
+    return {"p50": float(min(p50, top) if mx else p50), "p99": float(min(p99, top) if mx else p99),
+            "max": float(top)}
+
+
+def per_second(rows: np.ndarray, t0: float, t1: float, q: float = 99.0) -> tuple[np.ndarray, np.ndarray]:
+    """The q-th percentile of a (time, value) record per whole second of [t0, t1):
+    (bin starts relative to t0, values; NaN for empty seconds)."""
+    n = max(0, int(math.ceil(t1 - t0)))
+    xs = np.arange(n, dtype=np.float64)
+    ys = np.full(n, NAN)
+    if rows.size and n:
+        idx = np.floor(rows[:, 0] - t0).astype(np.int64)
+        keep = (idx >= 0) & (idx < n)
+        idx, vals = idx[keep], rows[keep, 1]
+        order = np.argsort(idx, kind="stable")
+        idx, vals = idx[order], vals[order]
+        bounds = np.searchsorted(idx, np.arange(n + 1))
+        for i in range(n):
+            if bounds[i + 1] > bounds[i]:
+                ys[i] = np.percentile(vals[bounds[i]:bounds[i + 1]], q)
+    return xs, ys
+
+
+def recovery_time(times, values, start: float, slo: float, hold: int = 3) -> float | None:
+    """Seconds from ``start`` to the end of the first sample window (at or after
+    ``start``) from which ``hold`` samples in a row meet ``value <= slo``; None if
+    it never does.  A sample with no value (NaN: no run-queue events) is neither
+    a miss nor a hit and does not break a run."""
+    t = np.asarray(times, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    run_start, run = None, 0
+    for ti, vi in zip(t, v):
+        if ti < start:
+            continue
+        if math.isnan(vi):
+            continue
+        if vi <= slo:
+            if run == 0:
+                run_start = ti
+            run += 1
+            if run >= hold:
+                return max(0.0, run_start - start)
+        else:
+            run, run_start = 0, None
+    return None
+
+
+def release_time(times, quotas, start: float) -> float | None:
+    """Seconds from ``start`` to the first sample with no quota (None: the
+    limit is back at its original, unlimited); None if that never happens."""
+    for ti, q in zip(times, quotas):
+        if ti >= start and q is None:
+            return max(0.0, ti - start)
+    return None
+
+
+def choose_slo(alone_tick_p99, floor: float = 2e-3, factor: float = 2.0, step: float = 0.5e-3) -> float:
+    """The SLO on web's per-tick runq p99: ``factor`` times the 90th percentile
+    of the alone phase's tick p99s, rounded up to ``step``, at least ``floor``.
+    Per tick, because tagger judges each tick; twice the alone p90 so the
+    shared host's own noise (other tenants that tagger may not throttle) does not
+    count as a miss; the floor is the design's example SLO (2 ms)."""
+    v = np.asarray(alone_tick_p99, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if not v.size:
+        return floor
+    base = float(np.percentile(v, 90))
+    return max(floor, math.ceil(factor * base / step - 1e-9) * step)
+
+
+def within(values, slo: float) -> float:
+    """Share of samples (NaN ignored) with value <= slo."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return float((v <= slo).mean()) if v.size else NAN
+
+
+@dataclass
+class Bar:
+    name: str
+    wanted: str
+    measured: str
+    met: bool | None          # None: could not be measured
+
+
+# --- the report ------------------------------------------------------------------------
+def _ms(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 1e3:.2f}"
+
+
+def _num(x, fmt="{:.0f}") -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def _quota(q) -> str:
+    return "none" if q is None else f"{q:.2f}"
+
+
+def build_markdown(res: dict) -> str:
+    """The report (``benchmarks/results/noisy_neighbor.md``) from a run's results."""
+    m, slo = res["meta"], res["slo"]
+    out = [
+        "# Noisy neighbour: tagger's latency-slo policy on this machine",
+        "",
+        f"Generated by `{m['command']}` on {m['date']} — kernel {m['kernel']}, {m['cpus']} CPUs, "
+        f"load average before the run {m['load_before']}. Every figure below is from that one run; "
+        "run the command again to regenerate this file and the plots.",
+        "",
+        "`web` (latency-critical): cyclictest (SCHED_OTHER, one wake-up every "
+        f"{m['cyclictest_interval_us']} µs) and a Unix-socket request/response probe "
+        f"({m['probe_work_us']:.0f} µs of CPU per request) whose rate follows a sine between "
+        f"{m['rate_quiet']:.0f} and {m['rate_busy']:.0f} requests/s (period {m['rate_period']:.0f} s). "
+        f"`batch` (best effort): `stress-ng --cpu {m['stress_cpus']} --cpu-method {m['stress_method']}` and a direct-I/O fio writer "
+        f"({m['fio']}). Phases of {m['phase_s']:.0f} s; tagger ticks every {m['interval']:g} s.",
+        "",
+        f"**SLO: web's run-queue p99 per {m['interval']:g} s tick ≤ {slo['target'] * 1e3:.1f} ms.** "
+        f"{slo['why']}",
+        "",
+        "![victim latency](noisy_neighbor_latency.png)",
+        "",
+        "![batch quota and throughput](noisy_neighbor_batch.png)",
+        "",
+        "## Bars",
+        "",
+        "| bar | wanted | measured | met |",
+        "|---|---|---|---|",
+    ]
+    for b in res["bars"]:
+        met = "n/a" if b.met is None else ("yes" if b.met else "**no**")
+        out.append(f"| {b.name} | {b.wanted} | {b.measured} | {met} |")
+    out += ["", "## Per phase", "",
+            "Latencies in ms. *runq* is tagger's run-queue latency of `web` (its BPF collector, "
+            "the code `tagger run` uses; p50/p99 over the phase's events, max of the ticks); "
+            "*ticks ≤ SLO* is the share of 1 s ticks whose runq p99 met the SLO.", "",
+            "| phase | cyclictest p50 / p99 / max | probe p50 / p99 / max (requests) | runq p50 / p99 / max "
+            "| ticks ≤ SLO | batch stress-ng bogo-ops/s | batch fio MiB/s | batch CPUs | batch quota (mean CPUs) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for p in res["phases"]:
+        c, pr, r = p["cyclictest"], p["probe"], p["runq"]
+        out.append(
+            f"| {p['name']} | {_ms(c['p50'])} / {_ms(c['p99'])} / {_ms(c['max'])} "
+            f"| {_ms(pr['p50'])} / {_ms(pr['p99'])} / {_ms(pr['max'])} ({pr['n']}) "
+            f"| {_ms(r['p50'])} / {_ms(r['p99'])} / {_ms(r['max'])} | {_num(p['within'] * 100 if p['within'] == p['within'] else NAN, '{:.0f}%')} "
+            f"| {_num(p['bogo_ops'])} | {_num(p['fio_mibs'], '{:.1f}')} | {_num(p['batch_cpu'], '{:.2f}')} "
+            f"| {p['quota_text']} |")
+    rec, rel = res.get("recovery_s"), res.get("release_s")
+    out += ["",
+            f"- Time from the neighbours' start (protected phase) to the SLO met again "
+            f"({res['hold']} ticks in a row): **{_num(rec, '{:.1f}')} s**.",
+            f"- Time from `web` stopping to `batch` back at no limit: **{_num(rel, '{:.1f}')} s**.",
+            f"- tagger's CPU during the protected phase: **{_num(res.get('agent_cpu_share', NAN) * 100, '{:.2f}')}% "
+            f"of one core** (utime + stime from /proc/PID/stat).",
+            f"- Quota file after `tagger run` got SIGTERM: `{res.get('quota_after_stop', '?')}` "
+            f"(the original was `-1`).", ""]
+    st = res.get("static") or {}
+    if st.get("trials"):
+        out += ["## Static baseline (WCA-style fixed quota on batch)", "",
+                "A fixed `cpu.cfs_quota_us` on `batch`, tried from the largest value down "
+                f"({st['trial_s']:.0f} s each, one sine period, web and batch as in the collocated phase); "
+                "the first that meets the SLO (web's runq p99 over the trial ≤ SLO) is the static allocation.",
+                "",
+                "| quota (CPUs) | runq p99 | ticks ≤ SLO | probe p99 | cyclictest p99 | bogo-ops/s | fio MiB/s | meets SLO |",
+                "|---|---|---|---|---|---|---|---|"]
+        for tr in st["trials"]:
+            out.append(f"| {tr['quota']:.2f} | {_ms(tr['runq']['p99'])} | {_num(tr['within'] * 100, '{:.0f}%')} "
+                       f"| {_ms(tr['probe']['p99'])} | {_ms(tr['cyclictest']['p99'])} | {_num(tr['bogo_ops'])} "
+                       f"| {_num(tr['fio_mibs'], '{:.1f}')} | {'yes' if tr['meets'] else 'no'} |")
+        out += ["", st.get("verdict", ""), ""]
+    ov = res.get("overhead") or {}
+    if ov.get("runs"):
+        out += ["## Overhead of `tagger run` on context switches", "",
+                "Interleaved A (no agent) / B (`tagger run` with the same rules, BPF attached) runs; "
+                "ratio = mean B throughput / mean A throughput.", "",
+                "| benchmark | A runs | B runs | B / A |", "|---|---|---|---|"]
+        for name, r in ov["runs"].items():
+            out.append(f"| {name} | {', '.join(f'{x:.0f}' for x in r['A'])} | {', '.join(f'{x:.0f}' for x in r['B'])} "
+                       f"| {r['ratio']:.4f} |")
+        out.append("")
+    if res.get("notes"):
+        out += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
+    return "\n".join(out)
+
+
+# --- plots -----------------------------------------------------------------------------
+PHASE_COLOURS = {"alone": "#e8f4e8", "collocated": "#fbe3e3", "protected": "#e3ecfb", "release": "#f4f0e0"}
+
+
+def _shade(ax, phases, t0):
+    for p in phases:
+        ax.axvspan(p["t0"] - t0, p["t1"] - t0, color=PHASE_COLOURS.get(p["name"], "#eeeeee"), zorder=0)
+        ax.text((p["t0"] + p["t1"]) / 2 - t0, 1.0, p["name"], transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=9)
+
+
+def plot_latency(res: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    s, phases, t0 = res["series"], res["phases"], res["series"]["t0"]
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    _shade(ax, phases, t0)
+    ax.plot(s["probe_x"], np.asarray(s["probe_p99"]) * 1e3, lw=1, color="#2a7", label="probe request p99 (per s)")
+    ax.plot(s["cyc_x"], np.asarray(s["cyc_p99"]) * 1e3, lw=1, color="#c80", label="cyclictest wake-up p99 (per s)")
+    ax.plot(s["t"], np.asarray(s["web_p99"]) * 1e3, lw=1.6, color="#24c", label="tagger runq p99 of web (per tick)")
+    ax.axhline(res["slo"]["target"] * 1e3, color="red", ls="--", lw=1.2,
+               label=f"SLO: runq p99 ≤ {res['slo']['target'] * 1e3:.1f} ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the start")
+    ax.set_ylabel("latency (ms, log scale)")
+    ax.set_xlim(0, max(p["t1"] for p in phases) - t0)
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    ax.set_title("web's latency: alone, beside batch, protected by tagger, batch released", pad=16)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_batch(res: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    s, phases, t0 = res["series"], res["phases"], res["series"]["t0"]
+    cpus = res["meta"]["cpus"]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    _shade(ax, phases, t0)
+    quota = [cpus if q is None else q for q in s["quota"]]
+    ax.step(s["t"], quota, where="post", color="black", lw=1.4, label=f"batch CPU quota (none drawn at {cpus})")
+    ax.plot(s["t"], s["batch_cpu"], color="#d52", lw=1, label="batch CPU used (CPUs)")
+    ax.set_ylabel("CPUs")
+    ax.set_ylim(0, cpus * 1.1)
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    ax.set_title("batch: the quota tagger sets, and what batch gets done", pad=16)
+    _shade(ax2, phases, t0)
+    ax2.plot(s["t"], np.asarray(s["batch_write"]) / 2**20, color="#57a", lw=1, label="batch fio writes (MiB/s)")
+    ax2.set_ylabel("MiB/s")
+    ax2.set_xlabel("seconds since the start")
+    ax2.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    ax2.set_xlim(0, max(p["t1"] for p in phases) - t0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,100 @@
+"""Once a second, what the scenario needs to plot and judge: web's run-queue
+latency as tagger's own BPF collector measures it (the same code `tagger run`
+uses, opened here so the alone and collocated phases, when no agent runs, are
+measured the same way), batch's CPU, disk writes and CPU quota, and the agent's
+CPU time.  A thread, so the main thread can run the phases."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+RUNQ_HISTS = ("runq.wakeup", "runq.new", "runq.preempt")
+
+
+@dataclass
+class Sample:
+    t: float                          # CLOCK_MONOTONIC, end of the window
+    dt: float
+    web_p50: float = math.nan         # seconds (tagger's runq.p50 of web)
+    web_p99: float = math.nan
+    web_max: float = math.nan
+    web_events: float = 0.0           # run-queue events/s
+    batch_cpu: float = math.nan       # CPUs (tagger's cpu.usage of batch)
+    batch_write: float = math.nan     # bytes/s
+    batch_quota: float | None = None  # CPUs; None = no limit
+    agent_cpu: float | None = None    # seconds of CPU the agent has used so far
+    web_hist: np.ndarray | None = field(default=None, repr=False)
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` (all threads), from /proc/PID/stat."""
+    import os
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Sampler(threading.Thread):
+    def __init__(self, web, batch, interval: float = 1.0):
+        super().__init__(name="nn-sampler", daemon=True)
+        from tagger.telemetry import open_collector
+        self.web, self.batch = web, batch
+        self.interval = interval
+        self.collector = open_collector(prefer_bpf=True)
+        if getattr(self.collector, "source", "") != "bpf":
+            self.collector.close()
+            raise RuntimeError("the BPF collector did not load (tagger doctor says why)")
+        self.edges = None
+        self.samples: list[Sample] = []
+        self.agent_pid: int | None = None
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+
+    def run(self):
+        try:
+            self.collector.tick()
+            next_t = time.monotonic() + self.interval
+            while not self._halt.is_set():
+                self._halt.wait(max(0.0, next_t - time.monotonic()))
+                next_t += self.interval
+                self.samples.append(self._sample())
+        except BaseException as err:     # the main thread reports it
+            self.error = err
+
+    def _sample(self) -> Sample:
+        snap = self.collector.tick()
+        self.edges = snap.hist_edges
+        s = Sample(t=snap.t, dt=snap.dt)
+        w = snap.cgroups.index(self.web.path)
+        if w is not None:
+            s.web_p50 = float(snap.column("runq.p50")[w])
+            s.web_p99 = float(snap.column("runq.p99")[w])
+            s.web_max = float(snap.column("runq.max")[w])
+            s.web_events = float(snap.column("runq.events")[w])
+            s.web_hist = sum(snap.histograms[h][w].astype(np.int64) for h in RUNQ_HISTS)
+        b = snap.cgroups.index(self.batch.path)
+        if b is not None:
+            s.batch_cpu = float(snap.column("cpu.usage")[b])
+            s.batch_write = float(snap.column("io.write_bytes")[b])
+        try:
+            s.batch_quota = self.batch.quota()
+        except OSError:
+            pass
+        if self.agent_pid is not None:
+            s.agent_cpu = proc_cpu_seconds(self.agent_pid)
+        return s
+
+    def stop(self):
+        self._halt.set()
+        if self.is_alive():
+            self.join(timeout=10)
+        self.collector.close()
