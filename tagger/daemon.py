@@ -66,6 +66,8 @@ class Config:
     #: psi.*) every N ticks; the kernel's counters are read every tick.  Opening
     #: ~5 files per cgroup is most of a tick's cost at 1,000 cgroups.
     cgroupfs_every: int = 10
+    #: keep the kernel's BPF run-time statistics on, to export ns per event
+    bpf_stats: bool = False
     check_ownership: bool | None = None       # None: when running as root
 
     @property
@@ -327,11 +329,9 @@ class Daemon:
             return FallbackCollector(fs=self.fs, reason="this build has no BPF collector")
         if not self.config.prefer_bpf:
             return open_collector(prefer_bpf=False, fs=self.fs)
-        try:
-            return open_collector(prefer_bpf=True, fs=self.fs,
-                                  cgroupfs_every=max(1, int(self.config.cgroupfs_every)))
-        except TypeError:        # a collector without that setting
-            return open_collector(prefer_bpf=True, fs=self.fs)
+        return open_collector(prefer_bpf=True, fs=self.fs,
+                              cgroupfs_every=max(1, int(self.config.cgroupfs_every)),
+                              bpf_stats=bool(self.config.bpf_stats))
 
     def _check_ownership(self, directory):
         check = self.config.check_ownership
@@ -624,8 +624,7 @@ class Daemon:
 
 
 #: BPF collector health counters of updates lost to a full map or slot table.
-MAP_FULL_COUNTERS = ("kernel.pairs_full", "kernel.rq_full", "kernel.slots_exhausted",
-                     "kernel.task_storage_fail")
+MAP_FULL_COUNTERS = ("kernel.rq_full", "kernel.slots_exhausted", "kernel.task_storage_fail")
 
 
 def _collector_health(collector) -> dict:

@@ -110,13 +110,16 @@ class BpfCollector:
 
     ``outlier``: run-queue or block latency (seconds) that makes a ring-buffer
     event (see :attr:`outliers`); 0 for none.  ``cgroupfs_metrics``: which
-    cgroupfs figures to add (every ``cgroupfs_every`` ticks)."""
+    cgroupfs figures to add (every ``cgroupfs_every`` ticks).  ``bpf_stats``:
+    keep the kernel's BPF run-time statistics on while open, so
+    :meth:`health` reports ns per event (they cost every BPF program on the
+    host a little, hence off by default)."""
 
     source = "bpf"
 
     def __init__(self, fs: KernelFS = HOST, layout: Layout | None = None, max_slots: int | None = None,
                  outlier: float = 0.0, cgroupfs_metrics: Iterable[str] = CGROUPFS_EXTRAS,
-                 cgroupfs_every: int = 1):
+                 cgroupfs_every: int = 1, bpf_stats: bool = False):
         from .native.probes import Probes   # needs the compiled module: import late
 
         self.fs = fs
@@ -130,9 +133,14 @@ class BpfCollector:
         self.max_slots = max_slots or _default_slots(self.ncpus)
         self.probes = None
         self._closed = False
+        self._stats_fd = None
+        self._prog_prev: dict[str, tuple[int, int]] = {}
         try:
             self.probes = Probes(max_slots=self.max_slots, outlier_ns=int(outlier * 1e9))
             self._setup(cgroupfs_metrics, cgroupfs_every)
+            if bpf_stats:
+                from .native import check, lib
+                self._stats_fd = check(lib.tg_enable_stats(), "enabling BPF run-time statistics")
         except BaseException:
             self.close()
             raise
@@ -480,9 +488,21 @@ class BpfCollector:
         return dict(self._cgroupfs_cols)
 
     # --- health and lifetime -----------------------------------------------------------------
+    def _ns_per_event(self) -> float:
+        """Mean ns per BPF program invocation since the previous call (NaN
+        without ``bpf_stats``)."""
+        if self._stats_fd is None or self.probes is None:
+            return math.nan
+        now = self.probes.prog_stats()
+        prev, self._prog_prev = self._prog_prev, now
+        ns = sum(t - prev.get(name, (0, 0))[0] for name, (t, _) in now.items())
+        calls = sum(c - prev.get(name, (0, 0))[1] for name, (_, c) in now.items())
+        return ns / calls if calls else math.nan
+
     def health(self) -> dict:
         glob = self.probes.read_globals() if self.probes else {}
         return {
+            "bpf_ns_per_event": self._ns_per_event(),
             "source": self.source,
             "ticks": self.seq,
             "cgroups": len(self.path_slot),
@@ -501,6 +521,9 @@ class BpfCollector:
         if self._closed:
             return
         self._closed = True
+        if self._stats_fd is not None:
+            os.close(self._stats_fd)        # statistics off again
+            self._stats_fd = None
         if self.probes is not None:
             self.probes.close()
 

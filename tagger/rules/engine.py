@@ -34,7 +34,11 @@ from tagger.tags import ADDED, CHANGED, REMOVED, TagEvent, TagStore, make_event
 from .model import Rule, RuleSet
 from .selectors import PathSelector, SelectorCache
 
-#: Tolerance on `for`/`keep_for` comparisons: tick times are sums of float intervals.
+#: Tolerance on `for`/`keep_for` comparisons, as a fraction of the tick: ticks
+#: arrive with jitter, and a tick 0.5 ms early must not cost a whole tick.  A
+#: quarter tick absorbs jitter while a `for` between two ticks still waits for
+#: the later one (Prometheus's `for` is strict; ours is strict up to jitter).
+_TICK_SLACK = 0.25
 _EPS = 1e-9
 _NONE = -1        # tag code: no tag
 _UNKNOWN = -2     # tag code of a value no rule sets: never equal to a row's code
@@ -247,6 +251,7 @@ class Engine:
 
     def _evaluate(self, snap: Snapshot) -> TickResult:
         t = float(snap.t)
+        self._slack = max(_EPS, _TICK_SLACK * float(snap.dt or 0.0))
         paths = snap.cgroups.paths
         n = len(paths)
         removed: list[TagEvent] = []
@@ -309,7 +314,7 @@ class Engine:
         ps, f, rs = st.pending[idx], st.firing[idx], st.release[idx]
         ps = np.where(wi & np.isnan(ps), t, ps)          # start pending
         ps = np.where(~wi & ~f, np.nan, ps)              # `when` stopped before `for` elapsed
-        f = f | (wi & (t - ps >= rule.for_ - _EPS))
+        f = f | (wi & (t - ps >= rule.for_ - self._slack))
         release = ~wi
         if rule.clear_when is not None and f.any():
             c = rule.clear_when.fn(ctx) if rule.clear_when.fn is not None else rule.clear_when.const
@@ -318,7 +323,7 @@ class Engine:
             release = np.zeros_like(wi)
         rel = f & release
         rs = np.where(rel, np.where(np.isnan(rs), t, rs), np.nan)
-        done = rel & (t - rs >= rule.keep_for - _EPS)
+        done = rel & (t - rs >= rule.keep_for - self._slack)
         f = f & ~done
         ps = np.where(done, np.nan, ps)
         rs = np.where(done, np.nan, rs)
