@@ -37,16 +37,6 @@ struct {
 	__type(value, struct tg_rq);
 } requests SEC(".maps");
 
-/* v1/v2 blkcg cgroup id -> slot: the bio's blkcg is reached through an
- * untrusted pointer walk, so it is looked up by id rather than through
- * cgroup storage.  Filled by user space (and by the mkdir handler on v2). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, TG_DEFAULT_SLOTS);
-	__type(key, __u64);
-	__type(value, __u32);
-} blkcg_slots SEC(".maps") __weak;
-
 static __always_inline __u32 slot_of_request(struct request *rq, struct tg_global *g)
 {
 	struct bio *bio = BPF_CORE_READ(rq, bio);

@@ -10,14 +10,6 @@
 #include "tagger.h"
 #include "maps.bpf.h"
 
-/* See blkio.bpf.c. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, TG_DEFAULT_SLOTS);
-	__type(key, __u64);
-	__type(value, __u32);
-} blkcg_slots SEC(".maps") __weak;
-
 static __always_inline void emit(__u32 kind, struct cgroup *cgrp, const char *path, __u32 slot)
 {
 	struct tg_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);

@@ -226,4 +226,35 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 	return 0;
 }
 
+/* Run by user space on each CPU just before it reads the counters
+ * (BPF_PROG_TEST_RUN with BPF_F_TEST_RUN_ON_CPU, an IPI, so `current` is the
+ * task that CPU is running): credits the running task's CPU time so far to
+ * its cgroup.  Without it a task alone on a CPU, which may not switch for
+ * seconds, would show nothing and then a spike.  The IPI runs with
+ * interrupts off, as sched_switch does, so the two never interleave. */
+SEC("raw_tp")
+int tg_checkpoint(void *ctx)
+{
+	struct task_struct *p = bpf_get_current_task_btf();
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct tg_oncpu *cur = &oncpu[cpu & (TG_MAX_CPUS - 1)];
+	struct tg_cg_stats *s;
+	__u64 runtime;
+	__u32 slot;
+
+	if (!p->pid || cur->task != (__u64)p)
+		return 0;
+	slot = cur->slot;
+	if (cur->slot_gen != slot_generation)
+		slot = slot_of_cgroup(p->cgroups->dfl_cgrp, global_of(cpu));
+	s = stats_of(cpu, slot);
+	if (!s)
+		return 0;
+	/* sum_exec_runtime lags by at most one scheduler tick (update_curr()). */
+	runtime = p->se.sum_exec_runtime;
+	s->cpu_ns += runtime - cur->since_ns;
+	cur->since_ns = runtime;
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "GPL";

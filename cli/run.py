@@ -8,19 +8,7 @@ import sys
 import click
 
 from tagger.errors import ConfigError, RulesError
-from tagger.units import parse_duration
-
-
-def _duration(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        seconds = parse_duration(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
-    if seconds <= 0:
-        raise click.BadParameter("must be positive")
-    return seconds
+from tagger.cli.params import duration
 
 
 def _off(value):
@@ -29,7 +17,7 @@ def _off(value):
 
 @click.command()
 @click.option("--rules", "rules", metavar="DIR", help="Rules directory [default: the packaged rules].")
-@click.option("--interval", default="1s", show_default=True, callback=_duration,
+@click.option("--interval", default="1s", show_default=True, callback=duration(),
               help="Tick length (10s, 500ms, ...).")
 @click.option("--dry-run", is_flag=True, help="Decide and publish, but change nothing on the machine.")
 @click.option("--state-dir", metavar="DIR", default="/var/lib/tagger", show_default=True,

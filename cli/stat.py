@@ -11,7 +11,8 @@ import time
 import click
 import numpy as np
 
-from tagger.units import format_bytes, format_count, format_duration, parse_duration
+from tagger.cli.params import duration
+from tagger.units import format_bytes, format_count, format_duration
 
 #: (header, metric, formatter, width): the columns of the table, in order.
 COLUMNS = (
@@ -31,7 +32,7 @@ SORT_KEYS = {"cpu": "cpu.usage", "wait": "runq.wait", "runq": "runq.p99", "io": 
 
 
 @click.command()
-@click.option("-i", "--interval", default="1s", show_default=True, metavar="DURATION",
+@click.option("-i", "--interval", default="1s", show_default=True, metavar="DURATION", callback=duration(),
               help="Time between reports, e.g. 500ms, 2s.")
 @click.option("-c", "--count", type=click.IntRange(min=1), default=None,
               help="Stop after this many reports (default: until Ctrl-C).")
@@ -65,12 +66,7 @@ def stat(interval, count, globs, as_json, show_all, sort, limit, fallback):
     """
     from tagger.telemetry import open_collector
 
-    try:
-        seconds = parse_duration(interval)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--interval")
-    if seconds <= 0:
-        raise click.BadParameter("must be positive", param_hint="--interval")
+    seconds = interval
     pattern = _compile_globs(globs)
 
     with open_collector(prefer_bpf=not fallback) as coll:

@@ -11,25 +11,15 @@ import warnings
 import click
 
 from tagger.errors import RulesError
-from tagger.units import parse_duration
-
-
-def _duration(ctx, param, value):
-    try:
-        seconds = parse_duration(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
-    if seconds <= 0:
-        raise click.BadParameter("must be positive")
-    return seconds
+from tagger.cli.params import duration
 
 
 @click.command()
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True),
               help="Trace file to write (conventionally *.tgr).")
-@click.option("--duration", default="60s", show_default=True, callback=_duration,
+@click.option("--duration", default="60s", show_default=True, callback=duration(),
               help="How long to record (10s, 5m, ...).")
-@click.option("--interval", default="1s", show_default=True, callback=_duration,
+@click.option("--interval", default="1s", show_default=True, callback=duration(),
               help="Tick length: one snapshot per interval.")
 @click.option("--cgroupfs-only", is_flag=True, help="Do not load BPF; record cgroupfs figures only.")
 def record(output, duration, interval, cgroupfs_only):

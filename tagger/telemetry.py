@@ -184,6 +184,7 @@ class BpfCollector:
         self.seq = 0
         self._globals_prev = p.read_globals()
         p.read_pairs(self.high_water)                    # start pairs from now
+        p.checkpoint()
         p.read_stats(self._prev, self.high_water)
         self._t_prev = time.monotonic()
         self._last_tick_s = math.nan
@@ -321,6 +322,7 @@ class BpfCollector:
         if self.seq % RESCAN_EVERY == RESCAN_EVERY - 1:
             self._rescan()
         n = self.high_water
+        p.checkpoint()                 # running tasks' time so far, so no tick shows a spike
         p.read_stats(self._cur, n)
         t = time.monotonic()
         dt = max(t - self._t_prev, 1e-9)

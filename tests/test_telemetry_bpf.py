@@ -124,6 +124,23 @@ def test_cpu_time_and_runq_wait_match_the_kernel(collector, make_cgroup):
     assert totals.preempted_by[a.path].get(b.path, 0) > 0
 
 
+def test_running_tasks_are_credited_every_tick(collector, make_cgroup):
+    """One busy loop is one CPU at most in every tick, never a spike: a task
+    that does not switch out is still credited at each read (checkpoint)."""
+    cg = make_cgroup("lone")
+    collector.tick()
+    cg.spawn(BUSY_LOOP)
+    collector.tick()
+    usage = []
+    for _ in range(6):
+        time.sleep(0.5)
+        snap = collector.tick()
+        usage.append(snap.value(cg.path, "cpu.usage"))
+    print("cpu.usage per tick:", [round(u, 3) for u in usage])
+    assert max(usage) <= 1.02
+    assert min(usage) > 0.05          # credited while running, not only at switch-out
+
+
 def test_preemption_pairs_name_the_preemptor(collector, make_cgroup):
     """A real-time task (cyclictest, SCHED_FIFO, waking every 1 ms) shares a
     CPU with a busy loop: it preempts the loop at every wakeup, far more often

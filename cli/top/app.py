@@ -28,7 +28,7 @@ from textual.message import Message
 from textual.widgets import Footer, Input, Static
 
 from tagger.errors import RulesError, TaggerError
-from tagger.units import parse_duration
+from tagger.cli.params import duration
 
 from .model import KEYS, Frame, TopModel, thresholds_from_rules
 from .render import detail_renderable, header_text, status_text
@@ -270,21 +270,11 @@ class TopApp(App):
 
 # ---------------------------------------------------------------------------
 
-def _interval(ctx, param, value):
-    try:
-        seconds = parse_duration(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
-    if seconds < 0.05:
-        raise click.BadParameter("at least 50ms")
-    return seconds
-
-
 @click.command()
 @click.option("--connect", "socket_path", metavar="SOCKET",
               help="Attach to a running `tagger run` through its API socket "
                    "(e.g. /run/tagger/tagger.sock) instead of measuring here.")
-@click.option("--interval", default="1s", show_default=True, callback=_interval,
+@click.option("--interval", default="1s", show_default=True, callback=duration(at_least=0.05),
               help="Refresh period (10s, 500ms, ...).")
 @click.option("--rules", "rules_dir", type=click.Path(exists=True, file_okay=False),
               help="Rules directory for standalone tags and for colour thresholds "

@@ -207,6 +207,24 @@ int tg_read_stats(struct tg_handle *h, struct tg_cg_stats *out, uint32_t nslots)
 	return (int)nslots;
 }
 
+/* Credit every CPU's running task with its CPU time so far (see
+ * tg_checkpoint in sched.bpf.c): one IPI per online CPU. */
+int tg_checkpoint(struct tg_handle *h)
+{
+	int fd = bpf_program__fd(h->skel->progs.tg_checkpoint);
+	int done = 0;
+
+	for (int cpu = 0; cpu < h->ncpus; cpu++) {
+		LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU, .cpu = cpu);
+
+		if (bpf_prog_test_run_opts(fd, &opts) == 0)
+			done++;
+		else if (errno != ENXIO)     /* ENXIO: an offline CPU */
+			return -errno;
+	}
+	return done;
+}
+
 int tg_read_globals(struct tg_handle *h, struct tg_global *out)
 {
 	memset(out, 0, sizeof(*out));

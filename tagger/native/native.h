@@ -25,6 +25,7 @@ void tg_close(struct tg_handle *h);
 int tg_nr_cpus(struct tg_handle *h);
 uint32_t tg_max_slots(struct tg_handle *h);
 
+int tg_checkpoint(struct tg_handle *h);
 int tg_read_stats(struct tg_handle *h, struct tg_cg_stats *out, uint32_t nslots);
 int tg_read_globals(struct tg_handle *h, struct tg_global *out);
 int tg_drain(struct tg_handle *h, struct tg_event *out, uint32_t cap);

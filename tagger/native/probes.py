@@ -85,6 +85,11 @@ class Probes:
         """A zeroed array to read counters into."""
         return np.zeros(nslots or self.max_slots, self.stats_dtype)
 
+    def checkpoint(self) -> int:
+        """Credit each CPU's running task with its CPU time so far (one IPI per
+        CPU); returns the CPUs done."""
+        return check(lib.tg_checkpoint(self._h), "checkpointing running tasks")
+
     def read_stats(self, out: np.ndarray, nslots: int) -> int:
         """Counters of slots [0, nslots), summed over CPUs, into ``out``."""
         assert out.dtype == self.stats_dtype and len(out) >= nslots
