@@ -196,7 +196,8 @@ class BpfCollector:
             return self.path_slot[path]
         slot = self.probes.pop_slot()
         if slot is None:
-            log.warning("no free slot for %s: raise --max-slots (now %d)", path, self.max_slots)
+            log.warning("no free slot for %s: all %d are in use (its figures count in slot 0)",
+                        path, self.max_slots - 1)
             return None
         try:
             got = self.probes.register_cgroup(str(self.fs.path(self.layout.v2_dir(path))), slot)
@@ -472,22 +473,23 @@ class BpfCollector:
         return out
 
     def _cgroupfs_columns(self, table: CgroupTable) -> dict[str, np.ndarray]:
-        n = len(table)
-        if self.seq % self._cgroupfs_every == 1 % self._cgroupfs_every or self._cgroupfs_paths is None:
+        """cgroupfs figures, read every ``cgroupfs_every`` ticks (the first tick
+        included) and carried over by path in between."""
+        if self._cgroupfs_paths is None or self.seq % self._cgroupfs_every == 0:
             self._cgroupfs_cols = self._cgroupfs.read(table.paths)
             self._cgroupfs_paths = table.paths
-        if self._cgroupfs_paths is not table.paths:
-            # Rows changed since the last read: carry values over by path.
-            index = {p: i for i, p in enumerate(self._cgroupfs_paths)}
-            take = np.array([index.get(p, -1) for p in table.paths], dtype=np.int64)
-            out = {}
-            for m, col in self._cgroupfs_cols.items():
-                v = np.full(n, np.nan)
-                ok = take >= 0
-                v[ok] = col[take[ok]]
-                out[m] = v
-            return out
-        return dict(self._cgroupfs_cols)
+        if self._cgroupfs_paths is table.paths:
+            return dict(self._cgroupfs_cols)
+        # Rows changed since the last read: values follow their path; new rows are NaN.
+        index = {p: i for i, p in enumerate(self._cgroupfs_paths)}
+        take = np.array([index.get(p, -1) for p in table.paths], dtype=np.int64)
+        known = take >= 0
+        out = {}
+        for metric, col in self._cgroupfs_cols.items():
+            values = np.full(len(table), np.nan)
+            values[known] = col[take[known]]
+            out[metric] = values
+        return out
 
     # --- health and lifetime -----------------------------------------------------------------
     def _ns_per_event(self) -> float:
