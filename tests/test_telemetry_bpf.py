@@ -116,7 +116,7 @@ def test_cpu_time_and_runq_wait_match_the_kernel(collector, make_cgroup):
         ours_cpu, ours_wait = totals.cpu_s[cg.path], totals.wait_s[cg.path]
         print(f"{cg.path}: cpu {ours_cpu:.4f}s vs cpu.stat {kernel_cpu:.4f}s; "
               f"wait {ours_wait:.4f}s vs run_delay {kernel_wait:.4f}s")
-        assert kernel_cpu > 0.3, "the workload did not run"
+        assert kernel_cpu > 0.05, "the workload did not run"
         assert kernel_wait > 0.5, "two CPUs were not oversubscribed"
         assert ours_cpu == pytest.approx(kernel_cpu, rel=0.02)
         assert ours_wait == pytest.approx(kernel_wait, rel=0.05)
@@ -125,20 +125,26 @@ def test_cpu_time_and_runq_wait_match_the_kernel(collector, make_cgroup):
 
 
 def test_running_tasks_are_credited_every_tick(collector, make_cgroup):
-    """One busy loop is one CPU at most in every tick, never a spike: a task
-    that does not switch out is still credited at each read (checkpoint)."""
+    """Tick by tick, a busy loop's CPU time follows the kernel's own cpu.stat:
+    a task that does not switch out is credited at each read (checkpoint),
+    not in one lump when it finally does."""
     cg = make_cgroup("lone")
     collector.tick()
     cg.spawn(BUSY_LOOP)
     collector.tick()
-    usage = []
+    before = _usage_usec(cg)
+    ours, kernel = [], []
     for _ in range(6):
         time.sleep(0.5)
         snap = collector.tick()
-        usage.append(snap.value(cg.path, "cpu.usage"))
-    print("cpu.usage per tick:", [round(u, 3) for u in usage])
-    assert max(usage) <= 1.02
-    assert min(usage) > 0.05          # credited while running, not only at switch-out
+        now = _usage_usec(cg)
+        ours.append(snap.value(cg.path, "cpu.usage") * snap.dt)
+        kernel.append((now - before) * 1e-6)
+        before = now
+    print("CPU seconds per tick, ours vs cpu.stat:", [(round(a, 3), round(b, 3)) for a, b in zip(ours, kernel)])
+    assert max(ours) <= 0.5 * 1.04                         # never more than the one CPU it can use
+    # Both lag the same update_curr() by at most a scheduler tick (4 ms at HZ=250).
+    assert all(abs(a - b) <= 0.012 for a, b in zip(ours, kernel))
 
 
 def test_preemption_pairs_name_the_preemptor(collector, make_cgroup):
@@ -159,7 +165,7 @@ def test_preemption_pairs_name_the_preemptor(collector, make_cgroup):
     # host; among workloads, the real-time task is the one.
     workloads = {path: n for path, n in by.items() if path != "/"}
     assert max(workloads, key=workloads.get) == hog.path
-    assert by[hog.path] > 500          # ~1000 wakeups/s over 2 s
+    assert by[hog.path] > 200          # ~1000 wakeups/s over 2 s, fewer on a busy host
 
 
 def test_cgroups_appear_and_vanish_between_ticks(collector, make_cgroup):
