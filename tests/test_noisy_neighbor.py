@@ -108,12 +108,18 @@ def test_release_time_is_the_first_sample_without_a_limit():
 
 
 def test_choose_slo_is_twice_the_alone_p90_rounded_up_with_a_floor():
-    assert rp.choose_slo([0.3e-3] * 20) == pytest.approx(2e-3)        # floor
+    assert rp.choose_slo([0.3e-3] * 20) == pytest.approx(1e-3)        # 0.6 ms rounds up to 1 ms
+    assert rp.choose_slo([0.1e-3] * 20) == pytest.approx(1e-3)        # floor
     ticks = [1.0e-3] * 9 + [1.3e-3]
     # p90 of the ticks is 1.03 ms; twice is 2.06 ms; rounded up to 0.5 ms: 2.5 ms
     assert rp.choose_slo(ticks) == pytest.approx(2.5e-3)
     assert rp.choose_slo([1.25e-3] * 10) == pytest.approx(2.5e-3)     # exactly on a step stays
-    assert rp.choose_slo([]) == pytest.approx(2e-3)
+    assert rp.choose_slo([]) == pytest.approx(1e-3)
+
+
+def test_longest_miss():
+    assert rp.longest_miss([1, 3, 3, math.nan, 3, 1, 3], 2) == 3
+    assert rp.longest_miss([], 2) == 0
 
 
 def test_within_share():
