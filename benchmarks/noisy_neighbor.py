@@ -77,6 +77,10 @@ policies:
 """
 
 
+def _cpus(q) -> str:
+    return "no limit" if q is None else f"{q:.2f} CPU"
+
+
 def _fmt_s(x) -> str:
     return "–" if x is None else f"{x:.1f} s"
 
@@ -233,6 +237,9 @@ class Run:
         for d in (Path(web.dirs["cpu"]).parent, web.dirs["cpu"]):
             if (d / "cpu.rt_runtime_us").exists():
                 (d / "cpu.rt_runtime_us").write_text("10000")
+        for w, shares in ((web, a.web_shares), (batch, a.batch_shares)):
+            if shares:
+                (w.dirs["cpu"] / "cpu.shares").write_text(str(shares))
         self.sampler = Sampler(web, batch, interval=a.interval)
         self.sampler.start()
         phases, batch_figs = [], {}
@@ -302,7 +309,9 @@ class Run:
         a = self.args
         batch = self.scenario["batch"]
         quotas = [float(q) for q in a.static_quotas.split(",")]
-        self.log(f"static baseline: quotas {quotas}, {a.static_trial:.0f}s each, largest first")
+        # Every quota is tried (not only down to the first that meets the SLO):
+        # the table is also the curve of web's latency against batch's quota.
+        self.log(f"static baseline: quotas {quotas}, {a.static_trial:.0f}s each")
         self.start_web(len(quotas) * (a.static_trial + 2) + 10)
         time.sleep(1.0)
         trials = []
@@ -318,8 +327,6 @@ class Run:
                 trials.append(tr)
                 self.log(f"  quota {q:.2f}: runq p99 {tr['runq']['p99'] * 1e3:.2f} ms, "
                          f"bogo-ops/s {tr['bogo_ops']:.0f}, meets SLO: {tr['meets']}")
-                if tr["meets"]:
-                    break
         finally:
             batch.set_quota(None)
             self.stop_web()
@@ -346,9 +353,11 @@ class Run:
                     self.agent.stop()
                     self.agent = None
         for r in runs.values():
-            r["ratio"] = float(np.mean(r["B"]) / np.mean(r["A"]))
+            # Medians: one run disturbed by someone else's job on the shared
+            # host must not decide the figure.
+            r["ratio"] = float(np.median(r["B"]) / np.median(r["A"]))
         ns = [x for x in ns if isinstance(x, (int, float))]
-        return {"runs": runs, "bpf_ns_per_event": float(np.mean(ns)) if ns else None}
+        return {"runs": runs, "cpu": OVERHEAD_CPU, "bpf_ns_per_event": float(np.mean(ns)) if ns else None}
 
     def _pipe(self) -> float:
         # Both ends on one CPU: the figure is then the cost of a switch, not of
@@ -453,7 +462,7 @@ class Run:
                            "never within the phase" if recovery is None else
                            f"{recovery:.1f} s (first quota on batch after "
                            f"{_fmt_s(prot['first_limit_s'])}; lowest {min(limited) if limited else math.nan:.2f} CPU)",
-                           recovery is not None and recovery <= 5.0))
+                           (recovery is not None and recovery <= 5.0) if hurts else None))
         bars.append(rp.Bar("protected: web runq p99 after recovery", f"≤ {slo * 1e3:.1f} ms",
                            f"{prot_after['runq']['p99'] * 1e3:.2f} ms over the rest of the phase "
                            f"({prot_after['within'] * 100:.0f}% of ticks ≤ SLO)",
@@ -462,7 +471,13 @@ class Run:
                            f"{keep * 100:.0f}% ({prot['bogo_ops']:.0f} / {coll['bogo_ops']:.0f}); fio "
                            f"{prot['fio_mibs']:.1f} / {coll['fio_mibs']:.1f} MiB/s", bool(keep >= 0.5)))
         trials = static.get("trials") or []
-        chosen = next((t for t in trials if t["meets"]), None)
+        if trials:
+            # "No limit" is a static allocation too: the collocated phase is its trial.
+            trials.insert(0, {"quota": None, **{k: coll[k] for k in ("runq", "within", "probe", "cyclictest",
+                                                                     "bogo_ops", "fio_mibs")},
+                              "meets": bool(coll["runq"]["p99"] <= slo)})
+        chosen = max((t for t in trials if t["meets"]), key=lambda t: math.inf if t["quota"] is None else t["quota"],
+                     default=None)
         if trials:
             if chosen is None:
                 static["verdict"] = (f"No static quota tried met the SLO (lowest tried: {trials[-1]['quota']:.2f} CPU, "
@@ -470,7 +485,7 @@ class Run:
                 bars.append(rp.Bar("more batch throughput than the static baseline at the same SLO",
                                    "tagger > static", "no static quota tried met the SLO", None))
             else:
-                static["verdict"] = (f"Static allocation: **{chosen['quota']:.2f} CPU** → batch "
+                static["verdict"] = (f"Static allocation: **{_cpus(chosen['quota'])}** → batch "
                                      f"{chosen['bogo_ops']:.0f} bogo-ops/s, fio {chosen['fio_mibs']:.1f} MiB/s, "
                                      f"web runq p99 {chosen['runq']['p99'] * 1e3:.2f} ms; tagger's protected phase: "
                                      f"{prot['bogo_ops']:.0f} bogo-ops/s, fio {prot['fio_mibs']:.1f} MiB/s, runq p99 "
@@ -478,7 +493,7 @@ class Run:
                                      f"{prot_after['runq']['p99'] * 1e3:.2f} ms after recovery.")
                 bars.append(rp.Bar("more batch throughput than the static baseline at the same SLO",
                                    "tagger > static (bogo-ops/s)",
-                                   f"{prot['bogo_ops']:.0f} vs {chosen['bogo_ops']:.0f} at {chosen['quota']:.2f} CPU "
+                                   f"{prot['bogo_ops']:.0f} vs {chosen['bogo_ops']:.0f} at {_cpus(chosen['quota'])} "
                                    f"(×{prot['bogo_ops'] / chosen['bogo_ops']:.2f})",
                                    bool(prot["bogo_ops"] > chosen["bogo_ops"] and prot_after["runq"]["p99"] <= slo)))
         at_stop = [s.batch_quota for s in samples if s.t <= rel["t0"]]
@@ -510,7 +525,8 @@ class Run:
                      "kernel": uname.release, "cpus": int(self.args_cpus), "load_before": load_before,
                      "phase_s": a.phase, "interval": a.interval, "cyclictest_interval_us": CYCLICTEST_INTERVAL_US,
                      "probe_work_us": PROBE_WORK_US, "rate_quiet": a.quiet, "rate_busy": a.busy,
-                     "rate_period": a.period, "stress_cpus": STRESS_CPUS, "stress_method": STRESS_METHOD, "beta": a.beta, "fio": " ".join(FIO_ARGS)},
+                     "rate_period": a.period, "stress_cpus": STRESS_CPUS, "stress_method": STRESS_METHOD, "beta": a.beta,
+                     "shares": (a.web_shares or 1024, a.batch_shares or 1024), "fio": " ".join(FIO_ARGS)},
             "slo": {"target": slo, "why": why},
             "phases": phases, "recovery_s": recovery, "release_s": release, "hold": HOLD,
             "agent_cpu_share": agent_cpu_share, "quota_after_stop": quota_after, "static": static,
@@ -551,11 +567,13 @@ def main(argv=None):
     ap.add_argument("--release", type=float, default=25.0, help="seconds of the release phase")
     ap.add_argument("--interval", type=float, default=1.0, help="tagger's tick and the sampling period (s)")
     ap.add_argument("--slo", type=float, help="SLO on web's runq p99 in ms (default: chosen from the alone phase)")
+    ap.add_argument("--web-shares", type=int, help="v1 cpu.shares of web (default: the kernel's 1024)")
+    ap.add_argument("--batch-shares", type=int, help="v1 cpu.shares of batch (default: the kernel's 1024)")
     ap.add_argument("--beta", type=float, default=0.2, help="the latency-slo policy's release step")
     ap.add_argument("--quiet", type=float, default=50.0, help="probe requests/s at the sine's low")
     ap.add_argument("--busy", type=float, default=1000.0, help="probe requests/s at the sine's high")
     ap.add_argument("--period", type=float, default=15.0, help="the sine's period (s)")
-    ap.add_argument("--static-quotas", default="0.9,0.6,0.4,0.2", help="static quotas to try (CPUs), largest first")
+    ap.add_argument("--static-quotas", default="1.0,0.5,0.25,0.1", help="static quotas to try (CPUs), largest first")
     ap.add_argument("--static-trial", type=float, default=15.0, help="seconds per static quota (0: skip)")
     ap.add_argument("--overhead-rounds", type=int, default=3, help="A/B rounds (0: skip)")
     ap.add_argument("--pipe-loops", type=int, default=80000)

@@ -151,7 +151,9 @@ def recorded_run() -> dict:
         "phases": phases, "recovery_s": 2.0, "release_s": 7.0, "hold": 3, "agent_cpu_share": 0.005,
         "quota_after_stop": "-1",
         "static": {"trial_s": 15, "verdict": "Static allocation: 0.40 CPU.",
-                   "trials": [{"quota": 0.9, "runq": {"p99": 4e-3}, "within": 0.2, "probe": {"p99": 5e-3},
+                   "trials": [{"quota": None, "runq": {"p99": 5e-3}, "within": 0.1, "probe": {"p99": 5e-3},
+                               "cyclictest": {"p99": 6e-3}, "bogo_ops": 1000.0, "fio_mibs": 100.0, "meets": False},
+                              {"quota": 0.9, "runq": {"p99": 4e-3}, "within": 0.2, "probe": {"p99": 5e-3},
                                "cyclictest": {"p99": 6e-3}, "bogo_ops": 900.0, "fio_mibs": 100.0, "meets": False},
                               {"quota": 0.4, "runq": {"p99": 1e-3}, "within": 1.0, "probe": {"p99": 1e-3},
                                "cyclictest": {"p99": 1e-3}, "bogo_ops": 400.0, "fio_mibs": 100.0, "meets": True}]},
@@ -174,6 +176,7 @@ def test_markdown_report_from_recorded_samples():
     for name in ("alone", "collocated", "protected", "release"):
         assert f"| {name} |" in md
     assert "| 0.40 | 1.00 | 100% |" in md
+    assert "| no limit (the collocated phase) | 5.00 |" in md
     assert "| perf bench sched pipe (ops/s) | 100, 102 | 99, 100 | 0.9850 |" in md
     assert "noisy_neighbor_latency.png" in md and "noisy_neighbor_batch.png" in md
     assert "**2.0 s**" in md and "**7.0 s**" in md

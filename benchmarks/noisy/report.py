@@ -228,7 +228,8 @@ def build_markdown(res: dict) -> str:
         f"({m['probe_work_us']:.0f} µs of CPU per request) whose rate follows a sine between "
         f"{m['rate_quiet']:.0f} and {m['rate_busy']:.0f} requests/s (period {m['rate_period']:.0f} s). "
         f"`batch` (best effort): `stress-ng --cpu {m['stress_cpus']} --cpu-method {m['stress_method']}` and a direct-I/O fio writer "
-        f"({m['fio']}). Phases of {m['phase_s']:.0f} s; tagger ticks every {m['interval']:g} s.",
+        f"({m['fio']}). CPU weights (v1 cpu.shares) web {m.get('shares', (1024, 1024))[0]}, batch "
+        f"{m.get('shares', (1024, 1024))[1]}. Phases of {m['phase_s']:.0f} s; tagger ticks every {m['interval']:g} s.",
         "",
         f"**SLO: web's run-queue p99 per {m['interval']:g} s tick ≤ {slo['target'] * 1e3:.1f} ms.** "
         f"{slo['why']}",
@@ -278,22 +279,25 @@ def build_markdown(res: dict) -> str:
     st = res.get("static") or {}
     if st.get("trials"):
         out += ["## Static baseline (WCA-style fixed quota on batch)", "",
-                "A fixed `cpu.cfs_quota_us` on `batch`, tried from the largest value down "
-                f"({st['trial_s']:.0f} s each, one sine period, web and batch as in the collocated phase); "
-                "the first that meets the SLO (web's runq p99 over the trial ≤ SLO) is the static allocation.",
+                "A fixed `cpu.cfs_quota_us` on `batch` (period 100 ms, as tagger's), each value for "
+                f"{st['trial_s']:.0f} s (one sine period), web and batch as in the collocated phase; "
+                "the largest that meets the SLO (web's runq p99 over the trial ≤ SLO) is the static allocation.",
                 "",
                 "| quota (CPUs) | runq p99 | ticks ≤ SLO | probe p99 | cyclictest p99 | bogo-ops/s | fio MiB/s | meets SLO |",
                 "|---|---|---|---|---|---|---|---|"]
         for tr in st["trials"]:
-            out.append(f"| {tr['quota']:.2f} | {_ms(tr['runq']['p99'])} | {_num(tr['within'] * 100, '{:.0f}%')} "
+            q = "no limit (the collocated phase)" if tr["quota"] is None else f"{tr['quota']:.2f}"
+            out.append(f"| {q} | {_ms(tr['runq']['p99'])} | {_num(tr['within'] * 100, '{:.0f}%')} "
                        f"| {_ms(tr['probe']['p99'])} | {_ms(tr['cyclictest']['p99'])} | {_num(tr['bogo_ops'])} "
                        f"| {_num(tr['fio_mibs'], '{:.1f}')} | {'yes' if tr['meets'] else 'no'} |")
         out += ["", st.get("verdict", ""), ""]
     ov = res.get("overhead") or {}
     if ov.get("runs"):
         out += ["## Overhead of `tagger run` on context switches", "",
-                "Interleaved A (no agent) / B (`tagger run` with the same rules, BPF attached) runs; "
-                "ratio = mean B throughput / mean A throughput.", "",
+                "Interleaved A (no agent, no BPF) / B (`tagger run` with the same rules, BPF attached) runs, "
+                f"both pinned to CPU {ov.get('cpu', '1')}; ratio = median B throughput / median A throughput."
+                + (f" tagger's collector reported {ov['bpf_ns_per_event']:.0f} ns of BPF per event."
+                   if ov.get("bpf_ns_per_event") else ""), "",
                 "| benchmark | A runs | B runs | B / A |", "|---|---|---|---|"]
         for name, r in ov["runs"].items():
             out.append(f"| {name} | {', '.join(f'{x:.0f}' for x in r['A'])} | {', '.join(f'{x:.0f}' for x in r['B'])} "
