@@ -40,8 +40,8 @@ struct {
 static __always_inline __u32 slot_of_request(struct request *rq, struct tg_global *g)
 {
 	struct bio *bio = BPF_CORE_READ(rq, bio);
+	__u32 *slot, slot_id = 0;
 	__u64 id;
-	__u32 *slot;
 
 	if (bio) {
 		id = BPF_CORE_READ(bio, bi_blkg, blkcg, css.cgroup, kn, id);
@@ -52,7 +52,9 @@ static __always_inline __u32 slot_of_request(struct request *rq, struct tg_globa
 		}
 	}
 	/* No bio (flush) or a blkcg not mapped yet: the issuing task. */
-	return slot_of_cgroup(bpf_get_current_task_btf()->cgroups->dfl_cgrp, g);
+	if (!lookup_slot(bpf_get_current_task_btf()->cgroups->dfl_cgrp, g, &slot_id))
+		return 0;
+	return slot_id;
 }
 
 static __always_inline void track(struct request *rq, bool issue)

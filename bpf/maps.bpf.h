@@ -86,15 +86,24 @@ static __always_inline struct tg_global *global_of(__u32 cpu)
 	return &globals[cpu & (TG_MAX_CPUS - 1)];
 }
 
-/* The slot of a cgroup, or 0 (counted) when it has none yet. */
-static __always_inline __u32 slot_of_cgroup(struct cgroup *cgrp, struct tg_global *g)
+/* The slot of a cgroup into *slot: 0 (counted) when it has none yet.
+ * Returns false when the storage is busy on this CPU (another BPF program
+ * using it was preempted or interrupted here): the caller keeps what it
+ * knew and asks again later.  F_CREATE makes NULL mean only that, not "no
+ * storage" (a cgroup without one gets an empty one, once). */
+static __always_inline bool lookup_slot(struct cgroup *cgrp, struct tg_global *g, __u32 *slot)
 {
-	struct tg_slot *s = bpf_cgrp_storage_get(&cgroup_slots, cgrp, 0, 0);
+	struct tg_slot *s = bpf_cgrp_storage_get(&cgroup_slots, cgrp, 0,
+						 BPF_LOCAL_STORAGE_GET_F_CREATE);
 
-	if (s && s->slot)
-		return s->slot;
-	g->unknown_cgroup++;
-	return 0;
+	if (!s) {
+		g->storage_busy++;
+		return false;
+	}
+	if (!s->slot)
+		g->unknown_cgroup++;
+	*slot = s->slot;
+	return true;
 }
 
 /* log2 bucket of a latency in units of 2^TG_HIST_SHIFT ns (about a

@@ -166,7 +166,7 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 		 * cgroup right after fork): the kernel charges this slice to the
 		 * new cgroup, and so do we. */
 		if (cur->slot_gen != slot_generation)
-			victim = slot_of_cgroup(prev->cgroups->dfl_cgrp, g);
+			lookup_slot(prev->cgroups->dfl_cgrp, g, &victim);
 		s = v = stats_of(cpu, victim);
 		if (s) {
 			/* The kernel's own CPU time (what cgroup cpu.stat sums):
@@ -195,14 +195,27 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 		return 0;        /* the idle task: nothing waits, nothing to count */
 	t = bpf_task_storage_get(&tasks, next, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!t) {
+		/* Task storage is busy on this CPU (an exiting task frees its
+		 * storage holding the lock with only migration disabled, and can
+		 * be preempted): this wait sample is lost (counted), but the
+		 * slice about to run is still credited to the right cgroup. */
+		__u32 slot = 0;
+
 		g->task_storage_fail++;
+		lookup_slot(next->cgroups->dfl_cgrp, g, &slot);
+		cur->task = (__u64)next;
+		cur->since_ns = next->se.sum_exec_runtime;
+		cur->slot = slot;
+		cur->slot_gen = slot_generation;
 		return 0;
 	}
 	/* Slot 0 is cached like any other: registering a cgroup bumps the
 	 * generation, so its tasks look again. */
 	if (t->slot_gen != slot_generation) {
-		t->slot = slot_of_cgroup(next->cgroups->dfl_cgrp, g);
-		t->slot_gen = slot_generation;
+		__u64 gen = slot_generation;
+
+		if (lookup_slot(next->cgroups->dfl_cgrp, g, &t->slot))
+			t->slot_gen = gen;
 	}
 	cur->task = (__u64)next;
 	cur->since_ns = next->se.sum_exec_runtime;
@@ -245,8 +258,9 @@ int tg_checkpoint(void *ctx)
 	if (!p->pid || cur->task != (__u64)p)
 		return 0;
 	slot = cur->slot;
-	if (cur->slot_gen != slot_generation)
-		slot = slot_of_cgroup(p->cgroups->dfl_cgrp, global_of(cpu));
+	/* Storage busy: the switch-out credits this time instead. */
+	if (cur->slot_gen != slot_generation && !lookup_slot(p->cgroups->dfl_cgrp, global_of(cpu), &slot))
+		return 0;
 	s = stats_of(cpu, slot);
 	if (!s)
 		return 0;

@@ -71,7 +71,7 @@ struct tg_global {
 	__u64 rq_full;           /* block requests the request map had no room for */
 	__u64 slots_exhausted;   /* new cgroups that found no free slot */
 	__u64 task_storage_fail; /* tasks that could not get storage */
-	__u64 _pad;              /* one cache line per CPU */
+	__u64 storage_busy;      /* cgroup lookups deferred: the storage was busy on this CPU */
 };
 
 /* The task on a CPU: what sched_switch needs of `prev` without a task

@@ -283,13 +283,15 @@ class BpfCollector:
         self._rows_dirty = True
 
     def _rescan(self):
-        change = self.registry.scan()
-        for path in change.removed:
-            if path in self.path_slot:
-                self._forget(path, self.path_slot[path])
-        for path in change.added:
-            cgid = self.registry.id_of(path)
-            if cgid is not None:
+        """Heal missed lifecycle events against the tree itself.  Compared by
+        cgroup id, not path: a path removed and made again is a new cgroup,
+        and its mkdir event may already have given it its slot."""
+        self.registry.scan()
+        for path, slot in list(self.path_slot.items()):
+            if self.registry.id_of(path) != int(self.slot_id[slot]):
+                self._forget(path, slot)
+        for cgid, path in self.registry.items():
+            if path not in self.path_slot:
                 self._register(path, cgid)
 
     # --- rows ---------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def test_cpu_time_and_runq_wait_match_the_kernel(collector, make_cgroup):
         kernel_wait = thread_run_delays(pids[cg.path]) * 1e-9
         ours_cpu, ours_wait = totals.cpu_s[cg.path], totals.wait_s[cg.path]
         print(f"{cg.path}: cpu {ours_cpu:.4f}s vs cpu.stat {kernel_cpu:.4f}s; "
-              f"wait {ours_wait:.4f}s vs run_delay {kernel_wait:.4f}s")
+              f"wait {ours_wait:.4f}s vs run_delay {kernel_wait:.4f}s; health {collector.health()}")
         assert kernel_cpu > 0.05, "the workload did not run"
         assert kernel_wait > 0.5, "two CPUs were not oversubscribed"
         assert ours_cpu == pytest.approx(kernel_cpu, rel=0.02)
@@ -244,3 +244,24 @@ def test_fio_direct_io_matches_fio_and_the_kernel(collector, make_cgroup):
     finally:
         if os.path.exists(data):
             os.unlink(data)
+
+
+def test_rescan_keeps_a_remade_cgroups_slot(collector, make_cgroup):
+    """A cgroup removed and made again at the same path between rescans is a
+    new cgroup: it keeps the slot its mkdir gave it, the old slot is freed."""
+    cg = make_cgroup("remade")
+    collector.tick()
+    old_slot = collector.path_slot[cg.path]
+    cg.v2.rmdir()
+    cg.v2.mkdir()
+    collector.tick()                       # rmdir + mkdir events
+    new_slot = collector.path_slot[cg.path]
+    collector._rescan()
+    assert collector.path_slot[cg.path] == new_slot
+    assert int(collector.slot_id[new_slot]) == cg.id
+    assert old_slot not in collector.slot_path or old_slot == new_slot
+    cg.spawn(BUSY_LOOP)
+    collector.tick()
+    time.sleep(0.5)
+    snap = collector.tick()
+    assert snap.value(cg.path, "cpu.usage") > 0.05
