@@ -49,6 +49,7 @@ PROBE_WORK_US = 300.0
 FIO_ARGS = ["--rw=write", "--bs=256k", "--direct=1", "--size=256M", "--ioengine=libaio", "--iodepth=2",
             "--rate=100m"]
 OVERHEAD_CPU = "1"
+SLO_TICKS = 0.9   # a window meets the SLO when this share of its ticks does
 HOLD = 3      # ticks in a row within the SLO that count as "met again"
 
 NN_RULES = """\
@@ -321,11 +322,15 @@ class Run:
                 br = self.run_batch(a.static_trial, f"static-{q}")
                 time.sleep(a.static_trial)
                 t0, t1 = br["t0"], time.monotonic()
+                # A throttled stress-ng or fio takes long to wind down and may be
+                # killed before it reports: lift the limit once the trial is over.
+                batch.set_quota(None)
                 figs = self.finish_batch(br, timeout=5)
                 tr = {"quota": q, "t0": t0, "t1": t1, **figs, **self.window_figures(t0, t1, slo, skip=1.0)}
-                tr["meets"] = bool(tr["runq"]["p99"] <= slo)
+                tr["meets"] = bool(tr["within"] >= SLO_TICKS)
                 trials.append(tr)
                 self.log(f"  quota {q:.2f}: runq p99 {tr['runq']['p99'] * 1e3:.2f} ms, "
+                         f"{tr['within'] * 100:.0f}% of ticks <= SLO, "
                          f"bogo-ops/s {tr['bogo_ops']:.0f}, meets SLO: {tr['meets']}")
         finally:
             batch.set_quota(None)
@@ -446,14 +451,14 @@ class Run:
         bars = []
         keep = prot["bogo_ops"] / coll["bogo_ops"] if coll["bogo_ops"] else math.nan
         # The protected phase proves something only if batch does hurt web.
-        hurts = bool(coll["runq"]["p99"] > slo)
-        bars.append(rp.Bar("precondition: batch pushes web past the SLO (collocated)",
-                           f"runq p99 > {slo * 1e3:.1f} ms",
-                           f"{coll['runq']['p99'] * 1e3:.2f} ms ({coll['within'] * 100:.0f}% of ticks ≤ SLO, "
-                           f"longest miss {coll['longest_miss']} ticks)", hurts))
+        hurts = bool(coll["within"] < SLO_TICKS)
+        bars.append(rp.Bar("precondition: web misses the SLO beside batch (collocated)",
+                           f"< {SLO_TICKS * 100:.0f}% of ticks ≤ SLO",
+                           f"{coll['within'] * 100:.0f}% of ticks ≤ SLO, longest miss {coll['longest_miss']} ticks; "
+                           f"runq p99 over the phase {coll['runq']['p99'] * 1e3:.2f} ms", hurts))
         if not hurts:
-            self.notes.append("In this run batch did not push web's runq p99 past the SLO over the collocated "
-                              "phase, so the protected-phase bars below show little: run again on a quieter host.")
+            self.notes.append("In this run web met its SLO beside batch without help (collocated phase), so "
+                              "the protected-phase bars show little.")
         limited = [s.batch_quota for s in samples if prot["t0"] <= s.t <= prot["t1"] and s.batch_quota is not None]
         prot["first_limit_s"] = next((s.t - prot["t0"] for s in samples
                                       if prot["t0"] <= s.t <= prot["t1"] and s.batch_quota is not None), None)
@@ -463,10 +468,9 @@ class Run:
                            f"{recovery:.1f} s (first quota on batch after "
                            f"{_fmt_s(prot['first_limit_s'])}; lowest {min(limited) if limited else math.nan:.2f} CPU)",
                            (recovery is not None and recovery <= 5.0) if hurts else None))
-        bars.append(rp.Bar("protected: web runq p99 after recovery", f"≤ {slo * 1e3:.1f} ms",
-                           f"{prot_after['runq']['p99'] * 1e3:.2f} ms over the rest of the phase "
-                           f"({prot_after['within'] * 100:.0f}% of ticks ≤ SLO)",
-                           bool(prot_after["runq"]["p99"] <= slo)))
+        bars.append(rp.Bar("protected: web within its SLO after recovery", f"≥ {SLO_TICKS * 100:.0f}% of ticks ≤ SLO",
+                           f"{prot_after['within'] * 100:.0f}% of ticks (runq p99 over the rest of the phase "
+                           f"{prot_after['runq']['p99'] * 1e3:.2f} ms)", bool(prot_after["within"] >= SLO_TICKS)))
         bars.append(rp.Bar("protected: batch keeps its throughput", "≥ 50% of collocated (stress-ng bogo-ops/s)",
                            f"{keep * 100:.0f}% ({prot['bogo_ops']:.0f} / {coll['bogo_ops']:.0f}); fio "
                            f"{prot['fio_mibs']:.1f} / {coll['fio_mibs']:.1f} MiB/s", bool(keep >= 0.5)))
@@ -475,27 +479,27 @@ class Run:
             # "No limit" is a static allocation too: the collocated phase is its trial.
             trials.insert(0, {"quota": None, **{k: coll[k] for k in ("runq", "within", "probe", "cyclictest",
                                                                      "bogo_ops", "fio_mibs")},
-                              "meets": bool(coll["runq"]["p99"] <= slo)})
+                              "meets": bool(coll["within"] >= SLO_TICKS)})
         chosen = max((t for t in trials if t["meets"]), key=lambda t: math.inf if t["quota"] is None else t["quota"],
                      default=None)
         if trials:
             if chosen is None:
-                static["verdict"] = (f"No static quota tried met the SLO (lowest tried: {trials[-1]['quota']:.2f} CPU, "
-                                     f"runq p99 {trials[-1]['runq']['p99'] * 1e3:.2f} ms).")
+                static["verdict"] = (f"No static quota tried met the SLO (lowest tried: {_cpus(trials[-1]['quota'])}, "
+                                     f"{trials[-1]['within'] * 100:.0f}% of ticks within it).")
                 bars.append(rp.Bar("more batch throughput than the static baseline at the same SLO",
                                    "tagger > static", "no static quota tried met the SLO", None))
             else:
                 static["verdict"] = (f"Static allocation: **{_cpus(chosen['quota'])}** → batch "
                                      f"{chosen['bogo_ops']:.0f} bogo-ops/s, fio {chosen['fio_mibs']:.1f} MiB/s, "
-                                     f"web runq p99 {chosen['runq']['p99'] * 1e3:.2f} ms; tagger's protected phase: "
-                                     f"{prot['bogo_ops']:.0f} bogo-ops/s, fio {prot['fio_mibs']:.1f} MiB/s, runq p99 "
-                                     f"{prot['runq']['p99'] * 1e3:.2f} ms over the whole phase, "
-                                     f"{prot_after['runq']['p99'] * 1e3:.2f} ms after recovery.")
+                                     f"web within the SLO in {chosen['within'] * 100:.0f}% of ticks; tagger's protected phase: "
+                                     f"{prot['bogo_ops']:.0f} bogo-ops/s, fio {prot['fio_mibs']:.1f} MiB/s, within the SLO in "
+                                     f"{prot['within'] * 100:.0f}% of ticks ({prot_after['within'] * 100:.0f}% after "
+                                     "recovery).")
                 bars.append(rp.Bar("more batch throughput than the static baseline at the same SLO",
                                    "tagger > static (bogo-ops/s)",
                                    f"{prot['bogo_ops']:.0f} vs {chosen['bogo_ops']:.0f} at {_cpus(chosen['quota'])} "
                                    f"(×{prot['bogo_ops'] / chosen['bogo_ops']:.2f})",
-                                   bool(prot["bogo_ops"] > chosen["bogo_ops"] and prot_after["runq"]["p99"] <= slo)))
+                                   bool(prot["bogo_ops"] > chosen["bogo_ops"] and prot_after["within"] >= SLO_TICKS)))
         at_stop = [s.batch_quota for s in samples if s.t <= rel["t0"]]
         q_stop = at_stop[-1] if at_stop else None
         if q_stop is None:
@@ -527,7 +531,7 @@ class Run:
                      "probe_work_us": PROBE_WORK_US, "rate_quiet": a.quiet, "rate_busy": a.busy,
                      "rate_period": a.period, "stress_cpus": STRESS_CPUS, "stress_method": STRESS_METHOD, "beta": a.beta,
                      "shares": (a.web_shares or 1024, a.batch_shares or 1024), "fio": " ".join(FIO_ARGS)},
-            "slo": {"target": slo, "why": why},
+            "slo": {"target": slo, "why": why, "ticks": SLO_TICKS},
             "phases": phases, "recovery_s": recovery, "release_s": release, "hold": HOLD,
             "agent_cpu_share": agent_cpu_share, "quota_after_stop": quota_after, "static": static,
             "overhead": overhead, "series": series, "bars": bars, "notes": self.notes,

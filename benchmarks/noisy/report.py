@@ -231,8 +231,8 @@ def build_markdown(res: dict) -> str:
         f"({m['fio']}). CPU weights (v1 cpu.shares) web {m.get('shares', (1024, 1024))[0]}, batch "
         f"{m.get('shares', (1024, 1024))[1]}. Phases of {m['phase_s']:.0f} s; tagger ticks every {m['interval']:g} s.",
         "",
-        f"**SLO: web's run-queue p99 per {m['interval']:g} s tick ≤ {slo['target'] * 1e3:.1f} ms.** "
-        f"{slo['why']}",
+        f"**SLO: web's run-queue p99 per {m['interval']:g} s tick ≤ {slo['target'] * 1e3:.1f} ms**; a phase "
+        f"or trial meets it when at least {slo.get('ticks', 0.9) * 100:.0f}% of its ticks do. {slo['why']}",
         "",
         f"The policy (`latency-slo`, rules written by the benchmark: the shipped `rules/*.yaml` plus `web` "
         f"tagged `priority=high, latency=critical` and `batch` `priority=low`): α 0.5, β {m.get('beta', 0.1):g}, "
@@ -281,7 +281,7 @@ def build_markdown(res: dict) -> str:
         out += ["## Static baseline (WCA-style fixed quota on batch)", "",
                 "A fixed `cpu.cfs_quota_us` on `batch` (period 100 ms, as tagger's), each value for "
                 f"{st['trial_s']:.0f} s (one sine period), web and batch as in the collocated phase; "
-                "the largest that meets the SLO (web's runq p99 over the trial ≤ SLO) is the static allocation.",
+                "the largest that meets the SLO is the static allocation.",
                 "",
                 "| quota (CPUs) | runq p99 | ticks ≤ SLO | probe p99 | cyclictest p99 | bogo-ops/s | fio MiB/s | meets SLO |",
                 "|---|---|---|---|---|---|---|---|"]
@@ -297,7 +297,7 @@ def build_markdown(res: dict) -> str:
                 "Interleaved A (no agent, no BPF) / B (`tagger run` with the same rules, BPF attached) runs, "
                 f"both pinned to CPU {ov.get('cpu', '1')}; ratio = median B throughput / median A throughput."
                 + (f" tagger's collector reported {ov['bpf_ns_per_event']:.0f} ns of BPF per event."
-                   if ov.get("bpf_ns_per_event") else ""), "",
+                   if ov.get("bpf_ns_per_event") and ov["bpf_ns_per_event"] == ov["bpf_ns_per_event"] else ""), "",
                 "| benchmark | A runs | B runs | B / A |", "|---|---|---|---|"]
         for name, r in ov["runs"].items():
             out.append(f"| {name} | {', '.join(f'{x:.0f}' for x in r['A'])} | {', '.join(f'{x:.0f}' for x in r['B'])} "
