@@ -532,7 +532,7 @@ class Run:
                      "rate_period": a.period, "stress_cpus": STRESS_CPUS, "stress_method": STRESS_METHOD, "beta": a.beta,
                      "shares": (a.web_shares or 1024, a.batch_shares or 1024), "fio": " ".join(FIO_ARGS)},
             "slo": {"target": slo, "why": why, "ticks": SLO_TICKS},
-            "phases": phases, "recovery_s": recovery, "release_s": release, "hold": HOLD,
+            "phases": phases, "recovery_s": recovery, "release_s": release, "hold": HOLD, "release_from": q_stop,
             "agent_cpu_share": agent_cpu_share, "quota_after_stop": quota_after, "static": static,
             "overhead": overhead, "series": series, "bars": bars, "notes": self.notes,
         }

@@ -148,7 +148,7 @@ def recorded_run() -> dict:
                  "cyclictest_interval_us": 2000, "probe_work_us": 200, "rate_quiet": 50, "rate_busy": 600,
                  "rate_period": 15, "stress_cpus": 2, "stress_method": "matrixprod", "fio": "--rw=write"},
         "slo": {"target": 2e-3, "why": "Twice the alone p90."},
-        "phases": phases, "recovery_s": 2.0, "release_s": 7.0, "hold": 3, "agent_cpu_share": 0.005,
+        "phases": phases, "recovery_s": 2.0, "release_s": 7.0, "release_from": 0.25, "hold": 3, "agent_cpu_share": 0.005,
         "quota_after_stop": "-1",
         "static": {"trial_s": 15, "verdict": "Static allocation: 0.40 CPU.",
                    "trials": [{"quota": None, "runq": {"p99": 5e-3}, "within": 0.1, "probe": {"p99": 5e-3},
@@ -179,7 +179,10 @@ def test_markdown_report_from_recorded_samples():
     assert "| no limit (the collocated phase) | 5.00 |" in md
     assert "| perf bench sched pipe (ops/s) | 100, 102 | 99, 100 | 0.9850 |" in md
     assert "noisy_neighbor_latency.png" in md and "noisy_neighbor_batch.png" in md
-    assert "**2.0 s**" in md and "**7.0 s**" in md
+    assert "**2.0 s**" in md and "**7.0 s** (from 0.25 CPU)" in md
+    res = recorded_run()
+    res["release_from"] = None
+    assert "no limit was in force when `web` stopped" in rp.build_markdown(res)
 
 
 def test_plots_are_written(tmp_path):

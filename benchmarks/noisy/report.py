@@ -271,7 +271,9 @@ def build_markdown(res: dict) -> str:
     out += ["",
             f"- Time from the neighbours' start (protected phase) to the SLO met again "
             f"({res['hold']} ticks in a row): **{_num(rec, '{:.1f}')} s**.",
-            f"- Time from `web` stopping to `batch` back at no limit: **{_num(rel, '{:.1f}')} s**.",
+            (f"- Time from `web` stopping to `batch` back at no limit: **{_num(rel, '{:.1f}')} s** "
+             f"(from {res['release_from']:.2f} CPU)." if res.get("release_from") is not None else
+             "- Time from `web` stopping to `batch` back at no limit: no limit was in force when `web` stopped."),
             f"- tagger's CPU during the protected phase: **{_num(res.get('agent_cpu_share', NAN) * 100, '{:.2f}')}% "
             f"of one core** (utime + stime from /proc/PID/stat).",
             f"- Quota file after `tagger run` got SIGTERM: `{res.get('quota_after_stop', '?')}` "
