@@ -455,9 +455,12 @@ class Daemon:
             lap("collect")
             result = self.engine.evaluate(snap)
             desired = {path: list(sets) for path, sets in (result.actions or {}).items()}
+            # Policies continue from the limits actually in force (the actuator
+            # paces and floors what they ask for).
+            applied = self.actuator.current() if self.policies else ()
             for policy in self.policies:
                 try:
-                    for path, action_set in (policy.step(snap, self.store) or {}).items():
+                    for path, action_set in (policy.step(snap, self.store, applied) or {}).items():
                         desired.setdefault(path, []).append(action_set)
                 except Exception:
                     self._log_once(f"policy {getattr(policy, 'name', policy)}",
