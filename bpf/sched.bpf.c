@@ -2,14 +2,22 @@
 /* Scheduler probe: per cgroup, CPU time, run-queue latency by cause,
  * voluntary/involuntary switches and who preempted whom.
  *
- * Hot-path budget (benchmarks/bench_bpf.py): sched_switch within 2.5x and
- * sched_wakeup within 2.0x of an empty program.  So:
- *  - the task on each CPU is remembered per CPU (struct tg_oncpu), and prev
- *    needs its task storage only when it was preempted;
- *  - each task caches its cgroup's slot with slot_generation, so the cgroup
- *    storage is looked up only after something moved;
- *  - per-task wait state lives in task storage: it dies with the task, so
- *    pid reuse cannot leave stale timestamps, and no hash map is touched. */
+ * One program on the hot path, sched_switch: there is no wakeup program.
+ * The kernel already stamps each queued task with the rq clock
+ * (task_struct.sched_info.last_queued, set at enqueue and when a preempted
+ * task is re-queued at switch-out) and consumes it just after this
+ * tracepoint, adding to the run_delay schedstat reports.  Reading it at
+ * switch-in gives each wait exactly as the kernel counts it, at half the
+ * BPF invocations per context switch.  The cause comes from the task's own
+ * counters: nivcsw moved since it last ran -> preempted; never ran
+ * (sched_info.pcount == 0) -> new; else woken.
+ *
+ * Hot-path budget (benchmarks/bench_bpf.py): sched_switch within 2.5x of an
+ * empty program.  So the task on each CPU is remembered per CPU (struct
+ * tg_oncpu), and each task caches its cgroup's slot with slot_generation,
+ * so the cgroup storage is looked up only after something moved.  Per-task
+ * state lives in task storage: it dies with the task (no stale state after
+ * pid reuse), and no hash map is touched. */
 #include <vmlinux.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -20,10 +28,11 @@
 #define TASK_RUNNING 0
 
 struct tg_task {
-	__u64 enqueued_ns;       /* became runnable; 0 when not waiting */
 	__u64 slot_gen;          /* slot_generation when `slot` was looked up */
+	__u64 nivcsw;            /* its involuntary switches when it last ran */
+	__u64 run_delay;         /* sched_info.run_delay once its last wait was added */
 	__u32 slot;
-	__u32 cause;             /* enum tg_cause of the current wait */
+	__u32 seen;              /* nivcsw and run_delay are known (ran since we attached) */
 };
 
 struct {
@@ -51,40 +60,6 @@ static __always_inline __u64 task_rq_clock(struct task_struct *p)
 	return bpf_ktime_get_ns();
 }
 
-static __always_inline void mark_runnable(struct task_struct *p, __u32 cause)
-{
-	struct tg_task *t;
-
-	t = bpf_task_storage_get(&tasks, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!t) {
-		global_of(bpf_get_smp_processor_id())->task_storage_fail++;
-		return;
-	}
-	/* Queued after a preemption: the wait goes on.  Any other mark is
-	 * either fresh or stale (a wakeup that found the task still on its CPU,
-	 * which then slept): this wakeup overwrites it.  Not reading p->on_cpu
-	 * keeps the other CPU's hot cache line out of the wakeup path. */
-	if (t->enqueued_ns && t->cause == TG_CAUSE_PREEMPT)
-		return;
-	/* The task's new run queue: set_task_cpu() ran before the tracepoint. */
-	t->enqueued_ns = task_rq_clock(p);
-	t->cause = cause;
-}
-
-SEC("tp_btf/sched_wakeup")
-int BPF_PROG(tg_sched_wakeup, struct task_struct *p)
-{
-	mark_runnable(p, TG_CAUSE_WAKEUP);
-	return 0;
-}
-
-SEC("tp_btf/sched_wakeup_new")
-int BPF_PROG(tg_sched_wakeup_new, struct task_struct *p)
-{
-	mark_runnable(p, TG_CAUSE_NEW);
-	return 0;
-}
-
 /* One more preemption of the victim's tasks by `preemptor`, in the victim's
  * per-CPU row (this CPU only writes it: no atomics). */
 static __always_inline void count_preemptor(struct tg_cg_stats *v, __u32 preemptor, struct tg_global *g)
@@ -108,11 +83,9 @@ static __always_inline void count_preemptor(struct tg_cg_stats *v, __u32 preempt
 }
 
 /* The wait that just ended, into the cgroup's run-queue counters. */
-static __always_inline void account_wait(struct tg_cg_stats *s, struct tg_task *t,
+static __always_inline void account_wait(struct tg_cg_stats *s, __u32 slot, __u64 delta, __u32 cause,
 					 struct task_struct *p, __u64 now, __u32 cpu)
 {
-	__u64 delta = now - t->enqueued_ns;
-	__u32 cause = t->cause < TG_CAUSES ? t->cause : TG_CAUSE_WAKEUP;
 	struct tg_runq *q = &s->runq[cause];
 	struct tg_event *e;
 
@@ -130,7 +103,7 @@ static __always_inline void account_wait(struct tg_cg_stats *s, struct tg_task *
 		return;
 	}
 	e->kind = TG_EV_RUNQ;
-	e->slot = t->slot;
+	e->slot = slot;
 	e->cgroup_id = 0;
 	e->latency_ns = delta;
 	e->ts_ns = now;
@@ -154,9 +127,11 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 	struct tg_global *g = global_of(cpu);
 	struct tg_cg_stats *s, *v = NULL;
 	struct tg_task *t;
-	/* Still runnable at switch-out: preempted (or yielded), so prev waits
-	 * on the run queue again from now.  (prev_state is a tracepoint
-	 * argument since 5.18, commit fa2c3254d7cf.) */
+	__u64 queued, run_delay, wait;
+	__u32 cause;
+	/* Still runnable at switch-out: preempted (or yielded); the kernel
+	 * re-queues it (sched_info.last_queued) right after this tracepoint.
+	 * (prev_state is a tracepoint argument since 5.18, commit fa2c3254d7cf.) */
 	bool preempted = prev->pid && prev_state == TASK_RUNNING;
 
 	if (prev->pid && cur->task == (__u64)prev) {
@@ -180,16 +155,6 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 				s->switches++;
 		}
 	}
-	if (preempted) {
-		t = bpf_task_storage_get(&tasks, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-		if (t) {
-			t->enqueued_ns = now;
-			t->cause = TG_CAUSE_PREEMPT;
-		} else {
-			g->task_storage_fail++;
-		}
-	}
-
 	cur->task = 0;
 	if (!next->pid)
 		return 0;        /* the idle task: nothing waits, nothing to count */
@@ -222,7 +187,20 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 	cur->slot_gen = t->slot_gen;
 	cur->slot = t->slot;
 
-	if (!preempted && !t->enqueued_ns)
+	/* This wait: since the last (re)queueing, plus what the kernel already
+	 * added to run_delay if the load balancer moved the waiting task to
+	 * another run queue (sched_info_dequeue) -- so the sum is run_delay. */
+	queued = next->sched_info.last_queued;
+	run_delay = next->sched_info.run_delay;
+	wait = queued && now > queued ? now - queued : 0;
+	if (t->seen && run_delay > t->run_delay)
+		wait += run_delay - t->run_delay;
+	cause = t->seen && next->nivcsw != t->nivcsw ? TG_CAUSE_PREEMPT :
+		next->sched_info.pcount == 0 ? TG_CAUSE_NEW : TG_CAUSE_WAKEUP;
+	t->nivcsw = next->nivcsw;
+	t->run_delay = run_delay + (queued && now > queued ? now - queued : 0);
+	t->seen = 1;
+	if (!preempted && !wait)
 		return 0;
 	s = stats_of(cpu, t->slot);
 	if (!s)
@@ -232,10 +210,9 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 		if (v)
 			count_preemptor(v, t->slot, g);
 	}
-	if (t->enqueued_ns) {
-		account_wait(s, t, next, now, cpu);
-		t->enqueued_ns = 0;
-	}
+	/* The same rq clock and stamps the kernel's run_delay uses. */
+	if (wait)
+		account_wait(s, t->slot, wait, cause, next, now, cpu);
 	return 0;
 }
 

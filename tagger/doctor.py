@@ -224,7 +224,7 @@ def check_tp_btf(ctx: Context) -> Check:
     skipped = _needs_bpf(ctx, "tp_btf programs")
     if skipped:
         return skipped
-    impact = "the scheduler hooks (sched_switch, sched_wakeup) cannot attach: no CPU or run-queue figures"
+    impact = "the scheduler hook (sched_switch) cannot attach: no CPU or run-queue figures"
     btf_id = vmlinux_btf_type_id("btf_trace_sched_switch", fs=ctx.fs)
     if btf_id is None:
         return Check("tp_btf programs", False, "btf_trace_sched_switch not found in the kernel's BTF",
