@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from .cgroupfs import CGROUPFS_METRICS, CgroupfsReader
 from .cgroups import Layout, Registry
 from .kernelfs import HOST, KernelFS
 from .snapshot import METRICS, Snapshot
+from .telemetry import Collector
 from .taskstats import DelayAcctSwitch, open_delay_source
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ RUNDELAY_METRICS = ("runq.wait", "runq.slowdown")
 SWITCH_METRICS = ("sched.switches", "sched.preempted")
 
 
-class FallbackCollector:
+class FallbackCollector(Collector):
     """A collector with the BPF collector's interface (``tick``, ``stream``,
     ``health``, ``close``, context manager), reading cgroupfs and per-process
     run delay.  The first :meth:`tick` covers the time since the collector opened.
@@ -148,12 +149,6 @@ class FallbackCollector:
         self._last_read_s = time.perf_counter() - t0
         return snap
 
-    def stream(self, interval: float = 1.0, count: int | None = None) -> Iterator[Snapshot]:
-        """A Snapshot every ``interval`` seconds (on a fixed schedule, no drift)."""
-        from .telemetry import stream_ticks
-
-        return stream_ticks(self, interval, count)
-
     def health(self) -> dict:
         return {
             "source": self.source,
@@ -182,17 +177,6 @@ class FallbackCollector:
             if self._delayacct is not None:
                 self._delayacct.restore()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # --- run delay --------------------------------------------------------------------------
     def _procs(self, paths: list[str]) -> list[list[int]]:

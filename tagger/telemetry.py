@@ -104,7 +104,37 @@ def stream_ticks(collector, interval: float, count: int | None) -> Iterator[Snap
         done += 1
 
 
-class BpfCollector:
+class Collector:
+    """What every collector offers: ``tick()`` (a Snapshot since the previous
+    one), ``stream()``, ``health()``, and ``close()`` on every exit path (a
+    context manager; also at garbage collection)."""
+
+    source = "none"
+
+    def tick(self) -> Snapshot:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def stream(self, interval: float = 1.0, count: int | None = None) -> Iterator[Snapshot]:
+        """A Snapshot every ``interval`` seconds (on a fixed schedule, no drift)."""
+        return stream_ticks(self, interval, count)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class BpfCollector(Collector):
     """Snapshots from tagger's BPF programs.  A context manager: ``close()``
     detaches the programs on every exit path.
 
@@ -519,9 +549,6 @@ class BpfCollector:
             **{f"kernel.{k}": v for k, v in glob.items()},
         }
 
-    def stream(self, interval: float = 1.0, count: int | None = None) -> Iterator[Snapshot]:
-        return stream_ticks(self, interval, count)
-
     def close(self):
         """Detach and unload the BPF programs; idempotent."""
         if self._closed:
@@ -532,18 +559,6 @@ class BpfCollector:
             self._stats_fd = None
         if self.probes is not None:
             self.probes.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def _c_string(raw: bytes) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from tagger.snapshot import Snapshot
+from tagger.tags import Tag, TagEvent
 from tagger.units import UNIT_FACTORS, format_count, format_duration, parse_quantity
 
 #: Sparklines in the detail pane cover this many ticks.
@@ -33,28 +34,12 @@ EVENT_HISTORY = 1000
 
 
 # ---------------------------------------------------------------------------
-# What sources hand over.  The engine's own classes (tagger.tags.Tag,
-# TagEvent, tagger.actions AppliedAction) have the same fields; the socket
-# sends plain dicts.  coerce_* accept either, so the view never depends on
-# modules that are still being written.
+# What sources hand over: the engine's own Tag and TagEvent (tagger.tags),
+# AppliedAction (tagger.actions); the socket sends plain dicts, which the
+# coerce_* functions turn into the same classes.
 
-@dataclass(frozen=True)
-class TagInfo:
-    key: str
-    value: str
-    rule: str = ""
-    since: float = math.nan
-
-
-@dataclass(frozen=True)
-class TagEventInfo:
-    t: float
-    cgroup: str
-    key: str
-    value: str | None
-    old: str | None
-    rule: str
-    kind: str            # "added" | "changed" | "removed"
+TagInfo = Tag
+TagEventInfo = TagEvent
 
 
 @dataclass(frozen=True)
@@ -78,7 +63,7 @@ def coerce_tag(obj, key: str | None = None) -> TagInfo:
     if isinstance(obj, TagInfo):
         return obj
     if isinstance(obj, str):            # {key: value} maps without provenance
-        return TagInfo(key or "", obj)
+        return TagInfo(key or "", obj, "", math.nan)
     return TagInfo(str(_get(obj, "key", key or "")), str(_get(obj, "value", "")),
                    str(_get(obj, "rule", "") or ""), _float(_get(obj, "since")))
 

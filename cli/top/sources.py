@@ -283,7 +283,7 @@ class DemoSource:
         self.tags = new
         actions = {}
         for path, tags in new.items():
-            if tags.get("priority", TagInfo("", "")).value == "low" and "resource" in tags:
+            if tags.get("priority", TagInfo("", "", "", math.nan)).value == "low" and "resource" in tags:
                 since = max(tags["priority"].since, tags["resource"].since)
                 actions[path] = [ActionInfo(path, "cpu.max", "50000 100000", "max 100000",
                                             "cap-low-priority-hogs", since, dry_run=True)]
