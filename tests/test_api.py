@@ -12,44 +12,15 @@ import struct
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 
 import msgpack
 import pytest
 
 from tagger.api import HEADER, ApiClient, ApiError, ApiServer, encode_frame
 from tagger.snapshot import Snapshot
+from tagger.actions.actuator import AppliedAction
+from tagger.tags import Tag, TagEvent
 from tests.cgroup_fixture import wait_for
-
-
-@dataclass(frozen=True)
-class Tag:                 # the documented shapes (docs/interfaces.md)
-    key: str
-    value: str
-    rule: str
-    since: float
-
-
-@dataclass(frozen=True)
-class TagEvent:
-    t: float
-    cgroup: str
-    key: str
-    value: str | None
-    old: str | None
-    rule: str
-    kind: str
-
-
-@dataclass(frozen=True)
-class AppliedAction:
-    cgroup: str
-    knob: str
-    value: object
-    original: object
-    rule: str
-    since: float
-    dry_run: bool
 
 
 @pytest.fixture

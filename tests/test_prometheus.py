@@ -4,7 +4,6 @@ per-cgroup metrics, tags, actions and health, and forgets removed cgroups."""
 from __future__ import annotations
 
 import urllib.request
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -13,25 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tagger.publish.prometheus import MetricsServer, TaggerCollector, metric_name, parse_addr
 from tagger.snapshot import CgroupTable, Snapshot
-
-
-@dataclass(frozen=True)
-class Tag:          # stand-in with the documented shape (docs/interfaces.md)
-    key: str
-    value: str
-    rule: str
-    since: float
-
-
-@dataclass(frozen=True)
-class AppliedAction:
-    cgroup: str
-    knob: str
-    value: object
-    original: object
-    rule: str
-    since: float
-    dry_run: bool
+from tagger.actions.actuator import AppliedAction
+from tagger.tags import Tag
 
 
 def snapshot(paths, usage, labels=None):

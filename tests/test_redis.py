@@ -8,35 +8,16 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 
 import pytest
 
 from tagger.publish.redis import RedisPublisher
+from tagger.tags import Tag, TagEvent
 from tests.cgroup_fixture import wait_for
 
 redis = pytest.importorskip("redis")
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed")
-
-
-@dataclass(frozen=True)
-class Tag:
-    key: str
-    value: str
-    rule: str
-    since: float
-
-
-@dataclass(frozen=True)
-class TagEvent:
-    t: float
-    cgroup: str
-    key: str
-    value: str | None
-    old: str | None
-    rule: str
-    kind: str
 
 
 def free_port() -> int:
