@@ -39,7 +39,6 @@ CGROUPFS_EXTRAS = ("cpu.throttled", "mem.current", "psi.cpu.some", "psi.io.some"
 #: Walk the cgroup tree again this often (ticks) to heal missed lifecycle events.
 RESCAN_EVERY = 30
 
-_CAUSE_WAKEUP, _CAUSE_NEW, _CAUSE_PREEMPT = 0, 1, 2
 
 
 def hist_edges(buckets: int, shift: int = 10) -> np.ndarray:
@@ -182,6 +181,9 @@ class BpfCollector(Collector):
         p = self.probes
         self.buckets = int(lib.TG_HIST_BUCKETS)
         self.edges = hist_edges(self.buckets, int(lib.TG_HIST_SHIFT))
+        # Indexes of runq[] by cause (enum tg_cause in bpf/tagger.h).
+        self._wakeup, self._new, self._preempt = (int(lib.TG_CAUSE_WAKEUP), int(lib.TG_CAUSE_NEW),
+                                                  int(lib.TG_CAUSE_PREEMPT))
         self.slot_path: dict[int, str] = {}
         self.path_slot: dict[str, int] = {}
         self.slot_id = np.zeros(self.max_slots, np.uint64)
@@ -430,11 +432,12 @@ class BpfCollector(Collector):
         for j, name in enumerate(("runq.p50", "runq.p95", "runq.p99")):
             put(name, pct[:, j], np.nan)
         put("runq.max", rmax, np.nan)
-        wake_hist = d_hist[:, _CAUSE_WAKEUP] + d_hist[:, _CAUSE_NEW]
-        wake_max = np.maximum(rq_max[:, _CAUSE_WAKEUP], rq_max[:, _CAUSE_NEW])
+        wake, new, preempt = self._wakeup, self._new, self._preempt
+        wake_hist = d_hist[:, wake] + d_hist[:, new]
+        wake_max = np.maximum(rq_max[:, wake], rq_max[:, new])
         put("runq.wakeup.p99", hist_percentiles(wake_hist, self.edges, (0.99,), cap=wake_max)[:, 0], np.nan)
-        put("runq.preempt.p99", hist_percentiles(d_hist[:, _CAUSE_PREEMPT], self.edges, (0.99,),
-                                                 cap=rq_max[:, _CAUSE_PREEMPT])[:, 0], np.nan)
+        put("runq.preempt.p99", hist_percentiles(d_hist[:, preempt], self.edges, (0.99,),
+                                                 cap=rq_max[:, preempt])[:, 0], np.nan)
         put("runq.slowdown", _safe_div(wait_s + cpu_s, cpu_s), np.nan)
         put("sched.switches", delta("switches") / dt)
         put("sched.preempted", delta("preempted") / dt)
@@ -455,8 +458,8 @@ class BpfCollector(Collector):
         put("io.slowdown", _safe_div(lat, io_d), np.nan)
 
         hists = {}
-        for name, values in (("runq.wakeup", d_hist[:, _CAUSE_WAKEUP]), ("runq.new", d_hist[:, _CAUSE_NEW]),
-                             ("runq.preempt", d_hist[:, _CAUSE_PREEMPT]), ("io.lat", d_io_hist)):
+        for name, values in (("runq.wakeup", d_hist[:, wake]), ("runq.new", d_hist[:, new]),
+                             ("runq.preempt", d_hist[:, preempt]), ("io.lat", d_io_hist)):
             full = np.zeros((nrows, self.buckets), np.uint32)
             full[at] = values[mine]
             hists[name] = full

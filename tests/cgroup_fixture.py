@@ -55,6 +55,24 @@ def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def spawn_in(dirs, argv, **kw) -> subprocess.Popen:
+    """Start ``argv`` already inside each cgroup directory of ``dirs`` (the
+    child writes its own pid into each cgroup.procs before exec: no window
+    outside).  Output goes to /dev/null unless the caller says otherwise."""
+    procs_files = [str(d / "cgroup.procs") for d in dict.fromkeys(dirs)]
+
+    def enter():
+        pid = str(os.getpid())
+        for f in procs_files:
+            with open(f, "w") as fh:
+                fh.write(pid)
+
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    kw.setdefault("stdout", subprocess.DEVNULL)
+    kw.setdefault("stderr", subprocess.DEVNULL)
+    return subprocess.Popen(argv, preexec_fn=enter, **kw)
+
+
 class TestCgroup:
     """One workload path, present in v2 and in the v1 hierarchies asked for."""
 
@@ -79,17 +97,7 @@ class TestCgroup:
 
     def spawn(self, argv, **kw) -> subprocess.Popen:
         """Start ``argv`` already inside every hierarchy's cgroup (no window outside)."""
-        procs_files = [str(d / "cgroup.procs") for d in self.dirs.values()]
-
-        def enter():
-            pid = str(os.getpid())
-            for f in procs_files:
-                with open(f, "w") as fh:
-                    fh.write(pid)
-
-        kw.setdefault("stdout", subprocess.DEVNULL)
-        kw.setdefault("stderr", subprocess.DEVNULL)
-        proc = subprocess.Popen(argv, preexec_fn=enter, **kw)
+        proc = spawn_in(self.dirs.values(), argv, **kw)
         self.procs.append(proc)
         return proc
 

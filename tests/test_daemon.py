@@ -13,11 +13,11 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from dataclasses import dataclass
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tagger.actions.actuator import AppliedAction
 from tagger.api import ApiClient
 from tagger.daemon import Config, Daemon, check_rules_ownership, read_config_file
 from tagger.errors import ConfigError
@@ -70,17 +70,6 @@ class FakeCollector:
         self.closed = True
 
 
-@dataclass(frozen=True)
-class Applied:
-    cgroup: str
-    knob: str
-    value: str
-    original: str
-    rule: str
-    since: float
-    dry_run: bool
-
-
 class RecordingActuator:
     def __init__(self):
         self.desired = {}
@@ -100,7 +89,7 @@ class RecordingActuator:
             for s in sets:
                 if s.cpu and s.cpu.max:
                     quota = int(s.cpu.max * 100000)
-                    out.append(Applied(path, "cpu.max", f"{quota} 100000", "max 100000", s.rule, 0.0, False))
+                    out.append(AppliedAction(path, "cpu.max", f"{quota} 100000", "max 100000", s.rule, 0.0, False))
         return out
 
     def close(self):

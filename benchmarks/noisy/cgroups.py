@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.cgroup_fixture import _rmdir_tree, v1_root, v2_root, wait_for
+from tests.cgroup_fixture import _rmdir_tree, spawn_in, v1_root, v2_root, wait_for
 
 CONTROLLERS = ("cpu", "cpuacct", "blkio")
 PREFIX = "tagger-nn"
@@ -28,17 +28,7 @@ class Workload:
 
     def spawn(self, argv, **kw) -> subprocess.Popen:
         """Start ``argv`` already inside every hierarchy's cgroup (no window outside)."""
-        files = [str(d / "cgroup.procs") for d in dict.fromkeys(self.dirs.values())]
-
-        def enter():
-            pid = str(os.getpid())
-            for f in files:
-                with open(f, "w") as fh:
-                    fh.write(pid)
-        kw.setdefault("stdin", subprocess.DEVNULL)
-        kw.setdefault("stdout", subprocess.DEVNULL)
-        kw.setdefault("stderr", subprocess.DEVNULL)
-        proc = subprocess.Popen(argv, preexec_fn=enter, **kw)
+        proc = spawn_in(self.dirs.values(), argv, **kw)
         self.procs.append(proc)
         return proc
 

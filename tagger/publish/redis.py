@@ -89,12 +89,7 @@ class RedisPublisher:
         self._wake.set()
         self._thread.join(timeout=self.timeout + 2)
         self._thread = None
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:
-                pass
-            self._client = None
+        self._disconnect()
 
     def __enter__(self):
         return self.start()
