@@ -1,4 +1,4 @@
-"""CPU quota and weight: v1 for real on this (hybrid) machine, v2 on fixture trees."""
+"""CPU quota, weight and idle: v1 for real on this (hybrid) machine, v2 on fixture trees."""
 
 from __future__ import annotations
 
@@ -96,6 +96,30 @@ def test_v1_quota_holds_and_lifts_on_the_real_kernel(make_cgroup, tmp_path):
 
 
 @pytest.mark.root
+def test_v1_cpu_idle_gives_way_to_a_sibling_on_the_real_kernel(make_cgroup, tmp_path):
+    """Two busy loops pinned to one CPU, in sibling cgroups: equal at first, then
+    the one tagger marks cpu.idle gets only what its sibling leaves (weight 3
+    against 1024 in the kernel), measured by the kernel's own cpuacct.usage."""
+    cpu = str(max(os.sched_getaffinity(0)))
+    fg = make_cgroup("fg", controllers=("cpu", "cpuacct"))
+    bg = make_cgroup("bg", controllers=("cpu", "cpuacct"))
+    for cg in (fg, bg):
+        cg.spawn(["taskset", "-c", cpu] + BUSY)
+    wait_for(lambda: fg.pids("cpu") and bg.pids("cpu"), what="two busy loops")
+    with Actuator(Layout.detect(HOST), state_dir=tmp_path / "state", safety=FREE) as act:
+        act.apply(tick(0), {bg.path: [ActionSet("demote", cpu=CpuSpec(idle=True))]})
+        assert (bg.dir("cpu") / "cpu.idle").read_text().strip() == "1"
+        f0 = int((fg.dir("cpuacct") / "cpuacct.usage").read_text())
+        b0 = int((bg.dir("cpuacct") / "cpuacct.usage").read_text())
+        time.sleep(2.0)
+        fg_ns = int((fg.dir("cpuacct") / "cpuacct.usage").read_text()) - f0
+        bg_ns = int((bg.dir("cpuacct") / "cpuacct.usage").read_text()) - b0
+        print(f"\ncpu.idle=1: the idle sibling got {bg_ns / (fg_ns + bg_ns):.2%} of the CPU they share")
+        assert bg_ns < 0.05 * (fg_ns + bg_ns)
+    assert (bg.dir("cpu") / "cpu.idle").read_text().strip() == "0"       # reverted on exit
+
+
+@pytest.mark.root
 def test_our_limits_agree_with_the_kernels(make_cgroup, tmp_path):
     """Every limit we check is one the real kernel enforces: the same value,
     written straight to the file, is refused with EINVAL."""
@@ -183,6 +207,29 @@ def test_v2_writes_cpu_max_and_weight(v2):
     act.revert_all()
     assert d.joinpath("cpu.max").read_text() == "max 100000"
     assert d.joinpath("cpu.weight").read_text() == "100"
+
+
+def test_v2_cpu_idle_set_and_reverted(v2):
+    tmp_path, layout = v2
+    act = _act(tmp_path, layout)
+    d = tmp_path / "sys/fs/cgroup/batch/a"
+    want = {"/batch/a": [ActionSet("keep", cpu=CpuSpec(idle=False)), ActionSet("demote", cpu=CpuSpec(idle=True))]}
+    [applied] = act.apply(tick(0), want)
+    assert d.joinpath("cpu.idle").read_text() == "1"           # idle is the more restrictive
+    assert (applied.knob, applied.value, applied.rule) == ("cpu.idle", "1", "demote")
+    act.revert_all()
+    assert d.joinpath("cpu.idle").read_text() == "0"
+
+
+def test_no_cpu_idle_file_is_a_refusal_naming_the_kernel(v2):
+    tmp_path, layout = v2
+    (tmp_path / "sys/fs/cgroup/batch/a/cpu.idle").unlink()     # a kernel before 5.15
+    act = _act(tmp_path, layout)
+    act.apply(tick(0), {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.5, idle=True))]})
+    [msg] = act.refusals().values()
+    assert "cpu.idle" in msg and "5.15" in msg
+    # The quota in the same action set still goes through.
+    assert (tmp_path / "sys/fs/cgroup/batch/a/cpu.max").read_text() == "50000 100000"
 
 
 def test_v2_burst_must_not_exceed_the_new_max(v2):

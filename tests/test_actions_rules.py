@@ -38,8 +38,8 @@ policies:
 PATHS = ["/", "/web", "/batch", "/batch/job"]
 
 
-def snap(t, job_cpu, web_p99):
-    return Snapshot.synthetic(PATHS, {"cpu.usage": [2.0, 0.3, job_cpu, job_cpu],
+def snap(t, job_cpu, web_p99, web_cpu=0.3):
+    return Snapshot.synthetic(PATHS, {"cpu.usage": [2.0, web_cpu, job_cpu, job_cpu],
                                       "runq.p99": [0.0, web_p99, 0.0, 0.0],
                                       "runq.slowdown": [1.0, 2.5, 1.0, 1.0]},
                               t=float(t), node={"cpus": 2.0})
@@ -55,8 +55,8 @@ def test_rules_and_policy_drive_the_actuator_and_undo(tmp_path):
                    safety=Safety(max_step=None, cooldown=0))
     job = tmp_path / "sys/fs/cgroup/batch/job"
 
-    def tick(t, job_cpu, web_p99):
-        s = snap(t, job_cpu, web_p99)
+    def tick(t, job_cpu, web_p99, web_cpu=0.3):
+        s = snap(t, job_cpu, web_p99, web_cpu)
         desired = engine.evaluate(s).actions
         for path, a in slo.step(s, engine.store, act.current()).items():
             desired.setdefault(path, []).append(a)
@@ -69,14 +69,25 @@ def test_rules_and_policy_drive_the_actuator_and_undo(tmp_path):
     assert (job / "cpu.max").read_text() == "50000 100000"
     assert (job / "io.max").read_text() == f"254:0 rbps={20 * 1024 * 1024} wbps=max riops=max wiops=max"
 
-    applied = tick(1, job_cpu=0.5, web_p99=6e-3)                # SLO missed: the policy squeezes harder
+    applied = tick(1, job_cpu=0.5, web_p99=6e-3)                # SLO missed: first the idle flag
+    by = {(a.cgroup, a.knob): a for a in applied}
+    assert by[("/batch/job", "cpu.idle")].rule == "latency-slo:web-slo"
+    assert (job / "cpu.idle").read_text() == "1"
+
+    applied = tick(2, job_cpu=0.5, web_p99=6e-3)                # still missing: squeezes harder
     by = {(a.cgroup, a.knob): a for a in applied}
     assert by[("/batch/job", "cpu.max")].rule == "latency-slo:web-slo"
     assert cpus_of(by[("/batch/job", "cpu.max")].value) < 0.5
 
-    for t in range(2, 40):                                      # the hog is gone, the SLO holds
+    for t in range(3, 40):                                      # the hog is gone, the SLO holds
         applied = tick(t, job_cpu=0.1, web_p99=0.5e-3)
+    # Quotas released; idle (free while web leaves CPU unused) stays while web runs.
+    assert {(a.cgroup, a.knob) for a in applied} == {("/batch/job", "cpu.idle"), ("/batch", "cpu.idle")}
+    assert (job / "cpu.max").read_text() == "max 100000"
+    for t in range(40, 44):                                     # web stops: nothing to protect
+        applied = tick(t, job_cpu=0.1, web_p99=float("nan"), web_cpu=0.0)
     assert applied == []
+    assert (job / "cpu.idle").read_text() == "0"
     assert (job / "cpu.max").read_text() == "max 100000"
     assert (job / "io.max").read_text() == "254:0 rbps=max wbps=max riops=max wiops=max"
 

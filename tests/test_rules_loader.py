@@ -127,6 +127,10 @@ rules:
       cpu: {max: 0.5, period: 50ms}
       io: {device: "8:0", read_bps: 10MiB, write_iops: 100}
       rdt: {group: low, l3: "0x0f", mb: 30}
+  - name: demote
+    match: {tags: {priority: low}}
+    actions:
+      cpu: {idle: true}
 policies:
   - name: web-slo
     kind: latency-slo
@@ -134,15 +138,17 @@ policies:
     slo: runq.p99 < 2ms
     throttle: {cgroup: ["/kubepods/besteffort/**"], exclude: "/kubepods/besteffort/keep"}
     alpha: 0.3
+    idle: false
 """)
     cap = rs.rule("cap")
+    assert rs.rule("demote").actions == ActionSet("demote", CpuSpec(idle=True))
     assert cap.actions == ActionSet("cap", CpuSpec(max=0.5, period=0.05),
                                     IoSpec(device="8:0", read_bps=10 * 1024**2, write_iops=100),
                                     RdtSpec("low", "0x0f", 30))
     assert rs.policies == [LatencySloSpec(
         name="web-slo", protect=Selector(tags={"priority": "low"}),
         throttle=Selector(cgroup=("/kubepods/besteffort/**",), exclude=("/kubepods/besteffort/keep",)),
-        metric="runq.p99", target=0.002, alpha=0.3)]
+        metric="runq.p99", target=0.002, alpha=0.3, idle=False)]
 
 
 def test_disabled_rule_loads_but_is_not_active():

@@ -36,7 +36,7 @@ from tagger.cgroups import Layout, normalize
 from tagger.kernelfs import HOST, KernelFS
 
 from .control import ControlPoint, Safety
-from .cpu import CpuMax, CpuQuota, CpuWeight
+from .cpu import CpuIdle, CpuMax, CpuQuota, CpuWeight
 from .io import IoLimit, format_limits, resolve_devices, spec_limits
 from .journal import DEFAULT_STATE_DIR, Entry, Journal, entry_key
 from .rdt import PRESENT, RESCTRL, Resctrl, RdtGroup, RdtSchemata, RdtTasks
@@ -167,6 +167,8 @@ class Actuator:
         if kind == "cpu.weight":
             return CpuWeight(self.fs, cgroup, self.layout.controller_dir("cpu", cgroup),
                              self.layout.controller_version("cpu"))
+        if kind == "cpu.idle":
+            return CpuIdle(self.fs, cgroup, self.layout.controller_dir("cpu", cgroup))
         if kind == "io.max":
             return IoLimit(self.fs, cgroup, self.layout.controller_dir("io", cgroup),
                            self.layout.controller_version("io"), arg)
@@ -221,6 +223,11 @@ class Actuator:
             best = min(weight, key=lambda s: s.cpu.weight)
             cp = self.control_point(path, "cpu.weight")
             wants[entry_key(path, cp.knob)] = (cp, cp.native(best.cpu.weight), best.rule)
+        idle = [s for s in sets if s.cpu is not None and s.cpu.idle is not None]
+        if idle:
+            best = max(idle, key=lambda s: s.cpu.idle)      # idle is the more restrictive
+            cp = self.control_point(path, "cpu.idle")
+            wants[entry_key(path, cp.knob)] = (cp, cp.native(best.cpu.idle), best.rule)
 
     def _want_io(self, wants, path, sets):
         per_device: dict[str, tuple[dict, str]] = {}

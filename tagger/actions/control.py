@@ -1,5 +1,5 @@
 """A control point: one knob of one cgroup that an action sets and the journal
-can put back.  Each kind (cpu.max, cpu.weight, io.max) reads and writes a text
+can put back.  Each kind (cpu.max, cpu.weight, cpu.idle, io.max) reads and writes a text
 form that is the same on cgroup v1 and v2, so the journal does not care which
 hierarchy the controller lives on.
 """

@@ -1,4 +1,4 @@
-"""CPU control points: the CFS bandwidth quota and the weight.
+"""CPU control points: the CFS bandwidth quota, the weight and the idle flag.
 
 cgroup v2: ``cpu.max`` ("$QUOTA $PERIOD" or "max $PERIOD", microseconds) and
 ``cpu.weight``.  cgroup v1 (hybrid hosts keep cpu there): ``cpu.cfs_quota_us``
@@ -11,6 +11,11 @@ before writing, so a refusal names the limit instead of a bare EINVAL:
 quota >= 1ms, 1ms <= period <= 1s, burst <= quota, and on v1 only a child's
 quota/period ratio may not exceed its nearest limited ancestor's, nor may a
 parent drop below a limited descendant.
+
+``cpu.idle`` (v1 and v2, Linux 5.15+, commit 304000390f88) makes a group's
+tasks SCHED_IDLE towards their siblings: a waking non-idle task preempts them
+at once.  Unlike a quota it costs the group nothing while the others leave a
+CPU idle, which is why latency-slo reaches for it first.
 """
 
 from __future__ import annotations
@@ -252,3 +257,34 @@ class CpuWeight(ControlPoint):
         if int(wanted) < int(current) and held_for is not None and held_for < safety.cooldown:
             return current
         return wanted
+
+
+class CpuIdle(ControlPoint):
+    """``cpu.idle``: "1" makes the group SCHED_IDLE among its siblings, "0" is the default."""
+
+    knob = "cpu.idle"
+
+    def __init__(self, fs, cgroup, directory):
+        super().__init__(fs, cgroup, directory)
+        self.file = f"{directory}/cpu.idle"
+
+    def native(self, idle: bool) -> str:
+        return "1" if idle else "0"
+
+    def read(self) -> str:
+        try:
+            return self.fs.read_text(self.file).strip()
+        except errors.NotFound:
+            if self.present():
+                raise ActionRefused(f"{self.cgroup}: no cpu.idle (it needs Linux 5.15)",
+                                    "no cpu.idle", self.file) from None
+            raise
+
+    def write(self, value: str) -> None:
+        try:
+            self.fs.write_text(self.file, value)
+        except errors.KernelRefused as err:
+            raise ActionRefused(f"{self.cgroup}: {err}", "kernel refused", err.path) from err
+
+    def tighter(self, old, new):
+        return int(new) > int(old)

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class CpuSpec:
-    """``cpu: {max: 0.5, period: 100ms, weight: 50}``."""
+    """``cpu: {max: 0.5, period: 100ms, weight: 50, idle: true}``."""
     max: float | None = None        # CPUs (quota / period); None leaves the quota alone
     period: float = 0.1             # seconds
     weight: int | None = None       # cgroup v2 cpu.weight 1..10000 (v1 cpu.shares is derived)
+    idle: bool | None = None        # cpu.idle: the group's tasks run as SCHED_IDLE (Linux 5.15+)
 
 
 @dataclass(frozen=True)

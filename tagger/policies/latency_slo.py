@@ -20,6 +20,17 @@ Each tick:
    I/O limit back at the rate it was first throttled from, is dropped: the
    actuator then restores the cgroup's original setting.
 
+The first CPU step is not a quota but ``cpu.idle`` (``idle: true``, the
+default): l's tasks become SCHED_IDLE towards W's, so W's wake-ups preempt
+them at once.  It is work-conserving — l still gets every cycle W leaves —
+so it is kept while there is anything to protect, and quotas (which do cost
+l throughput) only follow when W still misses with l idle.  On the
+noisy-neighbour scenario a quota could not bring W's run-queue tail back at
+any value (two CPU hogs return from each period's throttle together) while
+the idle flag did (docs/noisy_neighbor.md).  When no protected cgroup ran a
+task for ``hold`` ticks, nothing is left to protect and every limit is
+dropped at once rather than released step by step.
+
 Two additions to the seed algorithm keep it from sitting on the target (the
 proportional throttle vanishes as miss -> 1 while each release adds β; a
 deterministic load then parks W just above its SLO):
@@ -55,6 +66,7 @@ IO_FLOOR = 1024 * 1024
 class ControlState:
     """What the policy holds on one throttled cgroup."""
     cpu: float | None = None           # CPUs
+    idle: bool = False                 # cpu.idle set
     io_scale: float | None = None      # fraction of io_base
     io_base: tuple[float, float] = (0.0, 0.0)   # read, write bytes/s when first throttled
 
@@ -85,6 +97,7 @@ class LatencySlo:
         self.spec = spec
         self.hold = hold
         self._met = 0              # ticks in a row with the SLO met
+        self._quiet = 0            # ticks in a row no protected cgroup ran
         self.rule = f"latency-slo:{spec.name}"
         self.cpus = cpus
         self.state: dict[str, ControlState] = {}
@@ -145,7 +158,14 @@ class LatencySlo:
             miss, w = 0.0, None
 
         self._met = 0 if (w is not None and miss > 1) else self._met + 1
-        if w is not None and miss > 1:
+        usage = snapshot.column("cpu.usage")
+        # NaN (a collector that cannot tell) counts as running.
+        ran = any(not usage[i] == 0 for i in protect)
+        self._quiet = 0 if ran else self._quiet + 1
+        if self._quiet >= self.hold and self.state:
+            status.action = "release"
+            self.state.clear()
+        elif w is not None and miss > 1:
             importance = {}
             for r in spec.resources:
                 latency = snapshot.column(_resource_latency_metric(spec.metric, r))[w]
@@ -170,11 +190,15 @@ class LatencySlo:
                 factor = max(0.0, min(1 - spec.alpha * (miss - 1) * interference, 1 / (1 + spec.beta)))
                 st = self.state.setdefault(paths[i], ControlState())
                 if "cpu" in spec.resources and importance.get("cpu", 0) > 0:
-                    usage = snapshot.column("cpu.usage")[i]
-                    # The first throttle starts from what l uses now: scaling an
-                    # unused ceiling would change nothing.
-                    start = st.cpu if st.cpu is not None else min(ceiling, usage if usage > 0 else ceiling)
-                    st.cpu = max(spec.floor, start * factor)
+                    if spec.idle and not st.idle:
+                        # The free lever first; a quota only if W misses with it.
+                        st.idle = True
+                    else:
+                        # The first throttle starts from what l uses now: scaling an
+                        # unused ceiling would change nothing.
+                        used = usage[i]
+                        start = st.cpu if st.cpu is not None else min(ceiling, used if used > 0 else ceiling)
+                        st.cpu = max(spec.floor, start * factor)
                 if "io" in spec.resources and importance.get("io", 0) > 0:
                     if st.io_scale is None:
                         rb = snapshot.column("io.read_bytes")[i]
@@ -196,7 +220,7 @@ class LatencySlo:
                     st.io_scale *= 1 + spec.beta
                     if st.io_scale >= 1:
                         st.io_scale = None
-                if st.cpu is None and st.io_scale is None:
+                if st.cpu is None and st.io_scale is None and not st.idle:
                     del self.state[path]
         self.status = status
         return self._actions()
@@ -218,7 +242,9 @@ class LatencySlo:
     def _actions(self) -> dict[str, ActionSet]:
         out = {}
         for path, st in self.state.items():
-            cpu = CpuSpec(max=st.cpu) if st.cpu is not None else None
+            cpu = None
+            if st.cpu is not None or st.idle:
+                cpu = CpuSpec(max=st.cpu, idle=True if st.idle else None)
             io = None
             if st.io_scale is not None:
                 rb, wb = st.io_base

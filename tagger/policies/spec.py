@@ -28,3 +28,4 @@ class LatencySloSpec:
     floor: float = 0.1          # CPUs: lowest quota it may impose
     ceiling: float | None = None  # CPUs: released limit; None = the node's CPUs
     resources: tuple[str, ...] = ("cpu", "io")
+    idle: bool = True           # cpu.idle on the throttled cgroups before any quota

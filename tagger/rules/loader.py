@@ -32,11 +32,11 @@ RULE_KEYS = ("name", "description", "match", "when", "for", "keep_for", "clear_w
              "actions", "enabled")
 MATCH_KEYS = ("cgroup", "exclude", "names", "tags")
 ACTION_KEYS = ("cpu", "io", "rdt")
-CPU_KEYS = ("max", "period", "weight")
+CPU_KEYS = ("max", "period", "weight", "idle")
 IO_KEYS = ("device", "read_bps", "write_bps", "read_iops", "write_iops")
 RDT_KEYS = ("group", "l3", "mb")
 POLICY_KEYS = ("name", "kind", "description", "enabled", "protect", "throttle", "slo", "alpha",
-               "beta", "floor", "ceiling", "resources")
+               "beta", "floor", "ceiling", "resources", "idle")
 POLICY_KINDS = ("latency-slo",)
 POLICY_RESOURCES = ("cpu", "io")
 
@@ -612,12 +612,13 @@ class _Loader:
         f = self._sub(node, CPU_KEYS, "cpu", {
             "max": lambda v, w: self._number(v, w + " (CPUs)", positive=True),
             "period": lambda v, w: self._period(v, w),
-            "weight": lambda v, w: self._weight(v, w)})
-        if "max" not in f and "weight" not in f:
-            self.error(node, 'cpu action needs "max" (CPUs) or "weight"')
+            "weight": lambda v, w: self._weight(v, w),
+            "idle": lambda v, w: self._bool(v, w)})
+        if not {"max", "weight", "idle"} & set(f):
+            self.error(node, 'cpu action needs "max" (CPUs), "weight" or "idle"')
             raise _Skip
         return CpuSpec(max=f.get("max"), period=f.get("period", 0.1),
-                       weight=int(f["weight"]) if "weight" in f else None)
+                       weight=int(f["weight"]) if "weight" in f else None, idle=f.get("idle"))
 
     def _period(self, node, what):
         value = self._duration(node, what)
@@ -727,12 +728,13 @@ class _Loader:
         for key in ("alpha", "beta", "floor", "ceiling"):
             get(key, lambda v, key=key: self._number(v, key, positive=True))
         get("resources", lambda v: self._resources(v))
+        get("idle", lambda v: self._bool(v, "idle"))
         if bad:
             raise _Skip
         if values.get("enabled") is False:
             return None
         metric, target = values["slo"]
-        kw = {k: values[k] for k in ("alpha", "beta", "floor", "ceiling", "resources") if k in values}
+        kw = {k: values[k] for k in ("alpha", "beta", "floor", "ceiling", "resources", "idle") if k in values}
         return LatencySloSpec(name=name, protect=values["protect"], throttle=values["throttle"],
                               metric=metric, target=target, **kw)
 
