@@ -1,8 +1,9 @@
 """The noisy-neighbour proof (issue 7): a latency-critical ``web`` beside a
 best-effort ``batch`` on this machine, alone, collocated, protected by
 ``tagger run`` and its latency-slo policy, then ``web`` stopped to show the
-limits released; a static quota on batch (WCA's static allocation) as the
-baseline; and the agent's overhead on context switches.  Writes
+limits released; static settings on batch as the baseline (WCA's static
+allocator: a fixed quota, or fixed cpu.shares; and a fixed cpu.idle); and the
+agent's overhead on context switches.  Writes
 benchmarks/results/noisy_neighbor.md and two PNG plots.  Root, real kernel,
 about 4.5 minutes.
 
@@ -11,7 +12,7 @@ about 4.5 minutes.
 Everything it starts is stopped by pid and every cgroup it makes
 (``/tagger-nn-<pid>`` in the v2, cpu, cpuacct and blkio hierarchies) is removed
 on every exit path, SIGINT and SIGTERM included; the agent gets SIGTERM so it
-puts batch's quota back, and the run checks that it did.
+puts batch's quota and cpu.idle back, and the run checks that it did.
 """
 
 from __future__ import annotations
@@ -49,13 +50,15 @@ PROBE_WORK_US = 300.0
 FIO_ARGS = ["--rw=write", "--bs=256k", "--direct=1", "--size=256M", "--ioengine=libaio", "--iodepth=2",
             "--rate=100m"]
 OVERHEAD_CPU = "1"
-SLO_TICKS = 0.9   # a window meets the SLO when this share of its ticks does
+STEAL_NOTABLE = 0.005   # s/s of host steal (all vCPUs) worth naming beside a missed tick
+IDLE = -1.0       # stands for "cpu.idle, no quota" in a series of limits
 HOLD = 3      # ticks in a row within the SLO that count as "met again"
 
 NN_RULES = """\
 # Written by benchmarks/noisy_neighbor.py for one run: web is latency-critical,
 # batch is best effort, and the latency-slo policy keeps web's run-queue p99
-# under the SLO by throttling batch's CPU (web does no I/O, so CPU is the lever).
+# under the SLO by demoting batch's CPU: cpu.idle first, then a quota if web
+# still misses (web does no I/O, so CPU is the lever).
 rules:
   - name: nn-web
     description: The scenario's latency-critical workload.
@@ -80,6 +83,10 @@ policies:
 
 def _cpus(q) -> str:
     return "no limit" if q is None else f"{q:.2f} CPU"
+
+
+def _limit(q) -> str:
+    return "cpu.idle, no quota" if q == IDLE else f"{q:.2f} CPU"
 
 
 def _fmt_s(x) -> str:
@@ -254,11 +261,10 @@ class Run:
         time.sleep(P)
         phases.append({"name": "alone", "t0": t, "t1": time.monotonic()})
 
-        alone_ticks = [s.web_p99 for s in self.sampler.samples if phases[0]["t0"] <= s.t - s.dt / 2 < phases[0]["t1"]]
-        slo = a.slo * 1e-3 if a.slo else rp.choose_slo(alone_ticks)
+        alone_p99 = self.window_figures(phases[0]["t0"], phases[0]["t1"], math.inf)["runq"]["p99"]
+        slo = a.slo * 1e-3 if a.slo else rp.choose_slo(alone_p99)
         self.slo = slo
-        self.log(f"SLO: runq p99 <= {slo * 1e3:.1f} ms (alone tick p99 p90 = "
-                 f"{np.nanpercentile(alone_ticks, 90) * 1e3 if alone_ticks else float('nan'):.2f} ms)")
+        self.log(f"SLO: runq p99 <= {slo * 1e3:.1f} ms (alone: {alone_p99 * 1e3:.2f} ms)")
 
         self.log(f"collocated for {P:.0f}s")
         br = self.run_batch(P, "collocated")
@@ -291,10 +297,14 @@ class Run:
         code = self.agent.stop()
         self.agent_returncode = code
         quota_after = batch.raw_quota()
+        idle_after = batch.idle()
         self.agent_cpu_total = None
-        self.log(f"tagger run exited {code}; batch quota file now {quota_after}")
+        self.log(f"tagger run exited {code}; batch quota file now {quota_after}, cpu.idle {int(idle_after)}")
         if quota_after.split()[0] not in ("-1", "max"):
             self.notes.append(f"batch's quota was {quota_after} after tagger run stopped (expected -1)")
+        if idle_after:
+            self.notes.append("batch's cpu.idle was 1 after tagger run stopped (expected 0)")
+        quota_after = f"{quota_after}, cpu.idle {int(idle_after)}"
         self.sampler.agent_pid = None
         self.agent = None
 
@@ -303,37 +313,57 @@ class Run:
         # collector (the samples are kept) goes first.
         self.sampler.stop()
         overhead = self.overhead() if a.overhead_rounds > 0 else {}
-        return self.results(phases, batch_figs, slo, alone_ticks, agent_cpu_share, quota_after, static,
+        return self.results(phases, batch_figs, slo, alone_p99, agent_cpu_share, quota_after, static,
                             overhead, load_before)
+
+    def static_settings(self) -> list[tuple[str, float]]:
+        """(lever, value): the quotas, then the weight levers (--static-levers)."""
+        out = [("quota", float(q)) for q in self.args.static_quotas.split(",") if q.strip()]
+        for lever in filter(None, (x.strip() for x in self.args.static_levers.split(","))):
+            name, _, value = lever.partition("=")
+            if name not in ("shares", "idle"):
+                raise SystemExit(f"noisy_neighbor: --static-levers: unknown lever {name!r} (shares=N, idle)")
+            out.append((name, float(value or 1)))
+        return out
+
+    def _set_static(self, lever: str, value: float | None) -> None:
+        batch = self.scenario["batch"]
+        if lever == "quota":
+            batch.set_quota(value)
+        elif lever == "shares":
+            batch.set_shares(None if value is None else int(value))
+        else:
+            batch.set_idle(value is not None)
 
     def static_baseline(self, slo: float) -> dict:
         a = self.args
-        batch = self.scenario["batch"]
-        quotas = [float(q) for q in a.static_quotas.split(",")]
-        # Every quota is tried (not only down to the first that meets the SLO):
-        # the table is also the curve of web's latency against batch's quota.
-        self.log(f"static baseline: quotas {quotas}, {a.static_trial:.0f}s each")
-        self.start_web(len(quotas) * (a.static_trial + 2) + 10)
+        settings = self.static_settings()
+        # Every setting is tried (not only down to the first quota that meets the
+        # SLO): the table is also the curve of web's latency against batch's quota.
+        self.log(f"static baseline: {settings}, {a.static_trial:.0f}s each")
+        self.start_web(len(settings) * (a.static_trial + 2) + 10)
         time.sleep(1.0)
         trials = []
         try:
-            for q in quotas:
-                batch.set_quota(q)
-                br = self.run_batch(a.static_trial, f"static-{q}")
+            for lever, value in settings:
+                self._set_static(lever, value)
+                br = self.run_batch(a.static_trial, f"static-{lever}-{value:g}")
                 time.sleep(a.static_trial)
                 t0, t1 = br["t0"], time.monotonic()
                 # A throttled stress-ng or fio takes long to wind down and may be
                 # killed before it reports: lift the limit once the trial is over.
-                batch.set_quota(None)
+                self._set_static(lever, None)
                 figs = self.finish_batch(br, timeout=5)
-                tr = {"quota": q, "t0": t0, "t1": t1, **figs, **self.window_figures(t0, t1, slo, skip=1.0)}
-                tr["meets"] = bool(tr["within"] >= SLO_TICKS)
+                tr = {"lever": lever, "quota": value if lever == "quota" else None, "value": value,
+                      "t0": t0, "t1": t1, **figs, **self.window_figures(t0, t1, slo, skip=1.0)}
+                tr["meets"] = bool(tr["runq"]["p99"] <= slo)
                 trials.append(tr)
-                self.log(f"  quota {q:.2f}: runq p99 {tr['runq']['p99'] * 1e3:.2f} ms, "
+                self.log(f"  {lever} {value:g}: runq p99 {tr['runq']['p99'] * 1e3:.2f} ms, "
                          f"{tr['within'] * 100:.0f}% of ticks <= SLO, "
                          f"bogo-ops/s {tr['bogo_ops']:.0f}, meets SLO: {tr['meets']}")
         finally:
-            batch.set_quota(None)
+            for lever in ("quota", "shares", "idle"):
+                self._set_static(lever, None)
             self.stop_web()
         return {"trials": trials, "trial_s": a.static_trial}
 
@@ -402,6 +432,7 @@ class Run:
         cyc, probe = self.records()
         ss = [s for s in self.sampler.samples if t0 + skip <= s.t - s.dt / 2 < t1]
         quotas = [s.batch_quota for s in ss]
+        idle = sum(s.batch_idle for s in ss)
         return {
             "cyclictest": rp.summary(rp.in_window(cyc, t0 + skip, t1)[:, 1]),
             "probe": rp.summary(rp.in_window(probe, t0 + skip, t1)[:, 1]),
@@ -412,14 +443,17 @@ class Run:
             "quota_text": ("none" if all(q is None for q in quotas) else
                            f"{np.mean([self.args_cpus if q is None else q for q in quotas]):.2f}"
                            f" ({min(q for q in quotas if q is not None):.2f}–"
-                           f"{max(self.args_cpus if q is None else q for q in quotas):.2f})"),
+                           f"{max(self.args_cpus if q is None else q for q in quotas):.2f})")
+            + (f"; cpu.idle {idle / len(ss) * 100:.0f}% of ticks" if idle else ""),
+            "steal": float(np.nanmean([s.steal for s in ss])) if ss else math.nan,
+            "missed_with_steal": sum(1 for s in ss if s.web_p99 > slo and s.steal >= STEAL_NOTABLE),
         }
 
     @property
     def args_cpus(self):
         return float(os.cpu_count() or 1)
 
-    def results(self, phases, batch_figs, slo, alone_ticks, agent_cpu_share, quota_after, static, overhead,
+    def results(self, phases, batch_figs, slo, alone_p99, agent_cpu_share, quota_after, static, overhead,
                 load_before) -> dict:
         a = self.args
         samples = self.sampler.samples
@@ -433,7 +467,16 @@ class Run:
         recovery = rp.recovery_time(times, [s.web_p99 for s in samples], prot["t0"], slo, HOLD)
         if recovery is not None and recovery > prot["t1"] - prot["t0"]:
             recovery = None
-        release = rp.release_time(times, [s.batch_quota for s in samples], rel["t0"])
+        # The same from the first missed tick: how fast tagger undoes harm it saw.
+        first_miss = next((ti for ti, s in zip(times, samples) if prot["t0"] <= ti < prot["t1"] and s.web_p99 > slo),
+                          None)
+        after_miss = None if first_miss is None else rp.recovery_time(
+            times, [s.web_p99 for s in samples], first_miss + 0.5, slo, HOLD)
+        if after_miss is not None and first_miss + after_miss > prot["t1"]:
+            after_miss = None
+        # Limited = a quota or cpu.idle in force; release = both gone.
+        limit = [s.batch_quota if s.batch_quota is not None else (IDLE if s.batch_idle else None) for s in samples]
+        release = rp.release_time(times, limit, rel["t0"])
         t_start = phases[0]["t0"] - 1.0
         t_end = phases[-1]["t1"]
         cyc, probe = self.records()
@@ -442,6 +485,7 @@ class Run:
         in_run = [s for s in samples if t_start <= s.t <= t_end + 1]
         series = {"t0": t_start, "t": [s.t - s.dt / 2 - t_start for s in in_run],
                   "web_p99": [s.web_p99 for s in in_run], "quota": [s.batch_quota for s in in_run],
+                  "idle": [s.batch_idle for s in in_run], "steal": [s.steal for s in in_run],
                   "batch_cpu": [s.batch_cpu for s in in_run], "batch_write": [s.batch_write for s in in_run],
                   "cyc_x": (cx + 0.5).tolist(), "cyc_p99": cy.tolist(), "probe_x": (px + 0.5).tolist(),
                   "probe_p99": py.tolist()}
@@ -451,18 +495,19 @@ class Run:
         bars = []
         keep = prot["bogo_ops"] / coll["bogo_ops"] if coll["bogo_ops"] else math.nan
         # The protected phase proves something only if batch does hurt web.
-        hurts = bool(coll["within"] < SLO_TICKS)
+        hurts = bool(coll["runq"]["p99"] > slo)
         bars.append(rp.Bar("precondition: web misses the SLO beside batch (collocated)",
-                           f"< {SLO_TICKS * 100:.0f}% of ticks ≤ SLO",
-                           f"{coll['within'] * 100:.0f}% of ticks ≤ SLO, longest miss {coll['longest_miss']} ticks; "
-                           f"runq p99 over the phase {coll['runq']['p99'] * 1e3:.2f} ms", hurts))
+                           f"runq p99 > {slo * 1e3:.1f} ms",
+                           f"{coll['runq']['p99'] * 1e3:.2f} ms; {coll['within'] * 100:.0f}% of ticks ≤ SLO, "
+                           f"longest miss {coll['longest_miss']} ticks", hurts))
         if not hurts:
             self.notes.append("In this run web met its SLO beside batch without help (collocated phase), so "
                               "the protected-phase bars show little.")
-        limited = [s.batch_quota for s in samples if prot["t0"] <= s.t <= prot["t1"] and s.batch_quota is not None]
-        prot["first_limit_s"] = next((s.t - prot["t0"] for s in samples
-                                      if prot["t0"] <= s.t <= prot["t1"] and s.batch_quota is not None), None)
-        acted = bool(limited)
+        in_prot = [s for s in samples if prot["t0"] <= s.t <= prot["t1"]]
+        limited = [s.batch_quota for s in in_prot if s.batch_quota is not None]
+        prot["first_limit_s"] = next((s.t - prot["t0"] for s in in_prot if s.batch_quota is not None or s.batch_idle),
+                                     None)
+        acted = any(s.batch_quota is not None or s.batch_idle for s in in_prot)
         if not acted:
             self.notes.append("tagger set no limit on batch during the protected phase (web's run-queue p99 "
                               "did not miss the SLO for it to act on), so the protected-phase bars describe "
@@ -470,43 +515,60 @@ class Run:
         bars.append(rp.Bar("protected: SLO met again after the neighbours start",
                            f"≤ 5 s ({HOLD} ticks in a row ≤ SLO)",
                            "never within the phase" if recovery is None else
-                           f"{recovery:.1f} s (" + (f"first quota on batch after {_fmt_s(prot['first_limit_s'])}; lowest "
-                                                     f"{min(limited):.2f} CPU)" if acted else "tagger set no limit)"),
+                           f"{recovery:.1f} s (" + ("" if first_miss is None else
+                                                     f"first missed tick at {first_miss - prot['t0']:.1f} s, met again "
+                                                     f"{_fmt_s(after_miss)} later; ")
+                           + (f"first action on batch after {_fmt_s(prot['first_limit_s'])}; "
+                                                     + (f"lowest quota {min(limited):.2f} CPU)" if limited else
+                                                        "cpu.idle only, no quota)") if acted else "tagger set no limit)"),
                            (recovery is not None and recovery <= 5.0) if hurts and acted else None))
-        bars.append(rp.Bar("protected: web within its SLO after recovery", f"≥ {SLO_TICKS * 100:.0f}% of ticks ≤ SLO",
-                           f"{prot_after['within'] * 100:.0f}% of ticks (runq p99 over the rest of the phase "
-                           f"{prot_after['runq']['p99'] * 1e3:.2f} ms)", bool(prot_after["within"] >= SLO_TICKS)))
+        bars.append(rp.Bar("protected: web within its SLO after recovery", f"runq p99 ≤ {slo * 1e3:.1f} ms",
+                           f"{prot_after['runq']['p99'] * 1e3:.2f} ms over the rest of the phase; "
+                           f"{prot_after['within'] * 100:.0f}% of ticks ≤ SLO (of the missed ticks, "
+                           f"{prot_after['missed_with_steal']} had ≥ {STEAL_NOTABLE * 1e3:.0f} ms/s of host steal)",
+                           bool(prot_after["runq"]["p99"] <= slo)))
         bars.append(rp.Bar("protected: batch keeps its throughput", "≥ 50% of collocated (stress-ng bogo-ops/s)",
                            f"{keep * 100:.0f}% ({prot['bogo_ops']:.0f} / {coll['bogo_ops']:.0f}); fio "
                            f"{prot['fio_mibs']:.1f} / {coll['fio_mibs']:.1f} MiB/s", bool(keep >= 0.5)))
         trials = static.get("trials") or []
         if trials:
             # "No limit" is a static allocation too: the collocated phase is its trial.
-            trials.insert(0, {"quota": None, **{k: coll[k] for k in ("runq", "within", "probe", "cyclictest",
-                                                                     "bogo_ops", "fio_mibs")},
-                              "meets": bool(coll["within"] >= SLO_TICKS)})
-        chosen = max((t for t in trials if t["meets"]), key=lambda t: math.inf if t["quota"] is None else t["quota"],
-                     default=None)
+            trials.insert(0, {"lever": "quota", "quota": None, "value": None,
+                              **{k: coll[k] for k in ("runq", "within", "probe", "cyclictest", "bogo_ops", "fio_mibs")},
+                              "meets": not hurts})
+        quota_trials = [t for t in trials if t["lever"] == "quota"]
+        chosen = max((t for t in quota_trials if t["meets"]),
+                     key=lambda t: math.inf if t["quota"] is None else t["quota"], default=None)
         if trials:
+            weights = [t for t in trials if t["lever"] != "quota"]
+            static["weights_verdict"] = " ".join(
+                f"Static {rp.static_label(t)}: web's runq p99 {t['runq']['p99'] * 1e3:.2f} ms, batch "
+                f"{t['bogo_ops']:.0f} bogo-ops/s ({t['bogo_ops'] / prot['bogo_ops'] * 100:.0f}% of tagger's)."
+                for t in weights if prot["bogo_ops"])
             if chosen is None:
-                static["verdict"] = (f"No static quota tried met the SLO (lowest tried: {_cpus(trials[-1]['quota'])}, "
-                                     f"{trials[-1]['within'] * 100:.0f}% of ticks within it).")
-                bars.append(rp.Bar("more batch throughput than the static baseline at the same SLO",
-                                   "tagger > static", "no static quota tried met the SLO", None))
+                lowest = quota_trials[-1]
+                static["verdict"] = (f"No static quota tried met the SLO (lowest tried: {_cpus(lowest['quota'])}, "
+                                     f"runq p99 {lowest['runq']['p99'] * 1e3:.2f} ms).")
+                bars.append(rp.Bar("more batch throughput than the static quota at the same SLO",
+                                   "tagger > static", "no static quota tried met the SLO, down to "
+                                   f"{_cpus(lowest['quota'])} ({lowest['bogo_ops']:.0f} bogo-ops/s); tagger "
+                                   f"{prot['bogo_ops']:.0f} bogo-ops/s at runq p99 {prot_after['runq']['p99'] * 1e3:.2f} ms",
+                                   bool(prot_after["runq"]["p99"] <= slo and prot["bogo_ops"] > lowest["bogo_ops"])
+                                   if acted else None))
             else:
                 static["verdict"] = (f"Static allocation: **{_cpus(chosen['quota'])}** → batch "
                                      f"{chosen['bogo_ops']:.0f} bogo-ops/s, fio {chosen['fio_mibs']:.1f} MiB/s, "
-                                     f"web within the SLO in {chosen['within'] * 100:.0f}% of ticks; tagger's protected phase: "
-                                     f"{prot['bogo_ops']:.0f} bogo-ops/s, fio {prot['fio_mibs']:.1f} MiB/s, within the SLO in "
-                                     f"{prot['within'] * 100:.0f}% of ticks ({prot_after['within'] * 100:.0f}% after "
+                                     f"web's runq p99 {chosen['runq']['p99'] * 1e3:.2f} ms; tagger's protected phase: "
+                                     f"{prot['bogo_ops']:.0f} bogo-ops/s, fio {prot['fio_mibs']:.1f} MiB/s, runq p99 "
+                                     f"{prot['runq']['p99'] * 1e3:.2f} ms ({prot_after['runq']['p99'] * 1e3:.2f} ms after "
                                      "recovery).")
-                bars.append(rp.Bar("more batch throughput than the static baseline at the same SLO",
+                bars.append(rp.Bar("more batch throughput than the static quota at the same SLO",
                                    "tagger > static (bogo-ops/s)",
                                    f"{prot['bogo_ops']:.0f} vs {chosen['bogo_ops']:.0f} at {_cpus(chosen['quota'])} "
                                    f"(×{prot['bogo_ops'] / chosen['bogo_ops']:.2f})",
-                                   bool(prot["bogo_ops"] > chosen["bogo_ops"] and prot_after["within"] >= SLO_TICKS)
+                                   bool(prot["bogo_ops"] > chosen["bogo_ops"] and prot_after["runq"]["p99"] <= slo)
                                    if acted else None))
-        at_stop = [s.batch_quota for s in samples if s.t <= rel["t0"]]
+        at_stop = [q for s, q in zip(samples, limit) if s.t <= rel["t0"]]
         q_stop = at_stop[-1] if at_stop else None
         if q_stop is None:
             bars.append(rp.Bar("release: batch back at its full limit after web stops", "≤ 20 s",
@@ -514,20 +576,24 @@ class Run:
         else:
             bars.append(rp.Bar("release: batch back at its full limit after web stops", "≤ 20 s",
                                ("not within the phase" if release is None else f"{release:.1f} s")
-                               + f" (from {q_stop:.2f} CPU)", release is not None and release <= 20.0))
-        bars.append(rp.Bar("quota restored when tagger run stops (SIGTERM)", "cfs_quota_us = -1",
-                           quota_after, quota_after.split()[0] in ("-1", "max")))
+                               + f" (from {_limit(q_stop)})", release is not None and release <= 20.0))
+        bars.append(rp.Bar("quota and cpu.idle restored when tagger run stops (SIGTERM)",
+                           "cfs_quota_us = -1, cpu.idle 0",
+                           quota_after, quota_after.split(",")[0].strip() in ("-1", "max")
+                           and quota_after.endswith("cpu.idle 0")))
         for name, r in (overhead.get("runs") or {}).items():
             slow = 1 - r["ratio"]
             bars.append(rp.Bar(f"overhead: {name.split(' (')[0]}", "slowdown ≤ 3%",
                                f"{slow * 100:+.2f}% (B/A = {r['ratio']:.4f})", bool(slow <= 0.03)))
 
-        alone_p90 = float(np.nanpercentile(alone_ticks, 90)) if alone_ticks else math.nan
-        why = (f"Chosen from the *alone* phase of this run: the 90th percentile of web's per-tick runq p99 was "
-               f"{alone_p90 * 1e3:.2f} ms; the SLO is twice that, rounded up to 0.5 ms, and at least 1 ms "
-               "(the run-queue histogram's buckets are powers of two in µs: finer is not measured). Per tick because tagger judges each tick; with headroom because this is "
-               "a shared host whose other tenants (which tagger must not throttle) add noise that no limit on "
-               "batch can remove." if not a.slo else f"Given on the command line (--slo {a.slo}).")
+        why = (f"Chosen from the *alone* phase of this run: web's run-queue p99 was {alone_p99 * 1e3:.2f} ms; "
+               "the SLO is twice that (one log2 bucket of the run-queue histogram up), rounded to 0.5 ms, and at "
+               "least 1 ms. It is judged as a p99 over the phase (or trial), as SLOs are stated over a period: "
+               f"one second of the probe's quiet half-period holds ~{a.quiet:.0f} requests, whose p99 is their "
+               "maximum. The policy itself is stricter: it judges every 1 s tick against the same target; the share "
+               "of ticks within it is reported beside. Headroom because this is a shared VM whose host (steal, "
+               "reported per phase) and other tenants add noise that no limit on batch can remove."
+               if not a.slo else f"Given on the command line (--slo {a.slo}).")
         uname = os.uname()
         res = {
             "meta": {"command": "sudo .venv/bin/python benchmarks/noisy_neighbor.py" + ("" if not a.argv else " " + " ".join(a.argv)),
@@ -537,8 +603,9 @@ class Run:
                      "probe_work_us": PROBE_WORK_US, "rate_quiet": a.quiet, "rate_busy": a.busy,
                      "rate_period": a.period, "stress_cpus": STRESS_CPUS, "stress_method": STRESS_METHOD, "beta": a.beta,
                      "shares": (a.web_shares or 1024, a.batch_shares or 1024), "fio": " ".join(FIO_ARGS)},
-            "slo": {"target": slo, "why": why, "ticks": SLO_TICKS},
-            "phases": phases, "recovery_s": recovery, "release_s": release, "hold": HOLD, "release_from": q_stop,
+            "slo": {"target": slo, "why": why},
+            "phases": phases, "recovery_s": recovery, "release_s": release, "hold": HOLD,
+            "release_from": None if q_stop is None else _limit(q_stop),
             "agent_cpu_share": agent_cpu_share, "quota_after_stop": quota_after, "static": static,
             "overhead": overhead, "series": series, "bars": bars, "notes": self.notes,
         }
@@ -554,6 +621,8 @@ class Run:
                     q = self.scenario["batch"].raw_quota()
                     if q.split()[0] not in ("-1", "max"):
                         problems.append(f"batch quota {q} after the agent stopped")
+                    if self.scenario["batch"].idle():
+                        problems.append("batch cpu.idle 1 after the agent stopped")
             except Exception as err:
                 problems.append(f"stopping tagger run: {err}")
         for p in self.others:
@@ -583,7 +652,9 @@ def main(argv=None):
     ap.add_argument("--quiet", type=float, default=50.0, help="probe requests/s at the sine's low")
     ap.add_argument("--busy", type=float, default=1000.0, help="probe requests/s at the sine's high")
     ap.add_argument("--period", type=float, default=15.0, help="the sine's period (s)")
-    ap.add_argument("--static-quotas", default="1.0,0.5,0.25,0.1", help="static quotas to try (CPUs), largest first")
+    ap.add_argument("--static-quotas", default="1.0,0.5,0.25", help="static quotas to try (CPUs), largest first")
+    ap.add_argument("--static-levers", default="shares=2,idle",
+                    help="weight settings tried after the quotas: shares=N (WCA's cpu_shares), idle (cpu.idle=1); '' for none")
     ap.add_argument("--static-trial", type=float, default=15.0, help="seconds per static quota (0: skip)")
     ap.add_argument("--overhead-rounds", type=int, default=3, help="A/B rounds (0: skip)")
     ap.add_argument("--pipe-loops", type=int, default=300000)

@@ -103,6 +103,9 @@ def test_v1_cpu_idle_gives_way_to_a_sibling_on_the_real_kernel(make_cgroup, tmp_
     cpu = str(max(os.sched_getaffinity(0)))
     fg = make_cgroup("fg", controllers=("cpu", "cpuacct"))
     bg = make_cgroup("bg", controllers=("cpu", "cpuacct"))
+    # A Kubernetes-like weight (requests of 1.5 CPUs): the kernel resets it when
+    # cpu.idle is cleared, so tagger must put it back itself.
+    (bg.dir("cpu") / "cpu.shares").write_text("1536")
     for cg in (fg, bg):
         cg.spawn(["taskset", "-c", cpu] + BUSY)
     wait_for(lambda: fg.pids("cpu") and bg.pids("cpu"), what="two busy loops")
@@ -117,6 +120,7 @@ def test_v1_cpu_idle_gives_way_to_a_sibling_on_the_real_kernel(make_cgroup, tmp_
         print(f"\ncpu.idle=1: the idle sibling got {bg_ns / (fg_ns + bg_ns):.2%} of the CPU they share")
         assert bg_ns < 0.05 * (fg_ns + bg_ns)
     assert (bg.dir("cpu") / "cpu.idle").read_text().strip() == "0"       # reverted on exit
+    assert (bg.dir("cpu") / "cpu.shares").read_text().strip() == "1536"  # and its weight with it
 
 
 @pytest.mark.root
@@ -213,12 +217,22 @@ def test_v2_cpu_idle_set_and_reverted(v2):
     tmp_path, layout = v2
     act = _act(tmp_path, layout)
     d = tmp_path / "sys/fs/cgroup/batch/a"
+    d.joinpath("cpu.weight").write_text("150\n")
     want = {"/batch/a": [ActionSet("keep", cpu=CpuSpec(idle=False)), ActionSet("demote", cpu=CpuSpec(idle=True))]}
     [applied] = act.apply(tick(0), want)
     assert d.joinpath("cpu.idle").read_text() == "1"           # idle is the more restrictive
     assert (applied.knob, applied.value, applied.rule) == ("cpu.idle", "1", "demote")
+    d.joinpath("cpu.weight").write_text("100\n")               # what the kernel does on clearing it
     act.revert_all()
     assert d.joinpath("cpu.idle").read_text() == "0"
+    assert d.joinpath("cpu.weight").read_text() == "150"        # the group's own weight, back
+
+
+def test_not_idle_is_met_by_any_weight(v2):
+    tmp_path, layout = v2
+    act = _act(tmp_path, layout)
+    assert act.apply(tick(0), {"/batch/a": [ActionSet("keep", cpu=CpuSpec(idle=False))]}) == []
+    assert act.current() == []
 
 
 def test_no_cpu_idle_file_is_a_refusal_naming_the_kernel(v2):

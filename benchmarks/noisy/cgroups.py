@@ -92,6 +92,25 @@ class Workload:
         (d / "cpu.cfs_period_us").write_text(str(period_us))
         (d / "cpu.cfs_quota_us").write_text("-1" if cpus is None else str(int(cpus * period_us)))
 
+    def idle(self) -> bool:
+        """cpu.idle is set (False where the kernel has no such file)."""
+        f = self._cpu_dir / "cpu.idle"
+        return f.exists() and f.read_text().strip() == "1"
+
+    def set_idle(self, idle: bool) -> None:
+        (self._cpu_dir / "cpu.idle").write_text("1" if idle else "0")
+
+    def set_shares(self, shares: int | None) -> None:
+        """v1 cpu.shares (v2: cpu.weight, converted as the kernel does); None: the default."""
+        d = self._cpu_dir
+        if (d / "cpu.weight").exists():
+            (d / "cpu.weight").write_text(str(100 if shares is None else max(1, round(shares * 100 / 1024))))
+        else:
+            (d / "cpu.shares").write_text(str(1024 if shares is None else shares))
+
+    def limited(self) -> bool:
+        return self.quota() is not None or self.idle()
+
     def cpu_seconds(self) -> float:
         """cpuacct.usage (v1) or cpu.stat usage_usec (v2), seconds."""
         acct = self.dirs.get("cpuacct")

@@ -1,8 +1,8 @@
 """Once a second, what the scenario needs to plot and judge: web's run-queue
 latency as tagger's own BPF collector measures it (the same code `tagger run`
 uses, opened here so the alone and collocated phases, when no agent runs, are
-measured the same way), batch's CPU, disk writes and CPU quota, and the agent's
-CPU time.  A thread, so the main thread can run the phases."""
+measured the same way), batch's CPU, disk writes, CPU quota and cpu.idle, the
+CPU time the hypervisor stole from this VM, and the agent's CPU time.  A thread, so the main thread can run the phases."""
 
 from __future__ import annotations
 
@@ -27,8 +27,20 @@ class Sample:
     batch_cpu: float = math.nan       # CPUs (tagger's cpu.usage of batch)
     batch_write: float = math.nan     # bytes/s
     batch_quota: float | None = None  # CPUs; None = no limit
+    batch_idle: bool = False          # batch's cpu.idle is set
+    steal: float = math.nan           # s/s the hypervisor ran others on our vCPUs (all CPUs)
     agent_cpu: float | None = None    # seconds of CPU the agent has used so far
     web_hist: np.ndarray | None = field(default=None, repr=False)
+
+
+def steal_seconds() -> float:
+    """Steal time of all CPUs so far (/proc/stat, 8th field of the "cpu" line):
+    time a vCPU wanted to run but the host ran someone else.  No cgroup limit
+    can give it back, so the report shows it beside web's misses."""
+    import os
+    with open("/proc/stat") as fh:
+        fields = fh.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_cpu_seconds(pid: int) -> float | None:
@@ -57,6 +69,7 @@ class Sampler(threading.Thread):
         self.samples: list[Sample] = []
         self.agent_pid: int | None = None
         self.error: BaseException | None = None
+        self._steal = steal_seconds()
         self._halt = threading.Event()
 
     def run(self):
@@ -87,8 +100,11 @@ class Sampler(threading.Thread):
             s.batch_write = float(snap.column("io.write_bytes")[b])
         try:
             s.batch_quota = self.batch.quota()
+            s.batch_idle = self.batch.idle()
         except OSError:
             pass
+        steal, self._steal = self._steal, steal_seconds()
+        s.steal = (self._steal - steal) / s.dt if s.dt else math.nan
         if self.agent_pid is not None:
             s.agent_cpu = proc_cpu_seconds(self.agent_pid)
         return s

@@ -168,7 +168,8 @@ class Actuator:
             return CpuWeight(self.fs, cgroup, self.layout.controller_dir("cpu", cgroup),
                              self.layout.controller_version("cpu"))
         if kind == "cpu.idle":
-            return CpuIdle(self.fs, cgroup, self.layout.controller_dir("cpu", cgroup))
+            return CpuIdle(self.fs, cgroup, self.layout.controller_dir("cpu", cgroup),
+                           self.layout.controller_version("cpu"))
         if kind == "io.max":
             return IoLimit(self.fs, cgroup, self.layout.controller_dir("io", cgroup),
                            self.layout.controller_version("io"), arg)

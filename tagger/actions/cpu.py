@@ -260,31 +260,51 @@ class CpuWeight(ControlPoint):
 
 
 class CpuIdle(ControlPoint):
-    """``cpu.idle``: "1" makes the group SCHED_IDLE among its siblings, "0" is the default."""
+    """``cpu.idle``.  Text form: "1" (idle), or "0 W" (not idle, with the group's
+    weight W as its weight file says: v1 cpu.shares, v2 cpu.weight).
+
+    The weight is part of the knob because the kernel forgets it: setting
+    cpu.idle makes the weight read 3 (WEIGHT_IDLEPRIO) and refuses writes to
+    it, and clearing cpu.idle sets the default (1024 / 100), not what the group
+    had (kernel/sched/fair.c sched_group_set_idle).  Restoring "0 1536" clears
+    the flag and then puts the weight back."""
 
     knob = "cpu.idle"
 
-    def __init__(self, fs, cgroup, directory):
+    def __init__(self, fs, cgroup, directory, version: int):
         super().__init__(fs, cgroup, directory)
         self.file = f"{directory}/cpu.idle"
+        self.weight_file = f"{directory}/{'cpu.weight' if version == 2 else 'cpu.shares'}"
 
     def native(self, idle: bool) -> str:
         return "1" if idle else "0"
 
     def read(self) -> str:
         try:
-            return self.fs.read_text(self.file).strip()
+            idle = self.fs.read_text(self.file).strip()
         except errors.NotFound:
             if self.present():
                 raise ActionRefused(f"{self.cgroup}: no cpu.idle (it needs Linux 5.15)",
                                     "no cpu.idle", self.file) from None
             raise
+        if idle != "0":
+            return idle
+        return f"0 {self.fs.read_text(self.weight_file).strip()}"
 
     def write(self, value: str) -> None:
+        idle, _, weight = value.partition(" ")
         try:
-            self.fs.write_text(self.file, value)
+            self.fs.write_text(self.file, idle)
+            if weight:
+                self.fs.write_text(self.weight_file, weight)
         except errors.KernelRefused as err:
             raise ActionRefused(f"{self.cgroup}: {err}", "kernel refused", err.path) from err
 
+    def paced(self, current, wanted, safety, held_for):
+        # "not idle" is met by any weight: only the flag is asked for.
+        if wanted == "0" and current.startswith("0 "):
+            return current
+        return wanted
+
     def tighter(self, old, new):
-        return int(new) > int(old)
+        return old.startswith("0") and new == "1"

@@ -376,7 +376,9 @@ int tg_prog_stats(struct tg_handle *h, struct tg_prog_stat *out, uint32_t cap)
 	return object_prog_stats(h->skel->obj, out, cap);
 }
 
-int tg_empty_open(struct tg_empty **out)
+/* The empty programs on the hooks asked for (TG_EMPTY_*): tagger itself
+ * traces only sched_switch, so its overhead floor is the switch alone. */
+int tg_empty_open(struct tg_empty **out, unsigned int hooks)
 {
 	struct tg_empty *e = calloc(1, sizeof(*e));
 	int err;
@@ -390,6 +392,8 @@ int tg_empty_open(struct tg_empty **out)
 		free(e);
 		return err;
 	}
+	bpf_program__set_autoattach(e->skel->progs.empty_sched_switch, hooks & TG_EMPTY_SWITCH);
+	bpf_program__set_autoattach(e->skel->progs.empty_sched_wakeup, hooks & TG_EMPTY_WAKEUP);
 	err = empty_bpf__attach(e->skel);
 	if (err) {
 		empty_bpf__destroy(e->skel);

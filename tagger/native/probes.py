@@ -170,12 +170,13 @@ def bpf_stats_enabled():
 
 
 class EmptyPrograms:
-    """Empty programs on sched_switch and sched_wakeup: the cost baseline."""
+    """Empty programs on sched_switch and (``wakeup=True``) sched_wakeup: the cost baseline."""
 
-    def __init__(self):
+    def __init__(self, wakeup: bool = True):
         require()
         out = ffi.new("struct tg_empty **")
-        check(lib.tg_empty_open(out), "loading the empty baseline programs")
+        hooks = lib.TG_EMPTY_SWITCH | (lib.TG_EMPTY_WAKEUP if wakeup else 0)
+        check(lib.tg_empty_open(out, hooks), "loading the empty baseline programs")
         self._handle = out[0]
         self._finalizer = weakref.finalize(self, lib.tg_empty_close, self._handle)
 
