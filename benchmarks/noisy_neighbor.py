@@ -246,8 +246,7 @@ class Run:
             if (d / "cpu.rt_runtime_us").exists():
                 (d / "cpu.rt_runtime_us").write_text("10000")
         for w, shares in ((web, a.web_shares), (batch, a.batch_shares)):
-            if shares:
-                (w.dirs["cpu"] / "cpu.shares").write_text(str(shares))
+            w.set_shares(shares)
         self.sampler = Sampler(web, batch, interval=a.interval)
         self.sampler.start()
         phases, batch_figs = [], {}
@@ -602,7 +601,7 @@ class Run:
                      "phase_s": a.phase, "interval": a.interval, "cyclictest_interval_us": CYCLICTEST_INTERVAL_US,
                      "probe_work_us": PROBE_WORK_US, "rate_quiet": a.quiet, "rate_busy": a.busy,
                      "rate_period": a.period, "stress_cpus": STRESS_CPUS, "stress_method": STRESS_METHOD, "beta": a.beta,
-                     "shares": (a.web_shares or 1024, a.batch_shares or 1024), "fio": " ".join(FIO_ARGS)},
+                     "shares": (a.web_shares, a.batch_shares), "fio": " ".join(FIO_ARGS)},
             "slo": {"target": slo, "why": why},
             "phases": phases, "recovery_s": recovery, "release_s": release, "hold": HOLD,
             "release_from": None if q_stop is None else _limit(q_stop),
@@ -646,8 +645,11 @@ def main(argv=None):
     ap.add_argument("--release", type=float, default=25.0, help="seconds of the release phase")
     ap.add_argument("--interval", type=float, default=1.0, help="tagger's tick and the sampling period (s)")
     ap.add_argument("--slo", type=float, help="SLO on web's runq p99 in ms (default: chosen from the alone phase)")
-    ap.add_argument("--web-shares", type=int, help="v1 cpu.shares of web (default: the kernel's 1024)")
-    ap.add_argument("--batch-shares", type=int, help="v1 cpu.shares of batch (default: the kernel's 1024)")
+    # As a Kubernetes node sets them from CPU requests (shares = millicores * 1024 / 1000):
+    # web asks for 250m, the batch job for 1500m of the two CPUs.
+    ap.add_argument("--web-shares", type=int, default=256, help="cpu.shares of web (default 256: a 250m request)")
+    ap.add_argument("--batch-shares", type=int, default=1536,
+                    help="cpu.shares of batch (default 1536: a 1500m request)")
     ap.add_argument("--beta", type=float, default=0.2, help="the latency-slo policy's release step")
     ap.add_argument("--quiet", type=float, default=50.0, help="probe requests/s at the sine's low")
     ap.add_argument("--busy", type=float, default=1000.0, help="probe requests/s at the sine's high")

@@ -126,6 +126,15 @@ def test_idle_first_then_quota_and_idle_kept_while_the_victim_runs(store):
     assert slo.status.action == "hold" or slo.status.action == "release"
 
 
+def test_with_idle_a_single_noisy_tick_costs_no_quota(store):
+    slo = LatencySlo(spec(persist=2))
+    ticks = [4, 1, 4, 1, 4, 4]                             # web's p99 in ms: misses, one at a time, then two
+    outs = [slo.step(snap(ms * MS, batch_cpu=1.5, t=t), store) for t, ms in enumerate(ticks)]
+    assert all(o["/batch"].cpu.idle for o in outs)         # idle from the first miss on
+    assert [o["/batch"].cpu.max for o in outs[:5]] == [None] * 5
+    assert outs[5]["/batch"].cpu.max is not None           # two misses in a row: now a quota
+
+
 def test_everything_dropped_once_nothing_protected_runs(store):
     slo = LatencySlo(spec(idle=True))
     slo.step(snap(4 * MS, batch_cpu=1.5), store)

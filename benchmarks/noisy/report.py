@@ -216,6 +216,13 @@ def _quota(q) -> str:
     return "none" if q is None else f"{q:.2f}"
 
 
+def _shares_text(shares) -> str:
+    web, batch = (1024 if x is None else x for x in shares)
+    return (f"CPU weights (v1 cpu.shares) web {web}, batch {batch}, as a Kubernetes node sets them from CPU "
+            f"requests (shares = millicores × 1024 / 1000: web asks for {web * 1000 / 1024:.0f}m, batch for "
+            f"{batch * 1000 / 1024:.0f}m).")
+
+
 def build_markdown(res: dict) -> str:
     """The report (``benchmarks/results/noisy_neighbor.md``) from a run's results."""
     m, slo = res["meta"], res["slo"]
@@ -231,8 +238,7 @@ def build_markdown(res: dict) -> str:
         f"({m['probe_work_us']:.0f} µs of CPU per request) whose rate follows a sine between "
         f"{m['rate_quiet']:.0f} and {m['rate_busy']:.0f} requests/s (period {m['rate_period']:.0f} s). "
         f"`batch` (best effort): `stress-ng --cpu {m['stress_cpus']} --cpu-method {m['stress_method']}` and a direct-I/O fio writer "
-        f"({m['fio']}). CPU weights (v1 cpu.shares) web {m.get('shares', (1024, 1024))[0]}, batch "
-        f"{m.get('shares', (1024, 1024))[1]}. Phases of {m['phase_s']:.0f} s; tagger ticks every {m['interval']:g} s.",
+        f"({m['fio']}). {_shares_text(m.get('shares', (None, None)))} Phases of {m['phase_s']:.0f} s; tagger ticks every {m['interval']:g} s.",
         "",
         f"**SLO: web's run-queue p99 ≤ {slo['target'] * 1e3:.1f} ms** over each phase or trial. {slo['why']}",
         "",

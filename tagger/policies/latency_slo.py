@@ -24,7 +24,9 @@ The first CPU step is not a quota but ``cpu.idle`` (``idle: true``, the
 default): l's tasks become SCHED_IDLE towards W's, so W's wake-ups preempt
 them at once.  It is work-conserving — l still gets every cycle W leaves —
 so it is kept while there is anything to protect, and quotas (which do cost
-l throughput) only follow when W still misses with l idle.  On the
+l throughput) only follow when W still misses with l idle, ``persist`` ticks
+in a row (default 2): a quota cut is spent on a lasting miss, not on one
+noisy tick (a host's steal, a one-off stall), which it could not undo anyway.  On the
 noisy-neighbour scenario a quota could not bring W's run-queue tail back at
 any value (two CPU hogs return from each period's throttle together) while
 the idle flag did (docs/noisy_neighbor.md).  When no protected cgroup ran a
@@ -97,6 +99,7 @@ class LatencySlo:
         self.spec = spec
         self.hold = hold
         self._met = 0              # ticks in a row with the SLO met
+        self._missed = 0           # ticks in a row with the SLO missed
         self._quiet = 0            # ticks in a row no protected cgroup ran
         self.rule = f"latency-slo:{spec.name}"
         self.cpus = cpus
@@ -157,7 +160,9 @@ class LatencySlo:
         else:
             miss, w = 0.0, None
 
-        self._met = 0 if (w is not None and miss > 1) else self._met + 1
+        missed = w is not None and miss > 1
+        self._met = 0 if missed else self._met + 1
+        self._missed = self._missed + 1 if missed else 0
         usage = snapshot.column("cpu.usage")
         # NaN (a collector that cannot tell) counts as running.
         ran = any(not usage[i] == 0 for i in protect)
@@ -193,6 +198,8 @@ class LatencySlo:
                     if spec.idle and not st.idle:
                         # The free lever first; a quota only if W misses with it.
                         st.idle = True
+                    elif spec.idle and self._missed < spec.persist and st.cpu is None:
+                        pass        # one miss with l idle: not yet worth a quota
                     else:
                         # The first throttle starts from what l uses now: scaling an
                         # unused ceiling would change nothing.

@@ -29,3 +29,4 @@ class LatencySloSpec:
     ceiling: float | None = None  # CPUs: released limit; None = the node's CPUs
     resources: tuple[str, ...] = ("cpu", "io")
     idle: bool = True           # cpu.idle on the throttled cgroups before any quota
+    persist: int = 2            # ticks in a row W must miss before a first quota (with idle)
