@@ -184,7 +184,7 @@ def test_markdown_report_from_recorded_samples():
     assert "| no limit (the collocated phase) | 5.00 |" in md
     assert "| cpu.idle 1 (no quota; not a WCA setting) | 1.00 | 100% |" in md
     assert "Static cpu.idle: as good." in md
-    assert "| perf bench sched pipe (ops/s) | 100, 102 | 99, 100 | 0.9850 |" in md
+    assert "| perf bench sched pipe (ops/s) | 100, 102 | 99, 100 | – | 0.9850 | – |" in md
     assert "noisy_neighbor_latency.png" in md and "noisy_neighbor_batch.png" in md
     assert "**2.0 s**" in md and "**7.0 s** (from 0.25 CPU)" in md
     res = recorded_run()

@@ -312,14 +312,16 @@ def build_markdown(res: dict) -> str:
     ov = res.get("overhead") or {}
     if ov.get("runs"):
         out += ["## Overhead of `tagger run` on context switches", "",
-                "Interleaved A (no agent, no BPF) / B (`tagger run` with the same rules, BPF attached) runs, "
-                f"both pinned to CPU {ov.get('cpu', '1')}; ratio = median B throughput / median A throughput."
+                "Interleaved A (no agent, no BPF) / B (`tagger run` with the same rules, BPF attached) / E (no "
+                "agent, an empty BPF program on sched_switch: the floor of tracing the hook tagger uses) runs, "
+                f"all pinned to CPU {ov.get('cpu', '1')}; ratio = median B (or E) throughput / median A throughput."
                 + (f" tagger's collector reported {ov['bpf_ns_per_event']:.0f} ns of BPF per event."
                    if ov.get("bpf_ns_per_event") and ov["bpf_ns_per_event"] == ov["bpf_ns_per_event"] else ""), "",
-                "| benchmark | A runs | B runs | B / A |", "|---|---|---|---|"]
+                "| benchmark | A runs | B runs | E runs | B / A | E / A |", "|---|---|---|---|---|---|"]
+        runs = lambda xs: ", ".join(f"{x:.0f}" for x in xs) or "–"    # noqa: E731
         for name, r in ov["runs"].items():
-            out.append(f"| {name} | {', '.join(f'{x:.0f}' for x in r['A'])} | {', '.join(f'{x:.0f}' for x in r['B'])} "
-                       f"| {r['ratio']:.4f} |")
+            out.append(f"| {name} | {runs(r['A'])} | {runs(r['B'])} | {runs(r.get('E', []))} "
+                       f"| {r['ratio']:.4f} | {_num(r.get('floor'), '{:.4f}')} |")
         out.append("")
     if res.get("notes"):
         out += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
