@@ -78,6 +78,9 @@ policies:
     # Release 20% a tick (default 10%): the release is multiplicative, so from
     # a floor of a few tenths of a CPU 10% a tick takes ~25 s to reach 2 CPUs.
     beta: {beta}
+    # Judge the p99 over the last 5 ticks, as the SLO is stated over a period:
+    # a one-tick stall of the host then costs batch no quota.
+    window: 5
 """
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from tagger.actions.actuator import Actuator
@@ -267,3 +268,33 @@ def test_closed_loop_with_idle_keeps_the_slo_without_a_quota(tmp_path):
     released = next(t for t, _, _, idle in trace if t >= STOP and idle == "0") - STOP
     assert released <= slo.hold + 1                        # nothing to protect: dropped at once
     assert act.current() == []
+
+
+def _hist_snap(t, slow, fast=1500, batch_cpu=1.5):
+    """A tick with web's run-queue histogram: ``fast`` waits in the 0.25-0.5 ms
+    bucket and ``slow`` in the 4-8 ms one (edges in seconds, powers of two)."""
+    edges = np.array([0.0, 0.25e-3, 0.5e-3, 1e-3, 2e-3, 4e-3, 8e-3])
+    web = np.array([0, fast, 0, 0, 0, slow])
+    zero = np.zeros(6, np.int64)
+    hists = {"runq.wakeup": np.stack([zero, web, zero, zero]),
+             "runq.new": np.zeros((4, 6), np.int64), "runq.preempt": np.zeros((4, 6), np.int64)}
+    from tagger.telemetry import hist_percentiles
+    p99 = hist_percentiles(hists["runq.wakeup"], edges, (0.99,))[:, 0]
+    s = Snapshot.synthetic(PATHS, {"runq.p99": p99, "runq.slowdown": [math.nan, 3.0, 1.0, 1.0],
+                                   "cpu.usage": [2.0, 0.5, batch_cpu, 0.0]}, t=t, node={"cpus": 2.0})
+    s.histograms, s.hist_edges = hists, edges
+    return s
+
+
+def test_window_judges_the_slo_over_the_last_ticks(store):
+    tick = LatencySlo(spec(window=1))
+    windowed = LatencySlo(spec(window=5))
+    quiet = [_hist_snap(t, slow=0) for t in range(4)]
+    for s in quiet:
+        tick.step(s, store), windowed.step(s, store)
+    spike = _hist_snap(4, slow=40)              # 2.6% of this tick's events are slow: its p99 misses
+    assert tick.step(spike, store) and tick.status.miss > 1
+    # Over five ticks the 40 slow waits are 0.5% of the events: the p99 holds.
+    assert windowed.step(spike, store) == {} and windowed.status.miss < 1
+    harm = _hist_snap(5, slow=400)              # lasting harm: 400 of 1900 waits slow
+    assert windowed.step(harm, store) and windowed.status.miss > 1

@@ -42,6 +42,12 @@ deterministic load then parks W just above its SLO):
   so after a miss the limit stays below the point that missed for a while
   (TCP's congestion avoidance does the same with its slow growth).
 
+With ``window: N`` (default 1) a histogram percentile SLO (``runq.p99``,
+``runq.wakeup.p99``, ``io.lat.p99``...) is judged over W's last N ticks
+(summed histograms), as SLOs are stated over a period: one slow tick then
+moves the figure only if it holds more than 1% of the window's events, so a
+host's passing stall does not cost l a quota, while lasting harm shows at once.
+
 The policy only says what it wants (ActionSets merged into the rules' desired
 actions); the actuator applies them with its floor, step limit and cool-down.
 """
@@ -50,6 +56,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +64,7 @@ import numpy as np
 from tagger.actions.spec import ActionSet, CpuSpec, IoSpec
 from tagger.rules.selectors import PathSelector
 from tagger.snapshot import Snapshot
+from tagger.telemetry import hist_percentiles
 
 from .spec import LatencySloSpec, Selector
 
@@ -91,6 +99,11 @@ def _resource_latency_metric(slo_metric: str, resource: str) -> str:
 
 SLOWDOWN = {"cpu": "runq.slowdown", "io": "io.slowdown"}
 
+#: SLO metrics that are percentiles of per-tick histograms: metric stem ->
+#: the histograms it is computed from (as tagger.telemetry does).
+HISTOGRAMS = {"runq": ("runq.wakeup", "runq.new", "runq.preempt"), "runq.wakeup": ("runq.wakeup", "runq.new"),
+              "runq.preempt": ("runq.preempt",), "io.lat": ("io.lat",)}
+
 
 class LatencySlo:
     """One ``latency-slo`` policy.  ``step`` once a tick."""
@@ -100,6 +113,7 @@ class LatencySlo:
         self.hold = hold
         self._met = 0              # ticks in a row with the SLO met
         self._missed = 0           # ticks in a row with the SLO missed
+        self._recent: dict[str, deque] = {}   # protected path -> its last `window` histograms
         self._quiet = 0            # ticks in a row no protected cgroup ran
         self.rule = f"latency-slo:{spec.name}"
         self.cpus = cpus
@@ -152,7 +166,7 @@ class LatencySlo:
             del self.state[gone]
 
         status = SloStatus()
-        lat = snapshot.column(spec.metric)
+        lat = self._latency(snapshot, protect)
         misses = [(lat[i] / spec.target, i) for i in protect if not math.isnan(lat[i])]
         if misses:
             miss, w = max(misses)
@@ -231,6 +245,29 @@ class LatencySlo:
                     del self.state[path]
         self.status = status
         return self._actions()
+
+    def _latency(self, snap: Snapshot, protect: list[int]) -> np.ndarray:
+        """The SLO metric per row: this tick's, or for the protected rows over
+        the last ``window`` ticks when it is a histogram percentile."""
+        spec = self.spec
+        lat = snap.column(spec.metric)
+        stem, _, pct = spec.metric.rpartition(".")
+        names = HISTOGRAMS.get(stem)
+        if (spec.window <= 1 or names is None or not pct.startswith("p") or not len(snap.hist_edges)
+                or not all(n in snap.histograms for n in names)):
+            return lat
+        q = float(pct[1:]) / 100
+        paths = snap.cgroups.paths
+        lat = lat.copy()
+        for i in protect:
+            recent = self._recent.setdefault(paths[i], deque(maxlen=spec.window))
+            recent.append(sum(snap.histograms[n][i].astype(np.int64) for n in names))
+            total = np.sum(recent, axis=0)[None, :]
+            lat[i] = hist_percentiles(total, snap.hist_edges, (q,))[0, 0]
+        live = {paths[i] for i in protect}
+        for gone in [p for p in self._recent if p not in live]:
+            del self._recent[gone]
+        return lat
 
     def _load(self, snap: Snapshot, resource: str) -> np.ndarray:
         if resource == "cpu":

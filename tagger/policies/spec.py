@@ -30,3 +30,4 @@ class LatencySloSpec:
     resources: tuple[str, ...] = ("cpu", "io")
     idle: bool = True           # cpu.idle on the throttled cgroups before any quota
     persist: int = 2            # ticks in a row W must miss before a first quota (with idle)
+    window: int = 1             # ticks a histogram percentile SLO is judged over

@@ -36,7 +36,7 @@ CPU_KEYS = ("max", "period", "weight", "idle")
 IO_KEYS = ("device", "read_bps", "write_bps", "read_iops", "write_iops")
 RDT_KEYS = ("group", "l3", "mb")
 POLICY_KEYS = ("name", "kind", "description", "enabled", "protect", "throttle", "slo", "alpha",
-               "beta", "floor", "ceiling", "resources", "idle", "persist")
+               "beta", "floor", "ceiling", "resources", "idle", "persist", "window")
 POLICY_KINDS = ("latency-slo",)
 POLICY_RESOURCES = ("cpu", "io")
 
@@ -729,13 +729,14 @@ class _Loader:
             get(key, lambda v, key=key: self._number(v, key, positive=True))
         get("resources", lambda v: self._resources(v))
         get("idle", lambda v: self._bool(v, "idle"))
-        get("persist", lambda v: self._number(v, "persist", positive=True, integer=True))
+        get("persist", lambda v: int(self._number(v, "persist", positive=True, integer=True)))
+        get("window", lambda v: int(self._number(v, "window", positive=True, integer=True)))
         if bad:
             raise _Skip
         if values.get("enabled") is False:
             return None
         metric, target = values["slo"]
-        kw = {k: values[k] for k in ("alpha", "beta", "floor", "ceiling", "resources", "idle", "persist")
+        kw = {k: values[k] for k in ("alpha", "beta", "floor", "ceiling", "resources", "idle", "persist", "window")
               if k in values}
         return LatencySloSpec(name=name, protect=values["protect"], throttle=values["throttle"],
                               metric=metric, target=target, **kw)
