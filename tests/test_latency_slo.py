@@ -168,17 +168,22 @@ class SimHost:
     def __init__(self, root):
         self.cpu_max = root / "sys/fs/cgroup/batch/cpu.max"
         self.demand = 0.0
+        self.victim = self.VICTIM          # CPUs the victim runs (0: stopped)
+
+    def felt(self, neighbour: float) -> float:
+        """How much of the neighbour's load the victim's queue feels."""
+        return neighbour
 
     def tick(self, t) -> Snapshot:
         quota = CpuMax.parse(self.cpu_max.read_text()).cpus
-        neighbour = min(self.demand, quota, self.CPUS - self.VICTIM)
-        u = min((self.VICTIM + neighbour) / self.CPUS, 0.95)
-        p99 = self.BASE / (1 - u)
+        neighbour = min(self.demand, quota, self.CPUS - self.victim)
+        u = min((self.victim + self.felt(neighbour)) / self.CPUS, 0.95)
+        p99 = self.BASE / (1 - u) if self.victim else math.nan
         return Snapshot.synthetic(
             ["/", "/web", "/batch"],
             {"runq.p99": [math.nan, p99, 0.2 * MS],
              "runq.slowdown": [math.nan, 1 + p99 / (0.5 * MS), 1.0],
-             "cpu.usage": [self.VICTIM + neighbour, self.VICTIM, neighbour]},
+             "cpu.usage": [self.victim + neighbour, self.victim, neighbour]},
             t=float(t), node={"cpus": self.CPUS})
 
 
@@ -218,27 +223,15 @@ def test_closed_loop_converges_under_the_slo_and_releases(tmp_path):
 
 
 class IdleAwareHost(SimHost):
-    """As SimHost, but the victim can stop, and with batch's cpu.idle set the
-    victim's wake-ups preempt it at once: batch then adds only a twentieth of
+    """As SimHost, but with batch's cpu.idle set the victim's wake-ups preempt it at once: batch then adds only a twentieth of
     its load to the victim's queueing (the kernel's weight 3 against 1024)."""
 
     def __init__(self, root):
         super().__init__(root)
         self.cpu_idle = root / "sys/fs/cgroup/batch/cpu.idle"
-        self.victim = self.VICTIM
 
-    def tick(self, t) -> Snapshot:
-        quota = CpuMax.parse(self.cpu_max.read_text()).cpus
-        neighbour = min(self.demand, quota, self.CPUS - self.victim)
-        felt = neighbour / 20 if self.cpu_idle.read_text().strip() == "1" else neighbour
-        u = min((self.victim + felt) / self.CPUS, 0.95)
-        p99 = self.BASE / (1 - u) if self.victim else math.nan
-        return Snapshot.synthetic(
-            ["/", "/web", "/batch"],
-            {"runq.p99": [math.nan, p99, 0.2 * MS],
-             "runq.slowdown": [math.nan, 1 + p99 / (0.5 * MS), 1.0],
-             "cpu.usage": [self.victim + neighbour, self.victim, neighbour]},
-            t=float(t), node={"cpus": self.CPUS})
+    def felt(self, neighbour: float) -> float:
+        return neighbour / 20 if self.cpu_idle.read_text().strip() == "1" else neighbour
 
 
 def test_closed_loop_with_idle_keeps_the_slo_without_a_quota(tmp_path):
