@@ -2,7 +2,8 @@
 latency as tagger's own BPF collector measures it (the same code `tagger run`
 uses, opened here so the alone and collocated phases, when no agent runs, are
 measured the same way), batch's CPU, disk writes, CPU quota and cpu.idle, the
-CPU time the hypervisor stole from this VM, and the agent's CPU time.  A thread, so the main thread can run the phases."""
+CPU time the hypervisor stole from this VM, and the agent's CPU time.  A
+thread, so the main thread can run the phases."""
 
 from __future__ import annotations
 

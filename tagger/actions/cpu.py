@@ -12,7 +12,7 @@ quota >= 1ms, 1ms <= period <= 1s, burst <= quota, and on v1 only a child's
 quota/period ratio may not exceed its nearest limited ancestor's, nor may a
 parent drop below a limited descendant.
 
-``cpu.idle`` (v1 and v2, Linux 5.15+, commit 304000390f88) makes a group's
+``cpu.idle`` (v1 and v2, Linux 5.15+, "sched: Cgroup SCHED_IDLE support") makes a group's
 tasks SCHED_IDLE towards their siblings: a waking non-idle task preempts them
 at once.  Unlike a quota it costs the group nothing while the others leave a
 CPU idle, which is why latency-slo reaches for it first.

@@ -26,9 +26,9 @@ them at once.  It is work-conserving — l still gets every cycle W leaves —
 so it is kept while there is anything to protect, and quotas (which do cost
 l throughput) only follow when W still misses with l idle, ``persist`` ticks
 in a row (default 2): a quota cut is spent on a lasting miss, not on one
-noisy tick (a host's steal, a one-off stall), which it could not undo anyway.  On the
-noisy-neighbour scenario a quota could not bring W's run-queue tail back at
-any value (two CPU hogs return from each period's throttle together) while
+noisy tick (a host's steal, a one-off stall), which it could not undo anyway.
+On the noisy-neighbour scenario no quota brought W's run-queue tail back (with
+six times W's weight, l still delays W whenever its quota lets it run) while
 the idle flag did (docs/noisy_neighbor.md).  When no protected cgroup ran a
 task for ``hold`` ticks, nothing is left to protect and every limit is
 dropped at once rather than released step by step.
@@ -184,7 +184,7 @@ class LatencySlo:
         if self._quiet >= self.hold and self.state:
             status.action = "release"
             self.state.clear()
-        elif w is not None and miss > 1:
+        elif missed:
             importance = {}
             for r in spec.resources:
                 latency = snapshot.column(_resource_latency_metric(spec.metric, r))[w]
