@@ -53,6 +53,9 @@ def human(knob: str, value: str) -> str:
                     parts.append(f"{names[k]} {format_bytes(n, per_second=True)}" if k.endswith("bps")
                                  else f"{names[k]} {n} IOPS")
             return ", ".join(parts) or "unlimited"
+        if kind == "cpu.idle":
+            idle, _, weight = value.partition(" ")
+            return "SCHED_IDLE" if idle == "1" else f"not idle, weight {weight or '?'}"
     except (ValueError, KeyError):
         pass
     return value.strip().replace("\n", " ") or "-"

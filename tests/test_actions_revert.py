@@ -17,7 +17,7 @@ from tagger.actions.journal import JOURNAL_NAME, read_entries
 from tests.cgroup_fixture import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-CPU_FILES = ("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.shares")
+CPU_FILES = ("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.shares", "cpu.idle")
 BLKIO_FILES = ("blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device",
                "blkio.throttle.read_iops_device", "blkio.throttle.write_iops_device")
 
@@ -58,7 +58,12 @@ def workloads(make_cgroup):
     doc = {cg.path: {"cpu": {"max": 0.3, "period": 0.05, "weight": 50},
                      "io": {"device": "/dev/vda", "read_bps": 5_000_000, "write_bps": 2_000_000,
                             "read_iops": 100, "write_iops": 80}} for cg in cgs}
-    return cgs, doc
+    # A third made SCHED_IDLE: the kernel then reads its shares as 3 and, when
+    # idle is cleared, sets 1024 -- its own 1536 must come back all the same.
+    idle = make_cgroup("c", controllers=("cpu", "blkio"))
+    (idle.dir("cpu") / "cpu.shares").write_text("1536")
+    doc[idle.path] = {"cpu": {"max": 0.5, "idle": True}}
+    return cgs + [idle], doc
 
 
 def _changed(before, cgs):
@@ -74,7 +79,8 @@ def test_sigterm_restores_every_knob(workloads, tmp_path, sig):
     try:
         wait_line(proc, "applied")
         changed = _changed(before, cgs)
-        assert len(changed) == 2 * 7          # quota, period, shares, four throttle files, per cgroup
+        # quota, period, shares, four throttle files for a and b; quota, idle, shares for c
+        assert len(changed) == 2 * 7 + 3
         proc.send_signal(sig)
         assert proc.wait(timeout=20) == 128 + sig
     finally:
@@ -99,8 +105,10 @@ def test_sigkill_then_recover_restores_every_knob(workloads, tmp_path):
     # Killed: nothing was put back, but the journal holds every original.
     assert _changed(before, cgs) == changed
     entries = read_entries(tmp_path / "state" / JOURNAL_NAME, quarantine=False)
-    assert {(e.cgroup, e.knob) for e in entries} == {(cg.path, k) for cg in cgs
-                                                     for k in ("cpu.max", "cpu.weight", "io.max 254:0")}
+    assert {(e.cgroup, e.knob) for e in entries} == {(cg.path, k) for cg in cgs[:2]
+                                                     for k in ("cpu.max", "cpu.weight", "io.max 254:0")} | {
+        (cgs[2].path, "cpu.max"), (cgs[2].path, "cpu.idle")}
+    assert {e.original for e in entries if e.knob == "cpu.idle"} == {"0 1536"}
     assert {e.original for e in entries if e.cgroup == cgs[0].path and e.knob == "cpu.max"} == {"150000 100000"}
 
     proc = start_driver(tmp_path / "state", doc, "--recover-only")
@@ -131,7 +139,7 @@ def test_restart_readopts_keeping_the_true_original_and_drops_vanished(workloads
     # and remembers the values from before the first run, not the limited ones.
     proc = start_driver(tmp_path / "state", doc)
     try:
-        assert wait_line(proc, "recovered").split() == ["recovered", "6"]   # gone's knob dropped
+        assert wait_line(proc, "recovered").split() == ["recovered", "8"]   # gone's knob dropped
         wait_line(proc, "applied")
         assert (cgs[0].dir("cpu") / "cpu.cfs_quota_us").read_text().strip() == "15000"
         entries = read_entries(tmp_path / "state" / JOURNAL_NAME, quarantine=False)

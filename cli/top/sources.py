@@ -382,6 +382,8 @@ def _desired(aset):
         yield "cpu.max", f"{int(round(cpu.max * period_us))} {period_us}"
     if cpu is not None and cpu.weight is not None:
         yield "cpu.weight", str(cpu.weight)
+    if cpu is not None and cpu.idle is not None:
+        yield "cpu.idle", "1" if cpu.idle else "0"
     if io is not None:
         limits = {k: getattr(io, k) for k in ("read_bps", "write_bps", "read_iops", "write_iops")}
         yield f"io.max {io.device or '*'}", " ".join(f"{k}={v:g}" for k, v in limits.items() if v is not None)

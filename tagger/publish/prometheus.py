@@ -80,6 +80,7 @@ HEALTH = {
 #: Numeric views of applied knobs (AppliedAction.value is the kernel's text).
 CPU_MAX = ("tagger_cpu_max_cpus", "CPU quota applied, CPUs (quota / period)")
 CPU_WEIGHT = ("tagger_cpu_weight", "cpu.weight applied")
+CPU_IDLE = ("tagger_cpu_idle", "1 while tagger holds the cgroup SCHED_IDLE (cpu.idle)")
 IO_MAX = {
     "rbps": ("tagger_io_max_read_bytes_per_second", "Read limit applied, bytes/s"),
     "wbps": ("tagger_io_max_write_bytes_per_second", "Write limit applied, bytes/s"),
@@ -98,6 +99,8 @@ def knob_values(knob: str, value) -> list[tuple[str, str, dict, float]]:
             return [] if math.isinf(cpus) else [(*CPU_MAX, {}, cpus)]
         if kind == "cpu.weight":
             return [(*CPU_WEIGHT, {}, float(value))]
+        if kind == "cpu.idle":
+            return [(*CPU_IDLE, {}, 1.0 if str(value).split(" ", 1)[0] == "1" else 0.0)]
         if kind == "io.max":
             from tagger.actions.io import parse_limits
             return [(*IO_MAX[k], {"device": arg}, float(v))
