@@ -12,7 +12,7 @@ about 4.5 minutes.
 Everything it starts is stopped by pid and every cgroup it makes
 (``/tagger-nn-<pid>`` in the v2, cpu, cpuacct and blkio hierarchies) is removed
 on every exit path, SIGINT and SIGTERM included; the agent gets SIGTERM so it
-puts batch's quota and cpu.idle back, and the run checks that it did.
+puts batch's quota and weight back, and the run checks that it did.
 """
 
 from __future__ import annotations
@@ -51,13 +51,13 @@ FIO_ARGS = ["--rw=write", "--bs=256k", "--direct=1", "--size=256M", "--ioengine=
             "--rate=100m"]
 OVERHEAD_CPU = "1"
 STEAL_NOTABLE = 0.005   # s/s of host steal (all vCPUs) worth naming beside a missed tick
-IDLE = -1.0       # stands for "cpu.idle, no quota" in a series of limits
+DEMOTED = -1.0    # stands for "demoted, no quota" in a series of limits
 HOLD = 3      # ticks in a row within the SLO that count as "met again"
 
 NN_RULES = """\
 # Written by benchmarks/noisy_neighbor.py for one run: web is latency-critical,
 # batch is best effort, and the latency-slo policy keeps web's run-queue p99
-# under the SLO by demoting batch's CPU: cpu.idle first, then a quota if web
+# under the SLO by demoting batch's CPU: the lowest weight first, then a quota if web
 # still misses (web does no I/O, so CPU is the lever).
 rules:
   - name: nn-web
@@ -89,7 +89,7 @@ def _cpus(q) -> str:
 
 
 def _limit(q) -> str:
-    return "cpu.idle, no quota" if q == IDLE else f"{q:.2f} CPU"
+    return "the lowest weight, no quota" if q == DEMOTED else f"{q:.2f} CPU"
 
 
 def _fmt_s(x) -> str:
@@ -299,14 +299,16 @@ class Run:
         code = self.agent.stop()
         self.agent_returncode = code
         quota_after = batch.raw_quota()
-        idle_after = batch.idle()
+        idle_after, shares_after = batch.idle(), batch.shares()
         self.agent_cpu_total = None
-        self.log(f"tagger run exited {code}; batch quota file now {quota_after}, cpu.idle {int(idle_after)}")
+        self.log(f"tagger run exited {code}; batch quota file now {quota_after}, cpu.idle {int(idle_after)}, "
+                 f"cpu.shares {shares_after}")
         if quota_after.split()[0] not in ("-1", "max"):
             self.notes.append(f"batch's quota was {quota_after} after tagger run stopped (expected -1)")
-        if idle_after:
-            self.notes.append("batch's cpu.idle was 1 after tagger run stopped (expected 0)")
-        quota_after = f"{quota_after}, cpu.idle {int(idle_after)}"
+        if idle_after or shares_after != a.batch_shares:
+            self.notes.append(f"batch's cpu.idle/cpu.shares were {int(idle_after)}/{shares_after} after tagger run "
+                              f"stopped (expected 0/{a.batch_shares})")
+        quota_after = f"{quota_after}, cpu.idle {int(idle_after)}, cpu.shares {shares_after}"
         self.sampler.agent_pid = None
         self.agent = None
 
@@ -333,9 +335,12 @@ class Run:
         if lever == "quota":
             batch.set_quota(value)
         elif lever == "shares":
-            batch.set_shares(None if value is None else int(value))
+            # None: back to the scenario's own weight, not the kernel's default.
+            batch.set_shares(self.args.batch_shares if value is None else int(value))
         else:
             batch.set_idle(value is not None)
+            if value is None:               # the kernel reset the weight to 1024 when idle was cleared
+                batch.set_shares(self.args.batch_shares)
 
     def static_baseline(self, slo: float) -> dict:
         a = self.args
@@ -442,7 +447,7 @@ class Run:
         cyc, probe = self.records()
         ss = [s for s in self.sampler.samples if t0 + skip <= s.t - s.dt / 2 < t1]
         quotas = [s.batch_quota for s in ss]
-        idle = sum(s.batch_idle for s in ss)
+        down = sum(s.batch_demoted for s in ss)
         return {
             "cyclictest": rp.summary(rp.in_window(cyc, t0 + skip, t1)[:, 1]),
             "probe": rp.summary(rp.in_window(probe, t0 + skip, t1)[:, 1]),
@@ -454,7 +459,7 @@ class Run:
                            f"{np.mean([self.args_cpus if q is None else q for q in quotas]):.2f}"
                            f" ({min(q for q in quotas if q is not None):.2f}–"
                            f"{max(self.args_cpus if q is None else q for q in quotas):.2f})")
-            + (f"; cpu.idle {idle / len(ss) * 100:.0f}% of ticks" if idle else ""),
+            + (f"; demoted {down / len(ss) * 100:.0f}% of ticks" if down else ""),
             "steal": float(np.nanmean([s.steal for s in ss])) if ss else math.nan,
             "missed_with_steal": sum(1 for s in ss if s.web_p99 > slo and s.steal >= STEAL_NOTABLE),
         }
@@ -484,8 +489,8 @@ class Run:
             times, [s.web_p99 for s in samples], first_miss + 0.5, slo, HOLD)
         if after_miss is not None and first_miss + after_miss > prot["t1"]:
             after_miss = None
-        # Limited = a quota or cpu.idle in force; release = both gone.
-        limit = [s.batch_quota if s.batch_quota is not None else (IDLE if s.batch_idle else None) for s in samples]
+        # Limited = a quota or a demotion in force; release = both gone.
+        limit = [s.batch_quota if s.batch_quota is not None else (DEMOTED if s.batch_demoted else None) for s in samples]
         release = rp.release_time(times, limit, rel["t0"])
         t_start = phases[0]["t0"] - 1.0
         t_end = phases[-1]["t1"]
@@ -495,7 +500,7 @@ class Run:
         in_run = [s for s in samples if t_start <= s.t <= t_end + 1]
         series = {"t0": t_start, "t": [s.t - s.dt / 2 - t_start for s in in_run],
                   "web_p99": [s.web_p99 for s in in_run], "quota": [s.batch_quota for s in in_run],
-                  "idle": [s.batch_idle for s in in_run], "steal": [s.steal for s in in_run],
+                  "idle": [s.batch_demoted for s in in_run], "steal": [s.steal for s in in_run],
                   "batch_cpu": [s.batch_cpu for s in in_run], "batch_write": [s.batch_write for s in in_run],
                   "cyc_x": (cx + 0.5).tolist(), "cyc_p99": cy.tolist(), "probe_x": (px + 0.5).tolist(),
                   "probe_p99": py.tolist()}
@@ -515,9 +520,9 @@ class Run:
                               "the protected-phase bars show little.")
         in_prot = [s for s in samples if prot["t0"] <= s.t <= prot["t1"]]
         limited = [s.batch_quota for s in in_prot if s.batch_quota is not None]
-        prot["first_limit_s"] = next((s.t - prot["t0"] for s in in_prot if s.batch_quota is not None or s.batch_idle),
+        prot["first_limit_s"] = next((s.t - prot["t0"] for s in in_prot if s.batch_quota is not None or s.batch_demoted),
                                      None)
-        acted = any(s.batch_quota is not None or s.batch_idle for s in in_prot)
+        acted = any(s.batch_quota is not None or s.batch_demoted for s in in_prot)
         if not acted:
             self.notes.append("tagger set no limit on batch during the protected phase (web's run-queue p99 "
                               "did not miss the SLO for it to act on), so the protected-phase bars describe "
@@ -530,7 +535,7 @@ class Run:
                                                      f"{_fmt_s(after_miss)} later; ")
                            + (f"first action on batch after {_fmt_s(prot['first_limit_s'])}; "
                                                      + (f"lowest quota {min(limited):.2f} CPU)" if limited else
-                                                        "cpu.idle only, no quota)") if acted else "tagger set no limit)"),
+                                                        "the lowest weight only, no quota)") if acted else "tagger set no limit)"),
                            (recovery is not None and recovery <= 5.0) if hurts and acted else None))
         bars.append(rp.Bar("protected: web within its SLO after recovery", f"runq p99 ≤ {slo * 1e3:.1f} ms",
                            f"{prot_after['runq']['p99'] * 1e3:.2f} ms over the rest of the phase; "
@@ -587,10 +592,10 @@ class Run:
             bars.append(rp.Bar("release: batch back at its full limit after web stops", "≤ 20 s",
                                ("not within the phase" if release is None else f"{release:.1f} s")
                                + f" (from {_limit(q_stop)})", release is not None and release <= 20.0))
-        bars.append(rp.Bar("quota and cpu.idle restored when tagger run stops (SIGTERM)",
-                           "cfs_quota_us = -1, cpu.idle 0",
+        bars.append(rp.Bar("quota and weight restored when tagger run stops (SIGTERM)",
+                           f"cfs_quota_us = -1, cpu.idle 0, cpu.shares {a.batch_shares}",
                            quota_after, quota_after.split(",")[0].strip() in ("-1", "max")
-                           and quota_after.endswith("cpu.idle 0")))
+                           and quota_after.endswith(f"cpu.idle 0, cpu.shares {a.batch_shares}")))
         for name, r in (overhead.get("runs") or {}).items():
             slow = 1 - r["ratio"]
             bars.append(rp.Bar(f"overhead: {name.split(' (')[0]}", "slowdown ≤ 3%",
@@ -632,8 +637,8 @@ class Run:
                     q = self.scenario["batch"].raw_quota()
                     if q.split()[0] not in ("-1", "max"):
                         problems.append(f"batch quota {q} after the agent stopped")
-                    if self.scenario["batch"].idle():
-                        problems.append("batch cpu.idle 1 after the agent stopped")
+                    if self.scenario["batch"].demoted():
+                        problems.append("batch still demoted (cpu.idle or its weight) after the agent stopped")
             except Exception as err:
                 problems.append(f"stopping tagger run: {err}")
         for p in self.others:

@@ -69,10 +69,10 @@ def test_rules_and_policy_drive_the_actuator_and_undo(tmp_path):
     assert (job / "cpu.max").read_text() == "50000 100000"
     assert (job / "io.max").read_text() == f"254:0 rbps={20 * 1024 * 1024} wbps=max riops=max wiops=max"
 
-    applied = tick(1, job_cpu=0.5, web_p99=6e-3)                # SLO missed: first the idle flag
+    applied = tick(1, job_cpu=0.5, web_p99=6e-3)                # SLO missed: first the lowest weight
     by = {(a.cgroup, a.knob): a for a in applied}
-    assert by[("/batch/job", "cpu.idle")].rule == "latency-slo:web-slo"
-    assert (job / "cpu.idle").read_text() == "1"
+    assert by[("/batch/job", "cpu.weight")].rule == "latency-slo:web-slo"
+    assert (job / "cpu.weight").read_text() == "1"
 
     applied = tick(2, job_cpu=0.5, web_p99=6e-3)                # still missing: squeezes harder
     by = {(a.cgroup, a.knob): a for a in applied}
@@ -81,13 +81,13 @@ def test_rules_and_policy_drive_the_actuator_and_undo(tmp_path):
 
     for t in range(3, 40):                                      # the hog is gone, the SLO holds
         applied = tick(t, job_cpu=0.1, web_p99=0.5e-3)
-    # Quotas released; idle (free while web leaves CPU unused) stays while web runs.
-    assert {(a.cgroup, a.knob) for a in applied} == {("/batch/job", "cpu.idle"), ("/batch", "cpu.idle")}
+    # Quotas released; the weight (free while web leaves CPU unused) stays while web runs.
+    assert {(a.cgroup, a.knob) for a in applied} == {("/batch/job", "cpu.weight"), ("/batch", "cpu.weight")}
     assert (job / "cpu.max").read_text() == "max 100000"
     for t in range(40, 44):                                     # web stops: nothing to protect
         applied = tick(t, job_cpu=0.1, web_p99=float("nan"), web_cpu=0.0)
     assert applied == []
-    assert (job / "cpu.idle").read_text() == "0"
+    assert (job / "cpu.weight").read_text() == "100"
     assert (job / "cpu.max").read_text() == "max 100000"
     assert (job / "io.max").read_text() == "254:0 rbps=max wbps=max riops=max wiops=max"
 

@@ -50,7 +50,7 @@ def snap(web_p99, batch_cpu, backup_cpu=0.0, web_slowdown=3.0, io=None, t=0.0):
 
 
 def test_throttles_the_neighbour_by_its_interference(store):
-    slo = LatencySlo(spec(alpha=0.5, idle=False))
+    slo = LatencySlo(spec(alpha=0.5, demote="none"))
     out = slo.step(snap(4 * MS, batch_cpu=1.5), store)
     # miss = 2; importance(cpu) > 0, io unknown (NaN) -> 0; batch's load share
     # among web+batch+backup = 1.5 / 2.0 = 0.75 -> interference 0.75.
@@ -72,7 +72,7 @@ def test_protected_cgroups_are_never_throttled_even_if_also_low(store):
 
 
 def test_floor_holds_and_release_goes_back_to_no_limit(store):
-    slo = LatencySlo(spec(alpha=5.0, beta=0.5, floor=0.2, idle=False))
+    slo = LatencySlo(spec(alpha=5.0, beta=0.5, floor=0.2, demote="none"))
     out = slo.step(snap(10 * MS, batch_cpu=1.8), store)
     assert out["/batch"].cpu.max == pytest.approx(0.2)     # factor clamps at 0, floor wins
     limits = []
@@ -85,7 +85,7 @@ def test_floor_holds_and_release_goes_back_to_no_limit(store):
 
 
 def test_explicit_ceiling_is_where_release_stops(store):
-    slo = LatencySlo(spec(beta=1.0, ceiling=1.0, idle=False))
+    slo = LatencySlo(spec(beta=1.0, ceiling=1.0, demote="none"))
     slo.step(snap(4 * MS, batch_cpu=1.5), store)
     for t in range(8):
         out = slo.step(snap(1 * MS, batch_cpu=0.5, t=t), store)
@@ -112,41 +112,51 @@ def test_io_resource_throttles_the_reader_by_its_byte_share(store):
     assert out["/batch"].cpu is None
 
 
-def test_idle_first_then_quota_and_idle_kept_while_the_victim_runs(store):
-    slo = LatencySlo(spec(alpha=0.5))                      # idle: true is the default
+def demoted(out, how="weight"):
+    cpu = out["/batch"].cpu
+    return (cpu.weight, cpu.idle) == ((1, None) if how == "weight" else (None, True))
+
+
+@pytest.mark.parametrize("how", ["weight", "idle"])
+def test_demotion_first_then_quota_and_demotion_kept_while_the_victim_runs(store, how):
+    slo = LatencySlo(spec(alpha=0.5, demote=how))
     out = slo.step(snap(4 * MS, batch_cpu=1.5), store)
-    # The first miss only makes batch SCHED_IDLE: no quota yet.
-    assert out["/batch"].cpu.idle is True and out["/batch"].cpu.max is None
+    # The first miss only demotes batch (lowest weight / SCHED_IDLE): no quota yet.
+    assert demoted(out, how) and out["/batch"].cpu.max is None
     out = slo.step(snap(4 * MS, batch_cpu=1.5, t=1), store)
-    # Still missing with batch idle: now the quota as without idle.
-    assert out["/batch"].cpu.idle is True
+    # Still missing with batch demoted: now the quota as without a demotion.
+    assert demoted(out, how)
     assert out["/batch"].cpu.max == pytest.approx(1.5 * (1 - 0.5 * 1 * 0.75))
     for t in range(2, 40):                                 # SLO met: the quota goes ...
         out = slo.step(snap(1 * MS, batch_cpu=0.5, t=t), store)
-    assert out["/batch"].cpu.max is None and out["/batch"].cpu.idle is True   # ... idle stays
-    assert slo.status.action == "hold" or slo.status.action == "release"
+    assert out["/batch"].cpu.max is None and demoted(out, how)   # ... the demotion stays
+    assert slo.status.action in ("hold", "release")
 
 
-def test_with_idle_a_single_noisy_tick_costs_no_quota(store):
+def test_weight_is_the_default_demotion():
+    assert spec().demote == "weight"
+
+
+def test_once_demoted_a_single_noisy_tick_costs_no_quota(store):
     slo = LatencySlo(spec(persist=2))
     ticks = [4, 1, 4, 1, 4, 4]                             # web's p99 in ms: misses, one at a time, then two
     outs = [slo.step(snap(ms * MS, batch_cpu=1.5, t=t), store) for t, ms in enumerate(ticks)]
-    assert all(o["/batch"].cpu.idle for o in outs)         # idle from the first miss on
+    assert all(demoted(o) for o in outs)                   # demoted from the first miss on
     assert [o["/batch"].cpu.max for o in outs[:5]] == [None] * 5
     assert outs[5]["/batch"].cpu.max is not None           # two misses in a row: now a quota
 
 
 def test_everything_dropped_once_nothing_protected_runs(store):
-    slo = LatencySlo(spec(idle=True))
+    slo = LatencySlo(spec(demote="idle"))
     slo.step(snap(4 * MS, batch_cpu=1.5), store)
     slo.step(snap(4 * MS, batch_cpu=1.5, t=1), store)
-    assert slo.state["/batch"].cpu is not None and slo.state["/batch"].idle
+    assert slo.state["/batch"].cpu is not None and slo.state["/batch"].demoted
     stopped = lambda t: Snapshot.synthetic(PATHS, {"runq.p99": [math.nan] * 4,
                                                    "runq.slowdown": [math.nan] * 4,
                                                    "cpu.usage": [1.5, 0.0, 1.5, 0.0]}, t=t,
                                            node={"cpus": 2.0})
     outs = [slo.step(stopped(t), store) for t in range(2, 6)]
-    # web ran nothing for `hold` (3) ticks: quota and idle go at once, not by β steps.
+    # web ran nothing for `hold` (3) ticks: quota and demotion go at once, not by β steps.
     assert [bool(o) for o in outs] == [True, True, False, False]
     assert slo.state == {}
 
@@ -194,7 +204,7 @@ def test_closed_loop_converges_under_the_slo_and_releases(tmp_path):
     store.set("/batch", "priority", "low", "static", 0.0)
     act = Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False,
                    safety=Safety())                        # the defaults: floor, step, cool-down
-    slo = LatencySlo(spec(idle=False))                     # α 0.5, β 0.1, floor 0.1, no ceiling
+    slo = LatencySlo(spec(demote="none"))                     # α 0.5, β 0.1, floor 0.1, no ceiling
     host = SimHost(tmp_path)
     START, STOP, END = 10, 50, 80
     trace = []
@@ -222,27 +232,33 @@ def test_closed_loop_converges_under_the_slo_and_releases(tmp_path):
     assert act.current() == []                             # nothing left changed
 
 
-class IdleAwareHost(SimHost):
-    """As SimHost, but with batch's cpu.idle set the victim's wake-ups preempt it at once: batch then adds only a twentieth of
-    its load to the victim's queueing (the kernel's weight 3 against 1024)."""
+class DemotionAwareHost(SimHost):
+    """As SimHost, but with batch demoted (cpu.idle set, or the lowest
+    cpu.weight) the victim's wake-ups preempt it at once: batch then adds only
+    a twentieth of its load to the victim's queueing."""
 
     def __init__(self, root):
         super().__init__(root)
         self.cpu_idle = root / "sys/fs/cgroup/batch/cpu.idle"
+        self.cpu_weight = root / "sys/fs/cgroup/batch/cpu.weight"
+
+    def demoted(self) -> bool:
+        return self.cpu_idle.read_text().strip() == "1" or self.cpu_weight.read_text().strip() == "1"
 
     def felt(self, neighbour: float) -> float:
-        return neighbour / 20 if self.cpu_idle.read_text().strip() == "1" else neighbour
+        return neighbour / 20 if self.demoted() else neighbour
 
 
-def test_closed_loop_with_idle_keeps_the_slo_without_a_quota(tmp_path):
+@pytest.mark.parametrize("how", ["weight", "idle"])
+def test_closed_loop_demoted_keeps_the_slo_without_a_quota(tmp_path, how):
     layout = cgroup_v2_tree(tmp_path, cgroups=("/web", "/batch"))
     store = TagStore()
     store.set("/web", "priority", "high", "static", 0.0)
     store.set("/batch", "priority", "low", "static", 0.0)
     act = Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False,
                    safety=Safety())
-    slo = LatencySlo(spec())                               # idle: true, the default
-    host = IdleAwareHost(tmp_path)
+    slo = LatencySlo(spec(demote=how))
+    host = DemotionAwareHost(tmp_path)
     START, STOP, END = 5, 30, 45
     trace = []
     for t in range(END):
@@ -251,16 +267,16 @@ def test_closed_loop_with_idle_keeps_the_slo_without_a_quota(tmp_path):
         s = host.tick(t)
         desired = slo.step(s, store, act.current())
         act.apply(s, {p: [a] for p, a in desired.items()})
-        trace.append((t, s.value("/web", "runq.p99"), host.cpu_max.read_text().strip(),
-                      host.cpu_idle.read_text().strip()))
+        trace.append((t, s.value("/web", "runq.p99"), host.cpu_max.read_text().strip(), host.demoted()))
     under = [t for t, p99, _, _ in trace if START <= t < STOP and p99 < 2 * MS]
     assert under[0] - START <= 2                           # one tick to see, one to act
     assert all(p99 < 2 * MS for t, p99, _, _ in trace if START + 2 <= t < STOP)
     # The free lever was enough: batch never got a quota, so it kept every cycle.
     assert {m for _, _, m, _ in trace} == {"max 100000"}
-    released = next(t for t, _, _, idle in trace if t >= STOP and idle == "0") - STOP
+    released = next(t for t, _, _, down in trace if t >= STOP and not down) - STOP
     assert released <= slo.hold + 1                        # nothing to protect: dropped at once
     assert act.current() == []
+    assert host.cpu_weight.read_text().strip() == "100"     # the original weight is back
 
 
 def _hist_snap(t, slow, fast=1500, batch_cpu=1.5):

@@ -138,7 +138,7 @@ policies:
     slo: runq.p99 < 2ms
     throttle: {cgroup: ["/kubepods/besteffort/**"], exclude: "/kubepods/besteffort/keep"}
     alpha: 0.3
-    idle: false
+    demote: none
 """)
     cap = rs.rule("cap")
     assert rs.rule("demote").actions == ActionSet("demote", CpuSpec(idle=True))
@@ -148,7 +148,7 @@ policies:
     assert rs.policies == [LatencySloSpec(
         name="web-slo", protect=Selector(tags={"priority": "low"}),
         throttle=Selector(cgroup=("/kubepods/besteffort/**",), exclude=("/kubepods/besteffort/keep",)),
-        metric="runq.p99", target=0.002, alpha=0.3, idle=False)]
+        metric="runq.p99", target=0.002, alpha=0.3, demote="none")]
 
 
 def test_disabled_rule_loads_but_is_not_active():

@@ -108,8 +108,16 @@ class Workload:
         else:
             (d / "cpu.shares").write_text(str(1024 if shares is None else shares))
 
-    def limited(self) -> bool:
-        return self.quota() is not None or self.idle()
+    def shares(self) -> int:
+        """The weight as v1 cpu.shares (v2 cpu.weight converted as the kernel does)."""
+        d = self._cpu_dir
+        if (d / "cpu.weight").exists():
+            return round(int((d / "cpu.weight").read_text()) * 1024 / 100)
+        return int((d / "cpu.shares").read_text())
+
+    def demoted(self) -> bool:
+        """SCHED_IDLE, or at the lowest weight tagger sets (cpu.weight 1 = 10 shares)."""
+        return self.idle() or self.shares() <= 10
 
     def cpu_seconds(self) -> float:
         """cpuacct.usage (v1) or cpu.stat usage_usec (v2), seconds."""

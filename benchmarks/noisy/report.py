@@ -244,9 +244,9 @@ def build_markdown(res: dict) -> str:
         "",
         f"The policy (`latency-slo`, rules written by the benchmark: the shipped `rules/*.yaml` plus `web` "
         f"tagged `priority=high, latency=critical` and `batch` `priority=low`): α 0.5, β {m.get('beta', 0.1):g}, "
-        "floor 0.1 CPU, the p99 judged over the last 5 ticks, release after 3 ticks within the SLO. Its first step on a miss is `cpu.idle` on batch "
-        "(work-conserving: batch keeps what web leaves idle, so it stays while web runs); a quota follows only "
-        "if web still misses with batch idle; once web ran nothing for 3 ticks every limit goes at once. The "
+        "floor 0.1 CPU, the p99 judged over the last 5 ticks, release after 3 ticks within the SLO. Its first step on a miss is the lowest `cpu.weight` on batch "
+        "(1; v1 `cpu.shares` 10; work-conserving: batch keeps what web leaves idle, so it stays while web runs); a "
+        "quota follows only if web still misses with batch demoted, 2 ticks in a row; once web ran nothing for 3 ticks every limit goes at once. The "
         "actuator takes at most 50% off a limit per change and tightens a knob at most once per 2 s.",
         "",
         "![victim latency](noisy_neighbor_latency.png)",
@@ -288,8 +288,8 @@ def build_markdown(res: dict) -> str:
              "- Time from `web` stopping to `batch` back at no limit: no limit was in force when `web` stopped."),
             f"- tagger's CPU during the protected phase: **{_num(res.get('agent_cpu_share', NAN) * 100, '{:.2f}')}% "
             f"of one core** (utime + stime from /proc/PID/stat).",
-            f"- Quota file and cpu.idle after `tagger run` got SIGTERM: `{res.get('quota_after_stop', '?')}` "
-            f"(the originals were `-1` and 0).", ""]
+            f"- Quota, cpu.idle and cpu.shares after `tagger run` got SIGTERM: `{res.get('quota_after_stop', '?')}` "
+            f"(the originals: `-1`, 0 and batch's own shares).", ""]
     st = res.get("static") or {}
     if st.get("trials"):
         out += ["## Static baseline (WCA-style fixed settings on batch)", "",
@@ -297,7 +297,7 @@ def build_markdown(res: dict) -> str:
                 f"{st['trial_s']:.0f} s (one sine period), web and batch as in the collocated phase; "
                 "the largest whose runq p99 meets the SLO is the static allocation (WCA's static allocator). "
                 "Then, for the same time each, fixed weights: `cpu.shares` (WCA can set these too) and "
-                "`cpu.idle`, the lever tagger's policy reaches for first.",
+                "`cpu.idle`, the levers tagger's policy can reach for first (it uses the lowest weight).",
                 "",
                 "| static setting | runq p99 | ticks ≤ SLO | probe p99 | cyclictest p99 | bogo-ops/s | fio MiB/s | meets SLO |",
                 "|---|---|---|---|---|---|---|---|"]
@@ -374,12 +374,12 @@ def plot_batch(res: dict, path: str) -> None:
     ax.step(s["t"], quota, where="post", color="black", lw=1.4, label=f"batch CPU quota (none drawn at {cpus})")
     if any(s.get("idle") or ()):
         ax.fill_between(s["t"], 0, cpus * 1.1, where=s["idle"], step="post", color="#888", alpha=0.18,
-                        label="batch cpu.idle set", zorder=1)
+                        label="batch demoted (lowest weight)", zorder=1)
     ax.plot(s["t"], s["batch_cpu"], color="#d52", lw=1, label="batch CPU used (CPUs)")
     ax.set_ylabel("CPUs")
     ax.set_ylim(0, cpus * 1.1)
     ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
-    ax.set_title("batch: the idle flag and quota tagger sets, and what batch gets done", pad=16)
+    ax.set_title("batch: the demotion and quota tagger sets, and what batch gets done", pad=16)
     _shade(ax2, phases, t0)
     ax2.plot(s["t"], np.asarray(s["batch_write"]) / 2**20, color="#57a", lw=1, label="batch fio writes (MiB/s)")
     ax2.set_ylabel("MiB/s")

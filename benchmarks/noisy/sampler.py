@@ -1,7 +1,7 @@
 """Once a second, what the scenario needs to plot and judge: web's run-queue
 latency as tagger's own BPF collector measures it (the same code `tagger run`
 uses, opened here so the alone and collocated phases, when no agent runs, are
-measured the same way), batch's CPU, disk writes, CPU quota and cpu.idle, the
+measured the same way), batch's CPU, disk writes, CPU quota and demotion, the
 CPU time the hypervisor stole from this VM, and the agent's CPU time.  A
 thread, so the main thread can run the phases."""
 
@@ -28,7 +28,7 @@ class Sample:
     batch_cpu: float = math.nan       # CPUs (tagger's cpu.usage of batch)
     batch_write: float = math.nan     # bytes/s
     batch_quota: float | None = None  # CPUs; None = no limit
-    batch_idle: bool = False          # batch's cpu.idle is set
+    batch_demoted: bool = False       # batch at the lowest weight or SCHED_IDLE
     steal: float = math.nan           # s/s the hypervisor ran others on our vCPUs (all CPUs)
     agent_cpu: float | None = None    # seconds of CPU the agent has used so far
     web_hist: np.ndarray | None = field(default=None, repr=False)
@@ -101,7 +101,7 @@ class Sampler(threading.Thread):
             s.batch_write = float(snap.column("io.write_bytes")[b])
         try:
             s.batch_quota = self.batch.quota()
-            s.batch_idle = self.batch.idle()
+            s.batch_demoted = self.batch.demoted()
         except OSError:
             pass
         steal, self._steal = self._steal, steal_seconds()

@@ -20,18 +20,20 @@ Each tick:
    I/O limit back at the rate it was first throttled from, is dropped: the
    actuator then restores the cgroup's original setting.
 
-The first CPU step is not a quota but ``cpu.idle`` (``idle: true``, the
-default): l's tasks become SCHED_IDLE towards W's, so W's wake-ups preempt
-them at once.  It is work-conserving — l still gets every cycle W leaves —
-so it is kept while there is anything to protect, and quotas (which do cost
-l throughput) only follow when W still misses with l idle, ``persist`` ticks
-in a row (default 2): a quota cut is spent on a lasting miss, not on one
-noisy tick (a host's steal, a one-off stall), which it could not undo anyway.
-On the noisy-neighbour scenario no quota brought W's run-queue tail back (with
-six times W's weight, l still delays W whenever its quota lets it run) while
-the idle flag did (docs/noisy_neighbor.md).  When no protected cgroup ran a
-task for ``hold`` ticks, nothing is left to protect and every limit is
-dropped at once rather than released step by step.
+The first CPU step is not a quota but a demotion (``demote``): the lowest
+``cpu.weight`` (1; v1 ``cpu.shares`` 10), the default, or ``cpu.idle``
+(``demote: idle``).  Either lets W's wake-ups preempt l at once, and either is
+work-conserving — l still gets every cycle W leaves — so it is kept while
+there is anything to protect.  Quotas, which do cost l throughput, only follow
+when W still misses with l demoted, ``persist`` ticks in a row (default 2): a
+quota cut is spent on a lasting miss, not on one noisy tick (a host's steal, a
+one-off stall), which it could not undo anyway.  On the noisy-neighbour
+scenario no quota brought W's run-queue tail back (with six times W's weight,
+l still delays W whenever its quota lets it run) while a low weight did; the
+lowest weight kept W within a 1 ms per-tick p99 in more ticks than cpu.idle
+(docs/noisy_neighbor.md).  When no protected cgroup ran a task for ``hold``
+ticks, nothing is left to protect and every limit is dropped at once rather
+than released step by step.
 
 Two additions to the seed algorithm keep it from sitting on the target (the
 proportional throttle vanishes as miss -> 1 while each release adds β; a
@@ -61,6 +63,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tagger.actions.cpu import WEIGHT_MIN
 from tagger.actions.spec import ActionSet, CpuSpec, IoSpec
 from tagger.rules.selectors import PathSelector
 from tagger.snapshot import Snapshot
@@ -76,7 +79,7 @@ IO_FLOOR = 1024 * 1024
 class ControlState:
     """What the policy holds on one throttled cgroup."""
     cpu: float | None = None           # CPUs
-    idle: bool = False                 # cpu.idle set
+    demoted: bool = False              # the demotion (lowest weight or cpu.idle) is asked for
     io_scale: float | None = None      # fraction of io_base
     io_base: tuple[float, float] = (0.0, 0.0)   # read, write bytes/s when first throttled
 
@@ -209,11 +212,11 @@ class LatencySlo:
                 factor = max(0.0, min(1 - spec.alpha * (miss - 1) * interference, 1 / (1 + spec.beta)))
                 st = self.state.setdefault(paths[i], ControlState())
                 if "cpu" in spec.resources and importance.get("cpu", 0) > 0:
-                    if spec.idle and not st.idle:
+                    if spec.demote != "none" and not st.demoted:
                         # The free lever first; a quota only if W misses with it.
-                        st.idle = True
-                    elif spec.idle and self._missed < spec.persist and st.cpu is None:
-                        pass        # one miss with l idle: not yet worth a quota
+                        st.demoted = True
+                    elif spec.demote != "none" and self._missed < spec.persist and st.cpu is None:
+                        pass        # one miss with l demoted: not yet worth a quota
                     else:
                         # The first throttle starts from what l uses now: scaling an
                         # unused ceiling would change nothing.
@@ -241,7 +244,7 @@ class LatencySlo:
                     st.io_scale *= 1 + spec.beta
                     if st.io_scale >= 1:
                         st.io_scale = None
-                if st.cpu is None and st.io_scale is None and not st.idle:
+                if st.cpu is None and st.io_scale is None and not st.demoted:
                     del self.state[path]
         self.status = status
         return self._actions()
@@ -287,8 +290,10 @@ class LatencySlo:
         out = {}
         for path, st in self.state.items():
             cpu = None
-            if st.cpu is not None or st.idle:
-                cpu = CpuSpec(max=st.cpu, idle=True if st.idle else None)
+            if st.cpu is not None or st.demoted:
+                demote = st.demoted and self.spec.demote
+                cpu = CpuSpec(max=st.cpu, weight=WEIGHT_MIN if demote == "weight" else None,
+                              idle=True if demote == "idle" else None)
             io = None
             if st.io_scale is not None:
                 rb, wb = st.io_base

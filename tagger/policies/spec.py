@@ -28,6 +28,6 @@ class LatencySloSpec:
     floor: float = 0.1          # CPUs: lowest quota it may impose
     ceiling: float | None = None  # CPUs: released limit; None = the node's CPUs
     resources: tuple[str, ...] = ("cpu", "io")
-    idle: bool = True           # cpu.idle on the throttled cgroups before any quota
-    persist: int = 2            # ticks in a row W must miss before a first quota (with idle)
+    demote: str = "weight"      # first CPU step: "weight" (the lowest), "idle" (cpu.idle) or "none"
+    persist: int = 2            # ticks in a row W must miss (with l demoted) before a first quota
     window: int = 1             # ticks a histogram percentile SLO is judged over

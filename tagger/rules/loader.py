@@ -36,8 +36,9 @@ CPU_KEYS = ("max", "period", "weight", "idle")
 IO_KEYS = ("device", "read_bps", "write_bps", "read_iops", "write_iops")
 RDT_KEYS = ("group", "l3", "mb")
 POLICY_KEYS = ("name", "kind", "description", "enabled", "protect", "throttle", "slo", "alpha",
-               "beta", "floor", "ceiling", "resources", "idle", "persist", "window")
+               "beta", "floor", "ceiling", "resources", "demote", "persist", "window")
 POLICY_KINDS = ("latency-slo",)
+DEMOTIONS = ("weight", "idle", "none")     # latency-slo's first CPU step
 POLICY_RESOURCES = ("cpu", "io")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -728,7 +729,7 @@ class _Loader:
         for key in ("alpha", "beta", "floor", "ceiling"):
             get(key, lambda v, key=key: self._number(v, key, positive=True))
         get("resources", lambda v: self._resources(v))
-        get("idle", lambda v: self._bool(v, "idle"))
+        get("demote", lambda v: self._demote(v))
         get("persist", lambda v: int(self._number(v, "persist", positive=True, integer=True)))
         get("window", lambda v: int(self._number(v, "window", positive=True, integer=True)))
         if bad:
@@ -736,10 +737,17 @@ class _Loader:
         if values.get("enabled") is False:
             return None
         metric, target = values["slo"]
-        kw = {k: values[k] for k in ("alpha", "beta", "floor", "ceiling", "resources", "idle", "persist", "window")
+        kw = {k: values[k] for k in ("alpha", "beta", "floor", "ceiling", "resources", "demote", "persist", "window")
               if k in values}
         return LatencySloSpec(name=name, protect=values["protect"], throttle=values["throttle"],
                               metric=metric, target=target, **kw)
+
+    def _demote(self, node):
+        value = self._str(node, "demote")
+        if value not in DEMOTIONS:
+            self.error(node, f"demote must be one of {', '.join(DEMOTIONS)}")
+            raise _Skip
+        return value
 
     def _kind(self, node):
         kind = self._str(node, "kind")
