@@ -69,7 +69,7 @@ def test_a_failing_expectation_prints_the_difference(tmp_path):
         tags: {/a: {cpu: hot}}
 """)
     (result,) = run_file(f)
-    assert result.failures == [f'{f}: test "too early": at 1s: /a: expected {{cpu=hot}}, got {{}}']
+    assert result.failures == [f'{f}:4:5: test "too early": at 1s: /a: expected {{cpu=hot}}, got {{}}']
     res = CliRunner().invoke(rules_cli, ["test", str(f)])
     assert res.exit_code == 1
     assert 'FAIL' in res.output and "expected {cpu=hot}, got {}" in res.output
@@ -96,6 +96,21 @@ def test_broken_test_files_say_what_is_wrong(tmp_path, body, message):
         run_file(f)
     res = CliRunner().invoke(rules_cli, ["test", str(f)])
     assert res.exit_code == 2
+
+
+@pytest.mark.parametrize("body, where", [
+    # (_write_test puts two lines before the body: body line 1 is file line 3.)
+    ("tests:\n  - name: a\n    bogus: 1\n", ":5:5: test #1: unknown key 'bogus'"),
+    ("testz: []\n", ":3:1: the file: unknown key 'testz'"),
+    ("tests:\n  - name: a\n    cgroups: {/a: {cpu.usge: 1}}\n", ':4:5: test "a": /a: unknown metric'),
+    ("tests: 5\n", ":3:1: tests must be a list"),
+    ("tests:\n  - {name: [a\n", ":5:1: bad YAML:"),
+])
+def test_broken_test_files_name_the_line_and_column(tmp_path, body, where):
+    f = _write_test(tmp_path, body)
+    with pytest.raises(RuleTestError) as err:
+        run_file(f)
+    assert f"{f}{where}" in str(err.value)
 
 
 def test_rules_that_do_not_load_stop_the_test_file(tmp_path):

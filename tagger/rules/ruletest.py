@@ -99,24 +99,65 @@ def _fmt(tags: dict[str, str]) -> str:
     return "{" + ", ".join(f"{k}={v}" for k, v in sorted(tags.items())) + "}"
 
 
+class _Mapping(dict):
+    """A YAML mapping that remembers where it and each of its keys start, so
+    an error can name the line and column, as ``tagger rules check`` does."""
+    mark = None
+    key_marks: dict = {}
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader, node):
+    m = _Mapping(loader.construct_mapping(node, deep=True))
+    m.mark = node.start_mark
+    m.key_marks = {str(k.value): k.start_mark for k, _ in node.value}
+    return m
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _at(path, mark) -> str:
+    """``path:line:col`` (1-based, as editors count) or ``path`` with no mark."""
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
+class _Problem(ValueError):
+    """A problem in a test file, with where it starts when known."""
+
+    def __init__(self, message: str, mark=None):
+        super().__init__(message)
+        self.mark = mark
+
+
 def _keys(d, allowed, what):
+    """``what`` ("the file", "test #2", "expect") must be a mapping of ``allowed`` keys."""
     if not isinstance(d, dict):
-        raise RuleTestError(f"{what} must be a mapping")
+        raise _Problem(f"{what} must be a mapping")
     unknown = sorted(set(map(str, d)) - set(allowed))
     if unknown:
-        raise RuleTestError(f"{what}: unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
+        mark = d.key_marks.get(unknown[0], d.mark) if isinstance(d, _Mapping) else None
+        raise _Problem(f"{what}: unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})", mark)
 
 
 def run_file(path: str | Path, ruleset: RuleSet | None = None) -> list[TestResult]:
     """Run every test in one file; raises RuleTestError when it cannot run at all."""
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except OSError as err:
         raise RuleTestError(f"{path}: {err.strerror}") from None
+    except yaml.MarkedYAMLError as err:
+        raise RuleTestError(f"{_at(path, err.problem_mark)}: bad YAML: {err.problem}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise RuleTestError(f"{path}: bad YAML: {err}") from None
-    _keys(doc, FILE_KEYS, str(path))
+    try:
+        _keys(doc, FILE_KEYS, "the file")
+    except _Problem as err:
+        raise RuleTestError(f"{_at(path, err.mark)}: {err}") from None
     try:
         interval = parse_duration(doc.get("interval", "1s"))
     except ValueError as err:
@@ -131,20 +172,23 @@ def run_file(path: str | Path, ruleset: RuleSet | None = None) -> list[TestResul
             raise RuleTestError(f"{path}: rules {rules_dir} do not load:\n{err}") from None
     tests = doc.get("tests") or []
     if not isinstance(tests, list):
-        raise RuleTestError(f"{path}: tests must be a list")
+        raise RuleTestError(f"{_at(path, doc.key_marks.get('tests'))}: tests must be a list")
     return [_run_one(path, i, t, ruleset, interval) for i, t in enumerate(tests)]
 
 
 def _run_one(path, i, test, ruleset, interval) -> TestResult:
-    where = f"{path}: test #{i + 1}"
-    _keys(test, TEST_KEYS, where)
+    mark = getattr(test, "mark", None)
+    try:
+        _keys(test, TEST_KEYS, f"test #{i + 1}")
+    except _Problem as err:
+        raise RuleTestError(f"{_at(path, err.mark or mark)}: {err}") from None
     name = str(test.get("name", f"#{i + 1}"))
-    where = f'{path}: test "{name}"'
+    where = f'{_at(path, mark)}: test "{name}"'
     result = TestResult(str(path), name)
     try:
         series, node, pre, expects = _inputs(test, interval)
     except (ValueError, TypeError) as err:
-        raise RuleTestError(f"{where}: {err}") from None
+        raise RuleTestError(f'{_at(path, getattr(err, "mark", None) or mark)}: test "{name}": {err}') from None
     paths = list(series)
     for e in pre:
         for p in (e["victim"], e["preemptor"]):
