@@ -207,3 +207,20 @@ policies:
     assert spec.protect.tags == {"priority": "low"}
     with pytest.raises(TypeError):
         spec.protect.tags["priority"] = "high"
+
+
+def test_policy_demote_and_window_are_checked():
+    with pytest.raises(RulesError) as err:
+        load_text("""
+policies:
+  - name: p
+    kind: latency-slo
+    protect: {tags: {priority: high}}
+    slo: runq.p99 < 1ms
+    throttle: {tags: {priority: low}}
+    demote: nope
+    window: 0
+""")
+    text = str(err.value)
+    assert "unknown demote 'nope' (known: weight, idle, none)" in text
+    assert "window" in text

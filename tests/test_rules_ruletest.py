@@ -82,35 +82,27 @@ def test_cli_passes_on_the_default_tests():
     assert " 0 failed" in res.output
 
 
-@pytest.mark.parametrize("body, message", [
-    ("tests:\n  - cgroups: {/a: {cpu.usge: 1}}\n", "did you mean cpu.usage?"),
-    ("tests:\n  - cgroups: {a: {cpu.usage: 1}}\n", "must be a path"),
-    ("tests:\n  - expect: [{at: 1.5s, tags: {}}]\n", "not a multiple of the interval"),
-    ("tests:\n  - bogus: 1\n", "unknown key 'bogus'"),
-    ("testz: []\n", "unknown key 'testz'"),
-    ("tests:\n  - cgroups: {/a: {cpu.usage: 1+}}\n", "bad series term"),
+@pytest.mark.parametrize("body, where, message", [
+    # where: file:line:col (_write_test puts two lines before the body: body line 1 is file line 3)
+    ("tests:\n  - cgroups: {/a: {cpu.usge: 1}}\n", ":4:5:", "did you mean cpu.usage?"),
+    ("tests:\n  - cgroups: {a: {cpu.usage: 1}}\n", ":4:5:", "must be a path"),
+    ("tests:\n  - expect: [{at: 1.5s, tags: {}}]\n", ":4:5:", "not a multiple of the interval"),
+    ("tests:\n  - bogus: 1\n", ":4:5:", "unknown key 'bogus'"),
+    ("testz: []\n", ":3:1:", "unknown key 'testz'"),
+    ("tests:\n  - cgroups: {/a: {cpu.usage: 1+}}\n", ":4:5:", "bad series term"),
+    ("tests:\n  - name: a\n    bogus: 1\n", ":5:5:", "test #1: unknown key 'bogus'"),
+    ("testz: []\n", ":3:1:", "the file: unknown key 'testz'"),
+    ("tests:\n  - name: a\n    cgroups: {/a: {cpu.usge: 1}}\n", ":4:5:", 'test "a": /a: unknown metric'),
+    ("tests: 5\n", ":3:1:", "tests must be a list"),
+    ("tests:\n  - {name: [a\n", ":5:1:", "bad YAML:"),
 ])
-def test_broken_test_files_say_what_is_wrong(tmp_path, body, message):
+def test_broken_test_files_say_what_is_wrong_and_where(tmp_path, body, where, message):
     f = _write_test(tmp_path, body)
-    with pytest.raises(RuleTestError, match=message.replace("?", r"\?").replace(".", r"\.")):
-        run_file(f)
-    res = CliRunner().invoke(rules_cli, ["test", str(f)])
-    assert res.exit_code == 2
-
-
-@pytest.mark.parametrize("body, where", [
-    # (_write_test puts two lines before the body: body line 1 is file line 3.)
-    ("tests:\n  - name: a\n    bogus: 1\n", ":5:5: test #1: unknown key 'bogus'"),
-    ("testz: []\n", ":3:1: the file: unknown key 'testz'"),
-    ("tests:\n  - name: a\n    cgroups: {/a: {cpu.usge: 1}}\n", ':4:5: test "a": /a: unknown metric'),
-    ("tests: 5\n", ":3:1: tests must be a list"),
-    ("tests:\n  - {name: [a\n", ":5:1: bad YAML:"),
-])
-def test_broken_test_files_name_the_line_and_column(tmp_path, body, where):
-    f = _write_test(tmp_path, body)
-    with pytest.raises(RuleTestError) as err:
+    with pytest.raises(RuleTestError, match=message.replace("?", r"\?").replace(".", r"\.")) as err:
         run_file(f)
     assert f"{f}{where}" in str(err.value)
+    res = CliRunner().invoke(rules_cli, ["test", str(f)])
+    assert res.exit_code == 2
 
 
 def test_rules_that_do_not_load_stop_the_test_file(tmp_path):

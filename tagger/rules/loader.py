@@ -720,7 +720,7 @@ class _Loader:
                 except _Skip:
                     bad = True
 
-        get("kind", lambda v: self._kind(v))
+        get("kind", lambda v: self._one_of(v, "policy kind", POLICY_KINDS))
         get("description", lambda v: self._str(v, "description"))
         get("enabled", lambda v: self._bool(v, "enabled"))
         get("protect", lambda v: self._selector(v, "protect"))
@@ -729,7 +729,7 @@ class _Loader:
         for key in ("alpha", "beta", "floor", "ceiling"):
             get(key, lambda v, key=key: self._number(v, key, positive=True))
         get("resources", lambda v: self._resources(v))
-        get("demote", lambda v: self._demote(v))
+        get("demote", lambda v: self._one_of(v, "demote", DEMOTIONS))
         get("persist", lambda v: int(self._number(v, "persist", positive=True, integer=True)))
         get("window", lambda v: int(self._number(v, "window", positive=True, integer=True)))
         if bad:
@@ -742,19 +742,12 @@ class _Loader:
         return LatencySloSpec(name=name, protect=values["protect"], throttle=values["throttle"],
                               metric=metric, target=target, **kw)
 
-    def _demote(self, node):
-        value = self._str(node, "demote")
-        if value not in DEMOTIONS:
-            self.error(node, f"demote must be one of {', '.join(DEMOTIONS)}")
+    def _one_of(self, node, what, known):
+        value = self._str(node, what)
+        if value not in known:
+            self.error(node, f"unknown {what} {value!r} (known: {', '.join(known)})")
             raise _Skip
         return value
-
-    def _kind(self, node):
-        kind = self._str(node, "kind")
-        if kind not in POLICY_KINDS:
-            self.error(node, f"unknown policy kind {kind!r} (known: {', '.join(POLICY_KINDS)})")
-            raise _Skip
-        return kind
 
     def _resources(self, node):
         items = self._strings(node, "resources")
