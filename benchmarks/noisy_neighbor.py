@@ -325,8 +325,9 @@ class Run:
         out = [("quota", float(q)) for q in self.args.static_quotas.split(",") if q.strip()]
         for lever in filter(None, (x.strip() for x in self.args.static_levers.split(","))):
             name, _, value = lever.partition("=")
-            if name not in ("shares", "idle"):
-                raise SystemExit(f"noisy_neighbor: --static-levers: unknown lever {name!r} (shares=N, idle)")
+            if name not in ("shares", "idle", "cpuset"):
+                raise SystemExit(f"noisy_neighbor: --static-levers: unknown lever {name!r} "
+                                 f"(shares=N, idle, cpuset=N)")
             out.append((name, float(value or 1)))
         return out
 
@@ -337,6 +338,10 @@ class Run:
         elif lever == "shares":
             # None: back to the scenario's own weight, not the kernel's default.
             batch.set_shares(self.args.batch_shares if value is None else int(value))
+        elif lever == "cpuset":
+            # The last N CPUs, as koordlet's CPU suppress leaves batch the CPUs web does not need.
+            n = os.cpu_count()
+            batch.set_cpuset(None if value is None else f"{n - int(value)}-{n - 1}")
         else:
             batch.set_idle(value is not None)
             if value is None:               # the kernel reset the weight to 1024 when idle was cleared
@@ -369,7 +374,7 @@ class Run:
                          f"{tr['within'] * 100:.0f}% of ticks <= SLO, "
                          f"bogo-ops/s {tr['bogo_ops']:.0f}, meets SLO: {tr['meets']}")
         finally:
-            for lever in ("quota", "shares", "idle"):
+            for lever in ("quota", "shares", "idle", "cpuset"):
                 self._set_static(lever, None)
             self.stop_web()
         return {"trials": trials, "trial_s": a.static_trial}

@@ -56,6 +56,8 @@ def human(knob: str, value: str) -> str:
         if kind == "cpu.idle":
             idle, _, weight = value.partition(" ")
             return "SCHED_IDLE" if idle == "1" else f"not idle, weight {weight or '?'}"
+        if kind == "cpuset.cpus":
+            return f"CPUs {value}" if value else "the parent's CPUs"
     except (ValueError, KeyError):
         pass
     return value.strip().replace("\n", " ") or "-"

@@ -73,6 +73,16 @@ def spawn_in(dirs, argv, **kw) -> subprocess.Popen:
     return subprocess.Popen(argv, preexec_fn=enter, **kw)
 
 
+def inherit_cpuset(d: Path | None) -> None:
+    """A new v1 cpuset starts with no CPUs and no memory nodes, and takes no
+    task until it has both: give it its parent's (v2 cpusets inherit)."""
+    if d is None or not (d / "cpuset.cpus").exists() or (d / "cpuset.cpus.effective").exists():
+        return          # no cpuset here, or v2 (where "" means the parent's)
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        if not (d / name).read_text().strip():
+            (d / name).write_text((d.parent / name).read_text().strip())
+
+
 class TestCgroup:
     """One workload path, present in v2 and in the v1 hierarchies asked for."""
 
@@ -154,9 +164,11 @@ class CgroupFactory:
             if not prefix_dir.exists():
                 prefix_dir.mkdir()
                 self.prefix_dirs.append(prefix_dir)
+                inherit_cpuset(prefix_dir)
             d = root / relpath.lstrip("/")
             if d not in dirs.values():
                 d.mkdir()
+                inherit_cpuset(d)
             dirs[ctrl] = d
         cg = TestCgroup(relpath, dirs)
         self.made.append(cg)

@@ -17,6 +17,7 @@ def journal(tmp_path):
     j.put(Entry("/batch/a", "cpu.max", "max 100000", "30000 100000", "cap-low-priority-hogs"))
     j.put(Entry("", "rdt.group batch", "absent", "present", "cache-hogs", made=True))
     j.put(Entry("/batch/b", "cpu.idle", "0 1536", "1", "latency-slo:web"))
+    j.put(Entry("/batch/c", "cpuset.cpus", "", "1", "latency-slo:web"))
     return j
 
 
@@ -26,9 +27,10 @@ def test_table_lists_each_knob_with_its_rule(journal, tmp_path):
     lines = out.output.splitlines()
     assert lines[0].split() == ["CGROUP", "KNOB", "VALUE", "ORIGINAL", "RULE", "SINCE"]
     rows = {tuple(line.split("  ")[0:1]) + tuple(c.strip() for c in line.split("  ") if c.strip())[1:4]
-            for line in lines[1:4]}
+            for line in lines[1:5]}
     assert rows == {("/batch/a", "cpu.max", "0.3 CPU per 100ms", "unlimited"),
                     ("/batch/b", "cpu.idle", "SCHED_IDLE", "not idle, weight 1536"),
+                    ("/batch/c", "cpuset.cpus", "CPUs 1", "the parent's CPUs"),
                     ("(resctrl)", "rdt.group batch", "present", "absent")}
     assert "cap-low-priority-hogs" in out.output
     assert "no agent is running" in out.output          # nobody holds the lock
@@ -44,7 +46,7 @@ def test_json_and_the_running_agent(journal, tmp_path):
     assert doc["agent_pid"] > 0
     assert {(a["cgroup"], a["knob"], a["value"], a["original"]) for a in doc["actions"]} == {
         ("/batch/a", "cpu.max", "30000 100000", "max 100000"), (None, "rdt.group batch", "present", "absent"),
-        ("/batch/b", "cpu.idle", "1", "0 1536")}
+        ("/batch/b", "cpu.idle", "1", "0 1536"), ("/batch/c", "cpuset.cpus", "1", "")}
 
 
 def test_empty_and_unreadable(tmp_path):

@@ -26,6 +26,7 @@ def knobs(cg):
     """Every file tagger may change for ``cg``, as text."""
     out = {f: (cg.dir("cpu") / f).read_text() for f in CPU_FILES}
     out.update({f: (cg.dir("blkio") / f).read_text() for f in BLKIO_FILES})
+    out["cpuset.cpus"] = (cg.dir("cpuset") / "cpuset.cpus").read_text()
     return out
 
 
@@ -50,7 +51,7 @@ def wait_line(proc, prefix, timeout=20):
 @pytest.fixture
 def workloads(make_cgroup):
     dev = open("/sys/block/vda/dev").read().strip()
-    cgs = [make_cgroup(n, controllers=("cpu", "blkio")) for n in ("a", "b")]
+    cgs = [make_cgroup(n, controllers=("cpu", "blkio", "cpuset")) for n in ("a", "b")]
     # Not the defaults: an operator's settings, which must come back exactly.
     (cgs[0].dir("cpu") / "cpu.cfs_quota_us").write_text("150000")
     (cgs[0].dir("cpu") / "cpu.shares").write_text("2048")
@@ -60,9 +61,10 @@ def workloads(make_cgroup):
                             "read_iops": 100, "write_iops": 80}} for cg in cgs}
     # A third made SCHED_IDLE: the kernel then reads its shares as 3 and, when
     # idle is cleared, sets 1024 -- its own 1536 must come back all the same.
-    idle = make_cgroup("c", controllers=("cpu", "blkio"))
+    # And confined to one CPU (cpuset.cpus), which must widen again.
+    idle = make_cgroup("c", controllers=("cpu", "blkio", "cpuset"))
     (idle.dir("cpu") / "cpu.shares").write_text("1536")
-    doc[idle.path] = {"cpu": {"max": 0.5, "idle": True}}
+    doc[idle.path] = {"cpu": {"max": 0.5, "idle": True, "cpuset": 1}}
     return cgs + [idle], doc
 
 
@@ -79,8 +81,8 @@ def test_sigterm_restores_every_knob(workloads, tmp_path, sig):
     try:
         wait_line(proc, "applied")
         changed = _changed(before, cgs)
-        # quota, period, shares, four throttle files for a and b; quota, idle, shares for c
-        assert len(changed) == 2 * 7 + 3
+        # quota, period, shares, four throttle files for a and b; quota, idle, shares, cpuset for c
+        assert len(changed) == 2 * 7 + 4
         proc.send_signal(sig)
         assert proc.wait(timeout=20) == 128 + sig
     finally:
@@ -107,7 +109,7 @@ def test_sigkill_then_recover_restores_every_knob(workloads, tmp_path):
     entries = read_entries(tmp_path / "state" / JOURNAL_NAME, quarantine=False)
     assert {(e.cgroup, e.knob) for e in entries} == {(cg.path, k) for cg in cgs[:2]
                                                      for k in ("cpu.max", "cpu.weight", "io.max 254:0")} | {
-        (cgs[2].path, "cpu.max"), (cgs[2].path, "cpu.idle")}
+        (cgs[2].path, "cpu.max"), (cgs[2].path, "cpu.idle"), (cgs[2].path, "cpuset.cpus")}
     assert {e.original for e in entries if e.knob == "cpu.idle"} == {"0 1536"}
     assert {e.original for e in entries if e.cgroup == cgs[0].path and e.knob == "cpu.max"} == {"150000 100000"}
 
@@ -139,7 +141,7 @@ def test_restart_readopts_keeping_the_true_original_and_drops_vanished(workloads
     # and remembers the values from before the first run, not the limited ones.
     proc = start_driver(tmp_path / "state", doc)
     try:
-        assert wait_line(proc, "recovered").split() == ["recovered", "8"]   # gone's knob dropped
+        assert wait_line(proc, "recovered").split() == ["recovered", "9"]   # gone's knob dropped
         wait_line(proc, "applied")
         assert (cgs[0].dir("cpu") / "cpu.cfs_quota_us").read_text().strip() == "15000"
         entries = read_entries(tmp_path / "state" / JOURNAL_NAME, quarantine=False)

@@ -50,7 +50,7 @@ def snap(web_p99, batch_cpu, backup_cpu=0.0, web_slowdown=3.0, io=None, t=0.0):
 
 
 def test_throttles_the_neighbour_by_its_interference(store):
-    slo = LatencySlo(spec(alpha=0.5, demote="none"))
+    slo = LatencySlo(spec(alpha=0.5, demote=()))
     out = slo.step(snap(4 * MS, batch_cpu=1.5), store)
     # miss = 2; importance(cpu) > 0, io unknown (NaN) -> 0; batch's load share
     # among web+batch+backup = 1.5 / 2.0 = 0.75 -> interference 0.75.
@@ -72,7 +72,7 @@ def test_protected_cgroups_are_never_throttled_even_if_also_low(store):
 
 
 def test_floor_holds_and_release_goes_back_to_no_limit(store):
-    slo = LatencySlo(spec(alpha=5.0, beta=0.5, floor=0.2, demote="none"))
+    slo = LatencySlo(spec(alpha=5.0, beta=0.5, floor=0.2, demote=()))
     out = slo.step(snap(10 * MS, batch_cpu=1.8), store)
     assert out["/batch"].cpu.max == pytest.approx(0.2)     # factor clamps at 0, floor wins
     limits = []
@@ -85,7 +85,7 @@ def test_floor_holds_and_release_goes_back_to_no_limit(store):
 
 
 def test_explicit_ceiling_is_where_release_stops(store):
-    slo = LatencySlo(spec(beta=1.0, ceiling=1.0, demote="none"))
+    slo = LatencySlo(spec(beta=1.0, ceiling=1.0, demote=()))
     slo.step(snap(4 * MS, batch_cpu=1.5), store)
     for t in range(8):
         out = slo.step(snap(1 * MS, batch_cpu=0.5, t=t), store)
@@ -119,7 +119,7 @@ def demoted(out, how="weight"):
 
 @pytest.mark.parametrize("how", ["weight", "idle"])
 def test_demotion_first_then_quota_and_demotion_kept_while_the_victim_runs(store, how):
-    slo = LatencySlo(spec(alpha=0.5, demote=how))
+    slo = LatencySlo(spec(alpha=0.5, demote=(how,)))
     out = slo.step(snap(4 * MS, batch_cpu=1.5), store)
     # The first miss only demotes batch (lowest weight / SCHED_IDLE): no quota yet.
     assert demoted(out, how) and out["/batch"].cpu.max is None
@@ -134,7 +134,22 @@ def test_demotion_first_then_quota_and_demotion_kept_while_the_victim_runs(store
 
 
 def test_weight_is_the_default_demotion():
-    assert spec().demote == "weight"
+    assert spec().demote == ("weight",)
+
+
+def test_cpuset_demotion_leaves_the_protected_the_cpus_they_use(store):
+    """With ``demote: [weight, cpuset]`` the first miss also confines batch to
+    the CPUs web does not need: ceil(1.5 x web's use), at least one, kept
+    while web runs; on a node too small for that, no cpuset at all."""
+    def tick(web_cpu, cpus):
+        return Snapshot.synthetic(PATHS, {"runq.p99": [math.nan, 4 * MS, 0.1 * MS, 0.1 * MS],
+                                          "runq.slowdown": [math.nan, 3.0, 1.0, 1.0],
+                                          "cpu.usage": [2.0, web_cpu, 1.5, 0.0]}, t=0, node={"cpus": cpus})
+    slo = LatencySlo(spec(demote=("weight", "cpuset")))
+    cpu = slo.step(tick(2.5, 8.0), store)["/batch"].cpu
+    assert (cpu.weight, cpu.cpuset, cpu.max) == (1, 8 - 4, None)        # web keeps ceil(3.75) = 4
+    out = LatencySlo(spec(demote=("cpuset",))).step(tick(1.5, 2.0), store)
+    assert out["/batch"].cpu.cpuset is None        # web needs both CPUs: nothing to confine batch to
 
 
 def test_once_demoted_a_single_noisy_tick_costs_no_quota(store):
@@ -147,7 +162,7 @@ def test_once_demoted_a_single_noisy_tick_costs_no_quota(store):
 
 
 def test_everything_dropped_once_nothing_protected_runs(store):
-    slo = LatencySlo(spec(demote="idle"))
+    slo = LatencySlo(spec(demote=("idle",)))
     slo.step(snap(4 * MS, batch_cpu=1.5), store)
     slo.step(snap(4 * MS, batch_cpu=1.5, t=1), store)
     assert slo.state["/batch"].cpu is not None and slo.state["/batch"].demoted
@@ -204,7 +219,7 @@ def test_closed_loop_converges_under_the_slo_and_releases(tmp_path):
     store.set("/batch", "priority", "low", "static", 0.0)
     act = Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False,
                    safety=Safety())                        # the defaults: floor, step, cool-down
-    slo = LatencySlo(spec(demote="none"))                     # α 0.5, β 0.1, floor 0.1, no ceiling
+    slo = LatencySlo(spec(demote=()))                     # α 0.5, β 0.1, floor 0.1, no ceiling
     host = SimHost(tmp_path)
     START, STOP, END = 10, 50, 80
     trace = []
@@ -257,7 +272,7 @@ def test_closed_loop_demoted_keeps_the_slo_without_a_quota(tmp_path, how):
     store.set("/batch", "priority", "low", "static", 0.0)
     act = Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False,
                    safety=Safety())
-    slo = LatencySlo(spec(demote=how))
+    slo = LatencySlo(spec(demote=(how,)))
     host = DemotionAwareHost(tmp_path)
     START, STOP, END = 5, 30, 45
     trace = []

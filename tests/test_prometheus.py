@@ -47,7 +47,8 @@ def test_exposition_parses_and_carries_everything():
             AppliedAction("/a", "io.max 8:0", "rbps=1048576 wbps=max riops=max wiops=max",
                           "rbps=max wbps=max riops=max wiops=max", "io-cap", 1.0, False),
             AppliedAction("", "rdt.schemata low", "L3:0=0f", "L3:0=ff", "rdt", 1.0, True),
-            AppliedAction("/a", "cpu.idle", "1", "0 1536", "latency-slo:web", 1.0, False)]
+            AppliedAction("/a", "cpu.idle", "1", "0 1536", "latency-slo:web", 1.0, False),
+            AppliedAction("/a", "cpuset.cpus", "2-3,6", "0-7", "latency-slo:web", 1.0, False)]
     health = {"tick_seconds": 0.004, "tick_jitter_seconds": 0.001, "ticks": 7, "reloads": 1,
               "rule_errors": 0, "rules_loaded": 3, "bpf_ns_per_event": 80.0, "ringbuf_drops": 0,
               "map_full": 0, "source": "bpf", "tick_stage_seconds": {"collect": 0.003, "rules": 0.001}}
@@ -71,6 +72,8 @@ def test_exposition_parses_and_carries_everything():
     assert samples(fams, "tagger_action")[0].labels["rule"] == "cap-hogs"
     [idle] = samples(fams, "tagger_cpu_idle")
     assert idle.labels["cgroup"] == "/a" and idle.value == 1.0
+    [cpuset] = samples(fams, "tagger_cpuset_cpus")
+    assert cpuset.labels["cgroup"] == "/a" and cpuset.value == 3
     [rbps] = samples(fams, "tagger_io_max_read_bytes_per_second")
     assert rbps.labels["device"] == "8:0" and rbps.value == 1048576
     rdt = [s for s in samples(fams, "tagger_action") if s.labels["knob"].startswith("rdt")]

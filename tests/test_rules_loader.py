@@ -148,7 +148,7 @@ policies:
     assert rs.policies == [LatencySloSpec(
         name="web-slo", protect=Selector(tags={"priority": "low"}),
         throttle=Selector(cgroup=("/kubepods/besteffort/**",), exclude=("/kubepods/besteffort/keep",)),
-        metric="runq.p99", target=0.002, alpha=0.3, demote="none")]
+        metric="runq.p99", target=0.002, alpha=0.3, demote=())]
 
 
 def test_disabled_rule_loads_but_is_not_active():
@@ -220,7 +220,52 @@ policies:
     throttle: {tags: {priority: low}}
     demote: nope
     window: 0
+  - name: q
+    kind: latency-slo
+    protect: {tags: {priority: high}}
+    slo: runq.p99 < 1ms
+    throttle: {tags: {priority: low}}
+    demote: [weight, idle]
+  - name: r
+    kind: latency-slo
+    protect: {tags: {priority: high}}
+    slo: runq.p99 < 1ms
+    throttle: {tags: {priority: low}}
+    demote: [none, cpuset]
+rules:
+  - name: s
+    match: {cgroup: /a}
+    actions: {cpu: {cpuset: "1-0"}}
+  - name: t
+    match: {cgroup: /a}
+    actions: {cpu: {idle: true, weight: 5}}
 """)
     text = str(err.value)
-    assert "unknown demote 'nope' (known: weight, idle, none)" in text
+    assert "unknown demote 'nope' (known: weight, idle, cpuset, none)" in text
     assert "window" in text
+    assert "demote: weight and idle exclude each other" in text
+    assert 'demote "none" cannot be listed with others' in text
+    assert "cpu.cpuset: bad CPU range '1-0'" in text
+    assert "cpu.idle and a weight exclude each other" in text
+
+
+def test_demote_list_and_cpuset_action_load():
+    rs = load_text("""
+rules:
+  - name: suppress
+    match: {cgroup: /batch}
+    actions: {cpu: {cpuset: 3, weight: 1}}
+  - name: pin
+    match: {cgroup: /batch2}
+    actions: {cpu: {cpuset: "6-7,2"}}
+policies:
+  - name: p
+    kind: latency-slo
+    protect: {tags: {priority: high}}
+    slo: runq.p99 < 1ms
+    throttle: {tags: {priority: low}}
+    demote: [weight, cpuset]
+""")
+    assert rs.rule("suppress").actions.cpu == CpuSpec(weight=1, cpuset="3")
+    assert rs.rule("pin").actions.cpu == CpuSpec(cpuset="2,6-7")
+    assert rs.policies[0].demote == ("weight", "cpuset")

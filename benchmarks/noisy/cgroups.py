@@ -1,5 +1,5 @@
 """The scenario's cgroups: ``/tagger-nn-<pid>/{web,batch}`` in the v2 hierarchy
-(BPF's cgroup ids) and in the v1 cpu, cpuacct and blkio hierarchies (where this
+(BPF's cgroup ids) and in the v1 cpu, cpuacct, blkio and cpuset hierarchies (where this
 hybrid host keeps its controllers), with processes started inside all of them
 before they exec.  Everything is removed on close; processes are only ever
 killed by pid, and only those we started or that live in our cgroups."""
@@ -12,9 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.cgroup_fixture import _rmdir_tree, spawn_in, v1_root, v2_root, wait_for
+from tests.cgroup_fixture import _rmdir_tree, inherit_cpuset, spawn_in, v1_root, v2_root, wait_for
 
-CONTROLLERS = ("cpu", "cpuacct", "blkio")
+CONTROLLERS = ("cpu", "cpuacct", "blkio", "cpuset")
 PREFIX = "tagger-nn"
 
 
@@ -115,6 +115,17 @@ class Workload:
             return round(int((d / "cpu.weight").read_text()) * 1024 / 100)
         return int((d / "cpu.shares").read_text())
 
+    def cpuset(self) -> str:
+        """The CPUs the cgroup may run on (cpuset.cpus; "" where there is no cpuset)."""
+        d = self.dirs.get("cpuset")
+        f = d / "cpuset.cpus" if d is not None else None
+        return f.read_text().strip() if f is not None and f.exists() else ""
+
+    def set_cpuset(self, cpus: str | None) -> None:
+        """Confine the cgroup to ``cpus`` (a kernel CPU list); None: its parent's CPUs."""
+        d = self.dirs["cpuset"]
+        (d / "cpuset.cpus").write_text(cpus if cpus is not None else (d.parent / "cpuset.cpus").read_text().strip())
+
     def demoted(self) -> bool:
         """SCHED_IDLE, or at the lowest weight tagger sets (cpu.weight 1 = 10 shares)."""
         return self.idle() or self.shares() <= 10
@@ -148,6 +159,7 @@ class Scenario:
                 d = root / self.prefix.lstrip("/")
                 d.mkdir()
                 self.prefix_dirs.append(d)
+                inherit_cpuset(d)
             for name in names:
                 path = f"{self.prefix}/{name}"
                 dirs = {}
@@ -156,6 +168,7 @@ class Scenario:
                     if not d.exists():
                         d.mkdir()
                     dirs[ctrl] = d
+                inherit_cpuset(dirs.get("cpuset"))
                 self.workloads[name] = Workload(path, dirs)
         except BaseException:
             self.close()

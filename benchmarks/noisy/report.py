@@ -209,6 +209,8 @@ def static_label(tr) -> str:
         return f"cpu.shares {tr['value']:.0f} (WCA's cpu_shares)"
     if tr["lever"] == "idle":
         return "cpu.idle 1 (no quota; not a WCA setting)"
+    if tr["lever"] == "cpuset":
+        return f"cpuset.cpus: the last {tr['value']:.0f} CPU(s) (WCA's cpuset_cpus, koordlet's CPU suppress)"
     return "no limit (the collocated phase)" if tr["quota"] is None else f"quota {tr['quota']:.2f} CPU"
 
 

@@ -384,6 +384,9 @@ def _desired(aset):
         yield "cpu.weight", str(cpu.weight)
     if cpu is not None and cpu.idle is not None:
         yield "cpu.idle", "1" if cpu.idle else "0"
+    if cpu is not None and cpu.cpuset is not None:
+        # A number is "that many CPUs" (a policy's); the actuator picks which.
+        yield "cpuset.cpus", f"{cpu.cpuset} CPUs" if isinstance(cpu.cpuset, int) else cpu.cpuset
     if io is not None:
         limits = {k: getattr(io, k) for k in ("read_bps", "write_bps", "read_iops", "write_iops")}
         yield f"io.max {io.device or '*'}", " ".join(f"{k}={v:g}" for k, v in limits.items() if v is not None)

@@ -37,6 +37,7 @@ from tagger.kernelfs import HOST, KernelFS
 
 from .control import ControlPoint, Safety
 from .cpu import CpuIdle, CpuMax, CpuQuota, CpuWeight
+from .cpuset import CpuSet, parse_cpulist
 from .io import IoLimit, format_limits, resolve_devices, spec_limits
 from .journal import DEFAULT_STATE_DIR, Entry, Journal, entry_key
 from .rdt import PRESENT, RESCTRL, Resctrl, RdtGroup, RdtSchemata, RdtTasks
@@ -170,6 +171,9 @@ class Actuator:
         if kind == "cpu.idle":
             return CpuIdle(self.fs, cgroup, self.layout.controller_dir("cpu", cgroup),
                            self.layout.controller_version("cpu"))
+        if kind == "cpuset.cpus":
+            return CpuSet(self.fs, cgroup, self.layout.controller_dir("cpuset", cgroup),
+                          self.layout.controller_version("cpuset"))
         if kind == "io.max":
             return IoLimit(self.fs, cgroup, self.layout.controller_dir("io", cgroup),
                            self.layout.controller_version("io"), arg)
@@ -229,6 +233,13 @@ class Actuator:
             best = max(idle, key=lambda s: s.cpu.idle)      # idle is the more restrictive
             cp = self.control_point(path, "cpu.idle")
             wants[entry_key(path, cp.knob)] = (cp, cp.native(best.cpu.idle), best.rule)
+        cpuset = [s for s in sets if s.cpu is not None and s.cpu.cpuset is not None]
+        if cpuset:
+            cp = self.control_point(path, "cpuset.cpus")
+            lists = [(cp.native(s.cpu.cpuset), s.rule) for s in cpuset]
+            # The fewest CPUs win, as the smallest quota does.
+            value, rule = min(lists, key=lambda x: len(parse_cpulist(x[0])))
+            wants[entry_key(path, cp.knob)] = (cp, value, rule)
 
     def _want_io(self, wants, path, sets):
         per_device: dict[str, tuple[dict, str]] = {}

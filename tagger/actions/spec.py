@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class CpuSpec:
-    """``cpu: {max: 0.5, period: 100ms, weight: 50, idle: true}``."""
+    """``cpu: {max: 0.5, period: 100ms, weight: 50, idle: true, cpuset: "2-3"}``."""
     max: float | None = None        # CPUs (quota / period); None leaves the quota alone
     period: float = 0.1             # seconds
     weight: int | None = None       # cgroup v2 cpu.weight 1..10000 (v1 cpu.shares is derived)
     idle: bool | None = None        # cpu.idle: the group's tasks run as SCHED_IDLE (Linux 5.15+)
+    # cpuset.cpus: a CPU list ("2-3"), or (from policies) a number of CPUs, the
+    # highest-numbered the parent allows
+    cpuset: str | int | None = None
 
 
 @dataclass(frozen=True)

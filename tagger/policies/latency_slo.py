@@ -20,11 +20,15 @@ Each tick:
    I/O limit back at the rate it was first throttled from, is dropped: the
    actuator then restores the cgroup's original setting.
 
-The first CPU step is not a quota but a demotion (``demote``): the lowest
-``cpu.weight`` (1; v1 ``cpu.shares`` 10), the default, or ``cpu.idle``
-(``demote: idle``).  Either lets W's wake-ups preempt l at once, and either is
-work-conserving — l still gets every cycle W leaves — so it is kept while
-there is anything to protect.  Quotas, which do cost l throughput, only follow
+The first CPU step is not a quota but a demotion (``demote``, one lever or a
+list applied together): the lowest ``cpu.weight`` (1; v1 ``cpu.shares`` 10),
+the default, or ``cpu.idle`` (``idle``), and ``cpuset``: l confined to the
+CPUs the protected cgroups do not need (koordlet's CPU suppress; they keep
+``ceil(1.5 × their CPU use)`` CPUs, at least one, and l at least one).  A weight
+or cpu.idle lets W's wake-ups preempt l at once and is work-conserving — l
+still gets every cycle W leaves; a cpuset is not, but leaves W whole CPUs to
+wake up on, where preemption still waits for the end of l's slice.  The
+demotion is kept while there is anything to protect.  Quotas, which do cost l throughput, only follow
 when W still misses with l demoted, ``persist`` ticks in a row (default 2): a
 quota cut is spent on a lasting miss, not on one noisy tick (a host's steal, a
 one-off stall), which it could not undo anyway.  On the noisy-neighbour
@@ -73,13 +77,17 @@ from .spec import LatencySloSpec, Selector
 
 #: I/O limits never go below this (bytes/s): a floor for the disk control point.
 IO_FLOOR = 1024 * 1024
+#: A cpuset demotion leaves the protected cgroups this many times their CPU use
+#: (rounded up to whole CPUs): room for their bursts between two ticks.
+CPUSET_HEADROOM = 1.5
 
 
 @dataclass
 class ControlState:
     """What the policy holds on one throttled cgroup."""
     cpu: float | None = None           # CPUs
-    demoted: bool = False              # the demotion (lowest weight or cpu.idle) is asked for
+    demoted: bool = False              # the demotion (lowest weight, cpu.idle, cpuset) is asked for
+    cpuset: int | None = None          # CPUs l keeps when demoted to a cpuset
     io_scale: float | None = None      # fraction of io_base
     io_base: tuple[float, float] = (0.0, 0.0)   # read, write bytes/s when first throttled
 
@@ -212,10 +220,12 @@ class LatencySlo:
                 factor = max(0.0, min(1 - spec.alpha * (miss - 1) * interference, 1 / (1 + spec.beta)))
                 st = self.state.setdefault(paths[i], ControlState())
                 if "cpu" in spec.resources and importance.get("cpu", 0) > 0:
-                    if spec.demote != "none" and not st.demoted:
-                        # The free lever first; a quota only if W misses with it.
+                    if spec.demote and not st.demoted:
+                        # The demotion first; a quota only if W misses with it.
                         st.demoted = True
-                    elif spec.demote != "none" and self._missed < spec.persist and st.cpu is None:
+                        if "cpuset" in spec.demote:
+                            st.cpuset = self._cpuset_size(snapshot, protect, cpus)
+                    elif spec.demote and self._missed < spec.persist and st.cpu is None:
                         pass        # one miss with l demoted: not yet worth a quota
                     else:
                         # The first throttle starts from what l uses now: scaling an
@@ -272,6 +282,15 @@ class LatencySlo:
             del self._recent[gone]
         return lat
 
+    @staticmethod
+    def _cpuset_size(snap: Snapshot, protect: list[int], cpus: float) -> int | None:
+        """CPUs a low-priority cgroup keeps under a cpuset demotion; None when
+        the protected cgroups need every CPU but one's worth of the node."""
+        used = float(np.nansum(snap.column("cpu.usage")[protect])) if protect else 0.0
+        reserve = max(1, math.ceil(used * CPUSET_HEADROOM))
+        keep = int(cpus) - reserve
+        return keep if keep >= 1 else None
+
     def _load(self, snap: Snapshot, resource: str) -> np.ndarray:
         if resource == "cpu":
             return snap.column("cpu.usage")
@@ -291,9 +310,10 @@ class LatencySlo:
         for path, st in self.state.items():
             cpu = None
             if st.cpu is not None or st.demoted:
-                demote = st.demoted and self.spec.demote
-                cpu = CpuSpec(max=st.cpu, weight=WEIGHT_MIN if demote == "weight" else None,
-                              idle=True if demote == "idle" else None)
+                demote = self.spec.demote if st.demoted else ()
+                cpu = CpuSpec(max=st.cpu, weight=WEIGHT_MIN if "weight" in demote else None,
+                              idle=True if "idle" in demote else None,
+                              cpuset=st.cpuset if "cpuset" in demote else None)
             io = None
             if st.io_scale is not None:
                 rb, wb = st.io_base

@@ -28,6 +28,8 @@ class LatencySloSpec:
     floor: float = 0.1          # CPUs: lowest quota it may impose
     ceiling: float | None = None  # CPUs: released limit; None = the node's CPUs
     resources: tuple[str, ...] = ("cpu", "io")
-    demote: str = "weight"      # first CPU step: "weight" (the lowest), "idle" (cpu.idle) or "none"
+    # first CPU step, levers applied together: "weight" (the lowest), "idle"
+    # (cpu.idle), "cpuset" (the CPUs the protected cgroups do not need); () for none
+    demote: tuple[str, ...] = ("weight",)
     persist: int = 2            # ticks in a row W must miss (with l demoted) before a first quota
     window: int = 1             # ticks a histogram percentile SLO is judged over

@@ -81,6 +81,7 @@ HEALTH = {
 CPU_MAX = ("tagger_cpu_max_cpus", "CPU quota applied, CPUs (quota / period)")
 CPU_WEIGHT = ("tagger_cpu_weight", "cpu.weight applied")
 CPU_IDLE = ("tagger_cpu_idle", "1 while tagger holds the cgroup SCHED_IDLE (cpu.idle)")
+CPUSET = ("tagger_cpuset_cpus", "CPUs tagger confines the cgroup to (cpuset.cpus)")
 IO_MAX = {
     "rbps": ("tagger_io_max_read_bytes_per_second", "Read limit applied, bytes/s"),
     "wbps": ("tagger_io_max_write_bytes_per_second", "Write limit applied, bytes/s"),
@@ -101,6 +102,10 @@ def knob_values(knob: str, value) -> list[tuple[str, str, dict, float]]:
             return [(*CPU_WEIGHT, {}, float(value))]
         if kind == "cpu.idle":
             return [(*CPU_IDLE, {}, 1.0 if str(value).split(" ", 1)[0] == "1" else 0.0)]
+        if kind == "cpuset.cpus":
+            from tagger.actions.cpuset import parse_cpulist
+            cpus = parse_cpulist(str(value))
+            return [(*CPUSET, {}, float(len(cpus)))] if cpus else []
         if kind == "io.max":
             from tagger.actions.io import parse_limits
             return [(*IO_MAX[k], {"device": arg}, float(v))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from tagger.actions.cpuset import format_cpulist, parse_cpulist
 from tagger.actions.spec import ActionSet, CpuSpec, IoSpec, RdtSpec
 from tagger.policies.spec import LatencySloSpec, Selector
 from tagger.snapshot import METRICS
@@ -32,13 +33,13 @@ RULE_KEYS = ("name", "description", "match", "when", "for", "keep_for", "clear_w
              "actions", "enabled")
 MATCH_KEYS = ("cgroup", "exclude", "names", "tags")
 ACTION_KEYS = ("cpu", "io", "rdt")
-CPU_KEYS = ("max", "period", "weight", "idle")
+CPU_KEYS = ("max", "period", "weight", "idle", "cpuset")
 IO_KEYS = ("device", "read_bps", "write_bps", "read_iops", "write_iops")
 RDT_KEYS = ("group", "l3", "mb")
 POLICY_KEYS = ("name", "kind", "description", "enabled", "protect", "throttle", "slo", "alpha",
                "beta", "floor", "ceiling", "resources", "demote", "persist", "window")
 POLICY_KINDS = ("latency-slo",)
-DEMOTIONS = ("weight", "idle", "none")     # latency-slo's first CPU step
+DEMOTIONS = ("weight", "idle", "cpuset", "none")     # latency-slo's first CPU step(s)
 POLICY_RESOURCES = ("cpu", "io")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -614,12 +615,33 @@ class _Loader:
             "max": lambda v, w: self._number(v, w + " (CPUs)", positive=True),
             "period": lambda v, w: self._period(v, w),
             "weight": lambda v, w: self._weight(v, w),
-            "idle": lambda v, w: self._bool(v, w)})
-        if not {"max", "weight", "idle"} & set(f):
-            self.error(node, 'cpu action needs "max" (CPUs), "weight" or "idle"')
+            "idle": lambda v, w: self._bool(v, w),
+            "cpuset": lambda v, w: self._cpulist(v, w)})
+        if not {"max", "weight", "idle", "cpuset"} & set(f):
+            self.error(node, 'cpu action needs "max" (CPUs), "weight", "idle" or "cpuset"')
+            raise _Skip
+        if f.get("idle") and "weight" in f:
+            self.error(node, "cpu.idle and a weight exclude each other: the kernel refuses a weight "
+                             "while a group is idle")
             raise _Skip
         return CpuSpec(max=f.get("max"), period=f.get("period", 0.1),
-                       weight=int(f["weight"]) if "weight" in f else None, idle=f.get("idle"))
+                       weight=int(f["weight"]) if "weight" in f else None, idle=f.get("idle"),
+                       cpuset=f.get("cpuset"))
+
+    def _cpulist(self, node, what):
+        # Quoted or not: YAML reads `cpuset: 3` as the number 3, the list "3".
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in (_INT, _STR):
+            self.error(node, f'{what} must be a CPU list like "2-3,6"')
+            raise _Skip
+        try:
+            cpus = parse_cpulist(node.value)
+        except ValueError as err:
+            self.error(node, f'{what}: {err} (a CPU list like "2-3,6")')
+            raise _Skip from None
+        if not cpus:
+            self.error(node, f"{what} needs at least one CPU")
+            raise _Skip
+        return format_cpulist(cpus)
 
     def _period(self, node, what):
         value = self._duration(node, what)
@@ -729,7 +751,7 @@ class _Loader:
         for key in ("alpha", "beta", "floor", "ceiling"):
             get(key, lambda v, key=key: self._number(v, key, positive=True))
         get("resources", lambda v: self._resources(v))
-        get("demote", lambda v: self._one_of(v, "demote", DEMOTIONS))
+        get("demote", lambda v: self._demote(v))
         get("persist", lambda v: int(self._number(v, "persist", positive=True, integer=True)))
         get("window", lambda v: int(self._number(v, "window", positive=True, integer=True)))
         if bad:
@@ -748,6 +770,21 @@ class _Loader:
             self.error(node, f"unknown {what} {value!r} (known: {', '.join(known)})")
             raise _Skip
         return value
+
+    def _demote(self, node) -> tuple[str, ...]:
+        """One demotion or a list of them, applied together; "none" alone."""
+        items = tuple(self._one_of(v, "demote", DEMOTIONS) for v in
+                      (node.value if isinstance(node, yaml.SequenceNode) else (node,)))
+        if "none" in items:
+            if len(items) > 1:
+                self.error(node, 'demote "none" cannot be listed with others')
+                raise _Skip
+            return ()
+        if {"weight", "idle"} <= set(items):
+            self.error(node, "demote: weight and idle exclude each other (the kernel refuses a weight "
+                             "while a group is idle)")
+            raise _Skip
+        return tuple(dict.fromkeys(items))
 
     def _resources(self, node):
         items = self._strings(node, "resources")

@@ -1,0 +1,144 @@
+"""The cpuset control point: which CPUs a cgroup's tasks may run on.
+
+Confining best-effort work to the CPUs latency-critical work does not need is
+koordlet's "CPU suppress" (and WCA's ``cpuset_cpus``).  Unlike a CFS quota it
+leaves the protected tasks whole CPUs to wake up on: on the noisy-neighbour
+scenario it brought a SCHED_OTHER cyclictest's p99 from ~3 ms to ~0.5 ms,
+which neither a weight nor a quota did (docs/noisy_neighbor.md).
+
+cgroup v1: ``cpuset.cpus`` in the cpuset hierarchy; a child's CPUs must lie
+within its parent's, and a parent may not drop a CPU a child holds
+(kernel/cgroup/cpuset-v1.c ``cpuset1_validate_change``), and a populated
+cpuset may not be emptied.  cgroup v2: ``cpuset.cpus`` where the cpuset
+controller is enabled; "" means "the parent's", and the kernel confines the
+effective CPUs to the parent's instead of refusing
+(Documentation/admin-guide/cgroup-v2.rst, "Cpuset").
+
+The text form is the kernel's CPU list ("0-3,8"), normalised, so journal
+entries compare equal whatever spelling was written.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tagger import errors
+
+from .control import ControlPoint, Safety
+from .refusal import ActionRefused
+
+
+def parse_cpulist(text: str) -> list[int]:
+    """The kernel's CPU list format ("0-3,8,10-11") -> sorted CPU numbers.
+    ValueError on anything else."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            if text.strip():
+                raise ValueError(f"empty item in CPU list {text!r}")
+            continue
+        lo, sep, hi = part.partition("-")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if a < 0 or b < a:
+            raise ValueError(f"bad CPU range {part!r} in {text!r}")
+        cpus.update(range(a, b + 1))
+    return sorted(cpus)
+
+
+def format_cpulist(cpus) -> str:
+    """Sorted CPU numbers -> the kernel's compact list ("0-3,8")."""
+    out, run = [], []
+    for c in sorted(set(cpus)):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [c]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+class CpuSet(ControlPoint):
+    """``cpuset.cpus`` (v1 and v2).  ``native`` takes a CPU list, or a number of
+    CPUs: the highest-numbered ones the parent allows (CPU 0 usually takes the
+    most interrupts and housekeeping, so the low ones are left to the others)."""
+
+    knob = "cpuset.cpus"
+
+    def __init__(self, fs, cgroup, directory, version: int):
+        super().__init__(fs, cgroup, directory)
+        self.version = version
+        self.file = f"{directory}/cpuset.cpus"
+
+    def _parent_cpus(self) -> list[int]:
+        parent = self.dir.rstrip("/").rsplit("/", 1)[0]
+        name = "cpuset.cpus.effective" if self.version == 2 else "cpuset.cpus"
+        text = self.fs.read_optional(f"{parent}/{name}")
+        if text is None:
+            raise ActionRefused(f"{self.cgroup}: no {name} in the parent cgroup ({parent}): is the cpuset "
+                                f"controller enabled there?", "no cpuset", parent)
+        return parse_cpulist(text)
+
+    def native(self, cpus: str | int) -> str:
+        allowed = self._parent_cpus()
+        if isinstance(cpus, int):
+            if cpus < 1:
+                raise ActionRefused(f"{self.cgroup}: a cpuset needs at least one CPU", "cpuset not empty", self.dir)
+            return format_cpulist(allowed[-cpus:])
+        try:
+            want = parse_cpulist(cpus)
+        except ValueError as err:
+            raise ActionRefused(f"{self.cgroup}: {err}", "CPU list", self.dir) from None
+        if not want:
+            raise ActionRefused(f"{self.cgroup}: a cpuset needs at least one CPU", "cpuset not empty", self.dir)
+        outside = sorted(set(want) - set(allowed))
+        if outside and self.version == 1:
+            raise ActionRefused(f"{self.cgroup}: CPUs {format_cpulist(outside)} are not in the parent's cpuset "
+                                f"({format_cpulist(allowed)}): on cgroup v1 a child's CPUs must lie within "
+                                f"its parent's", "v1 cpuset within parent", self.dir)
+        return format_cpulist(want)
+
+    def read(self) -> str:
+        try:
+            text = self.fs.read_text(self.file)
+        except errors.NotFound:
+            if self.present():
+                raise ActionRefused(f"{self.cgroup}: no cpuset.cpus (is the cpuset controller enabled for "
+                                    f"it?)", "no cpuset", self.file) from None
+            raise
+        return format_cpulist(parse_cpulist(text))
+
+    def write(self, value: str) -> None:
+        try:
+            self.fs.write_text(self.file, value)
+        except errors.KernelRefused as err:
+            raise ActionRefused(f"{self.cgroup}: {err} — the kernel refused cpuset.cpus {value!r} (on v1 a "
+                                f"child's CPUs must lie within its parent's and a parent's must cover its "
+                                f"children's)", "kernel refused", err.path) from err
+
+    def _count(self, text: str) -> float:
+        # "" (v2: the parent's CPUs) is as wide as it gets.
+        return len(parse_cpulist(text)) if text else math.inf
+
+    def tighter(self, old: str, new: str) -> bool:
+        return self._count(new) < self._count(old)
+
+    def paced(self, current: str, wanted: str, safety: Safety, held_for: float | None) -> str:
+        if not self.tighter(current, wanted):
+            return wanted
+        if held_for is not None and held_for < safety.cooldown:
+            return current
+        if safety.max_step is None:
+            return wanted
+        # At most max_step of the CPUs off in one change: keep enough of the
+        # current ones (the highest-numbered) beside the wanted ones.
+        have = parse_cpulist(current) if current else self._parent_cpus()
+        keep = math.ceil(len(have) * (1 - safety.max_step))
+        out = set(parse_cpulist(wanted))
+        for c in reversed(have):
+            if len(out) >= keep:
+                break
+            out.add(c)
+        return format_cpulist(out)
