@@ -57,8 +57,8 @@ HOLD = 3      # ticks in a row within the SLO that count as "met again"
 NN_RULES = """\
 # Written by benchmarks/noisy_neighbor.py for one run: web is latency-critical,
 # batch is best effort, and the latency-slo policy keeps web's run-queue p99
-# under the SLO by demoting batch's CPU: the lowest weight first, then a quota if web
-# still misses (web does no I/O, so CPU is the lever).
+# under the SLO by demoting batch's CPU ({demote_text}) first, then a quota if
+# web still misses (web does no I/O, so CPU is the lever).
 rules:
   - name: nn-web
     description: The scenario's latency-critical workload.
@@ -81,7 +81,12 @@ policies:
     # Judge the p99 over the last 5 ticks, as the SLO is stated over a period:
     # a one-tick stall of the host then costs batch no quota.
     window: 5
+    demote: [{demote}]
 """
+
+#: What each demotion does, for the rules' comment and the report.
+DEMOTE_TEXT = {"weight": "the lowest weight", "idle": "cpu.idle",
+               "cpuset": "the CPUs web does not need, as koordlet's CPU suppress"}
 
 
 def _cpus(q) -> str:
@@ -173,6 +178,7 @@ class Run:
         self.rate = SineRate(args.quiet, args.busy, args.period)
         self.web_runs: list[tuple[float, Path, Path]] = []   # cyclictest start, its output, probe output
         self.n = 0
+        self.restored = False      # batch's knobs back after the agent stopped
 
     def log(self, msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -275,7 +281,10 @@ class Run:
         batch_figs["collocated"] = self.finish_batch(br)
 
         self.log("starting tagger run")
-        self.agent = Agent(self.workdir, NN_RULES.format(prefix=self.scenario.prefix, slo_us=slo * 1e6, beta=a.beta), a.interval)
+        demote = [d.strip() for d in a.demote.split(",") if d.strip()]
+        self.agent = Agent(self.workdir, NN_RULES.format(
+            prefix=self.scenario.prefix, slo_us=slo * 1e6, beta=a.beta, demote=", ".join(demote),
+            demote_text=" and ".join(DEMOTE_TEXT[d] for d in demote)), a.interval)
         self.agent.wait_ready()
         self.sampler.agent_pid = self.agent.pid
         self.log(f"protected for {P:.0f}s")
@@ -299,16 +308,22 @@ class Run:
         code = self.agent.stop()
         self.agent_returncode = code
         quota_after = batch.raw_quota()
-        idle_after, shares_after = batch.idle(), batch.shares()
+        idle_after, shares_after, cpuset_after = batch.idle(), batch.shares(), batch.cpuset()
         self.agent_cpu_total = None
         self.log(f"tagger run exited {code}; batch quota file now {quota_after}, cpu.idle {int(idle_after)}, "
-                 f"cpu.shares {shares_after}")
+                 f"cpu.shares {shares_after}, cpuset.cpus {cpuset_after}")
         if quota_after.split()[0] not in ("-1", "max"):
             self.notes.append(f"batch's quota was {quota_after} after tagger run stopped (expected -1)")
         if idle_after or shares_after != a.batch_shares:
             self.notes.append(f"batch's cpu.idle/cpu.shares were {int(idle_after)}/{shares_after} after tagger run "
                               f"stopped (expected 0/{a.batch_shares})")
-        quota_after = f"{quota_after}, cpu.idle {int(idle_after)}, cpu.shares {shares_after}"
+        if batch.confined():
+            self.notes.append(f"batch's cpuset.cpus was {cpuset_after} after tagger run stopped (expected its "
+                              f"parent's CPUs)")
+        self.restored = (quota_after.split()[0] in ("-1", "max") and not idle_after
+                         and shares_after == a.batch_shares and not batch.confined())
+        quota_after = (f"{quota_after}, cpu.idle {int(idle_after)}, cpu.shares {shares_after}, "
+                       f"cpuset.cpus {cpuset_after}")
         self.sampler.agent_pid = None
         self.agent = None
 
@@ -506,6 +521,7 @@ class Run:
         series = {"t0": t_start, "t": [s.t - s.dt / 2 - t_start for s in in_run],
                   "web_p99": [s.web_p99 for s in in_run], "quota": [s.batch_quota for s in in_run],
                   "idle": [s.batch_demoted for s in in_run], "steal": [s.steal for s in in_run],
+                  "batch_cpus": [s.batch_cpus for s in in_run],
                   "batch_cpu": [s.batch_cpu for s in in_run], "batch_write": [s.batch_write for s in in_run],
                   "cyc_x": (cx + 0.5).tolist(), "cyc_p99": cy.tolist(), "probe_x": (px + 0.5).tolist(),
                   "probe_p99": py.tolist()}
@@ -597,10 +613,9 @@ class Run:
             bars.append(rp.Bar("release: batch back at its full limit after web stops", "≤ 20 s",
                                ("not within the phase" if release is None else f"{release:.1f} s")
                                + f" (from {_limit(q_stop)})", release is not None and release <= 20.0))
-        bars.append(rp.Bar("quota and weight restored when tagger run stops (SIGTERM)",
-                           f"cfs_quota_us = -1, cpu.idle 0, cpu.shares {a.batch_shares}",
-                           quota_after, quota_after.split(",")[0].strip() in ("-1", "max")
-                           and quota_after.endswith(f"cpu.idle 0, cpu.shares {a.batch_shares}")))
+        bars.append(rp.Bar("quota, weight and cpuset restored when tagger run stops (SIGTERM)",
+                           f"cfs_quota_us = -1, cpu.idle 0, cpu.shares {a.batch_shares}, cpuset.cpus the parent's",
+                           quota_after, self.restored))
         for name, r in (overhead.get("runs") or {}).items():
             slow = 1 - r["ratio"]
             bars.append(rp.Bar(f"overhead: {name.split(' (')[0]}", "slowdown ≤ 3%",
@@ -623,7 +638,8 @@ class Run:
                      "phase_s": a.phase, "interval": a.interval, "cyclictest_interval_us": CYCLICTEST_INTERVAL_US,
                      "probe_work_us": PROBE_WORK_US, "rate_quiet": a.quiet, "rate_busy": a.busy,
                      "rate_period": a.period, "stress_cpus": STRESS_CPUS, "stress_method": STRESS_METHOD, "beta": a.beta,
-                     "shares": (a.web_shares, a.batch_shares), "fio": " ".join(FIO_ARGS)},
+                     "shares": (a.web_shares, a.batch_shares), "fio": " ".join(FIO_ARGS),
+                     "demote": [d.strip() for d in a.demote.split(",") if d.strip()]},
             "slo": {"target": slo, "why": why},
             "phases": phases, "recovery_s": recovery, "release_s": release, "hold": HOLD,
             "release_from": None if q_stop is None else _limit(q_stop),
@@ -643,7 +659,8 @@ class Run:
                     if q.split()[0] not in ("-1", "max"):
                         problems.append(f"batch quota {q} after the agent stopped")
                     if self.scenario["batch"].demoted():
-                        problems.append("batch still demoted (cpu.idle or its weight) after the agent stopped")
+                        problems.append("batch still demoted (cpu.idle, its weight or its cpuset) after the agent "
+                                        "stopped")
             except Exception as err:
                 problems.append(f"stopping tagger run: {err}")
         for p in self.others:
@@ -673,11 +690,14 @@ def main(argv=None):
     ap.add_argument("--batch-shares", type=int, default=1536,
                     help="cpu.shares of batch (default 1536: a 1500m request)")
     ap.add_argument("--beta", type=float, default=0.2, help="the latency-slo policy's release step")
+    ap.add_argument("--demote", default="weight,cpuset",
+                    help="the policy's demotion, levers applied together: weight, idle, cpuset (default "
+                         "weight,cpuset: the lowest weight and the CPUs web does not need)")
     ap.add_argument("--quiet", type=float, default=50.0, help="probe requests/s at the sine's low")
     ap.add_argument("--busy", type=float, default=1000.0, help="probe requests/s at the sine's high")
     ap.add_argument("--period", type=float, default=15.0, help="the sine's period (s)")
     ap.add_argument("--static-quotas", default="1.0,0.5,0.25", help="static quotas to try (CPUs), largest first")
-    ap.add_argument("--static-levers", default="shares=2,idle",
+    ap.add_argument("--static-levers", default="shares=2,idle,cpuset=1",
                     help="weight settings tried after the quotas: shares=N (WCA's cpu_shares), idle (cpu.idle=1); '' for none")
     ap.add_argument("--static-trial", type=float, default=15.0, help="seconds per static quota (0: skip)")
     ap.add_argument("--overhead-rounds", type=int, default=3, help="A/B rounds (0: skip)")
@@ -686,6 +706,9 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
+    unknown = [d for d in args.demote.split(",") if d.strip() and d.strip() not in DEMOTE_TEXT]
+    if unknown:
+        ap.error(f"--demote: unknown {', '.join(unknown)} (known: {', '.join(DEMOTE_TEXT)})")
     if os.geteuid() != 0:
         sys.exit("noisy_neighbor: needs root (cgroups, BPF, quotas)")
     for tool in ("cyclictest", "stress-ng", "fio", "perf"):

@@ -124,10 +124,13 @@ def test_demotion_first_then_quota_and_demotion_kept_while_the_victim_runs(store
     # The first miss only demotes batch (lowest weight / SCHED_IDLE): no quota yet.
     assert demoted(out, how) and out["/batch"].cpu.max is None
     out = slo.step(snap(4 * MS, batch_cpu=1.5, t=1), store)
-    # Still missing with batch demoted: now the quota as without a demotion.
+    # One miss with batch demoted (persist 2): still no quota.
+    assert demoted(out, how) and out["/batch"].cpu.max is None
+    out = slo.step(snap(4 * MS, batch_cpu=1.5, t=2), store)
+    # The second in a row: now the quota as without a demotion.
     assert demoted(out, how)
     assert out["/batch"].cpu.max == pytest.approx(1.5 * (1 - 0.5 * 1 * 0.75))
-    for t in range(2, 40):                                 # SLO met: the quota goes ...
+    for t in range(3, 40):                                 # SLO met: the quota goes ...
         out = slo.step(snap(1 * MS, batch_cpu=0.5, t=t), store)
     assert out["/batch"].cpu.max is None and demoted(out, how)   # ... the demotion stays
     assert slo.status.action in ("hold", "release")
@@ -163,14 +166,14 @@ def test_once_demoted_a_single_noisy_tick_costs_no_quota(store):
 
 def test_everything_dropped_once_nothing_protected_runs(store):
     slo = LatencySlo(spec(demote=("idle",)))
-    slo.step(snap(4 * MS, batch_cpu=1.5), store)
-    slo.step(snap(4 * MS, batch_cpu=1.5, t=1), store)
+    for t in range(3):
+        slo.step(snap(4 * MS, batch_cpu=1.5, t=t), store)
     assert slo.state["/batch"].cpu is not None and slo.state["/batch"].demoted
     stopped = lambda t: Snapshot.synthetic(PATHS, {"runq.p99": [math.nan] * 4,
                                                    "runq.slowdown": [math.nan] * 4,
                                                    "cpu.usage": [1.5, 0.0, 1.5, 0.0]}, t=t,
                                            node={"cpus": 2.0})
-    outs = [slo.step(stopped(t), store) for t in range(2, 6)]
+    outs = [slo.step(stopped(t), store) for t in range(3, 7)]
     # web ran nothing for `hold` (3) ticks: quota and demotion go at once, not by β steps.
     assert [bool(o) for o in outs] == [True, True, False, False]
     assert slo.state == {}
@@ -322,3 +325,7 @@ def test_window_judges_the_slo_over_the_last_ticks(store):
     assert windowed.step(spike, store) == {} and windowed.status.miss < 1
     harm = _hist_snap(5, slow=400)              # lasting harm: 400 of 1900 waits slow
     assert windowed.step(harm, store) and windowed.status.miss > 1
+    # The demotion restarted the window: the next tick is judged under it, not
+    # with the harm that asked for it (400 of ~9500 waits: it would miss again).
+    windowed.step(_hist_snap(6, slow=0), store)
+    assert windowed.status.miss < 1 and windowed.status.action == "hold"

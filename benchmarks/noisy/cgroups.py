@@ -126,9 +126,21 @@ class Workload:
         d = self.dirs["cpuset"]
         (d / "cpuset.cpus").write_text(cpus if cpus is not None else (d.parent / "cpuset.cpus").read_text().strip())
 
+    def allowed_cpus(self) -> int:
+        """How many CPUs the cgroup may run on (its cpuset; all where there is none)."""
+        from tagger.actions.cpuset import parse_cpulist
+        return len(parse_cpulist(self.cpuset())) or (os.cpu_count() or 1)
+
+    def confined(self) -> bool:
+        """Its cpuset holds fewer CPUs than its parent's."""
+        d = self.dirs.get("cpuset")
+        if not self.cpuset() or d is None:
+            return False
+        return self.cpuset() != (d.parent / "cpuset.cpus").read_text().strip()
+
     def demoted(self) -> bool:
-        """SCHED_IDLE, or at the lowest weight tagger sets (cpu.weight 1 = 10 shares)."""
-        return self.idle() or self.shares() <= 10
+        """SCHED_IDLE, at the lowest weight tagger sets (cpu.weight 1 = 10 shares), or confined."""
+        return self.idle() or self.shares() <= 10 or self.confined()
 
     def cpu_seconds(self) -> float:
         """cpuacct.usage (v1) or cpu.stat usage_usec (v2), seconds."""

@@ -214,6 +214,18 @@ def static_label(tr) -> str:
     return "no limit (the collocated phase)" if tr["quota"] is None else f"quota {tr['quota']:.2f} CPU"
 
 
+DEMOTIONS = {
+    "weight": "the lowest `cpu.weight` (1; v1 `cpu.shares` 10; work-conserving: batch keeps what web leaves idle)",
+    "idle": "`cpu.idle` (SCHED_IDLE; work-conserving)",
+    "cpuset": "`cpuset.cpus` confined to the CPUs web does not need (koordlet's CPU suppress: web keeps "
+              "⌈1.5 × its CPU use⌉ CPUs, at least one; here batch keeps 1 of 2; not work-conserving)",
+}
+
+
+def _demote_text(levers) -> str:
+    return " and ".join(DEMOTIONS[d] for d in levers) or "none"
+
+
 def _quota(q) -> str:
     return "none" if q is None else f"{q:.2f}"
 
@@ -246,8 +258,8 @@ def build_markdown(res: dict) -> str:
         "",
         f"The policy (`latency-slo`, rules written by the benchmark: the shipped `rules/*.yaml` plus `web` "
         f"tagged `priority=high, latency=critical` and `batch` `priority=low`): α 0.5, β {m.get('beta', 0.1):g}, "
-        "floor 0.1 CPU, the p99 judged over the last 5 ticks, release after 3 ticks within the SLO. Its first step on a miss is the lowest `cpu.weight` on batch "
-        "(1; v1 `cpu.shares` 10; work-conserving: batch keeps what web leaves idle, so it stays while web runs); a "
+        "floor 0.1 CPU, the p99 judged over the last 5 ticks, release after 3 ticks within the SLO. Its first step on a miss "
+        f"is a demotion of batch: {_demote_text(m.get('demote', ['weight']))}, kept while web runs; a "
         "quota follows only if web still misses with batch demoted, 2 ticks in a row; once web ran nothing for 3 ticks every limit goes at once. The "
         "actuator takes at most 50% off a limit per change and tightens a knob at most once per 2 s.",
         "",
@@ -290,16 +302,17 @@ def build_markdown(res: dict) -> str:
              "- Time from `web` stopping to `batch` back at no limit: no limit was in force when `web` stopped."),
             f"- tagger's CPU during the protected phase: **{_num(res.get('agent_cpu_share', NAN) * 100, '{:.2f}')}% "
             f"of one core** (utime + stime from /proc/PID/stat).",
-            f"- Quota, cpu.idle and cpu.shares after `tagger run` got SIGTERM: `{res.get('quota_after_stop', '?')}` "
-            f"(the originals: `-1`, 0 and batch's own shares).", ""]
+            f"- Quota, cpu.idle, cpu.shares and cpuset after `tagger run` got SIGTERM: "
+            f"`{res.get('quota_after_stop', '?')}` (the originals: `-1`, 0, batch's own shares and its parent's "
+            f"CPUs).", ""]
     st = res.get("static") or {}
     if st.get("trials"):
         out += ["## Static baseline (WCA-style fixed settings on batch)", "",
                 "A fixed `cpu.cfs_quota_us` on `batch` (period 100 ms, as tagger's), each value for "
                 f"{st['trial_s']:.0f} s (one sine period), web and batch as in the collocated phase; "
                 "the largest whose runq p99 meets the SLO is the static allocation (WCA's static allocator). "
-                "Then, for the same time each, fixed weights: `cpu.shares` (WCA can set these too) and "
-                "`cpu.idle`, the levers tagger's policy can reach for first (it uses the lowest weight).",
+                "Then, for the same time each, the levers tagger's policy can reach for first: fixed "
+                "`cpu.shares` (WCA can set these too), `cpu.idle`, and a fixed cpuset (WCA's `cpuset_cpus`).",
                 "",
                 "| static setting | runq p99 | ticks ≤ SLO | probe p99 | cyclictest p99 | bogo-ops/s | fio MiB/s | meets SLO |",
                 "|---|---|---|---|---|---|---|---|"]
@@ -376,7 +389,11 @@ def plot_batch(res: dict, path: str) -> None:
     ax.step(s["t"], quota, where="post", color="black", lw=1.4, label=f"batch CPU quota (none drawn at {cpus})")
     if any(s.get("idle") or ()):
         ax.fill_between(s["t"], 0, cpus * 1.1, where=s["idle"], step="post", color="#888", alpha=0.18,
-                        label="batch demoted (lowest weight)", zorder=1)
+                        label="batch demoted (" + ", ".join(res["meta"].get("demote") or ["lowest weight"]) + ")",
+                        zorder=1)
+    allowed = [cpus if c is None else c for c in s.get("batch_cpus") or ()]
+    if any(c < cpus for c in allowed):
+        ax.step(s["t"], allowed, where="post", color="#393", lw=1.2, ls="--", label="CPUs batch's cpuset allows")
     ax.plot(s["t"], s["batch_cpu"], color="#d52", lw=1, label="batch CPU used (CPUs)")
     ax.set_ylabel("CPUs")
     ax.set_ylim(0, cpus * 1.1)

@@ -28,7 +28,8 @@ class Sample:
     batch_cpu: float = math.nan       # CPUs (tagger's cpu.usage of batch)
     batch_write: float = math.nan     # bytes/s
     batch_quota: float | None = None  # CPUs; None = no limit
-    batch_demoted: bool = False       # batch at the lowest weight or SCHED_IDLE
+    batch_demoted: bool = False       # batch at the lowest weight, SCHED_IDLE or confined
+    batch_cpus: int | None = None     # CPUs batch's cpuset allows
     steal: float = math.nan           # s/s the hypervisor ran others on our vCPUs (all CPUs)
     agent_cpu: float | None = None    # seconds of CPU the agent has used so far
     web_hist: np.ndarray | None = field(default=None, repr=False)
@@ -102,6 +103,7 @@ class Sampler(threading.Thread):
         try:
             s.batch_quota = self.batch.quota()
             s.batch_demoted = self.batch.demoted()
+            s.batch_cpus = self.batch.allowed_cpus()
         except OSError:
             pass
         steal, self._steal = self._steal, steal_seconds()

@@ -53,6 +53,8 @@ With ``window: N`` (default 1) a histogram percentile SLO (``runq.p99``,
 (summed histograms), as SLOs are stated over a period: one slow tick then
 moves the figure only if it holds more than 1% of the window's events, so a
 host's passing stall does not cost l a quota, while lasting harm shows at once.
+The window starts again after each new setting: it judges the ticks under the
+setting in force, not the misses that asked for it.
 
 The policy only says what it wants (ActionSets merged into the rules' desired
 actions); the actuator applies them with its floor, step limit and cool-down.
@@ -88,6 +90,7 @@ class ControlState:
     cpu: float | None = None           # CPUs
     demoted: bool = False              # the demotion (lowest weight, cpu.idle, cpuset) is asked for
     cpuset: int | None = None          # CPUs l keeps when demoted to a cpuset
+    missed_demoted: int = 0            # ticks in a row W missed with l already demoted
     io_scale: float | None = None      # fraction of io_base
     io_base: tuple[float, float] = (0.0, 0.0)   # read, write bytes/s when first throttled
 
@@ -123,7 +126,6 @@ class LatencySlo:
         self.spec = spec
         self.hold = hold
         self._met = 0              # ticks in a row with the SLO met
-        self._missed = 0           # ticks in a row with the SLO missed
         self._recent: dict[str, deque] = {}   # protected path -> its last `window` histograms
         self._quiet = 0            # ticks in a row no protected cgroup ran
         self.rule = f"latency-slo:{spec.name}"
@@ -187,7 +189,9 @@ class LatencySlo:
 
         missed = w is not None and miss > 1
         self._met = 0 if missed else self._met + 1
-        self._missed = self._missed + 1 if missed else 0
+        if not missed:
+            for st in self.state.values():
+                st.missed_demoted = 0
         usage = snapshot.column("cpu.usage")
         # NaN (a collector that cannot tell) counts as running.
         ran = any(not usage[i] == 0 for i in protect)
@@ -208,6 +212,7 @@ class LatencySlo:
             rows = protect + throttle
             totals = {r: float(np.nansum(loads[r][rows])) for r in spec.resources}
             status.action = "throttle"
+            acted = False
             for i in throttle:
                 interference = 0.0
                 if total_importance > 0:
@@ -222,12 +227,16 @@ class LatencySlo:
                 if "cpu" in spec.resources and importance.get("cpu", 0) > 0:
                     if spec.demote and not st.demoted:
                         # The demotion first; a quota only if W misses with it.
-                        st.demoted = True
+                        st.demoted, acted = True, True
                         if "cpuset" in spec.demote:
                             st.cpuset = self._cpuset_size(snapshot, protect, cpus)
-                    elif spec.demote and self._missed < spec.persist and st.cpu is None:
-                        pass        # one miss with l demoted: not yet worth a quota
+                    elif spec.demote and st.cpu is None and st.missed_demoted + 1 < spec.persist:
+                        # Missed with l demoted, but not yet `persist` ticks in a
+                        # row: not yet worth a quota (the demotion written at the
+                        # last tick is in force only from this one).
+                        st.missed_demoted += 1
                     else:
+                        acted = True
                         # The first throttle starts from what l uses now: scaling an
                         # unused ceiling would change nothing.
                         used = usage[i]
@@ -240,7 +249,11 @@ class LatencySlo:
                         st.io_base = (0.0 if math.isnan(rb) else float(rb), 0.0 if math.isnan(wb) else float(wb))
                         st.io_scale = 1.0
                     if sum(st.io_base) > 0:
-                        st.io_scale = st.io_scale * factor
+                        st.io_scale, acted = st.io_scale * factor, True
+            if acted:
+                # A new setting: the window judges the ticks under it, not the
+                # misses that asked for it (they would ask again at once).
+                self._recent.clear()
         elif self.state and self._met < self.hold:
             status.action = "hold"
         elif self.state:
