@@ -89,12 +89,17 @@ DEMOTE_TEXT = {"weight": "the lowest weight", "idle": "cpu.idle",
                "cpuset": "the CPUs web does not need, as koordlet's CPU suppress"}
 
 
+def demotions(text: str) -> list[str]:
+    """--demote's comma-separated levers."""
+    return [d.strip() for d in text.split(",") if d.strip()]
+
+
 def _cpus(q) -> str:
     return "no limit" if q is None else f"{q:.2f} CPU"
 
 
-def _limit(q) -> str:
-    return "the lowest weight, no quota" if q == DEMOTED else f"{q:.2f} CPU"
+def _limit(q, demote) -> str:
+    return f"the demotion ({', '.join(demote)}), no quota" if q == DEMOTED else f"{q:.2f} CPU"
 
 
 def _fmt_s(x) -> str:
@@ -281,7 +286,7 @@ class Run:
         batch_figs["collocated"] = self.finish_batch(br)
 
         self.log("starting tagger run")
-        demote = [d.strip() for d in a.demote.split(",") if d.strip()]
+        demote = demotions(a.demote)
         self.agent = Agent(self.workdir, NN_RULES.format(
             prefix=self.scenario.prefix, slo_us=slo * 1e6, beta=a.beta, demote=", ".join(demote),
             demote_text=" and ".join(DEMOTE_TEXT[d] for d in demote)), a.interval)
@@ -491,6 +496,7 @@ class Run:
     def results(self, phases, batch_figs, slo, alone_p99, agent_cpu_share, quota_after, static, overhead,
                 load_before) -> dict:
         a = self.args
+        demote = demotions(a.demote)
         samples = self.sampler.samples
         times = [s.t - s.dt / 2 for s in samples]
         for p in phases:
@@ -556,7 +562,8 @@ class Run:
                                                      f"{_fmt_s(after_miss)} later; ")
                            + (f"first action on batch after {_fmt_s(prot['first_limit_s'])}; "
                                                      + (f"lowest quota {min(limited):.2f} CPU)" if limited else
-                                                        "the lowest weight only, no quota)") if acted else "tagger set no limit)"),
+                                                        f"the demotion ({', '.join(demote)}) only, no quota)")
+                              if acted else "tagger set no limit)"),
                            (recovery is not None and recovery <= 5.0) if hurts and acted else None))
         bars.append(rp.Bar("protected: web within its SLO after recovery", f"runq p99 ≤ {slo * 1e3:.1f} ms",
                            f"{prot_after['runq']['p99'] * 1e3:.2f} ms over the rest of the phase; "
@@ -612,7 +619,7 @@ class Run:
         else:
             bars.append(rp.Bar("release: batch back at its full limit after web stops", "≤ 20 s",
                                ("not within the phase" if release is None else f"{release:.1f} s")
-                               + f" (from {_limit(q_stop)})", release is not None and release <= 20.0))
+                               + f" (from {_limit(q_stop, demote)})", release is not None and release <= 20.0))
         bars.append(rp.Bar("quota, weight and cpuset restored when tagger run stops (SIGTERM)",
                            f"cfs_quota_us = -1, cpu.idle 0, cpu.shares {a.batch_shares}, cpuset.cpus the parent's",
                            quota_after, self.restored))
@@ -639,10 +646,10 @@ class Run:
                      "probe_work_us": PROBE_WORK_US, "rate_quiet": a.quiet, "rate_busy": a.busy,
                      "rate_period": a.period, "stress_cpus": STRESS_CPUS, "stress_method": STRESS_METHOD, "beta": a.beta,
                      "shares": (a.web_shares, a.batch_shares), "fio": " ".join(FIO_ARGS),
-                     "demote": [d.strip() for d in a.demote.split(",") if d.strip()]},
+                     "demote": demote},
             "slo": {"target": slo, "why": why},
             "phases": phases, "recovery_s": recovery, "release_s": release, "hold": HOLD,
-            "release_from": None if q_stop is None else _limit(q_stop),
+            "release_from": None if q_stop is None else _limit(q_stop, demote),
             "agent_cpu_share": agent_cpu_share, "quota_after_stop": quota_after, "static": static,
             "overhead": overhead, "series": series, "bars": bars, "notes": self.notes,
         }
@@ -696,7 +703,7 @@ def main(argv=None):
     ap.add_argument("--quiet", type=float, default=50.0, help="probe requests/s at the sine's low")
     ap.add_argument("--busy", type=float, default=1000.0, help="probe requests/s at the sine's high")
     ap.add_argument("--period", type=float, default=15.0, help="the sine's period (s)")
-    ap.add_argument("--static-quotas", default="1.0,0.5,0.25", help="static quotas to try (CPUs), largest first")
+    ap.add_argument("--static-quotas", default="1.0,0.25", help="static quotas to try (CPUs), largest first")
     ap.add_argument("--static-levers", default="shares=2,idle,cpuset=1",
                     help="weight settings tried after the quotas: shares=N (WCA's cpu_shares), idle (cpu.idle=1); '' for none")
     ap.add_argument("--static-trial", type=float, default=15.0, help="seconds per static quota (0: skip)")
@@ -706,7 +713,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
-    unknown = [d for d in args.demote.split(",") if d.strip() and d.strip() not in DEMOTE_TEXT]
+    unknown = [d for d in demotions(args.demote) if d not in DEMOTE_TEXT]
     if unknown:
         ap.error(f"--demote: unknown {', '.join(unknown)} (known: {', '.join(DEMOTE_TEXT)})")
     if os.geteuid() != 0:
