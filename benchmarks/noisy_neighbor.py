@@ -188,6 +188,12 @@ class Run:
     def log(self, msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+    def rules_text(self) -> str:
+        """The rules file ``tagger run`` gets (the protected phase and overhead's B runs)."""
+        demote = demotions(self.args.demote)
+        return NN_RULES.format(prefix=self.scenario.prefix, slo_us=self.slo * 1e6, beta=self.args.beta,
+                               demote=", ".join(demote), demote_text=" and ".join(DEMOTE_TEXT[d] for d in demote))
+
     # --- workloads ----------------------------------------------------------------------
     def start_web(self, duration: float):
         web = self.scenario["web"]
@@ -286,10 +292,7 @@ class Run:
         batch_figs["collocated"] = self.finish_batch(br)
 
         self.log("starting tagger run")
-        demote = demotions(a.demote)
-        self.agent = Agent(self.workdir, NN_RULES.format(
-            prefix=self.scenario.prefix, slo_us=slo * 1e6, beta=a.beta, demote=", ".join(demote),
-            demote_text=" and ".join(DEMOTE_TEXT[d] for d in demote)), a.interval)
+        self.agent = Agent(self.workdir, self.rules_text(), a.interval)
         self.agent.wait_ready()
         self.sampler.agent_pid = self.agent.pid
         self.log(f"protected for {P:.0f}s")
@@ -405,7 +408,7 @@ class Run:
         from tagger.native.probes import EmptyPrograms
         a = self.args
         self.log(f"overhead: {a.overhead_rounds} rounds of A/B")
-        rules = NN_RULES.format(prefix=self.scenario.prefix, slo_us=self.slo * 1e6, beta=a.beta)
+        rules = self.rules_text()
         runs = {"perf bench sched pipe (ops/s)": {"A": [], "B": [], "E": []},
                 "stress-ng --switch 2 (bogo-ops/s)": {"A": [], "B": [], "E": []}}
         ns = []

@@ -138,14 +138,16 @@ def recorded_run() -> dict:
     t = list(np.arange(0.5, 41, 1.0))
     quota = [None if x < 20 or x > 35 else 0.5 for x in t]
     idle = [15 <= x <= 35 for x in t]
-    series = {"t0": 99.0, "t": t, "web_p99": [1e-3 if x < 10 else 4e-3 for x in t], "quota": quota, "idle": idle,
+    allowed = [1 if down else 2 for down in idle]
+    series = {"batch_cpus": allowed, "t0": 99.0, "t": t, "web_p99": [1e-3 if x < 10 else 4e-3 for x in t], "quota": quota, "idle": idle,
               "steal": [0.0] * len(t), "batch_cpu": [0.0 if x < 10 else 1.5 for x in t], "batch_write": [50 * 2**20] * len(t),
               "cyc_x": t, "cyc_p99": [2e-4] * len(t), "probe_x": t, "probe_p99": [3e-4] * len(t)}
     return {
         "meta": {"command": "benchmarks/noisy_neighbor.py", "date": "2026-11-22 04:00 UTC", "kernel": "6.18",
                  "cpus": 2, "load_before": "0.10 0.20 0.30", "phase_s": 10, "interval": 1.0,
                  "cyclictest_interval_us": 2000, "probe_work_us": 200, "rate_quiet": 50, "rate_busy": 600,
-                 "rate_period": 15, "stress_cpus": 2, "stress_method": "matrixprod", "fio": "--rw=write"},
+                 "rate_period": 15, "stress_cpus": 2, "stress_method": "matrixprod", "fio": "--rw=write",
+                 "demote": ["weight", "cpuset"]},
         "slo": {"target": 2e-3, "why": "Twice the alone p90.", "window": 5},
         "phases": phases, "recovery_s": 2.0, "release_s": 7.0, "release_from": "0.25 CPU", "hold": 3,
         "agent_cpu_share": 0.005,
@@ -160,6 +162,9 @@ def recorded_run() -> dict:
                                "cyclictest": {"p99": 1e-3}, "bogo_ops": 400.0, "fio_mibs": 100.0, "meets": True},
                               {"lever": "idle", "quota": None, "value": 1.0, "runq": {"p99": 1e-3}, "within": 1.0,
                                "probe": {"p99": 1e-3}, "cyclictest": {"p99": 1e-3}, "bogo_ops": 950.0,
+                               "fio_mibs": 100.0, "meets": True},
+                              {"lever": "cpuset", "quota": None, "value": 1.0, "runq": {"p99": 1e-3}, "within": 0.9,
+                               "probe": {"p99": 1e-3}, "cyclictest": {"p99": 5e-4}, "bogo_ops": 600.0,
                                "fio_mibs": 100.0, "meets": True}],
                    "weights_verdict": "Static cpu.idle: as good."},
         "overhead": {"runs": {"perf bench sched pipe (ops/s)": {"A": [100.0, 102.0], "B": [99.0, 100.0],
@@ -184,6 +189,8 @@ def test_markdown_report_from_recorded_samples():
     assert "| no limit (the collocated phase) | 5.00 |" in md
     assert "| cpu.idle 1 (no quota; not a WCA setting) | 1.00 | 100% |" in md
     assert "Static cpu.idle: as good." in md
+    assert "| cpuset.cpus: the last 1 CPU(s) (WCA's cpuset_cpus, koordlet's CPU suppress) | 1.00 | 90% | 1.00 | 0.50 |" in md
+    assert "a demotion of batch: the lowest `cpu.weight`" in md and "and `cpuset.cpus` confined" in md
     assert "| perf bench sched pipe (ops/s) | 100, 102 | 99, 100 | – | 0.9850 | – |" in md
     assert "noisy_neighbor_latency.png" in md and "noisy_neighbor_batch.png" in md
     assert "**2.0 s**" in md and "**7.0 s** (from 0.25 CPU)" in md
@@ -200,3 +207,16 @@ def test_plots_are_written(tmp_path):
     for name in ("lat.png", "batch.png"):
         data = (tmp_path / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10000
+
+
+def test_the_rules_tagger_run_gets_load_with_the_demotion_asked_for():
+    from types import SimpleNamespace
+
+    from benchmarks.noisy_neighbor import Run
+    from tagger.rules import load_text
+    fake = SimpleNamespace(args=SimpleNamespace(demote="weight,cpuset", beta=0.2),
+                           scenario=SimpleNamespace(prefix="/tagger-nn-1"), slo=1e-3)
+    rs = load_text(Run.rules_text(fake))
+    [policy] = rs.policies
+    assert (policy.demote, policy.target, policy.window, policy.beta) == (("weight", "cpuset"), 1e-3, 5, 0.2)
+    assert rs.rule("nn-batch").match.cgroup == ("/tagger-nn-1/batch",)
