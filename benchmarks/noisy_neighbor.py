@@ -700,10 +700,10 @@ def main(argv=None):
     ap.add_argument("--batch-shares", type=int, default=1536,
                     help="cpu.shares of batch (default 1536: a 1500m request)")
     ap.add_argument("--beta", type=float, default=0.2, help="the latency-slo policy's release step")
-    ap.add_argument("--demote", default="cpuset",
+    ap.add_argument("--demote", default="idle,cpuset",
                     help="the policy's demotion, levers applied together: weight, idle, cpuset (default "
-                         "cpuset: batch confined to the CPUs web does not need, keeping its weight there; "
-                         "with the lowest weight too, others' processes take batch's CPU: docs/noisy_neighbor.md)")
+                         "idle,cpuset: batch confined to the CPUs web does not need, and SCHED_IDLE there so "
+                         "web's wake-ups that land on them preempt it: docs/noisy_neighbor.md)")
     ap.add_argument("--quiet", type=float, default=50.0, help="probe requests/s at the sine's low")
     ap.add_argument("--busy", type=float, default=1000.0, help="probe requests/s at the sine's high")
     ap.add_argument("--period", type=float, default=15.0, help="the sine's period (s)")
