@@ -24,7 +24,8 @@ The first CPU step is not a quota but a demotion (``demote``, one lever or a
 list applied together): the lowest ``cpu.weight`` (1; v1 ``cpu.shares`` 10),
 the default, or ``cpu.idle`` (``idle``), and ``cpuset``: l confined to the
 CPUs the protected cgroups do not need (koordlet's CPU suppress; they keep
-``ceil(1.5 × their CPU use)`` CPUs, at least one, and l at least one).  A weight
+``ceil(1.5 × their CPU use)`` CPUs, at least one, as used at the tick of the
+demotion, and l at least one).  A weight
 or cpu.idle lets W's wake-ups preempt l at once and is work-conserving — l
 still gets every cycle W leaves; a cpuset is not, but leaves W whole CPUs to
 wake up on, where preemption still waits for the end of l's slice.  The
