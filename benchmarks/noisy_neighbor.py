@@ -78,9 +78,10 @@ policies:
     # Release 20% a tick (default 10%): the release is multiplicative, so from
     # a floor of a few tenths of a CPU 10% a tick takes ~25 s to reach 2 CPUs.
     beta: {beta}
-    # Judge the p99 over the last 5 ticks, as the SLO is stated over a period:
-    # a one-tick stall of the host then costs batch no quota.
-    window: 5
+    # Judge the p99 over the last {window} tick(s). Over 5, a one-tick stall of the
+    # host costs batch no quota, but lasting harm also shows only when it holds
+    # 1% of five ticks' waits: the demotion then came up to 5 s late.
+    window: {window}
     demote: [{demote}]
 """
 
@@ -192,6 +193,7 @@ class Run:
         """The rules file ``tagger run`` gets (the protected phase and overhead's B runs)."""
         demote = demotions(self.args.demote)
         return NN_RULES.format(prefix=self.scenario.prefix, slo_us=self.slo * 1e6, beta=self.args.beta,
+                               window=self.args.window,
                                demote=", ".join(demote), demote_text=" and ".join(DEMOTE_TEXT[d] for d in demote))
 
     # --- workloads ----------------------------------------------------------------------
@@ -649,7 +651,7 @@ class Run:
                      "probe_work_us": PROBE_WORK_US, "rate_quiet": a.quiet, "rate_busy": a.busy,
                      "rate_period": a.period, "stress_cpus": STRESS_CPUS, "stress_method": STRESS_METHOD, "beta": a.beta,
                      "shares": (a.web_shares, a.batch_shares), "fio": " ".join(FIO_ARGS),
-                     "demote": demote},
+                     "demote": demote, "window": a.window},
             "slo": {"target": slo, "why": why},
             "phases": phases, "recovery_s": recovery, "release_s": release, "hold": HOLD,
             "release_from": None if q_stop is None else _limit(q_stop, demote),
@@ -700,6 +702,7 @@ def main(argv=None):
     ap.add_argument("--batch-shares", type=int, default=1536,
                     help="cpu.shares of batch (default 1536: a 1500m request)")
     ap.add_argument("--beta", type=float, default=0.2, help="the latency-slo policy's release step")
+    ap.add_argument("--window", type=int, default=1, help="ticks the policy judges web's p99 over (default 1)")
     ap.add_argument("--demote", default="idle,cpuset",
                     help="the policy's demotion, levers applied together: weight, idle, cpuset (default "
                          "idle,cpuset: batch confined to the CPUs web does not need, and SCHED_IDLE there so "

@@ -214,7 +214,7 @@ def test_the_rules_tagger_run_gets_load_with_the_demotion_asked_for():
 
     from benchmarks.noisy_neighbor import Run
     from tagger.rules import load_text
-    fake = SimpleNamespace(args=SimpleNamespace(demote="weight,cpuset", beta=0.2),
+    fake = SimpleNamespace(args=SimpleNamespace(demote="weight,cpuset", beta=0.2, window=5),
                            scenario=SimpleNamespace(prefix="/tagger-nn-1"), slo=1e-3)
     rs = load_text(Run.rules_text(fake))
     [policy] = rs.policies

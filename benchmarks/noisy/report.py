@@ -258,7 +258,7 @@ def build_markdown(res: dict) -> str:
         "",
         f"The policy (`latency-slo`, rules written by the benchmark: the shipped `rules/*.yaml` plus `web` "
         f"tagged `priority=high, latency=critical` and `batch` `priority=low`): α 0.5, β {m.get('beta', 0.1):g}, "
-        "floor 0.1 CPU, the p99 judged over the last 5 ticks, release after 3 ticks within the SLO. Its first step on a miss "
+        f"floor 0.1 CPU, the p99 judged over the last {m.get('window', 1)} tick(s), release after 3 ticks within the SLO. Its first step on a miss "
         f"is a demotion of batch: {_demote_text(m.get('demote', ['weight']))}, kept while web runs; a "
         "quota follows only if web still misses with batch demoted, 2 ticks in a row; once web ran nothing for 3 ticks every limit goes at once. The "
         "actuator takes at most 50% off a limit per change and tightens a knob at most once per 2 s.",
