@@ -74,12 +74,14 @@ def test_rules_and_policy_drive_the_actuator_and_undo(tmp_path):
     assert by[("/batch/job", "cpu.weight")].rule == "latency-slo:web-slo"
     assert (job / "cpu.weight").read_text() == "1"
 
-    applied = tick(2, job_cpu=0.5, web_p99=6e-3)                # still missing: squeezes harder
+    applied = tick(2, job_cpu=0.5, web_p99=6e-3)                # one miss with it demoted: no quota yet
+    assert ("/batch/job", "cpu.max") not in {(a.cgroup, a.knob) for a in applied}
+    applied = tick(3, job_cpu=0.5, web_p99=6e-3)                # the second in a row: squeezes harder
     by = {(a.cgroup, a.knob): a for a in applied}
     assert by[("/batch/job", "cpu.max")].rule == "latency-slo:web-slo"
     assert cpus_of(by[("/batch/job", "cpu.max")].value) < 0.5
 
-    for t in range(3, 40):                                      # the hog is gone, the SLO holds
+    for t in range(4, 40):                                      # the hog is gone, the SLO holds
         applied = tick(t, job_cpu=0.1, web_p99=0.5e-3)
     # Quotas released; the weight (free while web leaves CPU unused) stays while web runs.
     assert {(a.cgroup, a.knob) for a in applied} == {("/batch/job", "cpu.weight"), ("/batch", "cpu.weight")}
