@@ -14,13 +14,12 @@ from tagger.actions.cpu import CpuMax, CpuQuota
 from tagger.actions.refusal import ActionRefused
 from tagger.actions.spec import ActionSet, CpuSpec
 from tagger.cgroups import Layout
-from tagger.kernelfs import HOST, KernelFS
-from tagger.snapshot import Snapshot
+from tagger.kernelfs import HOST
+from tests.actuator_helpers import FREE, act_on_tree, tick
 from tests.cgroup_fixture import wait_for
 from tests.fixtures.kernel_trees import cgroup_v2_tree
 
 BUSY = ["sh", "-c", "while :; do :; done"]
-FREE = Safety(quota_floor=0.1, max_step=None, cooldown=0)
 
 
 def cpuacct_cpus(cg, seconds):
@@ -49,10 +48,6 @@ def usage_and_others(cg, seconds):
     ours = cpuacct_cpus(cg, seconds)
     b1, _ = _busy_jiffies()
     return ours, max(0.0, (b1 - b0) / hz / (time.monotonic() - t0) - ours)
-
-
-def tick(t):
-    return Snapshot.synthetic([], t=t)
 
 
 @pytest.mark.root
@@ -196,14 +191,9 @@ def v2(tmp_path):
     return tmp_path, layout
 
 
-def _act(tmp_path, layout, **kw):
-    kw.setdefault("safety", FREE)
-    return Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False, **kw)
-
-
 def test_v2_writes_cpu_max_and_weight(v2):
     tmp_path, layout = v2
-    act = _act(tmp_path, layout)
+    act = act_on_tree(tmp_path, layout)
     act.apply(tick(0), {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.5, period=0.05, weight=50))]})
     d = tmp_path / "sys/fs/cgroup/batch/a"
     assert d.joinpath("cpu.max").read_text() == "25000 50000"
@@ -215,7 +205,7 @@ def test_v2_writes_cpu_max_and_weight(v2):
 
 def test_v2_cpu_idle_set_and_reverted(v2):
     tmp_path, layout = v2
-    act = _act(tmp_path, layout)
+    act = act_on_tree(tmp_path, layout)
     d = tmp_path / "sys/fs/cgroup/batch/a"
     d.joinpath("cpu.weight").write_text("150\n")
     want = {"/batch/a": [ActionSet("keep", cpu=CpuSpec(idle=False)), ActionSet("demote", cpu=CpuSpec(idle=True))]}
@@ -230,7 +220,7 @@ def test_v2_cpu_idle_set_and_reverted(v2):
 
 def test_not_idle_is_met_by_any_weight(v2):
     tmp_path, layout = v2
-    act = _act(tmp_path, layout)
+    act = act_on_tree(tmp_path, layout)
     assert act.apply(tick(0), {"/batch/a": [ActionSet("keep", cpu=CpuSpec(idle=False))]}) == []
     assert act.current() == []
 
@@ -238,7 +228,7 @@ def test_not_idle_is_met_by_any_weight(v2):
 def test_no_cpu_idle_file_is_a_refusal_naming_the_kernel(v2):
     tmp_path, layout = v2
     (tmp_path / "sys/fs/cgroup/batch/a/cpu.idle").unlink()     # a kernel before 5.15
-    act = _act(tmp_path, layout)
+    act = act_on_tree(tmp_path, layout)
     act.apply(tick(0), {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.5, idle=True))]})
     [msg] = act.refusals().values()
     assert "cpu.idle" in msg and "5.15" in msg
@@ -249,7 +239,7 @@ def test_no_cpu_idle_file_is_a_refusal_naming_the_kernel(v2):
 def test_v2_burst_must_not_exceed_the_new_max(v2):
     tmp_path, layout = v2
     (tmp_path / "sys/fs/cgroup/batch/a/cpu.max.burst").write_text("60000\n")
-    act = _act(tmp_path, layout)
+    act = act_on_tree(tmp_path, layout)
     act.apply(tick(0), {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.5))]})
     [msg] = act.refusals().values()
     assert "cpu.max.burst 60000us exceeds the new quota 50000us" in msg
@@ -258,7 +248,7 @@ def test_v2_burst_must_not_exceed_the_new_max(v2):
 
 def test_most_restrictive_rule_wins(v2):
     tmp_path, layout = v2
-    act = _act(tmp_path, layout)
+    act = act_on_tree(tmp_path, layout)
     sets = [ActionSet("loose", cpu=CpuSpec(max=1.5)), ActionSet("tight", cpu=CpuSpec(max=0.4))]
     [a] = act.apply(tick(0), {"/batch/a": sets})
     assert (a.knob, a.value, a.original, a.rule) == ("cpu.max", "40000 100000", "max 100000", "tight")
@@ -266,7 +256,7 @@ def test_most_restrictive_rule_wins(v2):
 
 def test_floor_step_and_cooldown(v2):
     tmp_path, layout = v2
-    act = _act(tmp_path, layout, safety=Safety(quota_floor=0.1, max_step=0.5, cooldown=2.0))
+    act = act_on_tree(tmp_path, layout, safety=Safety(quota_floor=0.1, max_step=0.5, cooldown=2.0))
     f = tmp_path / "sys/fs/cgroup/batch/a/cpu.max"
     want = {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.01))]}
     seen = []
@@ -286,7 +276,7 @@ def test_floor_step_and_cooldown(v2):
 
 def test_protected_cgroups_are_never_touched(v2):
     tmp_path, layout = v2
-    act = _act(tmp_path, layout, protected=("/keep/*",))
+    act = act_on_tree(tmp_path, layout, protected=("/keep/*",))
     spec = [ActionSet("r", cpu=CpuSpec(max=0.2))]
     paths = ["/", "/init.scope", "/system.slice/tagger.service", "/system.slice", "/keep/me"]
     assert act.apply(tick(0), {p: spec for p in paths}) == []
@@ -298,11 +288,11 @@ def test_protected_cgroups_are_never_touched(v2):
 def test_dry_run_reports_the_same_actions_and_touches_nothing(v2):
     tmp_path, layout = v2
     want = {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.5, weight=20))]}
-    dry = _act(tmp_path, layout, dry_run=True)
+    dry = act_on_tree(tmp_path, layout, dry_run=True)
     got_dry = dry.apply(tick(0), want)
     assert (tmp_path / "sys/fs/cgroup/batch/a/cpu.max").read_text() == "max 100000\n"
     assert not (tmp_path / "state").exists()
-    real = _act(tmp_path, layout)
+    real = act_on_tree(tmp_path, layout)
     got = real.apply(tick(0), want)
     strip = lambda acts: sorted((a.cgroup, a.knob, a.value, a.original, a.rule) for a in acts)   # noqa: E731
     assert strip(got_dry) == strip(got) and all(a.dry_run for a in got_dry)
@@ -312,7 +302,7 @@ def test_dry_run_reports_the_same_actions_and_touches_nothing(v2):
 
 def test_vanished_cgroup_is_dropped_not_an_error(v2):
     tmp_path, layout = v2
-    act = _act(tmp_path, layout)
+    act = act_on_tree(tmp_path, layout)
     act.apply(tick(0), {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.5))]})
     import shutil
     shutil.rmtree(tmp_path / "sys/fs/cgroup/batch/a")
@@ -322,7 +312,7 @@ def test_vanished_cgroup_is_dropped_not_an_error(v2):
 
 def test_a_knob_changed_behind_our_back_is_set_again(v2, caplog):
     tmp_path, layout = v2
-    act = _act(tmp_path, layout)
+    act = act_on_tree(tmp_path, layout)
     want = {"/batch/a": [ActionSet("r", cpu=CpuSpec(max=0.5))]}
     act.apply(tick(0), want)
     f = tmp_path / "sys/fs/cgroup/batch/a/cpu.max"
@@ -336,7 +326,7 @@ def test_a_knob_changed_behind_our_back_is_set_again(v2, caplog):
 
 def test_one_refused_control_point_does_not_cost_the_others(v2):
     tmp_path, layout = v2
-    act = _act(tmp_path, layout)
+    act = act_on_tree(tmp_path, layout)
     from tagger.actions.spec import IoSpec, RdtSpec
     sets = [ActionSet("r", cpu=CpuSpec(max=0.5), io=IoSpec(device="/dev/sdz", read_bps=1e6),
                       rdt=RdtSpec("g", l3="0xf"))]

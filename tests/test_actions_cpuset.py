@@ -12,17 +12,12 @@ from tagger.actions.control import Safety
 from tagger.actions.cpuset import format_cpulist, parse_cpulist
 from tagger.actions.spec import ActionSet, CpuSpec
 from tagger.cgroups import Layout
-from tagger.kernelfs import HOST, KernelFS
-from tagger.snapshot import Snapshot
+from tagger.kernelfs import HOST
+from tests.actuator_helpers import FREE, act_on_tree, tick
 from tests.cgroup_fixture import wait_for
 from tests.fixtures.kernel_trees import cgroup_v2_tree
 
 BUSY = ["sh", "-c", "while :; do :; done"]
-FREE = Safety(quota_floor=0.1, max_step=None, cooldown=0)
-
-
-def tick(t):
-    return Snapshot.synthetic([], t=t)
 
 
 @pytest.mark.parametrize("text, cpus, canonical", [
@@ -94,14 +89,9 @@ def v2(tmp_path):
     return tmp_path, layout
 
 
-def _act(tmp_path, layout, **kw):
-    kw.setdefault("safety", FREE)
-    return Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False, **kw)
-
-
 def test_v2_cpuset_written_and_empty_original_restored(v2):
     tmp_path, layout = v2
-    act = _act(tmp_path, layout)
+    act = act_on_tree(tmp_path, layout)
     f = tmp_path / "sys/fs/cgroup/batch/a/cpuset.cpus"
     want = {"/batch/a": [ActionSet("wide", cpu=CpuSpec(cpuset="0-1")), ActionSet("narrow", cpu=CpuSpec(cpuset=1))]}
     [a] = act.apply(tick(0), want)
@@ -115,7 +105,7 @@ def test_cpuset_is_paced_like_a_quota(v2):
     tmp_path, layout = v2
     for d in ("", "batch", "batch/a"):
         (tmp_path / "sys/fs/cgroup" / d / "cpuset.cpus.effective").write_text("0-7\n")
-    act = _act(tmp_path, layout, safety=Safety(max_step=0.5, cooldown=2.0))
+    act = act_on_tree(tmp_path, layout, safety=Safety(max_step=0.5, cooldown=2.0))
     f = tmp_path / "sys/fs/cgroup/batch/a/cpuset.cpus"
     want = {"/batch/a": [ActionSet("r", cpu=CpuSpec(cpuset=1))]}
     act.apply(tick(0), want)
@@ -132,7 +122,7 @@ def test_cpuset_is_paced_like_a_quota(v2):
 
 def test_no_cpuset_controller_is_a_refusal_and_costs_nothing_else(tmp_path):
     layout = cgroup_v2_tree(tmp_path, cgroups=("/batch",), controllers="cpu io memory pids")
-    act = _act(tmp_path, layout)
+    act = act_on_tree(tmp_path, layout)
     applied = act.apply(tick(0), {"/batch": [ActionSet("r", cpu=CpuSpec(weight=1, cpuset=1))]})
     assert [(a.knob, a.value) for a in applied] == [("cpu.weight", "1")]
     [msg] = act.refusals().values()

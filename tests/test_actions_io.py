@@ -14,16 +14,11 @@ from tagger.actions.refusal import ActionRefused
 from tagger.actions.spec import ActionSet, IoSpec
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST, KernelFS
-from tagger.snapshot import Snapshot
+from tests.actuator_helpers import FREE, tick
 from tests.cgroup_fixture import wait_for
 from tests.fixtures.kernel_trees import cgroup_v2_tree
 
 MiB = 1024 * 1024
-FREE = Safety(max_step=None, cooldown=0)
-
-
-def tick(t):
-    return Snapshot.synthetic([], t=t)
 
 
 def read_bytes(cg, dev):

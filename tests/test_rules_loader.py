@@ -210,28 +210,17 @@ policies:
 
 
 def test_policy_demote_and_window_are_checked():
+    policy = """
+  - name: {name}
+    kind: latency-slo
+    protect: {{tags: {{priority: high}}}}
+    slo: runq.p99 < 1ms
+    throttle: {{tags: {{priority: low}}}}
+    demote: {demote}"""
     with pytest.raises(RulesError) as err:
-        load_text("""
-policies:
-  - name: p
-    kind: latency-slo
-    protect: {tags: {priority: high}}
-    slo: runq.p99 < 1ms
-    throttle: {tags: {priority: low}}
-    demote: nope
-    window: 0
-  - name: q
-    kind: latency-slo
-    protect: {tags: {priority: high}}
-    slo: runq.p99 < 1ms
-    throttle: {tags: {priority: low}}
-    demote: [weight, idle]
-  - name: r
-    kind: latency-slo
-    protect: {tags: {priority: high}}
-    slo: runq.p99 < 1ms
-    throttle: {tags: {priority: low}}
-    demote: [none, cpuset]
+        load_text("policies:" + policy.format(name="p", demote="nope") + "\n    window: 0"
+                  + policy.format(name="q", demote="[weight, idle]")
+                  + policy.format(name="r", demote="[none, cpuset]") + """
 rules:
   - name: s
     match: {cgroup: /a}

@@ -328,6 +328,8 @@ class LatencySlo:
                 cpu = CpuSpec(max=st.cpu, weight=WEIGHT_MIN if "weight" in demote else None,
                               idle=True if "idle" in demote else None,
                               cpuset=st.cpuset if "cpuset" in demote else None)
+                if cpu == CpuSpec():
+                    cpu = None      # a cpuset demotion on a node with no CPU to spare
             io = None
             if st.io_scale is not None:
                 rb, wb = st.io_base
