@@ -127,3 +127,36 @@ def test_no_cpuset_controller_is_a_refusal_and_costs_nothing_else(tmp_path):
     assert [(a.knob, a.value) for a in applied] == [("cpu.weight", "1")]
     [msg] = act.refusals().values()
     assert "cpuset" in msg
+
+
+@pytest.mark.root
+def test_v1_parent_and_child_confined_in_one_tick_and_reverted(make_cgroup, tmp_path):
+    """On v1 a parent may not drop a CPU its child holds (EBUSY), and the
+    actuator writes parents first: the child's write must let the parent's
+    retry succeed in the same tick, and revert must widen the parent first."""
+    from tests.cgroup_fixture import inherit_cpuset
+    parent = make_cgroup("p", controllers=("cpuset",))
+    child_dir = parent.dir("cpuset") / "job"
+    child_dir.mkdir()
+    inherit_cpuset(child_dir)
+    (parent.v2 / "job").mkdir()
+    child = parent.path + "/job"
+    wide = (parent.dir("cpuset") / "cpuset.cpus").read_text().strip()
+    if len(parse_cpulist(wide)) < 2:
+        pytest.skip("needs two CPUs to confine to one")
+    want = {p: [ActionSet("suppress", cpu=CpuSpec(cpuset=1))] for p in (parent.path, child)}
+    with Actuator(Layout.detect(HOST), state_dir=tmp_path / "state", safety=FREE) as act:
+        applied = act.apply(tick(0), want)
+        assert act.refusals() == {}
+        last = str(parse_cpulist(wide)[-1])
+        assert {(a.cgroup, a.value) for a in applied} == {(parent.path, last), (child, last)}
+        assert (parent.dir("cpuset") / "cpuset.cpus").read_text().strip() == last
+        assert (child_dir / "cpuset.cpus").read_text().strip() == last
+        # Not wanted any more: both widened in one tick (the parent first).
+        assert act.apply(tick(1), {}) == []
+        assert (parent.dir("cpuset") / "cpuset.cpus").read_text().strip() == wide
+        assert (child_dir / "cpuset.cpus").read_text().strip() == wide
+        act.apply(tick(2), want)
+    # And on exit.
+    assert (parent.dir("cpuset") / "cpuset.cpus").read_text().strip() == wide
+    assert (child_dir / "cpuset.cpus").read_text().strip() == wide

@@ -20,6 +20,7 @@ entries compare equal whatever spelling was written.
 
 from __future__ import annotations
 
+import errno as errnolib
 import math
 
 from tagger import errors
@@ -114,9 +115,13 @@ class CpuSet(ControlPoint):
         try:
             self.fs.write_text(self.file, value)
         except errors.KernelRefused as err:
+            # EBUSY: a child still holds a CPU this parent would drop.  Named as
+            # the quota's v1 rule, so the actuator retries it once the child
+            # (written after its parent) has been narrowed in the same tick.
+            limit = "v1 child <= parent" if err.errno == errnolib.EBUSY else "kernel refused"
             raise ActionRefused(f"{self.cgroup}: {err} — the kernel refused cpuset.cpus {value!r} (on v1 a "
                                 f"child's CPUs must lie within its parent's and a parent's must cover its "
-                                f"children's)", "kernel refused", err.path) from err
+                                f"children's)", limit, err.path) from err
 
     def _count(self, text: str) -> float:
         # "" (v2: the parent's CPUs) is as wide as it gets.
