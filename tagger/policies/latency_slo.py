@@ -25,18 +25,19 @@ list applied together): the lowest ``cpu.weight`` (1; v1 ``cpu.shares`` 10),
 the default, or ``cpu.idle`` (``idle``), and ``cpuset``: l confined to the
 CPUs the protected cgroups do not need (koordlet's CPU suppress; they keep
 ``ceil(1.5 × their CPU use)`` CPUs, at least one, as used at the tick of the
-demotion, and l at least one).  A weight
-or cpu.idle lets W's wake-ups preempt l at once and is work-conserving — l
-still gets every cycle W leaves; a cpuset is not, but leaves W whole CPUs to
-wake up on, where preemption still waits for the end of l's slice.  The
-demotion is kept while there is anything to protect.  Quotas, which do cost l throughput, only follow
-when W still misses with l demoted, ``persist`` ticks in a row (default 2): a
-quota cut is spent on a lasting miss, not on one noisy tick (a host's steal, a
-one-off stall), which it could not undo anyway.  On the noisy-neighbour
-scenario no quota brought W's run-queue tail back (with six times W's weight,
-l still delays W whenever its quota lets it run) while a low weight did; the
-lowest weight kept W within a 1 ms per-tick p99 in more ticks than cpu.idle
-(docs/noisy_neighbor.md).  When no protected cgroup ran a task for ``hold``
+demotion, and l at least one).  A weight or cpu.idle lets W's wake-ups
+preempt l and is work-conserving: l still gets every cycle W leaves.  A
+cpuset is not, but it leaves W whole CPUs to wake up on, so W's wake-ups need
+not wait for a preemption at all; on the noisy-neighbour scenario it was the
+lever that brought a timer-driven victim's tail back.  The demotion is kept
+while there is anything to protect.  Quotas, which do cost l throughput, only
+follow when W still misses with l demoted, ``persist`` ticks in a row (default
+2, counted from the tick after the demotion): a quota cut is spent on a
+lasting miss, not on one noisy tick (a host's steal, a one-off stall), which
+it could not undo anyway.  On the noisy-neighbour scenario no quota brought
+W's run-queue tail back (with six times W's weight, l still delays W whenever
+its quota lets it run) while every demotion did (docs/noisy_neighbor.md).
+When no protected cgroup ran a task for ``hold``
 ticks, nothing is left to protect and every limit is dropped at once rather
 than released step by step.
 
