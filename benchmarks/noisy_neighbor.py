@@ -703,10 +703,10 @@ def main(argv=None):
                     help="cpu.shares of batch (default 1536: a 1500m request)")
     ap.add_argument("--beta", type=float, default=0.2, help="the latency-slo policy's release step")
     ap.add_argument("--window", type=int, default=1, help="ticks the policy judges web's p99 over (default 1)")
-    ap.add_argument("--demote", default="idle,cpuset",
+    ap.add_argument("--demote", default="cpuset",
                     help="the policy's demotion, levers applied together: weight, idle, cpuset (default "
-                         "idle,cpuset: batch confined to the CPUs web does not need, and SCHED_IDLE there so "
-                         "web's wake-ups that land on them preempt it: docs/noisy_neighbor.md)")
+                         "cpuset: batch confined to the CPUs web does not need, at its own weight there; "
+                         "docs/noisy_neighbor.md compares the others)")
     ap.add_argument("--quiet", type=float, default=50.0, help="probe requests/s at the sine's low")
     ap.add_argument("--busy", type=float, default=1000.0, help="probe requests/s at the sine's high")
     ap.add_argument("--period", type=float, default=15.0, help="the sine's period (s)")
