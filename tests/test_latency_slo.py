@@ -142,8 +142,9 @@ def test_weight_is_the_default_demotion():
 
 def test_cpuset_demotion_leaves_the_protected_the_cpus_they_use(store):
     """With ``demote: [weight, cpuset]`` the first miss also confines batch to
-    the CPUs web does not need: ceil(1.5 x web's use), at least one, kept
-    while web runs; on a node too small for that, no cpuset at all."""
+    the CPUs web does not need: ceil(1.5 x web's use), at least one, narrowed
+    on a miss as web's use grows and widened on release as it falls; on a
+    node too small for that, no cpuset at all."""
     def tick(web_cpu, cpus):
         return Snapshot.synthetic(PATHS, {"runq.p99": [math.nan, 4 * MS, 0.1 * MS, 0.1 * MS],
                                           "runq.slowdown": [math.nan, 3.0, 1.0, 1.0],
@@ -151,6 +152,15 @@ def test_cpuset_demotion_leaves_the_protected_the_cpus_they_use(store):
     slo = LatencySlo(spec(demote=("weight", "cpuset")))
     cpu = slo.step(tick(2.5, 8.0), store)["/batch"].cpu
     assert (cpu.weight, cpu.cpuset, cpu.max) == (1, 8 - 4, None)        # web keeps ceil(3.75) = 4
+    # web uses more and still misses: batch narrows before any quota (ceil(6) = 6 for web).
+    cpu = slo.step(tick(4.0, 8.0), store)["/batch"].cpu
+    assert (cpu.cpuset, cpu.max) == (2, None)
+    # The SLO holds for `hold` ticks while web's use falls: batch gets CPUs back.
+    met = lambda web_cpu: Snapshot.synthetic(PATHS, {"runq.p99": [math.nan, 0.5 * MS, 0.1 * MS, 0.1 * MS],
+                                                     "runq.slowdown": [math.nan, 1.5, 1.0, 1.0],
+                                                     "cpu.usage": [2.0, web_cpu, 1.5, 0.0]}, t=0, node={"cpus": 8.0})
+    sizes = [slo.step(met(1.0), store)["/batch"].cpu.cpuset for _ in range(slo.hold + 1)]
+    assert sizes == [2] * (slo.hold - 1) + [8 - 2] * 2        # at the hold-th met tick: web keeps ceil(1.5)
     out = LatencySlo(spec(demote=("cpuset",))).step(tick(1.5, 2.0), store)
     assert out == {}                               # web needs both CPUs: nothing to confine batch to
 

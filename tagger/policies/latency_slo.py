@@ -24,8 +24,9 @@ The first CPU step is not a quota but a demotion (``demote``, one lever or a
 list applied together): the lowest ``cpu.weight`` (1; v1 ``cpu.shares`` 10),
 the default, or ``cpu.idle`` (``idle``), and ``cpuset``: l confined to the
 CPUs the protected cgroups do not need (koordlet's CPU suppress; they keep
-``ceil(1.5 × their CPU use)`` CPUs, at least one, as used at the tick of the
-demotion, and l at least one).  A weight or cpu.idle lets W's wake-ups
+``ceil(1.5 × their CPU use)`` CPUs, at least one, and l at least one; the
+cpuset narrows on a miss when their use grew, and widens on release when it
+fell).  A weight or cpu.idle lets W's wake-ups
 preempt l and is work-conserving: l still gets every cycle W leaves.  A
 cpuset is not, but it leaves W whole CPUs to wake up on, so W's wake-ups need
 not wait for a preemption at all; on the noisy-neighbour scenario it was the
@@ -215,6 +216,7 @@ class LatencySlo:
             totals = {r: float(np.nansum(loads[r][rows])) for r in spec.resources}
             status.action = "throttle"
             acted = False
+            size = self._cpuset_size(snapshot, protect, cpus) if "cpuset" in spec.demote else None
             for i in throttle:
                 interference = 0.0
                 if total_importance > 0:
@@ -230,8 +232,11 @@ class LatencySlo:
                     if spec.demote and not st.demoted:
                         # The demotion first; a quota only if W misses with it.
                         st.demoted, acted = True, True
-                        if "cpuset" in spec.demote:
-                            st.cpuset = self._cpuset_size(snapshot, protect, cpus)
+                        st.cpuset = size
+                    elif st.cpuset is not None and size is not None and size < st.cpuset:
+                        # The protected cgroups use more than when l was
+                        # confined: leave them the CPUs before any quota.
+                        st.cpuset, acted = size, True
                     elif spec.demote and st.cpu is None and st.missed_demoted + 1 < spec.persist:
                         # Missed with l demoted, but not yet `persist` ticks in a
                         # row: not yet worth a quota (the demotion written at the
@@ -260,6 +265,7 @@ class LatencySlo:
             status.action = "hold"
         elif self.state:
             status.action = "release"
+            size = self._cpuset_size(snapshot, protect, cpus) if "cpuset" in spec.demote else None
             for path, st in list(self.state.items()):
                 if st.cpu is not None:
                     st.cpu *= 1 + spec.beta
@@ -269,6 +275,8 @@ class LatencySlo:
                     st.io_scale *= 1 + spec.beta
                     if st.io_scale >= 1:
                         st.io_scale = None
+                if st.cpuset is not None and size is not None and size > st.cpuset:
+                    st.cpuset = size        # the protected use less now: l gets CPUs back
                 if st.cpu is None and st.io_scale is None and not st.demoted:
                     del self.state[path]
         self.status = status
