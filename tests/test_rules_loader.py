@@ -225,6 +225,9 @@ rules:
   - name: s
     match: {cgroup: /a}
     actions: {cpu: {cpuset: "1-0"}}
+  - name: s2
+    match: {cgroup: /a}
+    actions: {cpu: {cpuset: "2-x"}}
   - name: t
     match: {cgroup: /a}
     actions: {cpu: {idle: true, weight: 5}}
@@ -235,6 +238,7 @@ rules:
     assert "demote: weight and idle exclude each other" in text
     assert 'demote "none" cannot be listed with others' in text
     assert "cpu.cpuset: bad CPU range '1-0'" in text
+    assert "cpu.cpuset: bad CPU range '2-x' in '2-x'" in text
     assert "cpu.idle and a weight exclude each other" in text
 
 

@@ -39,8 +39,10 @@ def parse_cpulist(text: str) -> list[int]:
                 raise ValueError(f"empty item in CPU list {text!r}")
             continue
         lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"bad CPU range {part!r} in {text.strip()!r}")
         a, b = int(lo), int(hi) if sep else int(lo)
-        if a < 0 or b < a:
+        if b < a:
             raise ValueError(f"bad CPU range {part!r} in {text!r}")
         cpus.update(range(a, b + 1))
     return sorted(cpus)
