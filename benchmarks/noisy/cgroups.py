@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from tagger.actions.cpu import weight_to_shares
 from tests.cgroup_fixture import _rmdir_tree, inherit_cpuset, spawn_in, v1_root, v2_root, wait_for
 
 CONTROLLERS = ("cpu", "cpuacct", "blkio", "cpuset")
@@ -112,7 +113,7 @@ class Workload:
         """The weight as v1 cpu.shares (v2 cpu.weight converted as the kernel does)."""
         d = self._cpu_dir
         if (d / "cpu.weight").exists():
-            return round(int((d / "cpu.weight").read_text()) * 1024 / 100)
+            return weight_to_shares(int((d / "cpu.weight").read_text()))
         return int((d / "cpu.shares").read_text())
 
     def cpuset(self) -> str:
@@ -133,10 +134,8 @@ class Workload:
 
     def confined(self) -> bool:
         """Its cpuset holds fewer CPUs than its parent's."""
-        d = self.dirs.get("cpuset")
-        if not self.cpuset() or d is None:
-            return False
-        return self.cpuset() != (d.parent / "cpuset.cpus").read_text().strip()
+        mine = self.cpuset()
+        return bool(mine) and mine != (self.dirs["cpuset"].parent / "cpuset.cpus").read_text().strip()
 
     def demoted(self) -> bool:
         """SCHED_IDLE, at the lowest weight tagger sets (cpu.weight 1 = 10 shares), or confined."""
