@@ -61,6 +61,26 @@ def _join(root: str, relpath: str) -> str:
     return root if rel == "/" else root.rstrip("/") + rel
 
 
+def charged_cgroup(fs: KernelFS, directory: str, relpath: str, controller: str) -> str:
+    """The cgroup a v2 ``controller`` accounts and limits ``relpath``'s tasks in:
+    ``relpath`` itself if its parent delegates ``controller`` (lists it in
+    cgroup.subtree_control), else the nearest ancestor whose parent does, else
+    "/".  ``directory`` is ``relpath``'s directory in the v2 hierarchy.
+
+    On v2 a controller acts on a cgroup only when every ancestor enables it for
+    its children; below the last one that does, the cgroup's CPU time and I/O
+    count (and are limited) as the ancestor's own (cgroup-v2.rst, "Enabling and
+    Disabling", "Top-down Constraint")."""
+    rel, d = normalize(relpath), directory.rstrip("/")
+    while rel != "/":
+        parent_dir = d.rsplit("/", 1)[0]
+        delegated = fs.read_optional(parent_dir + "/cgroup.subtree_control")
+        if delegated is None or controller in delegated.split():
+            return rel
+        rel, d = rel.rsplit("/", 1)[0] or "/", parent_dir
+    return "/"
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where the cgroup hierarchies are mounted on this host.

@@ -1,6 +1,19 @@
 """Real cgroups for tests: one relative path made in the v2 hierarchy and in each
-v1 hierarchy a test needs (this machine is hybrid), with processes started
-inside all of them, and everything removed afterwards.
+v1 hierarchy a test needs, with processes started inside all of them, and
+everything removed afterwards.
+
+Both layouts the tests run on:
+
+* hybrid (this development host): controllers on v1 hierarchies, v2 at
+  /sys/fs/cgroup/unified with none of them; ``controllers=("cpu", "blkio")``
+  makes the path in each of those v1 hierarchies too.
+* pure v2 (the kernel VMs, ``make test-kernels``): every controller lives in
+  the one v2 tree, so a request for a v1 controller ("blkio", "cpuacct", ...)
+  is the v2 directory itself.  A controller acts on a cgroup only if its parent
+  delegates it (``cgroup.subtree_control``), so the test prefix delegates every
+  controller it is offered: test cgroups get cpu.max, io.max, cpuset.cpus, and
+  their I/O is charged to them, not to the prefix (cgroup-v2.rst, "Top-down
+  Constraint").
 
 Processes are only ever killed by pid, and only those inside the test's own
 cgroups (started by the test or their children).
@@ -33,6 +46,21 @@ def v1_root(controller: str) -> Path | None:
         if fstype == "cgroup" and controller in opts.split(","):
             return Path(where)
     return None
+
+
+#: Controllers the test prefix delegates to test cgroups on a pure-v2 host.
+V2_DELEGATED = ("cpu", "io", "cpuset", "memory", "pids")
+
+
+def delegate(d: Path, controllers=V2_DELEGATED) -> list[str]:
+    """Enable for ``d``'s children those of ``controllers`` that ``d`` itself is
+    given (its cgroup.controllers); returns them.  ``d`` must hold no tasks
+    (the v2 "no internal processes" rule)."""
+    offered = set((d / "cgroup.controllers").read_text().split())
+    enabled = [c for c in controllers if c in offered]
+    for c in enabled:
+        (d / "cgroup.subtree_control").write_text(f"+{c}")
+    return enabled
 
 
 def cgroup_support_problem() -> str | None:
@@ -148,9 +176,10 @@ class CgroupFactory:
 
     def _root(self, controller: str) -> Path:
         if controller not in self.roots:
-            root = v1_root(controller)
+            # v1 calls the io controller blkio.
+            root = v1_root({"io": "blkio"}.get(controller, controller))
             if root is None:
-                # Pure v2 host: the controller lives in the v2 hierarchy.
+                # Pure v2 host: the controller (whatever its v1 name) lives in the v2 hierarchy.
                 root = self.roots["v2"]
             self.roots[controller] = root
         return self.roots[controller]
@@ -165,6 +194,8 @@ class CgroupFactory:
                 prefix_dir.mkdir()
                 self.prefix_dirs.append(prefix_dir)
                 inherit_cpuset(prefix_dir)
+                if root == self.roots["v2"]:
+                    delegate(prefix_dir)
             d = root / relpath.lstrip("/")
             if d not in dirs.values():
                 d.mkdir()

@@ -98,7 +98,8 @@ def test_v2_cpuset_written_and_empty_original_restored(v2):
     assert f.read_text() == "1"                       # the fewest CPUs win, the highest-numbered
     assert (a.value, a.original, a.rule) == ("1", "", "narrow")
     act.revert_all()
-    assert f.read_text() == ""                         # "the parent's", as it was
+    # "the parent's", as it was -- written as "\n": the kernel ignores a zero-length write.
+    assert f.read_text() == "\n"
 
 
 def test_cpuset_is_paced_like_a_quota(v2):
@@ -117,7 +118,7 @@ def test_cpuset_is_paced_like_a_quota(v2):
     act.apply(tick(5), want)
     assert f.read_text() == "7"
     act.apply(tick(5.1), {})
-    assert f.read_text() == ""           # given back at once
+    assert f.read_text() == "\n"         # given back at once (the empty original)
 
 
 def test_no_cpuset_controller_is_a_refusal_and_costs_nothing_else(tmp_path):

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tagger import errors
+from tagger.cgroups import charged_cgroup
 from tagger.kernelfs import KernelFS
+
+from .refusal import ActionRefused
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,33 @@ class ControlPoint:
     def present(self) -> bool:
         """The cgroup still exists in the hierarchy holding this knob."""
         return self.fs.is_dir(self.dir)
+
+    def read_knob(self, name: str, controller: str, version: int) -> str:
+        """The text of this cgroup's file ``name``; on v2 a missing file in an
+        existing cgroup is the refusal :meth:`not_delegated` gives."""
+        try:
+            return self.fs.read_text(f"{self.dir}/{name}")
+        except errors.NotFound:
+            if version == 2 and self.present():
+                raise self.not_delegated(controller, name) from None
+            raise
+
+    def not_delegated(self, controller: str, file: str) -> ActionRefused:
+        """The refusal for ``file`` missing from this (existing) v2 cgroup: its
+        parent does not delegate ``controller``, so the kernel accounts and limits
+        its tasks in an ancestor, which the message names.  tagger enables no
+        controller itself: which cgroups get one is the cgroup manager's choice
+        (systemd's Delegate=, the container runtime), and enabling one changes the
+        whole subtree (docs/cgroups.md, "Delegation on cgroup v2")."""
+        parent = self.cgroup.rstrip("/").rsplit("/", 1)[0] or "/"
+        charged = charged_cgroup(self.fs, self.dir, self.cgroup, controller)
+        where = "the root cgroup" if charged == "/" else charged
+        return ActionRefused(
+            f"{self.cgroup}: no {file}: its parent {parent} does not delegate the {controller} controller "
+            f"(no \"{controller}\" in {parent}/cgroup.subtree_control), so the kernel charges its "
+            f"{'I/O' if controller == 'io' else controller} to {where} and limits it there; tagger "
+            f"enables no controller: act on {where}, or delegate {controller} down to {self.cgroup}",
+            f"{controller} not delegated", f"{self.dir}/{file}")
 
     def read(self) -> str:
         raise NotImplementedError

@@ -87,7 +87,7 @@ class CpuQuota(ControlPoint):
 
     def read(self) -> str:
         if self.version == 2:
-            return CpuMax.parse(self.fs.read_text(self._f("cpu.max"))).text()
+            return CpuMax.parse(self.read_knob("cpu.max", "cpu", 2)).text()
         quota = self.fs.read_int(self._f("cpu.cfs_quota_us"))
         period = self.fs.read_int(self._f("cpu.cfs_period_us"))
         return CpuMax(None if quota < 0 else quota, period).text()
@@ -242,7 +242,7 @@ class CpuWeight(ControlPoint):
         return str(weight if self.version == 2 else weight_to_shares(weight))
 
     def read(self) -> str:
-        return self.fs.read_text(self.file).strip()
+        return self.read_knob(self.file.rsplit("/", 1)[1], "cpu", self.version).strip()
 
     def write(self, value: str) -> None:
         try:
@@ -273,6 +273,7 @@ class CpuIdle(ControlPoint):
 
     def __init__(self, fs, cgroup, directory, version: int):
         super().__init__(fs, cgroup, directory)
+        self.version = version
         self.file = f"{directory}/cpu.idle"
         self.weight_file = f"{directory}/{'cpu.weight' if version == 2 else 'cpu.shares'}"
 
@@ -283,6 +284,8 @@ class CpuIdle(ControlPoint):
         try:
             idle = self.fs.read_text(self.file).strip()
         except errors.NotFound:
+            if self.version == 2 and self.present() and not self.fs.exists(self.weight_file):
+                raise self.not_delegated("cpu", "cpu.idle") from None
             if self.present():
                 raise ActionRefused(f"{self.cgroup}: no cpu.idle (it needs Linux 5.15)",
                                     "no cpu.idle", self.file) from None

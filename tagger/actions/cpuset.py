@@ -107,6 +107,8 @@ class CpuSet(ControlPoint):
         try:
             text = self.fs.read_text(self.file)
         except errors.NotFound:
+            if self.version == 2 and self.present():
+                raise self.not_delegated("cpuset", "cpuset.cpus") from None
             if self.present():
                 raise ActionRefused(f"{self.cgroup}: no cpuset.cpus (is the cpuset controller enabled for "
                                     f"it?)", "no cpuset", self.file) from None
@@ -115,7 +117,10 @@ class CpuSet(ControlPoint):
 
     def write(self, value: str) -> None:
         try:
-            self.fs.write_text(self.file, value)
+            # "" (v2: the parent's CPUs) is written as "\n": cgroupfs acts on a
+            # write only when it has bytes, so a zero-length write(2) leaves the
+            # old CPUs in place and an empty original would never come back.
+            self.fs.write_text(self.file, value or "\n")
         except errors.KernelRefused as err:
             # EBUSY: a child still holds a CPU this parent would drop.  Named as
             # the quota's v1 rule, so the actuator retries it once the child

@@ -91,7 +91,9 @@ class IoLimit(ControlPoint):
 
     def read(self) -> str:
         if self.version == 2:
-            rest = self._device_value(self.fs.read_text(f"{self.dir}/io.max"))
+            # No io.max: the parent does not delegate io, and the kernel charges
+            # this cgroup's I/O to an ancestor (named in the refusal).
+            rest = self._device_value(self.read_knob("io.max", "io", 2))
             return format_limits(parse_limits(rest or ""))
         limits: dict[str, int | None] = {}
         for k, f in V1_FILES.items():
