@@ -25,8 +25,12 @@ struct tg_rq {
 /* Set by user space before load when the kernel has the block_io_done
  * tracepoint (6.5, commit 5a80bd075f3b): the request's latency then ends
  * where the kernel's own I/O accounting ends, after the bio completion
- * callbacks, as in /sys/block/<dev>/stat. */
+ * callbacks, as in /sys/block/<dev>/stat.  That tracepoint fires only for
+ * requests with RQF_IO_STAT, whose bit user space reads from the kernel's
+ * BTF (the enumerator __RQF_IO_STAT: in an enum named rqf_flags from 6.14,
+ * an anonymous one in 6.8-6.13); no bit known, no block_io_done. */
 const volatile bool targ_has_io_done = false;
+const volatile __u32 targ_rqf_io_stat = 0;
 
 /* In-flight requests, keyed by the request's address (preallocated: no
  * allocation per event; a full map is counted in rq_full). */
@@ -37,7 +41,7 @@ struct {
 	__type(value, struct tg_rq);
 } requests SEC(".maps");
 
-static __always_inline __u32 slot_of_request(struct request *rq, struct tg_global *g)
+static __always_inline __u32 slot_of_request(bool storage, struct request *rq, struct tg_global *g)
 {
 	struct bio *bio = BPF_CORE_READ(rq, bio);
 	__u32 *slot, slot_id = 0;
@@ -52,12 +56,12 @@ static __always_inline __u32 slot_of_request(struct request *rq, struct tg_globa
 		}
 	}
 	/* No bio (flush) or a blkcg not mapped yet: the issuing task. */
-	if (!lookup_slot(bpf_get_current_task_btf()->cgroups->dfl_cgrp, g, &slot_id))
+	if (!lookup_slot(storage, bpf_get_current_task_btf()->cgroups->dfl_cgrp, g, &slot_id))
 		return 0;
 	return slot_id;
 }
 
-static __always_inline void track(struct request *rq, bool issue)
+static __always_inline void track(bool storage, struct request *rq, bool issue)
 {
 	__u64 now = bpf_ktime_get_ns(), key = (__u64)rq;
 	struct tg_global *g = global_of(bpf_get_smp_processor_id());
@@ -78,7 +82,7 @@ static __always_inline void track(struct request *rq, bool issue)
 	if (!fresh.start_ns || fresh.start_ns > now)
 		fresh.start_ns = now;
 	fresh.issue_ns = issue ? now : 0;
-	fresh.slot = slot_of_request(rq, g);
+	fresh.slot = slot_of_request(storage, rq, g);
 	if (bpf_map_update_elem(&requests, &key, &fresh, BPF_ANY))
 		g->rq_full++;
 }
@@ -86,14 +90,28 @@ static __always_inline void track(struct request *rq, bool issue)
 SEC("tp_btf/block_rq_insert")
 int BPF_PROG(tg_block_rq_insert, struct request *rq)
 {
-	track(rq, false);
+	track(SLOT_STORAGE, rq, false);
 	return 0;
 }
 
 SEC("tp_btf/block_rq_issue")
 int BPF_PROG(tg_block_rq_issue, struct request *rq)
 {
-	track(rq, true);
+	track(SLOT_STORAGE, rq, true);
+	return 0;
+}
+
+SEC("tp_btf/block_rq_insert")
+int BPF_PROG(tg_block_rq_insert_hash, struct request *rq)
+{
+	track(SLOT_HASH, rq, false);
+	return 0;
+}
+
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(tg_block_rq_issue_hash, struct request *rq)
+{
+	track(SLOT_HASH, rq, true);
 	return 0;
 }
 
@@ -114,7 +132,7 @@ static __always_inline void account_request(struct tg_rq *r, __u64 key, __u64 no
 	s->io_device_ns += now - issue;
 	if (lat > s->io_max_ns)
 		s->io_max_ns = lat;
-	s->io_hist[hist_bucket(lat)]++;
+	hist_add(s->io_hist, lat);
 
 	if (!outlier_allowed(s, lat, now))
 		return;
@@ -156,8 +174,7 @@ int BPF_PROG(tg_block_rq_complete, struct request *rq, blk_status_t error,
 	/* A partial completion leaves the rest of the request in flight. */
 	if (nr_bytes < BPF_CORE_READ(rq, __data_len))
 		return 0;
-	if (targ_has_io_done &&
-	    (BPF_CORE_READ(rq, rq_flags) & (1U << bpf_core_enum_value(enum rqf_flags, __RQF_IO_STAT)))) {
+	if (targ_has_io_done && (BPF_CORE_READ(rq, rq_flags) & targ_rqf_io_stat)) {
 		r->done = 1;     /* block_io_done follows */
 		return 0;
 	}

@@ -32,8 +32,21 @@ static __always_inline void emit(__u32 kind, struct cgroup *cgrp, const char *pa
 	bpf_ringbuf_submit(e, 0);
 }
 
-SEC("tp_btf/cgroup_mkdir")
-int BPF_PROG(tg_cgroup_mkdir, struct cgroup *cgrp, const char *path)
+/* A v2 cgroup's slot holder: its local storage, or (hash variant) an entry
+ * under its id, created empty.  NULL when neither can be had. */
+static __always_inline struct tg_slot *slot_holder(bool storage, struct cgroup *cgrp)
+{
+	struct tg_slot empty = {};
+	__u64 id;
+
+	if (storage)
+		return bpf_cgrp_storage_get(&cgroup_slots, cgrp, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	id = cgrp->kn->id;
+	bpf_map_update_elem(&cgroup_ids, &id, &empty, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&cgroup_ids, &id);
+}
+
+static __always_inline int on_mkdir(bool storage, struct cgroup *cgrp, const char *path)
 {
 	struct tg_global *g = global_of(bpf_get_smp_processor_id());
 	struct tg_slot *s;
@@ -45,7 +58,7 @@ int BPF_PROG(tg_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 		emit(TG_EV_MKDIR, cgrp, path, 0);
 		return 0;
 	}
-	s = bpf_cgrp_storage_get(&cgroup_slots, cgrp, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	s = slot_holder(storage, cgrp);
 	if (!s) {
 		g->slots_exhausted++;
 	} else if (!s->slot) {
@@ -64,6 +77,18 @@ int BPF_PROG(tg_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 	return 0;
 }
 
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(tg_cgroup_mkdir, struct cgroup *cgrp, const char *path)
+{
+	return on_mkdir(SLOT_STORAGE, cgrp, path);
+}
+
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(tg_cgroup_mkdir_hash, struct cgroup *cgrp, const char *path)
+{
+	return on_mkdir(SLOT_HASH, cgrp, path);
+}
+
 /* A task moved to another cgroup: cached slots may be stale.  Only the
  * thread-group leader is traced, so every task re-checks its slot. */
 SEC("tp_btf/cgroup_attach_task")
@@ -75,22 +100,43 @@ int BPF_PROG(tg_cgroup_attach_task, struct cgroup *dst_cgrp, const char *path,
 	return 0;
 }
 
-SEC("tp_btf/cgroup_rmdir")
-int BPF_PROG(tg_cgroup_rmdir, struct cgroup *cgrp, const char *path)
+static __always_inline int on_rmdir(bool storage, struct cgroup *cgrp, const char *path)
 {
 	struct tg_slot *s;
 	__u32 slot = 0;
+	__u64 id;
 
 	if (BPF_CORE_READ(cgrp, root, hierarchy_id) == 0) {
-		s = bpf_cgrp_storage_get(&cgroup_slots, cgrp, 0, 0);
-		if (s) {
-			slot = s->slot;
-			/* User space recycles the slot after its last read. */
-			s->slot = 0;
+		if (storage) {
+			s = bpf_cgrp_storage_get(&cgroup_slots, cgrp, 0, 0);
+			if (s) {
+				slot = s->slot;
+				/* User space recycles the slot after its last read. */
+				s->slot = 0;
+			}
+		} else {
+			id = cgrp->kn->id;
+			s = bpf_map_lookup_elem(&cgroup_ids, &id);
+			if (s)
+				slot = s->slot;
+			/* ids are never reused: the entry would only take room. */
+			bpf_map_delete_elem(&cgroup_ids, &id);
 		}
 	}
 	emit(TG_EV_RMDIR, cgrp, path, slot);
 	return 0;
+}
+
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(tg_cgroup_rmdir, struct cgroup *cgrp, const char *path)
+{
+	return on_rmdir(SLOT_STORAGE, cgrp, path);
+}
+
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(tg_cgroup_rmdir_hash, struct cgroup *cgrp, const char *path)
+{
+	return on_rmdir(SLOT_HASH, cgrp, path);
 }
 
 char LICENSE[] SEC("license") = "GPL";

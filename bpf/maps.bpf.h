@@ -24,15 +24,36 @@ struct {
 	__type(value, struct tg_cg_stats);
 } stats SEC(".maps") __weak;
 
-/* cgroup -> slot.  Local storage, so the hot path finds a cgroup's slot
- * without a hash lookup; v1 blkio cgroups carry the slot of the v2 cgroup
- * at the same path (set by user space). */
+/* cgroup -> slot, in one of two variants of every program that looks a
+ * slot up (user space loads one of each pair, tg_open):
+ *
+ * - cgroup local storage (6.2+): the hot path finds a cgroup's slot without
+ *   a hash lookup; v1 blkio cgroups carry the slot of the v2 cgroup at the
+ *   same path (set by user space);
+ * - a hash map keyed by the cgroup's kernfs id (what bpf_get_current_cgroup_id
+ *   returns), for kernels without BPF_MAP_TYPE_CGRP_STORAGE.
+ *
+ * The scheduler looks a slot up only after something moved (slot_generation),
+ * so the hash variant costs the hot path almost nothing more. */
 struct {
 	__uint(type, BPF_MAP_TYPE_CGRP_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct tg_slot);
 } cgroup_slots SEC(".maps") __weak;
+
+/* max_entries = targ_max_slots, set before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TG_DEFAULT_SLOTS);
+	__type(key, __u64);
+	__type(value, struct tg_slot);
+} cgroup_ids SEC(".maps") __weak;
+
+/* The variant a program is built for: always a constant, so each program
+ * references one of the two maps only (the other may not exist). */
+#define SLOT_STORAGE true
+#define SLOT_HASH    false
 
 /* Free slots: user space fills it and returns slots of removed cgroups;
  * the cgroup_mkdir handler takes from it. */
@@ -90,19 +111,26 @@ static __always_inline struct tg_global *global_of(__u32 cpu)
  * Returns false when the storage is busy on this CPU (another BPF program
  * using it was preempted or interrupted here): the caller keeps what it
  * knew and asks again later.  F_CREATE makes NULL mean only that, not "no
- * storage" (a cgroup without one gets an empty one, once). */
-static __always_inline bool lookup_slot(struct cgroup *cgrp, struct tg_global *g, __u32 *slot)
+ * storage" (a cgroup without one gets an empty one, once).  The hash
+ * variant is never busy. */
+static __always_inline bool lookup_slot(bool storage, struct cgroup *cgrp, struct tg_global *g, __u32 *slot)
 {
-	struct tg_slot *s = bpf_cgrp_storage_get(&cgroup_slots, cgrp, 0,
-						 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	struct tg_slot *s;
 
-	if (!s) {
-		g->storage_busy++;
-		return false;
+	if (storage) {
+		s = bpf_cgrp_storage_get(&cgroup_slots, cgrp, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (!s) {
+			g->storage_busy++;
+			return false;
+		}
+	} else {
+		__u64 id = cgrp->kn->id;
+
+		s = bpf_map_lookup_elem(&cgroup_ids, &id);
 	}
-	if (!s->slot)
+	*slot = s ? s->slot : 0;
+	if (!*slot)
 		g->unknown_cgroup++;
-	*slot = s->slot;
 	return true;
 }
 
@@ -120,6 +148,19 @@ static __always_inline __u32 hist_bucket(__u64 ns)
 	shift = (us > 0x3) << 1; us >>= shift; r |= shift;
 	r |= (us >> 1);
 	return r < TG_HIST_BUCKETS ? r : TG_HIST_BUCKETS - 1;
+}
+
+/* One more sample of `ns` in a log2 histogram.  The 6.1 verifier loses the
+ * bound of hist_bucket's branchless arithmetic on the way to the index, so
+ * the bound is checked again where it is used, behind a barrier the
+ * compiler cannot fold it through. */
+static __always_inline void hist_add(__u32 *hist, __u64 ns)
+{
+	__u32 b = hist_bucket(ns);
+
+	barrier_var(b);
+	if (b < TG_HIST_BUCKETS)
+		hist[b]++;
 }
 
 /* Outlier events are rate limited per cgroup (per CPU) in the kernel. */

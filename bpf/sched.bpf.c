@@ -24,6 +24,7 @@
 #include <bpf/bpf_core_read.h>
 #include "tagger.h"
 #include "maps.bpf.h"
+#include "core_fixes.bpf.h"
 
 #define TASK_RUNNING 0
 
@@ -93,7 +94,7 @@ static __always_inline void account_wait(struct tg_cg_stats *s, __u32 slot, __u6
 	q->sum_ns += delta;
 	if (delta > q->max_ns)
 		q->max_ns = delta;
-	q->hist[hist_bucket(delta)]++;
+	hist_add(q->hist, delta);
 
 	if (!outlier_allowed(s, delta, now))
 		return;
@@ -116,9 +117,10 @@ static __always_inline void account_wait(struct tg_cg_stats *s, __u32 slot, __u6
 	bpf_ringbuf_submit(e, 0);
 }
 
-SEC("tp_btf/sched_switch")
-int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
-	     struct task_struct *next, unsigned int prev_state)
+/* The body of every sched_switch variant; `storage` and the source of
+ * `prev_state` are fixed per program (see the programs below). */
+static __always_inline int on_switch(bool storage, struct task_struct *prev,
+				     struct task_struct *next, __s64 prev_state)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	/* prev and next are on this CPU's run queue (the idle task too). */
@@ -130,8 +132,7 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 	__u64 queued, run_delay, wait;
 	__u32 cause;
 	/* Still runnable at switch-out: preempted (or yielded); the kernel
-	 * re-queues it (sched_info.last_queued) right after this tracepoint.
-	 * (prev_state is a tracepoint argument since 5.18, commit fa2c3254d7cf.) */
+	 * re-queues it (sched_info.last_queued) right after this tracepoint. */
 	bool preempted = prev->pid && prev_state == TASK_RUNNING;
 
 	if (prev->pid && cur->task == (__u64)prev) {
@@ -141,7 +142,7 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 		 * cgroup right after fork): the kernel charges this slice to the
 		 * new cgroup, and so do we. */
 		if (cur->slot_gen != slot_generation)
-			lookup_slot(prev->cgroups->dfl_cgrp, g, &victim);
+			lookup_slot(storage, prev->cgroups->dfl_cgrp, g, &victim);
 		s = v = stats_of(cpu, victim);
 		if (s) {
 			/* The kernel's own CPU time (what cgroup cpu.stat sums):
@@ -167,7 +168,7 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 		__u32 slot = 0;
 
 		g->task_storage_fail++;
-		lookup_slot(next->cgroups->dfl_cgrp, g, &slot);
+		lookup_slot(storage, next->cgroups->dfl_cgrp, g, &slot);
 		cur->task = (__u64)next;
 		cur->since_ns = next->se.sum_exec_runtime;
 		cur->slot = slot;
@@ -179,7 +180,7 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 	if (t->slot_gen != slot_generation) {
 		__u64 gen = slot_generation;
 
-		if (lookup_slot(next->cgroups->dfl_cgrp, g, &t->slot))
+		if (lookup_slot(storage, next->cgroups->dfl_cgrp, g, &t->slot))
 			t->slot_gen = gen;
 	}
 	cur->task = (__u64)next;
@@ -216,14 +217,38 @@ int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
 	return 0;
 }
 
+/* The variants, one loaded per kernel (tg_open): prev_state is a tracepoint
+ * argument since 5.18 (commit fa2c3254d7cf); before, the task's own state
+ * is read, as bcc's runqlat does (it may already show a wake-up that raced
+ * with the switch, which then counts as a voluntary switch). */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(tg_sched_switch, bool preempt, struct task_struct *prev,
+	     struct task_struct *next, unsigned int prev_state)
+{
+	return on_switch(SLOT_STORAGE, prev, next, prev_state);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(tg_sched_switch_hash, bool preempt, struct task_struct *prev,
+	     struct task_struct *next, unsigned int prev_state)
+{
+	return on_switch(SLOT_HASH, prev, next, prev_state);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(tg_sched_switch_hash_state, bool preempt, struct task_struct *prev,
+	     struct task_struct *next)
+{
+	return on_switch(SLOT_HASH, prev, next, get_task_state(prev));
+}
+
 /* Run by user space on each CPU just before it reads the counters
  * (BPF_PROG_TEST_RUN with BPF_F_TEST_RUN_ON_CPU, an IPI, so `current` is the
  * task that CPU is running): credits the running task's CPU time so far to
  * its cgroup.  Without it a task alone on a CPU, which may not switch for
  * seconds, would show nothing and then a spike.  The IPI runs with
  * interrupts off, as sched_switch does, so the two never interleave. */
-SEC("raw_tp")
-int tg_checkpoint(void *ctx)
+static __always_inline int checkpoint(bool storage)
 {
 	struct task_struct *p = bpf_get_current_task_btf();
 	__u32 cpu = bpf_get_smp_processor_id();
@@ -236,7 +261,7 @@ int tg_checkpoint(void *ctx)
 		return 0;
 	slot = cur->slot;
 	/* Storage busy: the switch-out credits this time instead. */
-	if (cur->slot_gen != slot_generation && !lookup_slot(p->cgroups->dfl_cgrp, global_of(cpu), &slot))
+	if (cur->slot_gen != slot_generation && !lookup_slot(storage, p->cgroups->dfl_cgrp, global_of(cpu), &slot))
 		return 0;
 	s = stats_of(cpu, slot);
 	if (!s)
@@ -246,6 +271,18 @@ int tg_checkpoint(void *ctx)
 	s->cpu_ns += runtime - cur->since_ns;
 	cur->since_ns = runtime;
 	return 0;
+}
+
+SEC("raw_tp")
+int tg_checkpoint(void *ctx)
+{
+	return checkpoint(SLOT_STORAGE);
+}
+
+SEC("raw_tp")
+int tg_checkpoint_hash(void *ctx)
+{
+	return checkpoint(SLOT_HASH);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -26,6 +27,8 @@ struct tg_handle {
 	size_t stats_len;
 	int ncpus;
 	uint32_t max_slots;
+	uint32_t features;           /* TG_FEAT_* of the variants loaded */
+	int checkpoint_fd;
 	/* tg_drain's target while ring_buffer__consume runs */
 	struct tg_event *drain_out;
 	uint32_t drain_cap, drain_n;
@@ -61,23 +64,129 @@ static int on_event(void *ctx, void *data, size_t len)
 }
 
 /* Does this kernel's BTF know the tp_btf hook "btf_trace_<name>"? */
-static bool kernel_has_tracepoint(const char *name)
+static bool btf_has_tracepoint(const struct btf *vmlinux, const char *name)
+{
+	char type[128];
+
+	snprintf(type, sizeof(type), "btf_trace_%s", name);
+	return btf__find_by_name_kind(vmlinux, type, BTF_KIND_TYPEDEF) > 0;
+}
+
+/* The number of arguments of tp_btf hook "btf_trace_<name>" (a typedef of a
+ * pointer to a function whose first parameter is the context), or -1. */
+static int btf_tracepoint_args(const struct btf *vmlinux, const char *name)
+{
+	const struct btf_type *t;
+	char type[128];
+	int id;
+
+	snprintf(type, sizeof(type), "btf_trace_%s", name);
+	id = btf__find_by_name_kind(vmlinux, type, BTF_KIND_TYPEDEF);
+	if (id <= 0)
+		return -1;
+	t = btf__type_by_id(vmlinux, btf__resolve_type(vmlinux, id));
+	if (!t || !btf_is_ptr(t))
+		return -1;
+	t = btf__type_by_id(vmlinux, t->type);
+	if (!t || !btf_is_func_proto(t))
+		return -1;
+	return btf_vlen(t) - 1;
+}
+
+/* The value of enumerator `name` in any enum of the kernel, named or not
+ * (CO-RE finds enumerators only in named enums). */
+static bool btf_enumerator(const struct btf *vmlinux, const char *name, int64_t *value)
+{
+	uint32_t n = btf__type_cnt(vmlinux);
+
+	for (uint32_t id = 1; id < n; id++) {
+		const struct btf_type *t = btf__type_by_id(vmlinux, id);
+
+		if (!btf_is_enum(t))
+			continue;
+		for (int i = 0; i < btf_vlen(t); i++) {
+			const struct btf_enum *e = btf_enum(t) + i;
+
+			if (strcmp(btf__name_by_offset(vmlinux, e->name_off), name) == 0) {
+				*value = e->val;
+				return true;
+			}
+		}
+	}
+	return false;
+}
+
+/* What this kernel has of TG_FEAT_*, from its BTF, before anything is
+ * loaded (so `tagger doctor` names the variants without loading them).
+ * *rqf_io_stat gets the RQF_IO_STAT bit when TG_FEAT_IO_DONE is set. */
+static uint32_t probe_features(uint32_t *rqf_io_stat)
 {
 	struct btf *vmlinux = btf__load_vmlinux_btf();
-	char type[128];
-	bool found;
+	uint32_t feats = 0;
+	int64_t v;
 
+	*rqf_io_stat = 0;
 	if (!vmlinux)
-		return false;
-	snprintf(type, sizeof(type), "btf_trace_%s", name);
-	found = btf__find_by_name_kind(vmlinux, type, BTF_KIND_TYPEDEF) > 0;
+		return 0;
+	/* The uapi enum as the kernel itself has it: newer than libbpf's headers. */
+	if (btf_enumerator(vmlinux, "BPF_MAP_TYPE_CGRP_STORAGE", &v) &&
+	    btf_enumerator(vmlinux, "BPF_FUNC_cgrp_storage_get", &v))
+		feats |= TG_FEAT_CGRP_STORAGE;
+	if (btf_tracepoint_args(vmlinux, "sched_switch") >= 4)
+		feats |= TG_FEAT_PREV_STATE;
+	if (btf_has_tracepoint(vmlinux, "block_io_done") &&
+	    btf_enumerator(vmlinux, "__RQF_IO_STAT", &v) && v >= 0 && v < 32) {
+		feats |= TG_FEAT_IO_DONE;
+		*rqf_io_stat = 1U << v;
+	}
 	btf__free(vmlinux);
-	return found;
+	return feats;
+}
+
+uint32_t tg_probe_features(void)
+{
+	uint32_t bit;
+
+	return probe_features(&bit);
+}
+
+uint32_t tg_features(struct tg_handle *h)
+{
+	return h->features;
+}
+
+/* Load, of each program with variants, the one for `feats`; the map only
+ * the other variant uses is not created (the kernel may not have its type). */
+static void choose_variants(struct tagger_bpf *skel, uint32_t feats)
+{
+	bool storage = feats & TG_FEAT_CGRP_STORAGE;
+	struct { struct bpf_program *prog; bool load; } progs[] = {
+		{ skel->progs.tg_sched_switch, storage },
+		{ skel->progs.tg_sched_switch_hash, !storage && (feats & TG_FEAT_PREV_STATE) },
+		{ skel->progs.tg_sched_switch_hash_state, !(feats & TG_FEAT_PREV_STATE) },
+		{ skel->progs.tg_checkpoint, storage },
+		{ skel->progs.tg_checkpoint_hash, !storage },
+		{ skel->progs.tg_cgroup_mkdir, storage },
+		{ skel->progs.tg_cgroup_mkdir_hash, !storage },
+		{ skel->progs.tg_cgroup_rmdir, storage },
+		{ skel->progs.tg_cgroup_rmdir_hash, !storage },
+		{ skel->progs.tg_block_rq_insert, storage },
+		{ skel->progs.tg_block_rq_insert_hash, !storage },
+		{ skel->progs.tg_block_rq_issue, storage },
+		{ skel->progs.tg_block_rq_issue_hash, !storage },
+		{ skel->progs.tg_block_io_done, feats & TG_FEAT_IO_DONE },
+	};
+
+	for (size_t i = 0; i < sizeof(progs) / sizeof(progs[0]); i++)
+		bpf_program__set_autoload(progs[i].prog, progs[i].load);
+	bpf_map__set_autocreate(skel->maps.cgroup_slots, storage);
+	bpf_map__set_autocreate(skel->maps.cgroup_ids, !storage);
 }
 
 int tg_open(const struct tg_config *cfg, struct tg_handle **out)
 {
 	struct tg_handle *h;
+	uint32_t rqf_io_stat;
 	int err, fd;
 
 	libbpf_set_print(libbpf_print);
@@ -101,18 +210,27 @@ int tg_open(const struct tg_config *cfg, struct tg_handle **out)
 	h->skel->rodata->targ_max_slots = cfg->max_slots;
 	h->skel->rodata->targ_outlier_ns = cfg->outlier_ns;
 	h->skel->rodata->targ_outlier_interval_ns = cfg->outlier_interval_ns;
-	/* Kernels before 6.5 have no block_io_done: end latency at rq_complete. */
-	h->skel->rodata->targ_has_io_done = kernel_has_tracepoint("block_io_done");
-	if (!h->skel->rodata->targ_has_io_done)
-		bpf_program__set_autoload(h->skel->progs.tg_block_io_done, false);
+
+	h->features = probe_features(&rqf_io_stat) & ~cfg->features_off;
+	/* The storage variant of sched_switch takes prev_state (6.2 > 5.18). */
+	if (!(h->features & TG_FEAT_PREV_STATE))
+		h->features &= ~TG_FEAT_CGRP_STORAGE;
+	/* Without block_io_done a request's latency ends at rq_complete. */
+	h->skel->rodata->targ_has_io_done = h->features & TG_FEAT_IO_DONE;
+	h->skel->rodata->targ_rqf_io_stat = rqf_io_stat;
+	choose_variants(h->skel, h->features);
+
 	err = bpf_map__set_max_entries(h->skel->maps.stats, (uint32_t)h->ncpus * cfg->max_slots);
 	err = err ?: bpf_map__set_max_entries(h->skel->maps.free_slots, cfg->max_slots);
 	err = err ?: bpf_map__set_max_entries(h->skel->maps.blkcg_slots, cfg->max_slots);
+	err = err ?: bpf_map__set_max_entries(h->skel->maps.cgroup_ids, cfg->max_slots);
 	if (err)
 		goto fail;
 	err = tagger_bpf__load(h->skel);
 	if (err)
 		goto fail;
+	h->checkpoint_fd = bpf_program__fd(h->features & TG_FEAT_CGRP_STORAGE ?
+					   h->skel->progs.tg_checkpoint : h->skel->progs.tg_checkpoint_hash);
 
 	fd = bpf_map__fd(h->skel->maps.stats);
 	h->stats_len = (size_t)h->ncpus * cfg->max_slots * sizeof(struct tg_cg_stats);
@@ -211,7 +329,7 @@ int tg_read_stats(struct tg_handle *h, struct tg_cg_stats *out, uint32_t nslots)
  * tg_checkpoint in sched.bpf.c): one IPI per online CPU. */
 int tg_checkpoint(struct tg_handle *h)
 {
-	int fd = bpf_program__fd(h->skel->progs.tg_checkpoint);
+	int fd = h->checkpoint_fd;
 	int done = 0;
 
 	for (int cpu = 0; cpu < h->ncpus; cpu++) {
@@ -306,23 +424,34 @@ int tg_slot_pop(struct tg_handle *h, uint32_t *slot)
 
 int tg_register_cgroup(struct tg_handle *h, int cgroup_fd, uint32_t slot, uint32_t *existing)
 {
-	int fd = bpf_map__fd(h->skel->maps.cgroup_slots);
+	bool storage = h->features & TG_FEAT_CGRP_STORAGE;
+	int fd = bpf_map__fd(storage ? h->skel->maps.cgroup_slots : h->skel->maps.cgroup_ids);
 	struct tg_slot value = { .slot = slot };
+	struct stat st;
+	uint64_t id;
+	void *key = &cgroup_fd;
 
 	*existing = 0;
-	if (bpf_map_update_elem(fd, &cgroup_fd, &value, BPF_NOEXIST) == 0)
+	if (!storage) {
+		/* A cgroup's kernfs id is its directory's inode number (64-bit ino_t). */
+		if (fstat(cgroup_fd, &st))
+			return -errno;
+		id = st.st_ino;
+		key = &id;
+	}
+	if (bpf_map_update_elem(fd, key, &value, BPF_NOEXIST) == 0)
 		goto registered;
 	if (errno != EEXIST)
 		return -errno;
 	/* The mkdir handler got there first (or a slot-less entry exists). */
-	if (bpf_map_lookup_elem(fd, &cgroup_fd, &value))
+	if (bpf_map_lookup_elem(fd, key, &value))
 		return -errno;
 	if (value.slot) {
 		*existing = value.slot;
 		return -EEXIST;
 	}
 	value.slot = slot;
-	if (bpf_map_update_elem(fd, &cgroup_fd, &value, BPF_EXIST))
+	if (bpf_map_update_elem(fd, key, &value, BPF_EXIST))
 		return -errno;
 registered:
 	/* Tasks already running in this cgroup cached slot 0: look again. */
@@ -361,6 +490,8 @@ static int object_prog_stats(struct bpf_object *obj, struct tg_prog_stat *out, u
 
 		if (n == cap)
 			break;
+		if (bpf_program__fd(prog) < 0)
+			continue;        /* a variant not loaded on this kernel */
 		if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len))
 			return -errno;
 		snprintf(out[n].name, sizeof(out[n].name), "%s", bpf_program__name(prog));

@@ -2,8 +2,15 @@
  * Every function returns a count or 0 on success, or a negative errno.
  * Python owns every buffer; C only fills them. */
 
+/* Kernel features the BPF side has variants for: tg_open loads, of each
+ * program, the variant for what the kernel has (bpf/maps.bpf.h). */
+#define TG_FEAT_CGRP_STORAGE 1       /* BPF_MAP_TYPE_CGRP_STORAGE (6.2); else a hash map by cgroup id */
+#define TG_FEAT_PREV_STATE   2       /* sched_switch's prev_state argument (5.18); else the task's state */
+#define TG_FEAT_IO_DONE      4       /* block_io_done (6.5) and the RQF_IO_STAT bit in BTF; else rq_complete */
+
 struct tg_config {
 	uint32_t max_slots;          /* cgroups tracked at once (slot 0 reserved) */
+	uint32_t features_off;       /* TG_FEAT_* to do without although the kernel has them (tests, benchmarks) */
 	uint64_t outlier_ns;         /* run-queue/I-O latency that makes an event; 0 = none */
 	uint64_t outlier_interval_ns;/* at most one outlier event per cgroup and CPU per interval */
 };
@@ -19,7 +26,9 @@ struct tg_empty;
 
 const char *tg_version(void);
 
+uint32_t tg_probe_features(void);
 int tg_open(const struct tg_config *cfg, struct tg_handle **out);
+uint32_t tg_features(struct tg_handle *h);
 int tg_attach(struct tg_handle *h);
 void tg_close(struct tg_handle *h);
 int tg_nr_cpus(struct tg_handle *h);

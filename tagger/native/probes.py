@@ -33,14 +33,15 @@ class Probes:
     """Loaded and attached BPF programs.  Use as a context manager."""
 
     def __init__(self, max_slots: int = 16384, outlier_ns: int = 0,
-                 outlier_interval_ns: int = 1_000_000_000):
+                 outlier_interval_ns: int = 1_000_000_000, features_off: int = 0):
         require()
         self.stats_dtype = dtype_of("struct tg_cg_stats")
         self.global_dtype = dtype_of("struct tg_global")
         self.event_dtype = dtype_of("struct tg_event")
         self.pair_dtype = dtype_of("struct tg_pair")
         cfg = ffi.new("struct tg_config *", {"max_slots": max_slots, "outlier_ns": outlier_ns,
-                                            "outlier_interval_ns": outlier_interval_ns})
+                                            "outlier_interval_ns": outlier_interval_ns,
+                                            "features_off": features_off})
         out = ffi.new("struct tg_handle **")
         ret = lib.tg_open(cfg, out)
         if ret < 0:
@@ -49,6 +50,8 @@ class Probes:
             raise BpfError(-ret, "loading BPF programs")
         self._handle = out[0]
         self._finalizer = weakref.finalize(self, _close_handle, self._handle)
+        #: TG_FEAT_* of the program variants loaded (see tagger.native.variants).
+        self.features = int(lib.tg_features(self._handle))
         self.nr_cpus = lib.tg_nr_cpus(self._handle)
         self.max_slots = int(lib.tg_max_slots(self._handle))
         self._events = np.zeros(DRAIN_CAPACITY, self.event_dtype)
