@@ -2,6 +2,8 @@
 #
 #   make run    install what is missing, build, and run the agent
 #   make test   the same set-up, then the whole test suite
+#   make test-kernels   the bpf and root tests inside VMs booting Debian's 6.1
+#               and 6.12 kernels (KERNELS=6.1 picks one), pure cgroup v2
 #
 # Kernel side: vmlinux.h (from this kernel's BTF) -> <probe>.bpf.o -> tagger.bpf.o
 # (static link) -> tagger.skel.h, which the cffi extension embeds.  V=1 shows
@@ -32,11 +34,21 @@ BPF_OBJS    := $(patsubst %,bpf/%.bpf.o,$(BPF_PROBES))
 BPF_HEADERS := $(filter-out bpf/vmlinux.h %.skel.h,$(wildcard bpf/*.h))
 NATIVE_SRC  := tagger/native/build.py tagger/native/native.c tagger/native/native.h
 
-.PHONY: help deps venv bpf install run test bench clean
+# The kernel matrix: qemu (TCG: KVM does not work on these machines), kmod for
+# virtme-ng's depmod, busybox for its guest init; virtme-ng boots a kernel
+# over this machine's own filesystem.
+VM_APT_PACKAGES := qemu-system-x86 kmod busybox-static
+VIRTME_NG       := virtme-ng==1.42
+KERNELS_DIR     := .kernels
+KERNELS         ?=
+
+.PHONY: help deps venv bpf install run test test-kernels bench clean
 
 help:
 	@echo "make run     set up everything missing, then run tagger"
 	@echo "make test    set up everything missing, then run the test suite"
+	@echo "make test-kernels  the bpf and root tests in VMs on Debian's 6.1 and 6.12"
+	@echo "             kernels, pure cgroup v2 (KERNELS=6.1 picks one; ~10 min each)"
 	@echo "make bench   run the benchmarks (root, real kernel)"
 	@echo "make bpf     build the BPF objects and skeleton only"
 	@echo "make clean   remove build products"
@@ -94,6 +106,21 @@ run: install
 
 test: install
 	$(VPY) -m pytest -ra $(PYTEST_ARGS)
+
+.stamp-vm: Makefile | $(VPY)
+	$(Q)missing=""; for p in $(VM_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	$(Q)$(VPY) -m pip install -q '$(VIRTME_NG)'
+	$(Q)touch $@
+
+test-kernels: install .stamp-vm
+	$(Q)tests/kernels/fetch.sh $(KERNELS_DIR)
+	$(Q)$(VPY) tests/kernels/run.py --kernels $(KERNELS_DIR) $(KERNELS)
 
 bench: install
 	$(Q)for b in benchmarks/bench_*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.cgroup_fixture import CgroupFactory, cgroup_support_problem
+from tests.cgroup_fixture import CgroupFactory, cgroup_support_problem, v1_root, v2_root
 
 REQUIRE_BPF = os.environ.get("TAGGER_REQUIRE_BPF") == "1"
 
@@ -22,10 +22,56 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"TAGGER_REQUIRE_BPF=1: a bpf/root test may not skip ({reason})"
 
 
+def cgroup_layouts() -> set[str]:
+    """The cgroup_* markers this host can run: "cgroup_v1" where the cpu
+    controller has a v1 hierarchy (hybrid), "cgroup_v2" where the v2 root
+    offers it (pure v2)."""
+    layouts = set()
+    if v1_root("cpu") is not None:
+        layouts.add("cgroup_v1")
+    root = v2_root()
+    try:
+        if root is not None and "cpu" in (root / "cgroup.controllers").read_text().split():
+            layouts.add("cgroup_v2")
+    except OSError:
+        pass
+    return layouts
+
+
+_LAYOUT_DESELECTED: dict[str, int] = {}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("bpf") and not item.get_closest_marker("root"):
             item.add_marker(pytest.mark.root)
+    # Deselected, not skipped: each layout's tests run where it exists (v1 on the
+    # hybrid host, v2 in the kernel VMs), and under TAGGER_REQUIRE_BPF=1 a
+    # skipped root test would fail.
+    here = cgroup_layouts()
+    kept, dropped = [], []
+    for item in items:
+        needs = {m for m in ("cgroup_v1", "cgroup_v2") if item.get_closest_marker(m)}
+        if needs - here:
+            dropped.append(item)
+            for m in needs - here:
+                _LAYOUT_DESELECTED[m] = _LAYOUT_DESELECTED.get(m, 0) + 1
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+_LAYOUT_WHERE = {
+    "cgroup_v1": "the v1 (hybrid) layout: deselected here, run by make test on a hybrid host",
+    "cgroup_v2": "the pure-v2 layout: deselected here, run by make test-kernels",
+}
+
+
+def pytest_terminal_summary(terminalreporter):
+    for marker, count in sorted(_LAYOUT_DESELECTED.items()):
+        terminalreporter.write_line(f"{count} tests need {_LAYOUT_WHERE[marker]}")
 
 
 @pytest.fixture(scope="session")
