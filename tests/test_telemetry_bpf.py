@@ -131,23 +131,31 @@ def test_running_tasks_are_credited_every_tick(collector, make_cgroup):
     cg = make_cgroup("lone")
     collector.tick()
     cg.spawn(BUSY_LOOP)
+    start_before = _usage_usec(cg)
     collector.tick()
-    before = _usage_usec(cg)
-    ours, kernel = [], []
+    start_after = _usage_usec(cg)
+    ours, dts, kernel_before, kernel_after = [], [], [], []
     for _ in range(6):
         time.sleep(0.5)
+        # cpu.stat read on both sides of the tick: on a loaded host (or under
+        # TCG) the gap between two reads is not "a moment", so each running
+        # total is held to the kernel's bracket around it, not to one read.
+        kernel_before.append((_usage_usec(cg) - start_after) * 1e-6)
         snap = collector.tick()
-        now = _usage_usec(cg)
+        kernel_after.append((_usage_usec(cg) - start_before) * 1e-6)
         ours.append(snap.value(cg.path, "cpu.usage") * snap.dt)
-        kernel.append((now - before) * 1e-6)
-        before = now
-    print("CPU seconds per tick, ours vs cpu.stat:", [(round(a, 3), round(b, 3)) for a, b in zip(ours, kernel)])
-    assert max(ours) <= 0.5 * 1.04                         # never more than the one CPU it can use
+        dts.append(snap.dt)
+    print("CPU seconds per tick, ours vs cpu.stat around it:",
+          [(round(a, 3), round(b, 3), round(c, 3)) for a, b, c in zip(np.cumsum(ours), kernel_before, kernel_after)])
+    # Never more than the one CPU it can use, over the interval actually
+    # elapsed (a sleep of 0.5 s lasts longer on a busy host).
+    assert all(o <= dt * 1.04 for o, dt in zip(ours, dts))
     # Running totals agree at every tick: a lost or lumped slice would show
-    # and stay; the two reads being a moment apart only moves a few ms between
-    # neighbouring ticks (both also lag update_curr() by one 4 ms tick).
-    ours_total, kernel_total = np.cumsum(ours), np.cumsum(kernel)
-    assert np.all(np.abs(ours_total - kernel_total) <= 0.012 + 0.01 * kernel_total)
+    # and stay; both also lag update_curr() by one 4 ms tick.
+    ours_total = np.cumsum(ours)
+    low, high = np.array(kernel_before), np.array(kernel_after)
+    slack = 0.012 + 0.01 * high
+    assert np.all(ours_total >= low - slack) and np.all(ours_total <= high + slack)
 
 
 def test_preemption_pairs_name_the_preemptor(collector, make_cgroup):
@@ -218,7 +226,10 @@ def test_fio_direct_io_matches_fio_and_the_kernel(collector, make_cgroup):
     latency within 10% of the kernel's own accounting for the same requests
     (/sys/block/DEV/stat), and below fio's completion latency, which adds the
     syscall and the wakeup around the block layer's part."""
-    data = os.path.join("/var/tmp", f"tagger-test-fio-{os.getpid()}")
+    # O_DIRECT needs a real block device: the kernel VMs attach a scratch disk
+    # (tests/kernels/guest.sh), where /var/tmp is an overlay.
+    data_dir = os.environ.get("TAGGER_TEST_DATA_DIR", "/var/tmp")
+    data = os.path.join(data_dir, f"tagger-test-fio-{os.getpid()}")
     try:
         subprocess.run(["fio", "--name=layout", f"--filename={data}", "--size=64M", "--rw=write",
                         "--bs=1M", "--direct=1", "--output-format=terse"], check=True,
