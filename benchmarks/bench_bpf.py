@@ -5,7 +5,9 @@
    (stress-ng --switch), beside empty tp_btf programs attached to the same
    hooks at the same time: run_time_ns / run_cnt with BPF run-time statistics
    on (kernel.bpf_stats_enabled, held as a file descriptor, so it is off again
-   on every exit path).  Bars: sched_switch <= 2.5x, sched_wakeup <= 2.0x.
+   on every exit path).  Bars: sched_switch <= 2.5x, sched_wakeup <= 2.0x,
+   for each program variant this kernel can load (tagger.native.variants:
+   the kernel's own, then the variants older kernels get, forced here).
 2. One tick's read of all counters (one call, summed over CPUs) at 100, 1,000
    and 10,000 live cgroups, beside a plain memory copy of the same bytes.
    Bar: <= 5 ms at 10,000.
@@ -29,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from tagger.native import lib  # noqa: E402
 from tagger.native.probes import EmptyPrograms, bpf_stats_enabled  # noqa: E402
+from tagger.native.variants import describe  # noqa: E402
 from tagger.telemetry import BpfCollector  # noqa: E402
 from tests.cgroup_fixture import _rmdir_tree, v2_root  # noqa: E402
 
@@ -46,23 +50,53 @@ def storm(seconds: float):
                    check=True)
 
 
+def _by_hook(stats: dict) -> dict:
+    """tg_sched_switch_hash_state -> tg_sched_switch: one variant per hook is loaded."""
+    out = {}
+    for name, value in stats.items():
+        hook = next((h for h in BASELINE if name.startswith(h)), name)
+        out[hook] = value
+    return out
+
+
 def per_call(before, after, name):
     t = after[name][0] - before[name][0]
     n = after[name][1] - before[name][1]
     return (t / n if n else float("nan")), n
 
 
+def variants_to_measure() -> list[int]:
+    """features_off masks: this kernel's variants, then each older kernel's
+    that this one can also load (hash map by cgroup id; then task state)."""
+    have = int(lib.tg_probe_features())
+    masks = [0]
+    for off in (lib.TG_FEAT_CGRP_STORAGE, lib.TG_FEAT_CGRP_STORAGE | lib.TG_FEAT_PREV_STATE):
+        if have & off and off not in masks:
+            masks.append(off)
+    return masks
+
+
 def program_costs(rounds: int, seconds: float):
-    print(f"== ns per invocation, {rounds} rounds of a {seconds:g}s context-switch storm")
+    ok = True
+    for off in variants_to_measure():
+        ok &= variant_costs(rounds, seconds, off)
+    return ok
+
+
+def variant_costs(rounds: int, seconds: float, features_off: int):
     ratios: dict[str, list[float]] = {name: [] for name in BASELINE}
     # The real collector: every cgroup has its slot, as in production.
-    with BpfCollector(cgroupfs_metrics=()) as coll, EmptyPrograms() as empty:
+    with BpfCollector(cgroupfs_metrics=(), features_off=features_off) as coll, EmptyPrograms() as empty:
         probes = coll.probes
+        print(f"== ns per invocation, variants {describe(probes.features)}: "
+              f"{rounds} rounds of a {seconds:g}s context-switch storm")
         with bpf_stats_enabled():
             for r in range(rounds):
                 a, b = probes.prog_stats(), empty.prog_stats()
                 storm(seconds)
                 a2, b2 = probes.prog_stats(), empty.prog_stats()
+                # Each hook's program under its name without the variant's suffix.
+                a, a2 = _by_hook(a), _by_hook(a2)
                 for name, base in BASELINE.items():
                     theirs, n = per_call(b, b2, base)
                     if name not in a2:             # no program on this hook: it costs nothing

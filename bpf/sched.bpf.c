@@ -239,7 +239,7 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(tg_sched_switch_hash_state, bool preempt, struct task_struct *prev,
 	     struct task_struct *next)
 {
-	return on_switch(SLOT_HASH, prev, next, get_task_state(prev));
+	return on_switch(SLOT_HASH, prev, next, get_task_state_btf(prev));
 }
 
 /* Run by user space on each CPU just before it reads the counters

@@ -171,15 +171,15 @@ def check_privileges(ctx: Context) -> Check:
 
 
 def check_kernel(ctx: Context) -> Check:
+    from .native.variants import MIN_KERNEL, below_minimum
+
     release = platform.release()
-    try:
-        major, minor = (int(x) for x in release.split(".")[:2])
-    except ValueError:
-        major, minor = 0, 0
-    ok = (major, minor) >= (5, 11)     # tp_btf 5.5, ring buffer 5.8, task storage for tracing 5.11
-    return Check("kernel", ok, f"Linux {release}",
-                 fix="upgrade to Linux 5.11 or later (Debian 12 ships 6.1)",
-                 impact="older kernels lack ring buffers (5.8) or task storage in tracing programs (5.11)",
+    too_old = below_minimum(release)
+    need = f"{MIN_KERNEL[0]}.{MIN_KERNEL[1]}"
+    return Check("kernel", not too_old, f"Linux {release} (the BPF side supports {need} and later)",
+                 fix=f"upgrade to Linux {need} or later (Debian 12 ships 6.1, Ubuntu 22.04 5.15)",
+                 impact="tagger runs on the cgroupfs fallback: no run-queue percentiles, "
+                        "preemption attribution or I/O latency",
                  level=BPF)
 
 
@@ -297,7 +297,8 @@ def check_task_storage(ctx: Context) -> Check:
 
 def check_cgroup_storage(ctx: Context) -> Check:
     return _storage(ctx, "cgroup storage", _MAP_CGRP_STORAGE, "6.2",
-                    "per-cgroup state falls back to a hash map keyed by cgroup id", OPTIONAL)
+                    "each cgroup's slot lives in a hash map keyed by cgroup id instead (same figures)",
+                    OPTIONAL)
 
 
 def check_native(ctx: Context) -> Check:
@@ -323,6 +324,24 @@ def check_native(ctx: Context) -> Check:
                      fix="run with -vv for the libbpf log; check the items above",
                      impact="no BPF collector: the cgroupfs fallback runs instead", level=BPF)
     return Check("tagger BPF programs", True, "loaded, attached and detached", level=BPF)
+
+
+def check_variants(ctx: Context) -> list[Check]:
+    """The program variants tagger loads on this kernel, from its BTF (like
+    ``tetra probe``): one line per kernel feature with a variant."""
+    from tagger import native
+
+    if native.lib is None:
+        return [Check("BPF program variants", None, "not probed: native module not built")]
+    from tagger.native.variants import FEATURES, describe
+
+    have = int(native.lib.tg_probe_features())
+    out = [Check("BPF program variants", True, describe(have))]
+    for f in FEATURES:
+        ok = bool(have & f.bit)
+        out.append(Check(f"  {f.name}", ok, f.with_it if ok else f.without,
+                         fix=f"Linux {f.since}", impact="" if ok else "a variant without it runs instead"))
+    return out
 
 
 def check_cgroups(ctx: Context) -> list[Check]:
@@ -420,7 +439,7 @@ def check_jit(ctx: Context) -> Check:
 #: The checks, in the order shown.  The native module may add its own with register().
 CHECKS: list[CheckFn] = [
     check_kernel, check_privileges, check_btf, check_bpf_syscall, check_tp_btf, check_ringbuf,
-    check_task_storage, check_cgroup_storage, check_jit, check_cgroups, check_native,
+    check_task_storage, check_cgroup_storage, check_jit, check_cgroups, check_native, check_variants,
     check_psi, check_delay_accounting, check_resctrl,
 ]
 

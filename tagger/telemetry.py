@@ -148,24 +148,32 @@ class BpfCollector(Collector):
 
     def __init__(self, fs: KernelFS = HOST, layout: Layout | None = None, max_slots: int | None = None,
                  outlier: float = 0.0, cgroupfs_metrics: Iterable[str] = CGROUPFS_EXTRAS,
-                 cgroupfs_every: int = 1, bpf_stats: bool = False):
+                 cgroupfs_every: int = 1, bpf_stats: bool = False, features_off: int = 0):
         from .native.probes import Probes   # needs the compiled module: import late
+        from .native.variants import below_minimum, describe
 
         self.fs = fs
         self.layout = layout or Layout.detect(fs)
         if self.layout.v2_root is None:
             raise errors.BpfUnavailable(0, "cgroup v2 is not mounted: BPF sees v2 cgroup ids only")
+        too_old = below_minimum()
+        if too_old:
+            raise errors.BpfUnavailable(0, too_old)
         # On a hybrid or v1 host the bio's blkcg is a v1 blkio cgroup: keep its ids too.
         self._io_on_v1 = self.layout.controller_version("io") == 1
         self.registry = Registry(self.layout, fs, v1_ids=("io",) if self._io_on_v1 else ())
         self.ncpus = os.cpu_count() or 1
         self.max_slots = max_slots or _default_slots(self.ncpus)
         self.probes = None
+        self.variant = ""
         self._closed = False
         self._stats_fd = None
         self._prog_prev: dict[str, tuple[int, int]] = {}
         try:
-            self.probes = Probes(max_slots=self.max_slots, outlier_ns=int(outlier * 1e9))
+            self.probes = Probes(max_slots=self.max_slots, outlier_ns=int(outlier * 1e9),
+                                 features_off=features_off)
+            #: The program variants loaded for this kernel (``tagger doctor`` names them too).
+            self.variant = describe(self.probes.features)
             self._setup(cgroupfs_metrics, cgroupfs_every)
             if bpf_stats:
                 from .native import check, lib
@@ -543,6 +551,7 @@ class BpfCollector(Collector):
         return {
             "bpf_ns_per_event": self._ns_per_event(),
             "source": self.source,
+            "bpf_variant": self.variant,
             "ticks": self.seq,
             "cgroups": len(self.path_slot),
             "max_slots": self.max_slots,
