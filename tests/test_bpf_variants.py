@@ -114,3 +114,34 @@ def test_kernels_below_the_minimum_get_one_clear_reason():
     assert below_minimum("6.12.95+deb12-amd64") is None
     why = below_minimum("5.14.0-427.el9.x86_64")
     assert "5.14.0-427.el9.x86_64" in why and "5.15" in why
+
+
+def test_a_kernel_below_the_minimum_runs_the_fallback_with_one_warning(monkeypatch, caplog):
+    """No load is tried: the collector says why once and runs on cgroupfs."""
+    import logging
+
+    from tagger.native import variants
+    from tagger.telemetry import open_collector
+
+    monkeypatch.setattr(variants.platform, "release", lambda: "5.14.0-427.el9.x86_64")
+    with caplog.at_level(logging.WARNING):
+        with open_collector() as coll:
+            assert coll.source == "cgroupfs"
+            assert "older than 5.15" in coll.reason
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "5.14.0-427.el9.x86_64" in warnings[0]
+
+
+def test_doctor_names_the_variants_tagger_loads():
+    require_bpf()
+    from tagger import doctor
+    from tagger.native import lib
+    from tagger.native.probes import Probes
+    from tagger.native.variants import FEATURES, describe
+
+    checks = doctor.check_variants(doctor.Context())
+    with Probes(max_slots=64) as probes:
+        loaded = probes.features
+    assert loaded == int(lib.tg_probe_features())
+    assert checks[0].detail == describe(loaded)
+    assert [c.ok for c in checks[1:]] == [bool(loaded & f.bit) for f in FEATURES]
