@@ -59,6 +59,7 @@ def test_empty_and_unreadable(tmp_path):
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_restore_puts_a_crashed_agents_knobs_back(make_cgroup, tmp_path):
     cg = make_cgroup("left", controllers=("cpu",))
     (cg.dir("cpu") / "cpu.cfs_quota_us").write_text("30000")         # as the crashed agent left it

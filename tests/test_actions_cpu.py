@@ -51,6 +51,7 @@ def usage_and_others(cg, seconds):
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_v1_quota_holds_and_lifts_on_the_real_kernel(make_cgroup, tmp_path):
     cg = make_cgroup("hog", controllers=("cpu", "cpuacct"))
     # Two cores shared with other people's busy tests: the highest weight makes
@@ -91,6 +92,7 @@ def test_v1_quota_holds_and_lifts_on_the_real_kernel(make_cgroup, tmp_path):
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_v1_cpu_idle_gives_way_to_a_sibling_on_the_real_kernel(make_cgroup, tmp_path):
     """Two busy loops pinned to one CPU, in sibling cgroups: equal at first, then
     the one tagger marks cpu.idle gets only what its sibling leaves (weight 3
@@ -119,6 +121,7 @@ def test_v1_cpu_idle_gives_way_to_a_sibling_on_the_real_kernel(make_cgroup, tmp_
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_our_limits_agree_with_the_kernels(make_cgroup, tmp_path):
     """Every limit we check is one the real kernel enforces: the same value,
     written straight to the file, is refused with EINVAL."""
@@ -167,6 +170,7 @@ def test_our_limits_agree_with_the_kernels(make_cgroup, tmp_path):
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_v1_period_change_goes_through_a_state_the_kernel_accepts(make_cgroup, tmp_path):
     parent = make_cgroup("p", controllers=("cpu",))
     child_dir = parent.dir("cpu") / "c"
@@ -338,6 +342,7 @@ def test_one_refused_control_point_does_not_cost_the_others(v2):
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_v1_parent_and_child_settle_in_one_tick_and_revert(make_cgroup, tmp_path):
     """On v1 the order of a parent's and a child's writes matters (child <= parent);
     the actuator retries within the tick and reverts in two passes."""

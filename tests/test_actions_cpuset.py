@@ -44,6 +44,7 @@ def _cpus_used(pid) -> set[int]:
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_v1_cpuset_confines_and_reverts_on_the_real_kernel(make_cgroup, tmp_path):
     """Two busy loops confined to the last CPU, then set free: the kernel's own
     affinity (Cpus_allowed_list) and where they actually ran both follow."""
@@ -72,6 +73,7 @@ def test_v1_cpuset_confines_and_reverts_on_the_real_kernel(make_cgroup, tmp_path
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_v1_cpu_outside_the_parent_is_refused_naming_the_limit(make_cgroup, tmp_path):
     cg = make_cgroup("x", controllers=("cpuset",))
     outside = max(parse_cpulist((cg.dir("cpuset").parent / "cpuset.cpus").read_text())) + 1
@@ -131,6 +133,7 @@ def test_no_cpuset_controller_is_a_refusal_and_costs_nothing_else(tmp_path):
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_v1_parent_and_child_confined_in_one_tick_and_reverted(make_cgroup, tmp_path):
     """On v1 a parent may not drop a CPU its child holds (EBUSY), and the
     actuator writes parents first: the child's write must let the parent's

@@ -32,6 +32,7 @@ def read_bytes(cg, dev):
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_v1_read_limit_holds_on_a_direct_io_reader(make_cgroup, tmp_path):
     dev = HOST.read_text("/sys/block/vda/dev").strip()
     data = tmp_path / "data"
@@ -66,6 +67,7 @@ def test_v1_read_limit_holds_on_a_direct_io_reader(make_cgroup, tmp_path):
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_v1_limits_restore_the_previous_rule(make_cgroup, tmp_path):
     dev = HOST.read_text("/sys/block/vda/dev").strip()
     cg = make_cgroup("io", controllers=("blkio",))

@@ -74,6 +74,7 @@ def _changed(before, cgs):
 
 @pytest.mark.root
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.cgroup_v1
 def test_sigterm_restores_every_knob(workloads, tmp_path, sig):
     cgs, doc = workloads
     before = {cg.path: knobs(cg) for cg in cgs}
@@ -96,6 +97,7 @@ def test_sigterm_restores_every_knob(workloads, tmp_path, sig):
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_sigkill_then_recover_restores_every_knob(workloads, tmp_path):
     cgs, doc = workloads
     before = {cg.path: knobs(cg) for cg in cgs}
@@ -124,6 +126,7 @@ def test_sigkill_then_recover_restores_every_knob(workloads, tmp_path):
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_restart_readopts_keeping_the_true_original_and_drops_vanished(workloads, make_cgroup, tmp_path):
     cgs, doc = workloads
     gone = make_cgroup("gone", controllers=("cpu", "blkio"))

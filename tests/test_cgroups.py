@@ -335,6 +335,7 @@ def test_registry_v1_ids_for_blkio(tmp_path):
 
 
 @pytest.mark.root
+@pytest.mark.cgroup_v1
 def test_registry_real_blkio_ids(make_cgroup):
     layout = Layout.detect(HOST)
     if layout.controller_version("io") != 1:

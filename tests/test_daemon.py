@@ -293,7 +293,7 @@ def test_cli_sighup_and_sigterm(tmp_path, rules_dir):
                     return c.request("health")
             except Exception:
                 return None
-        wait_for(lambda: (health() or {}).get("ticks", 0) >= 1, timeout=30, what="tagger run ticking")
+        wait_for(lambda: (health() or {}).get("ticks", 0) >= 1, timeout=120, what="tagger run ticking")  # imports and first tick: slow under TCG
         os.kill(proc.pid, signal.SIGHUP)
         wait_for(lambda: (health() or {}).get("reloads", 0) >= 1, timeout=10, what="SIGHUP reload")
         proc.send_signal(signal.SIGTERM)

@@ -97,7 +97,8 @@ def top_on_pty():
 
 
 def _started(t: TopOnPty):
-    assert t.read_until(lambda out: b"NAME" in out and b"cgroups" in out), \
+    # Start-up (imports, BPF load and verification) takes a minute under TCG.
+    assert t.read_until(lambda out: b"NAME" in out and b"cgroups" in out, timeout=120), \
         f"no table drawn; output: {bytes(t.output[-500:])!r}"
 
 
