@@ -133,6 +133,10 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=30 * 60, help="seconds per kernel (default 1800)")
     ap.add_argument("versions", nargs="*", help="version prefixes, e.g. 6.1 (default: all)")
     args = ap.parse_args(argv)
+    # A stopped run (CI's cancel, make's ^C) still kills its VM: SIGTERM
+    # unwinds through run_kernel's cleanup like KeyboardInterrupt does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     chosen = kernels(args.kernels, args.versions)
     if not chosen:
         print(f"no kernel matching {args.versions or 'anything'} under {args.kernels}", file=sys.stderr)
