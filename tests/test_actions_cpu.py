@@ -15,11 +15,9 @@ from tagger.actions.refusal import ActionRefused
 from tagger.actions.spec import ActionSet, CpuSpec
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST
-from tests.actuator_helpers import FREE, act_on_tree, tick
+from tests.actuator_helpers import BUSY, FREE, act_on_tree, tick
 from tests.cgroup_fixture import wait_for
 from tests.fixtures.kernel_trees import cgroup_v2_tree
-
-BUSY = ["sh", "-c", "while :; do :; done"]
 
 
 def cpuacct_cpus(cg, seconds):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -13,11 +12,9 @@ from tagger.actions.cpuset import format_cpulist, parse_cpulist
 from tagger.actions.spec import ActionSet, CpuSpec
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST
-from tests.actuator_helpers import FREE, act_on_tree, tick
+from tests.actuator_helpers import BUSY, FREE, act_on_tree, cpus_used, tick
 from tests.cgroup_fixture import wait_for
 from tests.fixtures.kernel_trees import cgroup_v2_tree
-
-BUSY = ["sh", "-c", "while :; do :; done"]
 
 
 @pytest.mark.parametrize("text, cpus, canonical", [
@@ -32,15 +29,6 @@ def test_cpulist_round_trip(text, cpus, canonical):
 def test_cpulist_rejects_what_the_kernel_does(text):
     with pytest.raises(ValueError):
         parse_cpulist(text)
-
-
-def _cpus_used(pid) -> set[int]:
-    """The CPUs a task's threads last ran on (/proc/PID/task/*/stat field 39)."""
-    out = set()
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        stat = open(f"/proc/{pid}/task/{tid}/stat").read()
-        out.add(int(stat.rsplit(")", 1)[1].split()[36]))
-    return out
 
 
 @pytest.mark.root
@@ -65,7 +53,7 @@ def test_v1_cpuset_confines_and_reverts_on_the_real_kernel(make_cgroup, tmp_path
             assert f"Cpus_allowed_list:\t{last}\n" in status
         # Where they run: after a scheduler tick or two, only on the last CPU.
         time.sleep(0.1)
-        assert set().union(*(_cpus_used(p.pid) for p in procs)) == {last}
+        assert set().union(*(cpus_used(p.pid) for p in procs)) == {last}
     # Reverted on exit: the parent's CPUs again, and the tasks may use them.
     assert (cg.dir("cpuset") / "cpuset.cpus").read_text().strip() == parent
     for p in procs:

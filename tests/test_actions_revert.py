@@ -4,19 +4,14 @@ re-adopts them, keeping the true original); vanished cgroups are dropped."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from tagger.actions.journal import JOURNAL_NAME, read_entries
-from tests.cgroup_fixture import wait_for
+from tests.actuator_helpers import start_driver, wait_line
 
-REPO = Path(__file__).resolve().parent.parent
 CPU_FILES = ("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.shares", "cpu.idle")
 BLKIO_FILES = ("blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device",
                "blkio.throttle.read_iops_device", "blkio.throttle.write_iops_device")
@@ -28,24 +23,6 @@ def knobs(cg):
     out.update({f: (cg.dir("blkio") / f).read_text() for f in BLKIO_FILES})
     out["cpuset.cpus"] = (cg.dir("cpuset") / "cpuset.cpus").read_text()
     return out
-
-
-def start_driver(state_dir, doc, *extra):
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fixtures.actions_driver", str(state_dir),
-                             json.dumps(doc), *extra], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    return proc
-
-
-def wait_line(proc, prefix, timeout=20):
-    lines = []
-
-    def got():
-        line = proc.stdout.readline()
-        lines.append(line)
-        return line.startswith(prefix) or proc.poll() is not None
-    wait_for(got, timeout, what=f"driver to print {prefix!r}")
-    assert lines[-1].startswith(prefix), lines
-    return lines[-1]
 
 
 @pytest.fixture

@@ -21,12 +21,15 @@ entries compare equal whatever spelling was written.
 from __future__ import annotations
 
 import errno as errnolib
+import logging
 import math
 
 from tagger import errors
 
 from .control import ControlPoint, Safety
 from .refusal import ActionRefused
+
+log = logging.getLogger(__name__)
 
 
 def parse_cpulist(text: str) -> list[int]:
@@ -117,10 +120,15 @@ class CpuSet(ControlPoint):
 
     def write(self, value: str) -> None:
         try:
-            # "" (v2: the parent's CPUs) is written as "\n": cgroupfs acts on a
-            # write only when it has bytes, so a zero-length write(2) leaves the
-            # old CPUs in place and an empty original would never come back.
-            self.fs.write_text(self.file, value or "\n")
+            try:
+                # "" (v2: the parent's CPUs) is written as "\n": cgroupfs acts on a
+                # write only when it has bytes, so a zero-length write(2) leaves the
+                # old CPUs in place and an empty original would never come back.
+                self.fs.write_text(self.file, value or "\n")
+            except errors.KernelRefused as err:
+                if value or self.version != 2 or err.errno != errnolib.ENOSPC:
+                    raise
+                self._widen_to_parent()
         except errors.KernelRefused as err:
             # EBUSY: a child still holds a CPU this parent would drop.  Named as
             # the quota's v1 rule, so the actuator retries it once the child
@@ -129,6 +137,18 @@ class CpuSet(ControlPoint):
             raise ActionRefused(f"{self.cgroup}: {err} — the kernel refused cpuset.cpus {value!r} (on v1 a "
                                 f"child's CPUs must lie within its parent's and a parent's must cover its "
                                 f"children's)", limit, err.path) from err
+
+    def _widen_to_parent(self) -> None:
+        # A cgroup with tasks may not have its cpuset emptied, v2 included
+        # (ENOSPC, kernel/cgroup/cpuset.c validate_change: "Cpusets with tasks
+        # ... can't be changed to have empty cpus_allowed").  The parent's CPUs
+        # are what "" gives the tasks now; only later changes of the parent's
+        # are not followed any more, so it is said once.
+        parent = format_cpulist(self._parent_cpus())
+        self.fs.write_text(self.file, parent)
+        log.warning("%s: cpuset.cpus back to its parent's CPUs %s, not to \"\" as it was: the kernel "
+                    "refuses to empty the cpuset of a cgroup with tasks (ENOSPC); it will not follow "
+                    "the parent's CPUs until someone writes \"\" when it is empty", self.cgroup, parent)
 
     def _count(self, text: str) -> float:
         # "" (v2: the parent's CPUs) is as wide as it gets.
