@@ -11,7 +11,7 @@ from tagger.actions.actuator import Actuator
 from tagger.actions.control import Safety
 from tagger.actions.io import IoLimit, parse_limits, resolve_devices
 from tagger.actions.refusal import ActionRefused
-from tagger.actions.spec import ActionSet, IoSpec
+from tagger.actions.spec import ActionSet, CpuSpec, IoSpec
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST, KernelFS
 from tests.actuator_helpers import FREE, tick
@@ -121,3 +121,30 @@ def test_io_step_and_zero_limits(tmp_path):
     assert f.read_text() == f"254:0 rbps={4 * MiB} wbps=max riops=max wiops=max"   # halved, not 1/8
     act.apply(tick(2), {"/batch/a": [ActionSet("r", io=IoSpec(device="vda", read_bps=0))]})
     assert any("at least 1 per second" in m for m in act.refusals().values())
+
+
+def test_v2_io_not_delegated_is_refused_naming_the_charged_cgroup(tmp_path):
+    """The root delegates io to /batch, which delegates only cpu: /batch/a and
+    /batch/a/job have no io.max, and the kernel charges their I/O to /batch."""
+    from tagger.cgroups import charged_cgroup
+    layout = cgroup_v2_tree(tmp_path, cgroups=("/batch", "/batch/a", "/batch/a/job"))
+    base = tmp_path / "sys/fs/cgroup"
+    (base / "cgroup.subtree_control").write_text("cpuset cpu io memory pids\n")
+    (base / "batch/cgroup.subtree_control").write_text("cpu\n")      # no io below /batch
+    (base / "batch/a/cgroup.subtree_control").write_text("cpu\n")
+    (base / "batch/a/job/cgroup.subtree_control").write_text("\n")
+    for d in ("batch/a", "batch/a/job"):
+        (base / d / "io.max").unlink()
+    fs = KernelFS(tmp_path)
+    assert charged_cgroup(fs, "/sys/fs/cgroup/batch/a/job", "/batch/a/job", "io") == "/batch"
+    assert charged_cgroup(fs, "/sys/fs/cgroup/batch/a/job", "/batch/a/job", "cpu") == "/batch/a/job"
+    assert charged_cgroup(fs, "/sys/fs/cgroup/batch", "/batch", "io") == "/batch"
+    act = Actuator(layout, fs=fs, state_dir=tmp_path / "s", durable=False, safety=FREE)
+    applied = act.apply(tick(0), {"/batch/a/job": [ActionSet("r", io=IoSpec(device="vda", read_bps=MiB),
+                                                             cpu=CpuSpec(weight=50))]})
+    assert [(a.knob, a.value) for a in applied] == [("cpu.weight", "50")]     # the rest still applies
+    [msg] = act.refusals().values()
+    assert ("/batch/a/job: no io.max: its parent /batch/a does not delegate the io controller" in msg
+            and "charges its I/O to /batch and limits it there" in msg and "tagger enables no controller" in msg)
+    assert (base / "batch/a/cgroup.subtree_control").read_text() == "cpu\n"     # nothing enabled
+    assert [e.knob for e in act.entries.values()] == ["cpu.weight"]
