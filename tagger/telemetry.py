@@ -30,6 +30,7 @@ from . import errors
 from .cgroupfs import CgroupfsReader
 from .cgroups import Layout, Registry, normalize
 from .kernelfs import HOST, KernelFS
+from .names import from_kernel
 from .snapshot import PREEMPTION_DTYPE, CgroupTable, Snapshot
 
 log = logging.getLogger(__name__)
@@ -575,8 +576,10 @@ class BpfCollector(Collector):
 
 def _c_string(raw: bytes) -> str:
     """A NUL-terminated C string from a fixed-size field: ring-buffer records
-    are not zeroed, so whatever follows the first NUL is garbage."""
-    return bytes(raw).split(b"\0", 1)[0].decode(errors="replace")
+    are not zeroed, so whatever follows the first NUL is garbage.  Decoded as
+    the cgroupfs walk decodes names (tagger.names), so a cgroup reported by a
+    mkdir event has the path a scan gives it."""
+    return from_kernel(bytes(raw).split(b"\0", 1)[0])
 
 
 def _default_slots(ncpus: int) -> int:
