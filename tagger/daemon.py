@@ -25,7 +25,6 @@ import math
 import os
 import select
 import signal
-import stat
 import time
 from pathlib import Path
 
@@ -69,6 +68,9 @@ class Config:
     #: keep the kernel's BPF run-time statistics on, to export ns per event
     bpf_stats: bool = False
     check_ownership: bool | None = None       # None: when running as root
+    #: seconds the rules directory must be still before a change is reloaded
+    #: (a file caught mid-write is never loaded; docs/rules.md "Reload")
+    rules_settle: float = 1.0
 
     @property
     def rules_dir(self) -> str:
@@ -109,56 +111,17 @@ def read_config_file(path: str) -> dict:
     return out
 
 
-# --- rules directory ownership (sshd StrictModes, sudo's sudoers checks) --------------
+# --- rules directory ownership (tagger.rules.ownership, shared with `rules check`) ----
 def check_rules_ownership(directory: str, uid: int = 0) -> None:
-    """Refuse a rules directory, or a rule file in it, not owned by ``uid`` or
-    writable by group or others; the directory's ancestors must not be writable
-    by anyone else either (a sticky, root-owned directory such as /tmp is fine,
-    as for sshd).  Raises ConfigError saying how to fix it."""
-    path = Path(directory).resolve()
-    problems = []
-
-    def check(p: Path, what: str, allow_sticky: bool = False):
-        try:
-            st = os.stat(p)
-        except OSError as err:
-            problems.append(f"{p}: {err.strerror}")
-            return
-        if st.st_uid != uid:
-            problems.append(f"{what} {p} is owned by uid {st.st_uid}, not root\n"
-                            f"    fix: chown root:root {p}")
-        loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        if loose and not (allow_sticky and st.st_mode & stat.S_ISVTX and st.st_uid == uid):
-            problems.append(f"{what} {p} is writable by {'group' if loose & stat.S_IWGRP else 'others'}"
-                            f" (mode {stat.S_IMODE(st.st_mode):04o})\n    fix: chmod go-w {p}")
-
-    if not path.is_dir():
-        raise ConfigError(f"rules directory {directory}: not a directory")
-    for parent in reversed(path.parents):
-        check(parent, "directory above the rules", allow_sticky=True)
-    # A sticky root-owned directory (a Kubernetes ConfigMap mount is one) is
-    # allowed: others may add files there, but not replace root's, and their
-    # own files fail the per-file check below.
-    check(path, "rules directory", allow_sticky=True)
-    for entry in sorted(path.iterdir()):
-        if entry.suffix in (".yaml", ".yml"):
-            check(entry, "rule file")
+    """Refuse a rules directory that someone other than ``uid`` could change
+    (see :func:`tagger.rules.ownership.ownership_problems`): raises ConfigError
+    listing every such path with how to fix it."""
+    from tagger.rules.ownership import ownership_problems
+    problems = ownership_problems(directory, uid)
     if problems:
         raise ConfigError("refusing rules that someone other than root could change "
                           "(rule files decide what is done to this machine):\n  "
-                          + "\n  ".join(problems))
-
-
-def _rules_signature(directory: str):
-    """Cheap change detector: (name, inode, size, mtime) of every rule file."""
-    try:
-        with os.scandir(directory) as it:
-            files = sorted((e.name, e.inode(), e.stat().st_size, e.stat().st_mtime_ns)
-                           for e in it if e.name.endswith((".yaml", ".yml")))
-        st = os.stat(directory)
-        return (st.st_ino, st.st_mtime_ns, tuple(files))
-    except OSError:
-        return None
+                          + "\n  ".join(str(p) for p in problems))
 
 
 def rules_summary(ruleset, directory: str, errors=(), loaded_at: float | None = None) -> dict:
@@ -215,7 +178,7 @@ class Daemon:
         self.rule_errors = 0
         self._stop = False
         self._reload_requested = False
-        self._signature = None
+        self.rules_watch = None                 # tagger.rules.watch.RulesWatcher
         self._wake_r = self._wake_w = None
         self._log_suppressed: dict[str, int] = {}
         self.store = self.engine = self.ruleset = None
@@ -263,13 +226,16 @@ class Daemon:
         from tagger.tags import TagStore
 
         self._check_ownership(cfg.rules_dir)
-        self._signature = _rules_signature(cfg.rules_dir)
+        from tagger.rules.watch import RulesWatcher
+        self.rules_watch = RulesWatcher(cfg.rules_dir, cfg.rules_settle, self.clock)
+        before = self.rules_watch.snapshot()
         try:
             self.ruleset = load_directory(cfg.rules_dir)
         except RulesError as err:
             for problem in getattr(err, "problems", None) or [err]:
                 log.error("%s", problem)
             raise
+        self.rules_watch.loaded(before)     # moved under the load: the watcher reloads it settled
         self.store = TagStore(history=cfg.history)
         self.engine = Engine(self.ruleset, self.store)
         self.policies = self._make_policies(self.ruleset, {})
@@ -565,8 +531,9 @@ class Daemon:
         if self._reload_requested:
             self._reload(forced=True)
             return
-        sig = _rules_signature(self.config.rules_dir)
-        if sig != self._signature:
+        # One scandir per tick; a change waits until the directory has been
+        # still for rules_settle seconds, so a file caught mid-write is not acted on.
+        if self.rules_watch.poll() is not None:
             self._reload(forced=False)
 
     def _reload(self, forced: bool):
@@ -574,13 +541,20 @@ class Daemon:
         from tagger.rules import load_directory
         self._reload_requested = False
         directory = self.config.rules_dir
-        self._signature = _rules_signature(directory)
+        sig = self.rules_watch.snapshot()
         why = "SIGHUP" if forced else "rules directory changed"
         self.notifier.reloading()
         try:
             self._check_ownership(directory)
             ruleset = load_directory(directory)
+            if not self.rules_watch.unchanged_since(sig):
+                # A writer was at work during the load: what was read may be
+                # half a file.  The watcher loads it once it is still.
+                log.info("reload (%s) put off: the rules directory changed while it was read", why)
+                self.notifier.ready()
+                return False
         except (RulesError, ConfigError, OSError) as err:
+            self.rules_watch.loaded(sig)     # refused: not again until it changes
             problems = list(getattr(err, "errors", None) or getattr(err, "problems", None) or [err])
             log.error("reload (%s) refused, the previous rules stay in force; %d error%s:",
                       why, len(problems), "" if len(problems) == 1 else "s")
@@ -592,6 +566,7 @@ class Daemon:
                 self.api.set_rules(self._rules_summary(problems))
             self.notifier.ready("previous rules kept: the rules directory has errors")
             return False
+        self.rules_watch.loaded(sig)
         self.engine.replace_rules(ruleset)
         self.policies = self._make_policies(ruleset, {getattr(p, "spec", None): p for p in self.policies})
         self.ruleset = ruleset
