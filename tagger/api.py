@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 #: Versions of the wire protocol this server speaks (docs/api.md "Handshake").
 API_VERSIONS = (1,)
 API_VERSION = API_VERSIONS[-1]
+from tagger.names import parse
 DEFAULT_SOCKET = "/run/tagger/tagger.sock"
 
 HEADER = struct.Struct(">I")          # big-endian u32 body length, then a msgpack map
@@ -314,8 +315,7 @@ class ApiServer:
         return snapshot_to_plain(self._snapshot, _glob_arg(req), detail=bool(req.get("detail")))
 
     def _op_tags(self, conn, req):
-        glob = _glob_arg(req)
-        return {p: t for p, t in current_tags_plain(self._tags).items() if path_matches(p, glob)}
+        return current_tags_plain(self._tags, _glob_arg(req))
 
     def _op_history(self, conn, req):
         glob, since, limit = _glob_arg(req), req.get("since"), req.get("limit")
@@ -324,13 +324,13 @@ class ApiServer:
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise _BadArgs("'limit' is a non-negative integer")
         out = [e for e in self._history
-               if (since is None or e.get("t", 0) > since) and path_matches(e.get("cgroup", ""), glob)]
+               if (since is None or e.get("t", 0) > since) and path_matches(parse(e.get("cgroup") or ""), glob)]
         return out[-limit:] if limit else out
 
     def _op_actions(self, conn, req):
         glob = _glob_arg(req)
         return [a for a in (to_plain(x) for x in self._actions or ())
-                if path_matches(str(a.get("cgroup", "")), glob)]
+                if path_matches(parse(str(a.get("cgroup") or "")), glob)]
 
     def _op_rules(self, conn, req):
         return self._rules
@@ -378,7 +378,7 @@ class ApiServer:
         for conn in subscribers:
             if "tags" in conn.topics:
                 for ev in events:
-                    if path_matches(ev.get("cgroup", ""), conn.cgroup):
+                    if path_matches(parse(ev.get("cgroup") or ""), conn.cgroup):
                         self._send(conn, {"event": "tag", "data": ev})
             if "snapshots" in conn.topics and snapshot is not None:
                 key = conn.cgroup
@@ -472,7 +472,7 @@ def _glob_arg(req):
     if len(globs) > MAX_GLOBS or any(len(g) > 4096 or len(re.findall(r"\*+", g)) > MAX_GLOB_STARS
                                      for g in globs):
         raise _BadArgs(f"at most {MAX_GLOBS} globs of at most {MAX_GLOB_STARS} wildcards each")
-    return tuple(globs)
+    return tuple(parse(g) for g in globs)    # clients write names as they see them (tagger.names)
 
 
 def _try_send(sock, data):

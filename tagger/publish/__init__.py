@@ -3,7 +3,9 @@
 The socket API lives in :mod:`tagger.api`; the daemon wires them all.  Helpers
 shared by the publishers and the socket API live here: cgroup path globs and
 turning the engine's records (Tag, TagEvent, AppliedAction, Snapshot) into
-plain values that msgpack, JSON and Redis can carry.
+plain values that msgpack, JSON and Redis can carry.  Plain values carry
+cgroup names in their display form (:mod:`tagger.names`): a name that is not
+UTF-8 would make every encoder raise.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import math
 import re
 
 import numpy as np
+
+from tagger.names import display
 
 
 @functools.lru_cache(maxsize=256)
@@ -56,8 +60,11 @@ def path_matches(path: str, patterns) -> bool:
 def to_plain(obj):
     """Dataclasses, numpy scalars/arrays, tuples and sets as plain dicts, lists,
     floats, ints and strings (what msgpack, JSON and Redis carry).  NaN stays a
-    float NaN; callers that need JSON turn it into null."""
-    if obj is None or isinstance(obj, (str, bool, int, bytes)):
+    float NaN; callers that need JSON turn it into null.  Strings come out in
+    display form (tagger.names), so a cgroup name of any bytes can be encoded."""
+    if isinstance(obj, str):
+        return display(obj)
+    if obj is None or isinstance(obj, (bool, int, bytes)):
         return obj
     if isinstance(obj, float):
         return obj
@@ -69,10 +76,10 @@ def to_plain(obj):
         return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
                 if not f.name.startswith("_")}
     if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
+        return {display(str(k)): to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
         return [to_plain(v) for v in obj]
-    return str(obj)
+    return display(str(obj))
 
 
 def json_safe(obj):
@@ -106,9 +113,9 @@ def snapshot_to_plain(snap, patterns=None, detail: bool = False) -> dict:
         "t": float(snap.t), "dt": float(snap.dt), "seq": int(snap.seq), "source": snap.source,
         "cgroups": {
             "ids": [int(x) for x in pick(table.ids)],
-            "paths": pick(table.paths),
-            "names": pick(table.names),
-            "labels": pick(table.labels),
+            "paths": [display(p) for p in pick(table.paths)],
+            "names": [display(n) for n in pick(table.names)],
+            "labels": [to_plain(x) for x in pick(table.labels)],
         },
         "columns": columns,
         "node": {k: float(v) for k, v in snap.node.items()},
@@ -130,12 +137,16 @@ def snapshot_to_plain(snap, patterns=None, detail: bool = False) -> dict:
     return out
 
 
-def current_tags_plain(current: dict) -> dict:
-    """``TagStore.current()`` ({path: {key: Tag}}) as {path: {key: {value, rule, since}}}."""
+def current_tags_plain(current: dict, patterns=None) -> dict:
+    """``TagStore.current()`` ({path: {key: Tag}}) as {path: {key: {value, rule, since}}},
+    optionally only the paths that match ``patterns``."""
     out = {}
     for path, tags in current.items():
-        out[path] = {key: {"value": _attr(tag, "value"), "rule": _attr(tag, "rule"),
-                           "since": _attr(tag, "since")} for key, tag in tags.items()}
+        if patterns and not path_matches(path, patterns):
+            continue
+        out[display(path)] = {display(str(key)): {"value": _attr(tag, "value"), "rule": _attr(tag, "rule"),
+                                                  "since": _attr(tag, "since")}
+                              for key, tag in tags.items()}
     return out
 
 

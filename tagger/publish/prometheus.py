@@ -31,6 +31,7 @@ from prometheus_client.samples import Sample
 
 from tagger import __version__
 from tagger.errors import ConfigError
+from tagger.names import display
 from tagger.publish import path_matches
 from tagger.snapshot import METRICS, NODE_METRICS
 
@@ -182,8 +183,10 @@ class TaggerCollector:
             if self.export and not path_matches(path, self.export):
                 continue
             labels = table.labels[i] if i < len(table.labels) else {}
-            extra = [(k, str(labels[k])) for k in WORKLOAD_LABELS if labels.get(k)]
-            out.append((i, path, table.names[i] if i < len(table.names) else path, extra))
+            extra = [(k, display(str(labels[k]))) for k in WORKLOAD_LABELS if labels.get(k)]
+            name = table.names[i] if i < len(table.names) else path
+            # Display form (tagger.names): a name that is not UTF-8 must not fail the scrape.
+            out.append((i, display(path), display(name), extra))
         return out
 
     def _cgroup_metrics(self, snapshot, rows):
@@ -219,7 +222,7 @@ class TaggerCollector:
                 continue
             for key, tag in by_key.items():
                 value = tag.get("value") if isinstance(tag, dict) else getattr(tag, "value", tag)
-                fam.add_metric([path, str(key), str(value)], 1)
+                fam.add_metric([display(path), display(str(key)), display(str(value))], 1)
         yield fam
 
     def _actions(self, actions):
@@ -231,7 +234,8 @@ class TaggerCollector:
             rule, value = str(_get(act, "rule")), _get(act, "value")
             if self.export and cgroup and not path_matches(cgroup, self.export):
                 continue
-            applied.add_metric([cgroup, knob, str(value), rule,
+            cgroup = display(cgroup)
+            applied.add_metric([cgroup, knob, display(str(value)), rule,
                                 "true" if _get(act, "dry_run") else "false"], 1)
             for name, help_, extra, number in knob_values(knob, value):
                 fam = numeric.get(name)
