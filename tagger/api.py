@@ -8,6 +8,13 @@ bounded deque and wakes the server thread through a pipe.  A client that reads
 too slowly is dropped once its unsent output passes a limit; a bad or
 oversized request gets an error reply; neither stops the server.
 
+A crowd of idle connections cannot lock clients out (issue 13: 64 of them
+did): a connection must finish the handshake within ``handshake_timeout`` and,
+unless subscribed, send a request at least every ``idle_timeout``; one peer
+process holds at most ``max_per_peer`` connections; and when a limit is
+reached the newcomer displaces the idlest connection that owes nothing (not
+yet said hello first) instead of being refused.
+
 :class:`ApiClient` is the other end, used by ``tagger tags`` and
 ``tagger top --connect``.
 """
@@ -18,7 +25,6 @@ import collections
 import errno
 import logging
 import os
-import re
 import selectors
 import socket
 import stat
@@ -29,7 +35,9 @@ import time
 import msgpack
 
 from tagger import __version__
+from tagger.cgroupglob import GlobError, GlobSet
 from tagger.errors import ConfigError, TaggerError
+from tagger.names import parse
 from tagger.publish import current_tags_plain, path_matches, snapshot_to_plain, to_plain
 
 log = logging.getLogger(__name__)
@@ -37,7 +45,6 @@ log = logging.getLogger(__name__)
 #: Versions of the wire protocol this server speaks (docs/api.md "Handshake").
 API_VERSIONS = (1,)
 API_VERSION = API_VERSIONS[-1]
-from tagger.names import parse
 DEFAULT_SOCKET = "/run/tagger/tagger.sock"
 
 HEADER = struct.Struct(">I")          # big-endian u32 body length, then a msgpack map
@@ -45,6 +52,10 @@ MAX_REQUEST = 64 * 1024               # a request is small; anything bigger is r
 MAX_REPLY = 256 * 1024 * 1024         # client side: refuse absurd frames
 MAX_BACKLOG = 8 * 1024 * 1024         # unsent bytes a client may owe before it is dropped
 MAX_CLIENTS = 64
+MAX_PER_PEER = 8                      # connections one peer process (SO_PEERCRED pid) may hold
+HANDSHAKE_TIMEOUT = 5.0               # seconds from connect to a successful hello
+IDLE_TIMEOUT = 300.0                  # seconds a non-subscribed connection may go without a request
+LISTEN_BACKLOG = 128
 TOPICS = ("tags", "snapshots")
 _UCRED = struct.Struct("3i")          # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 
@@ -71,9 +82,9 @@ def _error(req_id, code, message) -> dict:
 
 class _Conn:
     __slots__ = ("sock", "inbuf", "out", "out_bytes", "hello", "topics", "cgroup",
-                 "closing", "uid", "pid")
+                 "closing", "uid", "pid", "last_active")
 
-    def __init__(self, sock, uid, pid):
+    def __init__(self, sock, uid, pid, now):
         self.sock = sock
         self.inbuf = bytearray()
         self.out: collections.deque[memoryview] = collections.deque()
@@ -84,6 +95,11 @@ class _Conn:
         self.closing = False           # close once the output is flushed
         self.uid = uid
         self.pid = pid
+        self.last_active = now         # accept, then each complete request (monotonic)
+
+    def idle(self) -> bool:
+        """Owes nothing and is owed nothing: safe to close for a newcomer."""
+        return not self.topics and not self.out and not self.inbuf
 
 
 class ApiServer:
@@ -95,12 +111,16 @@ class ApiServer:
 
     def __init__(self, path: str = DEFAULT_SOCKET, *, allowed_uids=None, history: int = 10000,
                  max_request: int = MAX_REQUEST, max_backlog: int = MAX_BACKLOG,
-                 max_clients: int = MAX_CLIENTS):
+                 max_clients: int = MAX_CLIENTS, max_per_peer: int = MAX_PER_PEER,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT):
         self.path = str(path)
         self.allowed_uids = frozenset(allowed_uids if allowed_uids is not None else {0, os.geteuid()})
         self.max_request = max_request
         self.max_backlog = max_backlog
         self.max_clients = max_clients
+        self.max_per_peer = max_per_peer
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
         # state owned by the server thread (applied from _pending in order)
         self._snapshot = None
         self._tags: dict = {}
@@ -116,7 +136,8 @@ class ApiServer:
         self._conns: dict[int, _Conn] = {}
         self._thread = None
         self._stop = False
-        self.stats = {"clients": 0, "dropped": 0, "errors": 0, "refused": 0, "requests": 0}
+        self.stats = {"clients": 0, "dropped": 0, "errors": 0, "refused": 0, "requests": 0,
+                      "timed_out": 0, "displaced": 0}
 
     # --- lifecycle ----------------------------------------------------------
     def start(self) -> "ApiServer":
@@ -179,7 +200,7 @@ class ApiServer:
     def _serve(self):
         while not self._stop:
             try:
-                events = self._sel.select(timeout=1.0)
+                events = self._sel.select(timeout=self._next_deadline())
             except InterruptedError:
                 continue
             for key, mask in events:
@@ -200,6 +221,54 @@ class ApiServer:
                     log.exception("socket API: unexpected error (serving on)")
                     if isinstance(what, _Conn):
                         self._drop(what, None)
+            self._expire()
+
+    def _deadline(self, conn: _Conn) -> float | None:
+        if not conn.hello:
+            return conn.last_active + self.handshake_timeout
+        if conn.topics or conn.out or conn.closing:
+            return None                # a watcher may hear nothing for hours; a reply in
+                                       # flight is bounded by the backlog limit instead
+        return conn.last_active + self.idle_timeout
+
+    def _next_deadline(self) -> float:
+        """Seconds select() may wait: at most 1 s, less if a connection expires sooner."""
+        deadlines = [d for d in map(self._deadline, self._conns.values()) if d is not None]
+        if not deadlines:
+            return 1.0
+        return min(1.0, max(0.0, min(deadlines) - time.monotonic()))
+
+    def _expire(self):
+        now = time.monotonic()
+        for conn in list(self._conns.values()):
+            deadline = self._deadline(conn)
+            if deadline is None or now < deadline or conn.sock.fileno() < 0:
+                continue
+            self.stats["timed_out"] += 1
+            what = "no hello" if not conn.hello else "idle"
+            log.info("socket API: closed pid %d's connection (%s for %gs)", conn.pid, what,
+                     self.handshake_timeout if not conn.hello else self.idle_timeout)
+            _try_send(conn.sock, encode_frame(_error(None, "timeout", f"{what} for too long")))
+            self._drop(conn, None)
+
+    def _make_room(self, pid: int) -> bool:
+        """Close the idlest idle connection if a limit is reached; False if none can go."""
+        mine = [c for c in self._conns.values() if c.pid == pid]
+        if len(mine) >= self.max_per_peer:
+            pool = mine                # a process's crowd displaces only itself
+        elif len(self._conns) >= self.max_clients:
+            pool = list(self._conns.values())
+        else:
+            return True
+        idle = [c for c in pool if c.idle()]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: (c.hello, c.last_active))
+        self.stats["displaced"] += 1
+        log.info("socket API: closed pid %d's idle connection to make room for pid %d", victim.pid, pid)
+        _try_send(victim.sock, encode_frame(_error(None, "busy", "closed to make room for a new client")))
+        self._drop(victim, None)
+        return True
 
     def _drain_wake(self):
         try:
@@ -228,12 +297,13 @@ class ApiServer:
                 _try_send(sock, encode_frame(_error(None, "forbidden", "only root may use the tagger socket")))
                 sock.close()
                 continue
-            if len(self._conns) >= self.max_clients:
+            if not self._make_room(pid):
                 self.stats["refused"] += 1
-                _try_send(sock, encode_frame(_error(None, "busy", f"more than {self.max_clients} clients")))
+                _try_send(sock, encode_frame(_error(
+                    None, "busy", f"{self.max_clients} clients ({self.max_per_peer} per process) all busy")))
                 sock.close()
                 continue
-            conn = _Conn(sock, uid, pid)
+            conn = _Conn(sock, uid, pid, time.monotonic())
             self._conns[sock.fileno()] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
             self.stats["clients"] = len(self._conns)
@@ -273,6 +343,7 @@ class ApiServer:
 
     def _handle(self, conn: _Conn, body: bytes):
         self.stats["requests"] += 1
+        conn.last_active = time.monotonic()
         try:
             req = msgpack.unpackb(body, raw=False, strict_map_key=True)
         except Exception as err:
@@ -457,9 +528,10 @@ class _BadArgs(Exception):
 
 
 MAX_GLOBS = 16
-#: Wildcard runs per glob.  Each one multiplies a backtracking regex's worst case by the
-#: path length; a few are all real globs use, many could stall the server thread.
-MAX_GLOB_STARS = 3
+#: Characters per glob.  Matching costs at most len(glob) x len(path) steps, whatever
+#: the wildcards (tagger.cgroupglob), so the length alone bounds a request's cost per
+#: cgroup (benchmarks/bench_glob.py measures the worst shapes at this size).
+MAX_GLOB_CHARS = 256
 
 
 def _glob_arg(req):
@@ -469,10 +541,12 @@ def _glob_arg(req):
     globs = [glob] if isinstance(glob, str) else glob
     if not isinstance(globs, list) or not all(isinstance(g, str) for g in globs):
         raise _BadArgs("'cgroup' is a glob or a list of globs")
-    if len(globs) > MAX_GLOBS or any(len(g) > 4096 or len(re.findall(r"\*+", g)) > MAX_GLOB_STARS
-                                     for g in globs):
-        raise _BadArgs(f"at most {MAX_GLOBS} globs of at most {MAX_GLOB_STARS} wildcards each")
-    return tuple(parse(g) for g in globs)    # clients write names as they see them (tagger.names)
+    if len(globs) > MAX_GLOBS or any(len(g) > MAX_GLOB_CHARS for g in globs):
+        raise _BadArgs(f"at most {MAX_GLOBS} globs of at most {MAX_GLOB_CHARS} characters each")
+    try:    # clients write names as they see them (tagger.names)
+        return GlobSet(parse(g) for g in globs)
+    except GlobError as err:
+        raise _BadArgs(str(err)) from None
 
 
 def _try_send(sock, data):
@@ -515,7 +589,7 @@ def _bind(path: str) -> socket.socket:
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
-    sock.listen(16)
+    sock.listen(LISTEN_BACKLOG)
     return sock
 
 
