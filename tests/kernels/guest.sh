@@ -33,8 +33,9 @@ else
 fi
 
 export PATH="$PWD/.venv/bin:$PATH" PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hypothesis
-# -p no:cacheprovider: the checkout is read-only in here.
-python -m pytest -p no:cacheprovider -m "bpf or root" -ra \
+# -p no:cacheprovider: the checkout is read-only in here; -v: a line per test
+# as it ends, for the host to stream.
+python -m pytest -p no:cacheprovider -m "bpf or root" -v -ra \
   --junitxml="$out/junit.xml" $TAGGER_KERNEL_PYTEST_ARGS > "$out/pytest.log" 2>&1
 rc=$?
 echo "pytest exit code $rc"
