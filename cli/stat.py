@@ -11,6 +11,7 @@ import time
 import click
 import numpy as np
 
+from tagger.names import display
 from tagger.cli.params import duration
 from tagger.units import format_bytes, format_count, format_duration
 
@@ -130,8 +131,8 @@ def _print_table(snap, rows):
         for _, metric, fmt, width in COLUMNS:
             v = float(snap.column(metric)[i])
             cells.append(("-" if math.isnan(v) else fmt(v)).rjust(width))
-        name = snap.cgroups.names[i]
-        path = snap.cgroups.paths[i]
+        name = display(snap.cgroups.names[i])          # tagger.names: printable, not surrogates
+        path = display(snap.cgroups.paths[i])
         label = path if name in (path, path.rsplit("/", 1)[-1]) else f"{path} ({name})"
         click.echo("  ".join(cells) + "  " + label)
     if len(rows) == 0:
@@ -143,8 +144,8 @@ def _as_json(snap, rows) -> dict:
         "t": snap.t, "dt": snap.dt, "source": snap.source,
         "node": {k: _nan_none(float(v)) for k, v in snap.node.items()},
         "cgroups": [
-            {"path": snap.cgroups.paths[i], "name": snap.cgroups.names[i],
-             "labels": snap.cgroups.labels[i],
+            {"path": display(snap.cgroups.paths[i]), "name": display(snap.cgroups.names[i]),
+             "labels": {display(k): display(str(v)) for k, v in snap.cgroups.labels[i].items()},
              **{metric: _nan_none(float(snap.column(metric)[i])) for _, metric, _, _ in COLUMNS}}
             for i in rows
         ],

@@ -21,6 +21,7 @@ import numpy as np
 
 from tagger import __version__
 from tagger.errors import TaggerError
+from tagger.names import display, parse
 from tagger.snapshot import PREEMPTION_DTYPE, CgroupTable, Snapshot
 
 MAGIC = "tagger-trace"
@@ -46,8 +47,11 @@ def _array_bytes(a: np.ndarray, dtype: np.dtype) -> bytes:
 
 
 def _table_record(table: CgroupTable) -> dict:
-    return {"ids": _array_bytes(table.ids, _U8), "paths": list(table.paths),
-            "names": list(table.names), "labels": [dict(x) for x in table.labels]}
+    # Names in display form (tagger.names): msgpack strings are UTF-8, a cgroup
+    # name need not be; _table parses them back to the very same names.
+    return {"ids": _array_bytes(table.ids, _U8), "paths": [display(p) for p in table.paths],
+            "names": [display(n) for n in table.names],
+            "labels": [{display(k): display(str(v)) for k, v in x.items()} for x in table.labels]}
 
 
 def _same_table(a: CgroupTable, b: CgroupTable | None) -> bool:
@@ -144,7 +148,8 @@ def _arr(b, dtype, what) -> np.ndarray:
 def _table(rec) -> CgroupTable:
     try:
         ids = _arr(rec["ids"], _U8, "cgroup ids")
-        paths, names, labels = list(rec["paths"]), list(rec["names"]), [dict(x) for x in rec["labels"]]
+        paths, names = [parse(p) for p in rec["paths"]], [parse(n) for n in rec["names"]]
+        labels = [{parse(k): parse(v) for k, v in dict(x).items()} for x in rec["labels"]]
     except (KeyError, TypeError, ValueError) as err:
         raise TraceError(f"bad cgroup table: {err}") from None
     if not (len(ids) == len(paths) == len(names) == len(labels)):

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from tagger.names import display
 from tagger.snapshot import Snapshot
 from tagger.tags import Tag, TagEvent
 from tagger.units import UNIT_FACTORS, format_count, format_duration, parse_quantity
@@ -323,12 +324,13 @@ class Rows:
     table, plus the per-row text the filter and TAGS column need."""
 
     _name_cache: tuple[list[str], list[str], np.ndarray] | None = None
+    _display_cache: tuple[list[str], list[str]] | None = None
 
     def __init__(self, frame: Frame):
         snap = frame.snapshot
         self.frame = frame
-        self.paths: list[str] = snap.cgroups.paths
-        self.names: list[str] = snap.cgroups.names
+        self.paths: list[str] = snap.cgroups.paths       # the cgroups' own names: keys
+        self.names: list[str] = self._display_names(snap.cgroups.names)
         n = len(snap)
         cpu = snap.column("cpu.usage")
         self.values: dict[str, np.ndarray] = {
@@ -356,12 +358,24 @@ class Rows:
         for path, tags in frame.tags.items():
             i = index(path)
             if i is not None and tags:
-                self.tag_text[i] = " ".join(f"{t.key}={t.value}" for t in sorted(tags.values(), key=lambda t: t.key))
+                self.tag_text[i] = display(" ".join(f"{t.key}={t.value}"
+                                                    for t in sorted(tags.values(), key=lambda t: t.key)))
         self._name_order: np.ndarray | None = None
         self._haystack: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @staticmethod
+    def _display_names(names: list[str]) -> list[str]:
+        """``names`` in display form (tagger.names): a name that is not UTF-8
+        would otherwise reach the terminal as lone surrogates and shift the
+        columns.  The table's list is the same object while the cgroups stay
+        the same, so most frames reuse the last conversion."""
+        cached = Rows._display_cache
+        if cached is None or cached[0] is not names:
+            cached = Rows._display_cache = (names, [display(n) for n in names])
+        return cached[1]
 
     def order(self, sort: str, descending: bool) -> np.ndarray:
         """Row indices sorted by ``sort``; unknown values (NaN) last either way."""
@@ -386,7 +400,8 @@ class Rows:
         """Boolean mask of rows whose name, path or tags contain ``needle``
         (case-insensitive; ``key=value`` matches a tag)."""
         if self._haystack is None:
-            self._haystack = [f"{n}\0{p}\0{t}".lower() for n, p, t in zip(self.names, self.paths, self.tag_text)]
+            self._haystack = [f"{n}\0{display(p)}\0{t}".lower()
+                              for n, p, t in zip(self.names, self.paths, self.tag_text)]
         needle = needle.lower()
         return np.fromiter((needle in h for h in self._haystack), bool, len(self._haystack))
 
@@ -603,14 +618,15 @@ class TopModel:
         pre = snap.preemptions
         by = pre[pre["victim"] == i] if len(pre) else pre
         on = pre[pre["preemptor"] == i] if len(pre) else pre
-        preempted_by = [(names[r["preemptor"]], float(r["count"]))
+        preempted_by = [(display(names[r["preemptor"]]), float(r["count"]))
                         for r in np.sort(by, order="count")[::-1][:5] if 0 <= r["preemptor"] < len(names)]
-        preempts = [(names[r["victim"]], float(r["count"]))
+        preempts = [(display(names[r["victim"]]), float(r["count"]))
                     for r in np.sort(on, order="count")[::-1][:5] if 0 <= r["victim"] < len(names)]
         tags = sorted(self.frame.tags.get(path, {}).values(), key=lambda t: t.key)
         events = [e for e in self.events if e.cgroup == path][-10:]
         return Detail(
-            path=path, name=names[i], labels=dict(snap.cgroups.labels[i]),
+            path=path, name=display(names[i]),
+            labels={display(k): display(str(v)) for k, v in snap.cgroups.labels[i].items()},
             values={m: float(snap.column(m)[i]) for m in DETAIL_METRICS},
             runq_hist=hist(("runq.wakeup", "runq.new", "runq.preempt")), io_hist=hist(("io.lat",)),
             hist_edges=np.asarray(snap.hist_edges), history=self.history(path),

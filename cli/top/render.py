@@ -17,6 +17,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from tagger.names import display
 from tagger.units import format_bytes, format_count, format_duration, format_percent
 
 from .model import COLUMNS, SORTS, Column, Detail, TopModel, age
@@ -76,7 +77,7 @@ def row_segments(model: TopModel, row: int, widths: list[tuple[Column, int]],
     for col, w in widths:
         style = STYLE_PLAIN
         if col.key == "name":
-            name = rows.names[row] or rows.paths[row]
+            name = rows.names[row] or display(rows.paths[row])
             if model.state.tree:
                 name = "  " * int(model.depth[row]) + name
             text = _cell(name, w, right=False)
@@ -104,7 +105,7 @@ def screen_lines(model: TopModel, width: int, height: int) -> list[list[Segment]
     if len(window):
         names, paths = model.rows.names, model.rows.paths
         indent = 2 * int(model.depth[window].max()) if model.state.tree else 0
-        longest = max(len(names[i] or paths[i]) for i in window) + indent
+        longest = max(len(names[i] or display(paths[i])) for i in window) + indent
     widths = layout(width, longest)
     lines = [title_segments(model, widths)]
     sel = model.selected_row()
@@ -216,7 +217,7 @@ def detail_renderable(detail: Detail | None, message: str = ""):
     v = detail.values
     head = Text()
     head.append(detail.name, "bold")
-    head.append(f"  {detail.path}", "dim")
+    head.append(f"  {display(detail.path)}", "dim")
     if detail.labels:
         head.append("  " + " ".join(f"{k}={val}" for k, val in sorted(detail.labels.items())), "cyan")
     figures = Text(
@@ -246,7 +247,7 @@ def detail_renderable(detail: Detail | None, message: str = ""):
     if not detail.tags:
         tags.append("  none\n", STYLE_MISSING)
     for tag in detail.tags:
-        tags.append(f"  {tag.key}={tag.value}", STYLE_TAGS)
+        tags.append(display(f"  {tag.key}={tag.value}"), STYLE_TAGS)
         tags.append(f"  rule {tag.rule or '?'}  since {_ago(age(tag.since, detail.t))}\n")
 
     acts = Text("actions\n", "bold")
@@ -263,7 +264,7 @@ def detail_renderable(detail: Detail | None, message: str = ""):
     for e in reversed(detail.events):
         change = {"added": f"+{e.key}={e.value}", "removed": f"-{e.key}={e.old}",
                   "changed": f"{e.key}: {e.old} → {e.value}"}.get(e.kind, f"{e.kind} {e.key}")
-        events.append(f"  {_ago(age(e.t, detail.t))} ago  {change}  rule {e.rule or '?'}\n")
+        events.append(f"  {_ago(age(e.t, detail.t))} ago  {display(change)}  rule {e.rule or '?'}\n")
 
     # Side by side so the whole pane fits half a terminal: the pictures first,
     # then what tagger thinks and did about it.

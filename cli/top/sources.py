@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from tagger.errors import TaggerError
+from tagger.names import parse
 from tagger.snapshot import PREEMPTION_DTYPE, CgroupTable, Snapshot
 
 from .model import ActionInfo, Frame, TagEventInfo, TagInfo
@@ -440,12 +441,12 @@ class SocketSource:
         if snap.seq and snap.seq == self._last_seq:
             return None                      # polled faster than the agent ticks
         self._last_seq = snap.seq
-        tags = c.request("tags") or {}
-        actions = c.request("actions") or []
+        tags = _parsed(c.request("tags") or {})
+        actions = _parsed(c.request("actions") or [])
         health = c.request("health") or {}
         since = self._last_t
-        events = c.request("history", since=since, limit=200) if since is not None else \
-            c.request("history", limit=200)
+        events = _parsed(c.request("history", since=since, limit=200) if since is not None else
+                         c.request("history", limit=200))
         if events:
             self._last_t = max(e.get("t", 0) for e in events)
         elif self._last_t is None:
@@ -461,13 +462,27 @@ class SocketSource:
             self._client = None
 
 
+def _parsed(obj):
+    """The socket's plain values with every string back in internal form
+    (tagger.names): the inverse of the display form the agent sends."""
+    if isinstance(obj, str):
+        return parse(obj)
+    if isinstance(obj, dict):
+        return {_parsed(k): _parsed(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_parsed(v) for v in obj]
+    return obj
+
+
 def snapshot_from_plain(d: dict) -> Snapshot:
     """The inverse of :func:`tagger.publish.snapshot_to_plain`; histograms and
     preemptions are used when the agent sends them (``histograms``,
     ``hist_edges``, ``preemptions`` as [victim, preemptor, count] rows)."""
     cg = d.get("cgroups") or {}
-    paths = list(cg.get("paths") or ())
-    table = CgroupTable.from_paths(paths, cg.get("names"), cg.get("labels"), cg.get("ids"))
+    paths = [parse(p) for p in cg.get("paths") or ()]
+    names = [parse(n) for n in cg["names"]] if cg.get("names") is not None else None
+    labels = _parsed(cg["labels"]) if cg.get("labels") is not None else None
+    table = CgroupTable.from_paths(paths, names, labels, cg.get("ids"))
     cols = {k: np.asarray(v, dtype=np.float64) for k, v in (d.get("columns") or {}).items()}
     hists = {k: np.asarray(v, dtype=np.float64) for k, v in (d.get("histograms") or {}).items()}
     pre_rows = d.get("preemptions") or ()

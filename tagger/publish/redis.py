@@ -4,7 +4,8 @@ cluster's agents.
 
 Keys (docs/api.md "Redis"):
 
-* ``{prefix}:{host}:tags:{cgroup path}`` - hash, tag key -> value
+* ``{prefix}:{host}:tags:{cgroup path}`` - hash, tag key -> value (paths,
+  keys and values in display form, tagger.names)
 * ``{prefix}:{host}:cgroups`` - set of the cgroup paths that have a hash
 * ``{prefix}:events`` - stream, one entry per TagEvent with a ``host`` field,
   trimmed with ``XADD MAXLEN ~ N``
@@ -24,6 +25,7 @@ import socket
 import threading
 import time
 
+from tagger.names import display
 from tagger.publish import to_plain
 
 log = logging.getLogger(__name__)
@@ -177,7 +179,9 @@ class RedisPublisher:
         for ev in batch:
             pipe.xadd(self.stream_key, self._event_fields(ev), maxlen=self.stream_maxlen,
                       approximate=True)
-        desired = {path: {str(k): _tag_value(t) for k, t in by_key.items()}
+        # Keys and values in display form (tagger.names): redis-py cannot encode a
+        # name that is not UTF-8, and the set's members must read back as written.
+        desired = {display(path): {display(str(k)): _tag_value(t) for k, t in by_key.items()}
                    for path, by_key in tags.items() if by_key}
         if self._written is None:
             written = {p: None for p in self._client.smembers(self.index_key)}
@@ -203,7 +207,7 @@ class RedisPublisher:
         self._written_version = version
 
     def _event_fields(self, ev) -> dict:
-        plain = to_plain(ev) if not isinstance(ev, dict) else ev
+        plain = to_plain(ev)
         out = {"host": self.host}
         for k, v in plain.items():
             out[k] = "" if v is None else (v if isinstance(v, (int, float, str)) else str(v))
@@ -212,4 +216,4 @@ class RedisPublisher:
 
 def _tag_value(tag) -> str:
     value = tag.get("value") if isinstance(tag, dict) else getattr(tag, "value", tag)
-    return str(value)
+    return display(str(value))
