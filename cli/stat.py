@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 import time
 
 import click
 import numpy as np
 
-from tagger.names import display
 from tagger.cli.params import duration
+from tagger.names import display
 from tagger.units import format_bytes, format_count, format_duration
 
 #: (header, metric, formatter, width): the columns of the table, in order.
@@ -89,10 +88,10 @@ def stat(interval, count, globs, as_json, show_all, sort, limit, fallback):
 def _compile_globs(globs):
     if not globs:
         return None
-    from tagger.rules.selectors import GlobError, glob_regex
+    from tagger.cgroupglob import GlobError, GlobSet
 
     try:
-        return re.compile("|".join(f"(?:{glob_regex(g)})" for g in globs))
+        return GlobSet(globs)
     except GlobError as err:
         raise click.BadParameter(str(err), param_hint="--cgroup")
 
@@ -101,7 +100,7 @@ def _select(snap, pattern, show_all, sort, limit) -> np.ndarray:
     paths = snap.cgroups.paths
     keep = np.ones(len(snap), bool)
     if pattern is not None:
-        keep &= np.array([pattern.fullmatch("" if p == "/" else p) is not None for p in paths], bool)
+        keep &= np.array([pattern.match(p) for p in paths], bool)
     if not show_all:
         active = np.zeros(len(snap), bool)
         for metric in ("cpu.usage", "runq.wait", "io.ops"):

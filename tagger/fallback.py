@@ -33,6 +33,7 @@ import numpy as np
 
 from . import errors
 from .cgroupfs import CGROUPFS_METRICS, CgroupfsReader
+from .cgroupglob import GlobSet
 from .cgroups import Layout, Registry
 from .kernelfs import HOST, KernelFS
 from .snapshot import METRICS, Snapshot
@@ -264,15 +265,11 @@ class FallbackCollector(Collector):
 
 
 def _as_predicate(include):
-    """A glob (the rules' cgroup globs: "*" within a segment, "/a/**" is /a and
-    everything below) or a predicate, as a predicate."""
+    """A cgroup glob (tagger.cgroupglob: "*" within a segment, "/a/**" is /a and
+    everything below), a list of them, or a predicate, as a predicate."""
     if include is None or callable(include):
         return include
-    import re
-
-    from .rules.selectors import glob_regex
-    rx = re.compile(glob_regex(str(include)) + r"\Z")
-    return lambda p: rx.match("" if p == "/" else p) is not None
+    return GlobSet(include).match
 
 
 def _online_cpus(fs: KernelFS) -> int:

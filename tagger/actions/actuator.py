@@ -23,7 +23,6 @@ Guarantees a caller may rely on:
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import signal
@@ -32,6 +31,7 @@ import time
 from dataclasses import dataclass
 
 from tagger import errors
+from tagger.cgroupglob import GlobSet
 from tagger.cgroups import Layout, normalize
 from tagger.kernelfs import HOST, KernelFS
 
@@ -76,11 +76,13 @@ class Protection:
 
     def __init__(self, fs: KernelFS = HOST, globs=()):
         self.exact = set(self.ALWAYS) | own_cgroups(fs)
-        self.globs = tuple(globs)
+        self.globs = GlobSet(globs)
 
     def protects(self, path: str) -> bool:
-        # fnmatch's "*" crosses "/", so "/system.slice/*" covers the whole subtree.
-        return path in self.exact or any(fnmatch.fnmatchcase(path, g) for g in self.globs)
+        # A protected glob covers what it matches and everything below (a limit on a
+        # descendant is a limit on part of the protected cgroup's work), so
+        # "/system.slice/*" is the whole subtree, as it was when these were fnmatch.
+        return path in self.exact or self.globs.match_subtree(path)
 
 
 def own_cgroups(fs: KernelFS = HOST) -> set[str]:

@@ -11,50 +11,22 @@ UTF-8 would make every encoder raise.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import re
 
 import numpy as np
 
+from tagger.cgroupglob import GlobSet
 from tagger.names import display
 
 
-@functools.lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern:
-    # Same reading as rules' `match: {cgroup: ...}`: "**" crosses "/", "*" and "?" do not.
-    out = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("/**", i) and i + 3 == len(pattern):
-            out.append("(?:/.*)?")          # "/a/**" also matches "/a" itself
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
 def path_matches(path: str, patterns) -> bool:
-    """True if ``path`` matches any of ``patterns`` (``None`` or empty: everything).
-
-    ``**`` matches across ``/``; ``*`` and ``?`` stay within one path element;
-    ``/a/**`` matches ``/a`` and everything under it."""
+    """True if ``path`` matches any of ``patterns`` (globs or a GlobSet; ``None`` or
+    empty: everything), read as every cgroup glob is (tagger.cgroupglob)."""
     if not patterns:
         return True
-    if isinstance(patterns, str):
-        patterns = (patterns,)
-    return any(_glob_regex(p).match(path) for p in patterns)
+    if not isinstance(patterns, GlobSet):
+        patterns = GlobSet(patterns)
+    return patterns.match(path)
 
 
 def to_plain(obj):

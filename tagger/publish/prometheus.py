@@ -30,8 +30,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.samples import Sample
 
 from tagger import __version__
+from tagger.cgroupglob import GlobError, GlobSet
 from tagger.errors import ConfigError
-from tagger.names import display
+from tagger.names import display, parse
 from tagger.publish import path_matches
 from tagger.snapshot import METRICS, NODE_METRICS
 
@@ -147,7 +148,12 @@ class TaggerCollector:
     (tick loop) swaps one tuple; :meth:`collect` (scrape thread) reads it."""
 
     def __init__(self, export=None):
-        self.export = tuple(export or ())
+        # --export globs are cgroup globs like any other (tagger.cgroupglob), written
+        # in display form like the socket's; a bad one stops start-up, not a scrape.
+        try:
+            self.export = GlobSet(parse(g) for g in export or ())
+        except GlobError as err:
+            raise ConfigError(f"--export: {err}") from None
         self._latest = (None, {}, [], {})
         self._lock = threading.Lock()
         #: bumped by every update(): the exposition cache renders once per value

@@ -26,7 +26,7 @@ from tagger.units import parse_duration, parse_quantity
 
 from . import expr as ex
 from .model import FrozenTags, Problem, Rule, RuleSet, RulesLoadError
-from .selectors import GlobError, glob_regex, literal_prefix
+from .selectors import GlobError, check_glob, literal_prefix
 
 TOP_KEYS = ("macros", "rules", "policies")
 RULE_KEYS = ("name", "description", "match", "when", "for", "keep_for", "clear_when", "tags",
@@ -522,7 +522,7 @@ class _Loader:
                 items = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
                 for g, item in zip(globs[key], items):
                     try:
-                        glob_regex(g)
+                        check_glob(g)
                     except GlobError as err:
                         self.error(item, str(err))
                         bad = True

@@ -1,10 +1,9 @@
 """Cgroup path globs and the path/name part of a ``match:`` selector.
 
-Globs are over cgroup paths ("/" is the root): ``*`` and ``?`` stay inside one
-path segment, ``**`` (a whole segment) spans any number of segments, including
-none, so ``/kubepods/**`` matches ``/kubepods`` and everything below it, and
-``/**`` matches every cgroup.  Display-name globs (``names:``) are plain
-fnmatch patterns.  Tag conditions are checked by the engine, which owns tags.
+Path globs are the one cgroup glob of :mod:`tagger.cgroupglob` (``*`` and ``?``
+within a segment, ``**`` any depth; ``/kubepods/**`` is ``/kubepods`` and
+everything below it).  Display-name globs (``names:``) are plain fnmatch
+patterns.  Tag conditions are checked by the engine, which owns tags.
 """
 
 from __future__ import annotations
@@ -14,46 +13,13 @@ import re
 
 import numpy as np
 
+from tagger.cgroupglob import GlobError, GlobSet, compile_glob, literal_prefix
 from tagger.policies.spec import Selector
 
 
-class GlobError(ValueError):
-    pass
-
-
-def glob_regex(glob: str) -> str:
-    """Regex source (anchored by the caller) for one cgroup path glob."""
-    if not isinstance(glob, str) or not glob:
-        raise GlobError("a cgroup glob must be a non-empty string")
-    if not glob.startswith("/"):
-        raise GlobError(f'cgroup glob {glob!r} must start with "/" (paths are from the hierarchy root)')
-    if glob == "/":
-        return ""
-    parts = glob[1:].split("/")
-    out = []
-    for part in parts:
-        if part == "**":
-            out.append("(?:/[^/]+)*")
-            continue
-        if "**" in part:
-            raise GlobError(f'"**" must be a whole path segment in {glob!r}')
-        if part == "":
-            raise GlobError(f"empty path segment in {glob!r}")
-        seg = "".join("[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch) for ch in part)
-        out.append("/" + seg)
-    return "".join(out)
-
-
-def literal_prefix(glob: str) -> str:
-    """The part of a glob before its first wildcard: two globs whose prefixes are
-    not prefixes of one another match disjoint sets (used for conflict warnings)."""
-    cut = min((i for i, ch in enumerate(glob) if ch in "*?"), default=len(glob))
-    return glob[:cut]
-
-
-def _normal(path: str) -> str:
-    # The root is "/" in tables but "" to the regexes, so "/**" can match it.
-    return "" if path == "/" else path
+def check_glob(glob: str) -> None:
+    """Raise GlobError if ``glob`` is not a cgroup path glob (``rules check``)."""
+    compile_glob(glob)
 
 
 class PathSelector:
@@ -61,10 +27,8 @@ class PathSelector:
 
     def __init__(self, sel: Selector):
         self.selector = sel
-        self.include = re.compile("|".join(f"(?:{glob_regex(g)})" for g in sel.cgroup) + r"\Z") \
-            if sel.cgroup else None
-        self.exclude = re.compile("|".join(f"(?:{glob_regex(g)})" for g in sel.exclude) + r"\Z") \
-            if sel.exclude else None
+        self.include = GlobSet(sel.cgroup) if sel.cgroup else None
+        self.exclude = GlobSet(sel.exclude) if sel.exclude else None
         self.names = re.compile("|".join(f"(?:{fnmatch.translate(n)})" for n in sel.names)) \
             if sel.names else None
         self.matches_all = self.include is None and self.exclude is None and self.names is None
@@ -75,10 +39,9 @@ class PathSelector:
         return (s.cgroup, s.exclude, s.names)
 
     def match_one(self, path: str, name: str) -> bool:
-        p = _normal(path)
-        if self.include is not None and not self.include.match(p):
+        if self.include is not None and not self.include.match(path):
             return False
-        if self.exclude is not None and self.exclude.match(p):
+        if self.exclude is not None and self.exclude.match(path):
             return False
         if self.names is not None and not self.names.match(name):
             return False
