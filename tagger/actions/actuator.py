@@ -9,7 +9,10 @@ journals every original value first, and puts everything back.
 
 Guarantees a caller may rely on:
 
-* An original value is in the journal, durably, before its knob is first written.
+* An original value is in the journal, durably, before its knob is first written;
+  when the journal cannot be written (a full disk, EIO) the knob is left alone,
+  the failure counted (``journal.write_failures``) and logged once, and every
+  other knob carries on as before.
 * An action lives only while some rule or policy asks for it: a knob that is not
   in ``desired`` at a tick is restored at that tick.  Knobs found in the journal at
   start (a previous run crashed) are re-adopted if the first ``apply`` still wants
@@ -18,7 +21,8 @@ Guarantees a caller may rely on:
   cgroups and their ancestors (throttling an ancestor throttles tagger), and the
   ``protected`` globs.
 * ``dry_run`` computes the same actions and reports them, and writes nothing:
-  neither kernel files nor the state directory.
+  neither kernel files nor the state directory.  What a crashed run left in the
+  journal is read (:attr:`leftovers`) so the caller can say so.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from .control import ControlPoint, Safety
 from .cpu import CpuIdle, CpuMax, CpuQuota, CpuWeight
 from .cpuset import CpuSet, parse_cpulist
 from .io import IoLimit, format_limits, resolve_devices, spec_limits
-from .journal import DEFAULT_STATE_DIR, Entry, Journal, entry_key
+from .journal import DEFAULT_STATE_DIR, Contents, Entry, Journal, JournalError, entry_key, read_journal
 from .rdt import PRESENT, RESCTRL, Resctrl, RdtGroup, RdtSchemata, RdtTasks
 from .refusal import ActionRefused
 from .spec import ActionSet
@@ -137,10 +141,17 @@ class Actuator:
         # apply() runs on the daemon's tick; current() is read by publishers'
         # threads.  Re-entrant: a signal handler in the ticking thread may revert.
         self._lock = threading.RLock()
+        #: dry run: what the journal on disk holds (a previous run's knobs still changed)
+        self.leftovers = Contents()
         if not dry_run:
             self.journal.lock()
             # Load at once: a save before recover() must not overwrite a crashed run's originals.
             self.journal.load()
+        else:
+            try:
+                self.leftovers = read_journal(self.journal.path)
+            except OSError as err:
+                log.warning("%s: cannot read the journal (%s)", self.journal.path, err)
 
     # --- context manager: revert on every exit path -----------------------------
     def __enter__(self):
@@ -300,7 +311,9 @@ class Actuator:
         for key in retry:
             dirty |= self._try_set(key, wants[key], now, None)
         if dirty and not self.dry_run:
-            self.journal.save()
+            # Values and dropped entries only: every original the kernel may
+            # differ from is on disk already (put), so a failure here loses nothing.
+            self.journal.try_save()
         return self.current()
 
     def _try_set(self, key, want, now, retry: list | None) -> bool:
@@ -325,6 +338,10 @@ class Actuator:
             # The cgroup went away between two reads: its knobs went with it.
             self.journal.drop(key, sync=False)
             return True
+        except JournalError as err:
+            # The knob was not touched; the journal logged the outage once.
+            self._refused[key] = str(err)
+            return False
 
     def _set(self, key, cp: ControlPoint, wanted: str, rule: str, now: float) -> bool:
         entry = self.entries.get(key)
@@ -339,7 +356,7 @@ class Actuator:
             entry = Entry(cp.cgroup, cp.knob, original, original, rule,
                           made=cp.knob.startswith("rdt.group") and original != PRESENT)
             # The original is on disk before the knob is touched: a crash from
-            # here on leaves enough to put it back.
+            # here on leaves enough to put it back.  JournalError: not on disk, not touched.
             self.journal.put(entry, sync=not self.dry_run)
         else:
             held = now - self._tightened_at[key] if key in self._tightened_at else None
@@ -375,7 +392,8 @@ class Actuator:
             log.info("%s %s: restored %s", entry.cgroup or "resctrl", entry.knob, entry.original)
         except errors.Vanished:
             pass
-        except (ActionRefused, errors.TaggerError, OSError) as err:
+        except (ActionRefused, errors.TaggerError, OSError, ValueError) as err:
+            # ValueError: an original that is not the knob's text (a hand-edited journal).
             self._warn_once(f"restore {key} {err}", "%s %s: could not restore %r: %s",
                             entry.cgroup, entry.knob, entry.original, err)
             return False
@@ -414,7 +432,7 @@ class Actuator:
             else:
                 entry.value = cp.read()     # a crash may have come between write and journal update
         if dirty:
-            self.journal.save()
+            self.journal.try_save()
         return self.current()
 
     def revert_all(self) -> list[str]:
@@ -430,7 +448,7 @@ class Actuator:
                 self._restore(key)
         if not self.dry_run:
             if self.entries:
-                self.journal.save()
+                self.journal.try_save()
             else:
                 self.journal.clear()
         return list(self.entries)
