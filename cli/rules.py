@@ -33,33 +33,56 @@ def rules():
 @rules.command()
 @click.argument("directory", required=False, metavar="[DIR]")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only, no warnings or summary.")
-def check(directory, quiet):
+@click.option("--no-ownership", is_flag=True,
+              help="Skip the owner and mode checks (a checkout not yet installed as root's).")
+@click.option("--no-node", is_flag=True,
+              help="Skip the checks against this node's CPUs and block devices "
+                   "(rules meant for other machines).")
+def check(directory, quiet, no_ownership, no_node):
     """Check every rule file in DIR (default: the packaged rules).
 
     \b
+    Runs every check `tagger run` does: the rules themselves, the kernel's
+    ranges (cpu quota >= 1ms, weight 1..10000, ...), the size limits, that
+    root owns the files and nobody else can write them, and that the CPUs
+    and devices the actions name exist on this node.
     Prints every problem as  path:line:col: rule "name": message
     Exit status: 0 clean (warnings allowed), 1 with errors.
     \b
     Examples:
       tagger rules check /etc/tagger/rules
       tagger rules check && sudo systemctl reload tagger
+      tagger rules check --no-ownership --no-node ./rules    # a checkout, in CI
     """
     from tagger.rules import load_directory
-    from tagger.rules.model import RulesLoadError
+    from tagger.rules.model import Problem, RulesLoadError
+    from tagger.rules.node import NodeFacts
+    from tagger.rules.ownership import ownership_problems
 
     directory = directory or _default_dir()
+    problems = []
+    if not no_ownership:
+        for p in ownership_problems(directory):
+            # a file's problem points at its first line, so editors jump to it
+            line = 1 if p.path.endswith((".yaml", ".yml")) else 0
+            problems.append(Problem(p.path, line, line, f"{p.message}: tagger run refuses rules "
+                                    f"someone other than root could change" + (f" (fix: {p.fix})" if p.fix else "")))
+    ruleset = None
     try:
-        ruleset = load_directory(directory)
+        ruleset = load_directory(directory, node=None if no_node else NodeFacts())
+        problems += ruleset.warnings
     except RulesLoadError as err:
-        for p in err.problems:
-            if not quiet or p.severity == "error":
-                click.echo(str(p))
-        n = len(err.errors)
+        problems += err.problems
+    problems.sort(key=lambda p: p.sort_key)
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        if not quiet or p.severity == "error":
+            click.echo(str(p))
+    if errors:
+        n = len(errors)
         click.echo(f"{directory}: {n} error{'s' if n != 1 else ''}", err=True)
         sys.exit(1)
     if not quiet:
-        for p in ruleset.warnings:
-            click.echo(str(p))
         n = len(ruleset.rules)
         w = len(ruleset.warnings)
         click.echo(f"{directory}: ok: {n} rule{'s' if n != 1 else ''}, {len(ruleset.macros)} "

@@ -6,6 +6,12 @@ nodes checks the fixed set of keys (Prometheus ``rulefmt`` style: unknown keys
 are errors) and collects every problem in the directory instead of stopping at
 the first.  Loading is atomic: :func:`load_directory` returns a complete
 :class:`RuleSet` or raises :class:`RulesLoadError` listing everything wrong.
+
+Sizes are bounded (``MAX_*`` below, docs/rules.md "Limits") so a huge file is
+refused before it is parsed, and kernel ranges (cpu quota floor, weights,
+io rates) are checked with the actions' own limits.  ``node=`` adds the checks
+against this node's CPUs and devices (:mod:`tagger.rules.node`), which
+``tagger rules check`` runs and ``tagger run`` leaves to the actuator.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ from pathlib import Path
 
 import yaml
 
+from tagger.actions import cpu as cpu_limits
 from tagger.actions.cpuset import format_cpulist, parse_cpulist
+from tagger.actions.io import spec_limits
+from tagger.actions.refusal import ActionRefused
 from tagger.actions.spec import ActionSet, CpuSpec, IoSpec, RdtSpec
 from tagger.policies.spec import LatencySloSpec, Selector
 from tagger.snapshot import METRICS
@@ -42,6 +51,17 @@ POLICY_KINDS = ("latency-slo",)
 DEMOTIONS = ("weight", "idle", "cpuset", "none")     # latency-slo's first CPU step(s)
 POLICY_RESOURCES = ("cpu", "io")
 
+# Limits: far above any real rule set (the packaged one is 4 KiB, 12 rules,
+# 76-character expressions), low enough that checking the worst case stays in
+# seconds and tens of MB (benchmarks/bench_rules_limits.py); the pure-Python
+# YAML composer is the cost, so the file size is refused before parsing.
+MAX_FILE_BYTES = 256 * 1024         # one rule file
+MAX_DIRECTORY_BYTES = 1024 * 1024   # all rule files together
+MAX_RULES = 1000                    # rules in the directory
+MAX_MACROS = 1000                   # macros in the directory
+MAX_POLICIES = 100                  # policies in the directory
+MAX_EXPRESSION = 1024               # characters in one expression (when, clear_when, a macro, slo)
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MACRO_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
@@ -62,13 +82,15 @@ def rule_files(directory: str | os.PathLike) -> list[Path]:
                   key=lambda p: p.name)
 
 
-def load_directory(directory: str | os.PathLike) -> RuleSet:
+def load_directory(directory: str | os.PathLike, node=None) -> RuleSet:
     """Load, check and compile every rule file in ``directory``.
 
     Returns a RuleSet (its ``warnings`` list what is suspicious but usable) or
-    raises RulesLoadError with every error and warning found.
+    raises RulesLoadError with every error and warning found.  ``node`` (a
+    :class:`tagger.rules.node.NodeFacts`) also makes actions naming CPUs or
+    devices this node lacks errors.
     """
-    return _Loader(str(directory)).load()
+    return _Loader(str(directory), node).load()
 
 
 def load_text(text: str, name: str = "<rules>.yaml") -> RuleSet:
@@ -82,8 +104,9 @@ class _Skip(Exception):
 
 
 class _Loader:
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, node=None):
         self.directory = directory
+        self.node = node                     # NodeFacts, or None: no checks against this node
         self.problems: list[Problem] = []
         self.path = ""                       # the file being read
         self.text = ""
@@ -96,6 +119,7 @@ class _Loader:
         self.rule_names: dict[str, str] = {}
         self.selector_tags: list = []                                      # (tags, node, path, subject)
         self.broken: set[str] = set()                                      # macros that failed
+        self.over_limit: set[str] = set()                                  # counts reported over
 
     # --- problems -------------------------------------------------------------
     def error(self, node, message, severity="error", offset=None, subject=None, path=None):
@@ -120,14 +144,22 @@ class _Loader:
                            path=self.directory)
                 raise RulesLoadError(self.problems) from None
             files = []
+            total = 0
             for p in paths:
                 try:
-                    files.append((str(p), p.read_text(encoding="utf-8")))
+                    text = self._read_bounded(p, MAX_DIRECTORY_BYTES - total)
                 except (OSError, UnicodeDecodeError) as err:
                     self.error(None, f"cannot read file: {getattr(err, 'strerror', None) or err}",
                                path=str(p))
+                    continue
+                if text is not None:
+                    total += len(text.encode("utf-8", "surrogateescape"))
+                    files.append((str(p), text))
             if not paths:
                 self.warn(None, "no rule files (*.yaml, *.yml) in the directory", path=self.directory)
+        else:
+            files = [(path, text) for path, text in files
+                     if self._size_ok(path, len(text.encode("utf-8", "surrogatepass")))]
         for path, text in files:
             self.path, self.text, self.subject = path, text, ""
             self._file(text)
@@ -140,6 +172,47 @@ class _Loader:
         warnings = sorted(self.problems, key=lambda p: p.sort_key)
         return RuleSet(self.directory, [f for f, _ in files], rules,
                        {k: v[0] for k, v in self.macro_defs.items()}, policies, warnings)
+
+    # --- limits --------------------------------------------------------------------
+    def _size_ok(self, path, size, room=MAX_DIRECTORY_BYTES) -> bool:
+        if size > MAX_FILE_BYTES:
+            self.error(None, f"file is {_kib(size)}, over the {_kib(MAX_FILE_BYTES)} limit for a rule "
+                             f"file (split it, or trim it)", path=path)
+            return False
+        if size > room:
+            self.error(None, f"the rule files add up to over the {_kib(MAX_DIRECTORY_BYTES)} limit for "
+                             f"a rules directory at this file", path=path)
+            return False
+        return True
+
+    def _read_bounded(self, p: Path, room: int) -> str | None:
+        """The file's text, or None (an error recorded) when it is over a size
+        limit; never reads more than the limit, whatever the file grows to."""
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if not self._size_ok(str(p), size, room):
+                return None
+            data = f.read(min(MAX_FILE_BYTES, max(room, 0)) + 1)
+        if not self._size_ok(str(p), len(data), room):      # grew after the fstat
+            return None
+        return data.decode("utf-8")
+
+    def _count_ok(self, node, have: int, limit: int, what: str) -> bool:
+        """False (one error, at the first item over) once ``have`` reached ``limit``."""
+        if have < limit:
+            return True
+        if what not in self.over_limit:
+            self.over_limit.add(what)
+            self.error(node, f"more than {limit} {what} in the rules directory (the limit); "
+                             f"the rest are not read", subject="")
+        return False
+
+    def _expression(self, node, src: str, what: str) -> str:
+        if len(src) > MAX_EXPRESSION:
+            self.error(node, f"{what} is {len(src)} characters, over the {MAX_EXPRESSION}-character "
+                             f"limit for an expression (use macros)")
+            raise _Skip
+        return src
 
     # --- one file -------------------------------------------------------------------
     def _file(self, text: str):
@@ -175,6 +248,8 @@ class _Loader:
                 self.error(node, '"rules" must be a list of rules')
             else:
                 for i, item in enumerate(node.value):
+                    if not self._count_ok(item, len(self.rule_defs), MAX_RULES, "rules"):
+                        break
                     self._rule_node(item, i + 1)
         if "policies" in top:
             node = top["policies"][1]
@@ -184,6 +259,8 @@ class _Loader:
                 self.error(node, '"policies" must be a list of policies')
             else:
                 for item in node.value:
+                    if not self._count_ok(item, len(self.policy_nodes), MAX_POLICIES, "policies"):
+                        break
                     self.policy_nodes.append((item, self.path, self.text))
 
     # --- node helpers -------------------------------------------------------------------
@@ -316,6 +393,8 @@ class _Loader:
                 self.error(knode, "a macro name must be a plain name")
                 continue
             name = knode.value
+            if not self._count_ok(knode, len(self.macro_defs), MAX_MACROS, "macros"):
+                break
             self.subject = f'macro "{name}"'
             try:
                 if not MACRO_RE.match(name):
@@ -332,6 +411,7 @@ class _Loader:
                 seen.add(name)
                 src = self._str(vnode, "a macro") if not isinstance(vnode, yaml.ScalarNode) \
                     or vnode.tag == _STR else self._scalar_text(vnode, "a macro")
+                self._expression(vnode, src, "a macro")
                 self.macro_defs[name] = (src, vnode, self.path, self.text)
             except _Skip:
                 pass
@@ -466,6 +546,7 @@ class _Loader:
             try:
                 src = self._str(vnode, key) if not (isinstance(vnode, yaml.ScalarNode)
                                                     and vnode.tag == _BOOL) else vnode.value
+                self._expression(vnode, src, key)
             except _Skip:
                 ok = False
                 return None, None
@@ -624,9 +705,25 @@ class _Loader:
             self.error(node, "cpu.idle and a weight exclude each other: the kernel refuses a weight "
                              "while a group is idle")
             raise _Skip
+        if "max" in f:
+            self._quota(node, f["max"], f.get("period", 0.1))
         return CpuSpec(max=f.get("max"), period=f.get("period", 0.1),
                        weight=int(f["weight"]) if "weight" in f else None, idle=f.get("idle"),
                        cpuset=f.get("cpuset"))
+
+    def _quota(self, node, cpus, period):
+        """The kernel's CFS quota range, as the actuator computes the quota
+        (tagger.actions.cpu: min_cfs_quota_period, max_cfs_runtime)."""
+        quota = cpu_limits.CpuMax.from_cpus(cpus, period).quota_us
+        mnode = next((v for k, v in node.value if getattr(k, "value", None) == "max"), node)
+        if quota < cpu_limits.MIN_QUOTA_US:
+            self.error(mnode, f"cpu.max {cpus:g} CPUs at a {period * 1000:g}ms period is a quota of "
+                              f"{quota}us, below the kernel's {cpu_limits.MIN_QUOTA_US}us minimum "
+                              f"(min_cfs_quota_period): raise max or the period")
+            raise _Skip
+        if quota > cpu_limits.MAX_QUOTA_US:
+            self.error(mnode, f"cpu.max is a quota of {quota}us, above the kernel's max_cfs_runtime")
+            raise _Skip
 
     def _cpulist(self, node, what):
         # Quoted or not: YAML reads `cpuset: 3` as the number 3, the list "3".
@@ -641,6 +738,10 @@ class _Loader:
         if not cpus:
             self.error(node, f"{what} needs at least one CPU")
             raise _Skip
+        problem = self.node.cpu_problem(cpus) if self.node is not None else None
+        if problem:
+            self.error(node, f"{what}: {problem}")
+            raise _Skip
         return format_cpulist(cpus)
 
     def _period(self, node, what):
@@ -652,8 +753,8 @@ class _Loader:
 
     def _weight(self, node, what):
         value = self._number(node, what, integer=True)
-        if not 1 <= value <= 10000:     # cgroup v2 cpu.weight range
-            self.error(node, f"{what} must be 1..10000")
+        if not cpu_limits.WEIGHT_MIN <= value <= cpu_limits.WEIGHT_MAX:     # cgroup v2 cpu.weight
+            self.error(node, f"{what} must be {cpu_limits.WEIGHT_MIN}..{cpu_limits.WEIGHT_MAX}")
             raise _Skip
         return value
 
@@ -661,12 +762,26 @@ class _Loader:
         rate = lambda v, w: self._number(v, w, BYTES_UNITS, positive=True)
         iops = lambda v, w: self._number(v, w, (), positive=True, integer=True)
         f = self._sub(node, IO_KEYS, "io", {
-            "device": lambda v, w: self._scalar_text(v, w),
+            "device": lambda v, w: self._device(v, w),
             "read_bps": rate, "write_bps": rate, "read_iops": iops, "write_iops": iops})
         if not set(f) - {"device"}:
             self.error(node, "io action needs a limit: read_bps, write_bps, read_iops or write_iops")
             raise _Skip
-        return IoSpec(**f)
+        spec = IoSpec(**f)
+        try:
+            spec_limits(spec)           # the actuator's own floor (a limit of at least 1 per second)
+        except ActionRefused as err:
+            self.error(node, str(err))
+            raise _Skip from None
+        return spec
+
+    def _device(self, node, what):
+        device = self._scalar_text(node, what)
+        problem = self.node.device_problem(device) if self.node is not None else None
+        if problem:
+            self.error(node, problem)
+            raise _Skip
+        return device
 
     def _rdt(self, node) -> RdtSpec:
         f = self._sub(node, RDT_KEYS, "rdt", {
@@ -795,7 +910,7 @@ class _Loader:
         return items
 
     def _slo(self, node):
-        src = self._str(node, "slo")
+        src = self._expression(node, self._str(node, "slo"), "slo")
         try:
             tree = ex.parse(src)
         except ex.ExprError as err:
@@ -866,6 +981,10 @@ class _Loader:
         if value not in (None, "*") and value not in set_keys[key]:
             return f"no rule sets tag {key}={value}"
         return None
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MiB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KiB"
 
 
 def _may_overlap(a: Selector, b: Selector) -> bool:

@@ -35,20 +35,21 @@ def ownership_problems(directory: str | os.PathLike, uid: int = 0) -> list[Owner
     path = Path(directory).resolve()
     problems: list[OwnershipProblem] = []
 
-    def check(p: Path, what: str, allow_sticky: bool = False):
+    def check(p: Path, what: str, allow_sticky: bool = False, shown: str | None = None):
+        shown = shown or str(p)     # rule files as the caller named them, for path:line:col
         try:
             st = os.stat(p)
         except OSError as err:
-            problems.append(OwnershipProblem(str(p), f"{p}: {err.strerror}"))
+            problems.append(OwnershipProblem(shown, f"{p}: {err.strerror}"))
             return
         if st.st_uid != uid:
-            problems.append(OwnershipProblem(str(p), f"{what} {p} is owned by uid {st.st_uid}, not "
+            problems.append(OwnershipProblem(shown, f"{what} {p} is owned by uid {st.st_uid}, not "
                                              f"{'root' if uid == 0 else f'uid {uid}'}",
                                              f"chown root:root {p}"))
         loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         if loose and not (allow_sticky and st.st_mode & stat.S_ISVTX and st.st_uid == uid):
             problems.append(OwnershipProblem(
-                str(p), f"{what} {p} is writable by {'group' if loose & stat.S_IWGRP else 'others'}"
+                shown, f"{what} {p} is writable by {'group' if loose & stat.S_IWGRP else 'others'}"
                         f" (mode {stat.S_IMODE(st.st_mode):04o})", f"chmod go-w {p}"))
 
     if not path.is_dir():
@@ -58,5 +59,5 @@ def ownership_problems(directory: str | os.PathLike, uid: int = 0) -> list[Owner
     check(path, "rules directory", allow_sticky=True)
     for entry in sorted(path.iterdir()):
         if entry.suffix in (".yaml", ".yml"):
-            check(entry, "rule file")
+            check(entry, "rule file", shown=os.path.join(str(directory), entry.name))
     return problems
