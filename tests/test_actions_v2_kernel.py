@@ -239,8 +239,10 @@ def _data_file(tmp_path, mib=64):
 
 
 def _fio_reader(data, runtime=120):
-    return ["fio", "--name=r", f"--filename={data}", "--rw=read", "--bs=64k", "--direct=1",
-            "--ioengine=psync", "--time_based", f"--runtime={runtime}", f"--size={data.stat().st_size}"]
+    # Eight reads in flight: the reader outruns the limit even under TCG on a loaded host.
+    return ["fio", "--name=r", f"--filename={data}", "--rw=read", "--bs=128k", "--direct=1",
+            "--ioengine=libaio", "--iodepth=8", "--time_based", f"--runtime={runtime}",
+            f"--size={data.stat().st_size}"]
 
 
 def test_io_max_limits_a_direct_reader_and_lifts(make_cgroup, layout, tmp_path):
@@ -248,7 +250,7 @@ def test_io_max_limits_a_direct_reader_and_lifts(make_cgroup, layout, tmp_path):
     try:
         cg = make_cgroup("reader")
         assert dev not in knob(cg, "io.max")
-        limit = 4
+        limit = 2
         with Actuator(layout, state_dir=tmp_path / "state", safety=FREE) as act:
             [a] = act.apply(tick(0), {cg.path: [ActionSet("slow-reader", io=IoSpec(device=devpath,
                                                                                   read_bps=limit * MiB))]})
@@ -259,9 +261,15 @@ def test_io_max_limits_a_direct_reader_and_lifts(make_cgroup, layout, tmp_path):
             # Past fio's start-up and blk-throttle's first slice (which may run ahead).
             wait_for(lambda: io_stat(cg, dev).get("rbytes", 0) >= 2 * limit * MiB, timeout=60,
                      what="fio to read through its first slices")
-            rate = _read_rate(cg, dev, 4.0)
-            print(f"\nio.max rbps {limit} MiB/s: measured {rate:.2f} MiB/s (io.stat rbytes)")
-            assert abs(rate - limit) <= 0.15 * limit
+            rates = []
+            for _ in range(3):        # a window may fall short if the host starves the guest
+                rates.append(_read_rate(cg, dev, 4.0))
+                if abs(rates[-1] - limit) <= 0.15 * limit:
+                    break
+            print(f"\nio.max rbps {limit} MiB/s: measured " + ", ".join(f"{r:.2f}" for r in rates)
+                  + " MiB/s (io.stat rbytes)")
+            assert max(rates) <= 1.15 * limit
+            assert abs(rates[-1] - limit) <= 0.15 * limit
             act.apply(tick(1), {})
             assert dev not in knob(cg, "io.max")      # no rule left for the disk
             assert act.entries == {}
