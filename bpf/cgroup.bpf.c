@@ -10,12 +10,19 @@
 #include "tagger.h"
 #include "maps.bpf.h"
 
+/* MKDIR/RMDIR events the ring buffer had no room for (also counted in
+ * ringbuf_drops, with the outliers): user space reconciles its slot table
+ * with the tree when this moves.  One shared counter, taken at lifecycle
+ * rate only. */
+__u64 lifecycle_drops SEC(".bss") = 0;
+
 static __always_inline void emit(__u32 kind, struct cgroup *cgrp, const char *path, __u32 slot)
 {
 	struct tg_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 	if (!e) {
 		global_of(bpf_get_smp_processor_id())->ringbuf_drops++;
+		__sync_fetch_and_add(&lifecycle_drops, 1);
 		return;
 	}
 	e->kind = kind;
@@ -103,7 +110,7 @@ int BPF_PROG(tg_cgroup_attach_task, struct cgroup *dst_cgrp, const char *path,
 static __always_inline int on_rmdir(bool storage, struct cgroup *cgrp, const char *path)
 {
 	struct tg_slot *s;
-	__u32 slot = 0;
+	__u32 slot = 0, *blk;
 	__u64 id;
 
 	if (BPF_CORE_READ(cgrp, root, hierarchy_id) == 0) {
@@ -122,6 +129,14 @@ static __always_inline int on_rmdir(bool storage, struct cgroup *cgrp, const cha
 			/* ids are never reused: the entry would only take room. */
 			bpf_map_delete_elem(&cgroup_ids, &id);
 		}
+		/* The blkcg entry on_mkdir made, gone with its cgroup whatever
+		 * becomes of this event (else churn fills the map).  Only if it
+		 * still holds this cgroup's slot: on a hybrid host a v1 blkio
+		 * cgroup may have the same id (ids are per hierarchy). */
+		id = BPF_CORE_READ(cgrp, kn, id);
+		blk = bpf_map_lookup_elem(&blkcg_slots, &id);
+		if (slot && blk && *blk == slot)
+			bpf_map_delete_elem(&blkcg_slots, &id);
 	}
 	emit(TG_EV_RMDIR, cgrp, path, slot);
 	return 0;

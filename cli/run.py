@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import click
@@ -50,6 +51,9 @@ def run(ctx, rules, interval, dry_run, state_dir, metrics, export, socket_path, 
     with errors is refused and the previous rules stay in force.
     SIGTERM or Ctrl-C reverts every action and exits.
     """
+    # First of all: a stop that comes while tagger is still starting is kept
+    # and handed to the daemon, which reverts what the journal holds (issue 13).
+    early = _EarlyStop()
     from tagger.daemon import Config, Daemon, read_config_file, setup_logging
 
     setup_logging(getattr(logging, log_level.upper()))
@@ -69,7 +73,9 @@ def run(ctx, rules, interval, dry_run, state_dir, metrics, export, socket_path, 
         if key not in settings or source == click.core.ParameterSource.COMMANDLINE:
             settings[key] = value
     try:
-        code = Daemon(Config(**settings)).run()
+        daemon = Daemon(Config(**settings))
+        early.hand_to(daemon)       # the daemon's own handlers replace these in run()
+        code = daemon.run()
     except RulesError as err:
         # every problem was logged already, one per line
         raise click.ClickException(f"the rules directory has errors; nothing was started "
@@ -77,3 +83,24 @@ def run(ctx, rules, interval, dry_run, state_dir, metrics, export, socket_path, 
     except ConfigError as err:
         raise click.ClickException(str(err)) from None
     sys.exit(code)
+
+
+class _EarlyStop:
+    """SIGTERM/SIGINT handlers for the moments before the daemon has its own:
+    the signal is remembered and becomes ``Daemon.stop()``."""
+
+    def __init__(self):
+        self.signals: list[int] = []
+        self.daemon = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        self.signals.append(signum)
+        if self.daemon is not None:
+            self.daemon.stop()
+
+    def hand_to(self, daemon) -> None:
+        self.daemon = daemon
+        if self.signals:
+            daemon.stop()

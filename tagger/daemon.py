@@ -9,7 +9,11 @@ Guarantees a caller may rely on:
 * SIGHUP, or a change in the rules directory, reloads atomically: a directory
   with errors is logged (every error) and the previous rules stay in force.
 * SIGTERM/SIGINT: every applied action is reverted, BPF detached, the socket
-  removed, exit status 0.
+  removed, exit status 0.  The handlers are the first thing :meth:`Daemon.run`
+  installs: a stop at any moment of start-up (loading BPF, say) ends start-up
+  at the next step and reverts what the journal holds.
+* ``--dry-run`` changes nothing, says which knobs a crashed run left changed
+  (and how to restore them), and marks what it exports as a dry run.
 * Running as root, a rules directory or file that is not owned by root, or is
   writable by group or others, is refused with how to fix it (as sshd does).
 * A failing publisher or a failing tick is logged and counted; it never ends
@@ -157,6 +161,10 @@ class _TickCost:
         self.stages: dict[str, float] = {}      # seconds per stage of the last tick
 
 
+class _StoppedDuringSetup(Exception):
+    """SIGTERM/SIGINT came while setting up: unwind (reverting) and exit 0."""
+
+
 class Daemon:
     """Build with a Config; :meth:`run` blocks until SIGTERM/SIGINT (or :meth:`stop`).
 
@@ -206,8 +214,17 @@ class Daemon:
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             stack.callback(os.close, self._wake_r)
             stack.callback(os.close, self._wake_w)
-            self._setup(stack)
+            # Handlers first: SIGTERM while BPF loads must still revert what a
+            # crashed run left (issue 13); until the loop runs, setup checks the flag.
             stack.enter_context(self._signals())
+            try:
+                self._setup(stack)
+            except _StoppedDuringSetup:
+                log.info("stopped during start-up: reverting what the journal holds")
+                self.notifier.stopping()
+                stack.close()
+                log.info("stopped")
+                return 0
             self.ready = True
             log.info("tagger %s running: rules %s, every %gs%s", __version__, self.config.rules_dir,
                      self.config.interval, " (dry run: nothing is changed)" if self.config.dry_run else "")
@@ -252,14 +269,20 @@ class Daemon:
             # The actuator protects the root, init and tagger's own cgroups itself.
             self._actuator = Actuator(layout, fs=self.fs, state_dir=cfg.state_dir, dry_run=cfg.dry_run)
         self.actuator = self._actuator
+        stack.callback(self._revert_actions)     # if setup fails, or is stopped, below
         self.actuator.recover()
-        stack.callback(self._revert_actions)     # if setup fails below
+        if cfg.dry_run:
+            self._report_leftovers()
+        # The first point a stop may end start-up: the journal is loaded, so
+        # the unwinding reverts what a crashed run left.
+        self._stop_point()
 
         if self._collector is None:
             self._collector = stack.enter_context(self._open_collector())
         else:
             stack.callback(self._close_quietly, self._collector, "collector")
         self.collector = self._collector
+        self._stop_point()
 
         # Publishers.  Each is closed on every exit path (socket file removed).
         from tagger.publish.prometheus import MetricsServer, TaggerCollector
@@ -284,6 +307,25 @@ class Daemon:
             log.info("recording snapshots to %s", cfg.record)
         # Teardown runs in reverse: the machine is put back first, then BPF and publishers.
         stack.callback(self._revert_actions)
+
+    def _stop_point(self):
+        if self._stop:
+            raise _StoppedDuringSetup()
+
+    def _report_leftovers(self):
+        """Dry run: say which knobs a previous run left changed, and how to put them back."""
+        left = getattr(self.actuator, "leftovers", None)
+        if left is None or not (left.entries or left.damaged):
+            return
+        state = self.config.state_dir
+        for e in left.entries:
+            log.warning("dry run: %s %s was left changed by a previous run (%r, originally %r, rule %s)",
+                        e.cgroup or "resctrl", e.knob, e.value, e.original, e.rule or "?")
+        for damage in left.damaged:
+            log.warning("dry run: journal %s: %s", state, damage)
+        log.warning("dry run: %d knobs a previous tagger changed are still journaled in %s and not "
+                    "restored (a dry run writes nothing); restore them with `tagger actions --restore "
+                    "--state-dir %s`, or start tagger without --dry-run", len(left.entries), state, state)
 
     def _open_collector(self):
         try:
@@ -364,6 +406,7 @@ class Daemon:
         interval = self.config.interval
         next_tick = self.clock()
         last_watchdog = -math.inf
+        fed_at_ticks = 0            # cost.ticks when the watchdog was last fed
         while not self._stop:
             now = self.clock()
             if now < next_tick:
@@ -381,10 +424,13 @@ class Daemon:
             if self._stop:
                 break
             self._maybe_reload()
+            # WATCHDOG=1 only for a healthy loop: a tick completed since the last
+            # ping.  A stuck tick or one failing every time lets WatchdogSec= lapse
+            # and systemd restart the agent (its stop reverts what is journaled).
             wd = self.notifier.watchdog_interval
-            if wd is not None and now - last_watchdog >= wd:
+            if wd is not None and self.cost.ticks > fed_at_ticks and now - last_watchdog >= wd:
                 self.notifier.watchdog()
-                last_watchdog = now
+                last_watchdog, fed_at_ticks = now, self.cost.ticks
             next_tick += interval
             after = self.clock()
             if after >= next_tick:      # the tick overran: skip, do not burst to catch up
@@ -516,6 +562,13 @@ class Daemon:
             "cgroups": len(self.last_snapshot) if self.last_snapshot is not None else 0,
             "dry_run": self.config.dry_run,
         }
+        journal = getattr(self.actuator, "journal", None)
+        if journal is not None:
+            h["journal_write_failures"] = journal.write_failures
+            h["journal_damaged_records"] = len(journal.damaged)
+        left = getattr(self.actuator, "leftovers", None)
+        if self.config.dry_run and left is not None:
+            h["journal_leftovers"] = len(left.entries) + len(left.damaged)
         h.update(_collector_health(self.collector))
         if self.api is not None:
             h["api_clients"] = self.api.stats["clients"]

@@ -31,13 +31,15 @@ from .cgroupfs import CgroupfsReader
 from .cgroups import Layout, Registry, normalize
 from .kernelfs import HOST, KernelFS
 from .names import from_kernel
+from .slots import SlotLedger
 from .snapshot import PREEMPTION_DTYPE, CgroupTable, Snapshot
 
 log = logging.getLogger(__name__)
 
 #: cgroupfs figures the BPF collector adds (the kernel keeps them already).
 CGROUPFS_EXTRAS = ("cpu.throttled", "mem.current", "psi.cpu.some", "psi.io.some", "psi.mem.some")
-#: Walk the cgroup tree again this often (ticks) to heal missed lifecycle events.
+#: Reconcile slots with the cgroup tree this often (ticks), besides after any
+#: lost lifecycle event (see BpfCollector._reconcile).
 RESCAN_EVERY = 30
 
 
@@ -203,11 +205,16 @@ class BpfCollector(Collector):
         self._names: dict[str, tuple[str, dict]] = {}
         self._rows_dirty = True
         self.outliers: list[dict] = []
-        self.lost_lifecycle = 0
+        self.slots = SlotLedger(p, self.max_slots)
+        self.lost_lifecycle = 0             # the kernel's lifecycle_drops at the last reconcile
+        self.slots_reclaimed = 0
+        self.reconciles = 0
+        self._unslotted = False             # a cgroup found no free slot: try again next tick
+        self._warned_full = False
 
         # Every slot but 0 starts free; the kernel's mkdir handler takes from the queue.
         for slot in range(1, self.max_slots):
-            p.push_slot(slot)
+            self.slots.push(slot)
         # Attach before walking the tree, so no cgroup made meanwhile is missed.
         p.attach()
         self.registry.scan()
@@ -235,33 +242,50 @@ class BpfCollector(Collector):
         path = normalize(path)
         if path in self.path_slot:
             return self.path_slot[path]
-        slot = self.probes.pop_slot()
+        slot = self.slots.pop()
         if slot is None:
-            log.warning("no free slot for %s: all %d are in use (its figures count in slot 0)",
-                        path, self.max_slots - 1)
+            self._unslotted = True
+            if not self._warned_full:       # once per exhaustion, not once per cgroup
+                self._warned_full = True
+                log.warning("no free slot for %s: all %d are in use (figures of cgroups without "
+                            "one count in slot 0)", path, self.max_slots - 1)
             return None
+        self._warned_full = False
         try:
             got = self.probes.register_cgroup(str(self.fs.path(self.layout.v2_dir(path))), slot)
         except (FileNotFoundError, errors.BpfError) as err:
             log.debug("cgroup %s vanished before registration: %s", path, err)
-            self.probes.push_slot(slot)
+            self.slots.push(slot)
             return None
         if got != slot:                        # the kernel's mkdir handler was first
-            self.probes.push_slot(slot)
-        self._adopt(got, path, cgid)
+            self.slots.push(slot)
+        self._adopt(got, path, cgid, blkcg_mapped=False)
         return got
 
-    def _adopt(self, slot: int, path: str, cgid: int):
+    def _adopt(self, slot: int, path: str, cgid: int, blkcg_mapped: bool):
+        """``path`` (v2 id ``cgid``) holds ``slot``.  ``blkcg_mapped``: the
+        kernel's mkdir handler mapped its blkcg id already (pure v2)."""
+        old = self.path_slot.get(path)
+        if old is not None and old != slot:
+            self._forget(path, old)            # an older cgroup at this path, its rmdir lost
         self.slot_path[slot] = path
         self.path_slot[path] = slot
         self.slot_id[slot] = cgid
         self.high_water = max(self.high_water, slot + 1)
         self._rows_dirty = True
         if self.layout.controller_version("io") == 2:
-            # Pure v2: the bio's blkcg is this very cgroup.
-            self.probes.map_blkcg(cgid, slot)
+            # Pure v2: the bio's blkcg is this very cgroup.  Not again from
+            # an event: the cgroup may be gone, and its entry with it.
+            if not blkcg_mapped:
+                self._map_blkcg(cgid, slot)
         elif path in self._blkio_ids:
-            self.probes.map_blkcg(self._blkio_ids[path], slot)
+            self._map_blkcg(self._blkio_ids[path], slot)
+
+    def _map_blkcg(self, cgroup_id: int, slot: int):
+        try:
+            self.probes.map_blkcg(cgroup_id, slot)
+        except errors.BpfError as err:        # the map full: its I/O counts in slot 0
+            log.debug("cannot map blkcg %d to slot %d: %s", cgroup_id, slot, err)
 
     def _map_blkio_tree(self):
         """Hybrid/v1 hosts: each v1 blkio cgroup counts its I/O into the slot of
@@ -272,7 +296,7 @@ class BpfCollector(Collector):
             self._blkio_ids[path] = cgid
             slot = self.path_slot.get(path)
             if slot:
-                self.probes.map_blkcg(cgid, slot)
+                self._map_blkcg(cgid, slot)
 
     # --- lifecycle events -------------------------------------------------------------
     def _handle_events(self, events: np.ndarray):
@@ -298,42 +322,70 @@ class BpfCollector(Collector):
                 if kind == lib.TG_EV_MKDIR:
                     self.registry.add(cgid, path)
                     if slot:
-                        self._adopt(slot, path, cgid)
-                    else:
-                        self.lost_lifecycle += 1          # no free slot: counted in health
+                        self._adopt(slot, path, cgid, blkcg_mapped=True)
+                    else:                                 # the queue was empty: ours may not be
+                        self._register(path, cgid)
                 elif kind == lib.TG_EV_RMDIR:
                     self.registry.remove(cgid, path)
-                    self._forget(path, slot)
+                    self._forget(path, cgid=cgid)
             elif hid == self._blkio_hid:
                 if kind == lib.TG_EV_MKDIR:
                     self._blkio_ids[path] = cgid
                     if path in self.path_slot:
-                        self.probes.map_blkcg(cgid, self.path_slot[path])
+                        self._map_blkcg(cgid, self.path_slot[path])
                 else:
                     self._blkio_ids.pop(path, None)
-                    self.probes.map_blkcg(cgid, 0)
+                    self._map_blkcg(cgid, 0)
 
-    def _forget(self, path: str, slot: int):
-        slot = slot or self.path_slot.get(path, 0)
-        if self.path_slot.get(path) == slot:
-            del self.path_slot[path]
+    def _forget(self, path: str, slot: int | None = None, cgid: int = 0):
+        """``path`` no longer holds its slot, which goes back to the queue
+        after this tick's read.  With ``cgid``, only if the slot is that
+        cgroup's: an rmdir event of an older cgroup at the same path changes
+        nothing.  Slots we never knew the holder of are left to _reconcile."""
+        known = self.path_slot.get(path)
+        if known is None or (slot is not None and slot != known):
+            return
+        if cgid and int(self.slot_id[known]) != cgid:
+            return
+        del self.path_slot[path]
         self._names.pop(path, None)
-        if slot and self.slot_path.get(slot) == path:
-            del self.slot_path[slot]
-            self._to_recycle.append(slot)
+        if self.slot_path.get(known) == path:
+            del self.slot_path[known]
+            self._to_recycle.append(known)
         self._rows_dirty = True
 
     def _rescan(self):
         """Heal missed lifecycle events against the tree itself.  Compared by
         cgroup id, not path: a path removed and made again is a new cgroup,
-        and its mkdir event may already have given it its slot."""
+        and its mkdir event may already have given it its slot (which
+        _register then adopts)."""
         self.registry.scan()
         for path, slot in list(self.path_slot.items()):
             if self.registry.id_of(path) != int(self.slot_id[slot]):
                 self._forget(path, slot)
+        for slot, path in list(self.slot_path.items()):
+            if self.path_slot.get(path) != slot:    # an orphan: nothing holds it
+                del self.slot_path[slot]
+                self._to_recycle.append(slot)
         for cgid, path in self.registry.items():
             if path not in self.path_slot:
                 self._register(path, cgid)
+
+    def _reconcile(self):
+        """The kernel's slot table against the cgroups that exist, by id: run
+        on a schedule, after any lost lifecycle event and until nothing is
+        in doubt.  Every live v2 cgroup gets (or keeps) its slot, and a slot
+        neither free nor held by a live cgroup (its mkdir and rmdir events
+        both lost) goes back to the queue (see tagger.slots)."""
+        self.reconciles += 1
+        self._unslotted = False
+        self.slots.mark()                   # before the walk finds the holders
+        self._rescan()
+        leaked = self.slots.leaked(self.slot_path.keys() | set(self._to_recycle))
+        if leaked:
+            log.debug("%d slots held by no cgroup go back to the queue", len(leaked))
+            self._to_recycle.extend(leaked)
+            self.slots_reclaimed += len(leaked)
 
     # --- rows ---------------------------------------------------------------------------
     def _rows(self):
@@ -363,8 +415,11 @@ class BpfCollector(Collector):
         p = self.probes
         self.outliers = []
         self._handle_events(p.drain().copy())
-        if self.seq % RESCAN_EVERY == RESCAN_EVERY - 1:
-            self._rescan()
+        drops = p.lifecycle_drops()
+        if (drops != self.lost_lifecycle or self._unslotted or self.slots.pending
+                or self.seq % RESCAN_EVERY == RESCAN_EVERY - 1):
+            self.lost_lifecycle = drops
+            self._reconcile()
         n = self.high_water
         p.checkpoint()                 # running tasks' time so far, so no tick shows a spike
         p.read_stats(self._cur, n)
@@ -382,7 +437,8 @@ class BpfCollector(Collector):
         self._cur, self._prev = self._prev, self._cur
         for slot in self._to_recycle:
             self._prev[slot] = 0
-            p.push_slot(slot)
+            self.slot_id[slot] = 0
+            self.slots.push(slot)
         self._to_recycle = []
         self._t_prev = t
 
@@ -558,7 +614,11 @@ class BpfCollector(Collector):
             "max_slots": self.max_slots,
             "slots_high_water": self.high_water,
             "tick_seconds": self._last_tick_s,
-            "lost_lifecycle_events": self.lost_lifecycle,
+            # cgroup mkdir/rmdir events the ring buffer dropped (the kernel's
+            # count), and the slots reconciling gave back because of them.
+            "lost_lifecycle_events": self.probes.lifecycle_drops() if self.probes else self.lost_lifecycle,
+            "slots_reclaimed": self.slots_reclaimed,
+            "reconciles": self.reconciles,
             **{f"kernel.{k}": v for k, v in glob.items()},
         }
 

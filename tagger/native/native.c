@@ -422,6 +422,22 @@ int tg_slot_pop(struct tg_handle *h, uint32_t *slot)
 	return 0;
 }
 
+/* The free queue's head, left in place.  The queue is FIFO and user space
+ * pushes each slot once, so everything it pushed before the head has been
+ * taken since: what lets it tell slots handed out from slots still free
+ * without emptying the queue under the mkdir handler. */
+int tg_slot_peek(struct tg_handle *h, uint32_t *slot)
+{
+	if (bpf_map_lookup_elem(bpf_map__fd(h->skel->maps.free_slots), NULL, slot))
+		return -errno;
+	return 0;
+}
+
+uint64_t tg_lifecycle_drops(struct tg_handle *h)
+{
+	return __atomic_load_n(&h->skel->bss->lifecycle_drops, __ATOMIC_RELAXED);
+}
+
 int tg_register_cgroup(struct tg_handle *h, int cgroup_fd, uint32_t slot, uint32_t *existing)
 {
 	bool storage = h->features & TG_FEAT_CGRP_STORAGE;

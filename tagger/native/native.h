@@ -42,6 +42,8 @@ int tg_read_pairs(struct tg_handle *h, struct tg_pair *out, uint32_t nslots, uin
 
 int tg_slot_push(struct tg_handle *h, uint32_t slot);
 int tg_slot_pop(struct tg_handle *h, uint32_t *slot);
+int tg_slot_peek(struct tg_handle *h, uint32_t *slot);
+uint64_t tg_lifecycle_drops(struct tg_handle *h);
 int tg_register_cgroup(struct tg_handle *h, int cgroup_fd, uint32_t slot, uint32_t *existing);
 int tg_map_blkcg(struct tg_handle *h, uint64_t cgroup_id, uint32_t slot);
 

@@ -130,6 +130,18 @@ class Probes:
         check(ret, "taking a free slot")
         return int(self._u32[0])
 
+    def peek_slot(self) -> int | None:
+        """The free queue's head, left in place (None: the queue is empty)."""
+        ret = lib.tg_slot_peek(self._h, self._u32)
+        if ret == -errno.ENOENT:
+            return None
+        check(ret, "reading the free queue's head")
+        return int(self._u32[0])
+
+    def lifecycle_drops(self) -> int:
+        """cgroup mkdir/rmdir events the ring buffer had no room for, since load."""
+        return int(lib.tg_lifecycle_drops(self._h))
+
     def register_cgroup(self, real_dir: str, slot: int) -> int:
         """Give the cgroup at ``real_dir`` (a v2 directory) ``slot``; returns the
         slot it ends up with (the kernel's, if its mkdir handler was first)."""

@@ -96,6 +96,15 @@ HEALTH = {
     "redis_connected": ("tagger_redis_connected", "gauge", "1 while the Redis publisher is connected"),
     "redis_dropped": ("tagger_redis_dropped", "counter",
                       "Redis updates dropped because its queue was full (outage)"),
+    "dry_run": ("tagger_dry_run", "gauge",
+                "1 when the agent runs with --dry-run: the limits it exports are not in force"),
+    "journal_write_failures": ("tagger_journal_write_failures", "counter",
+                               "Journal writes that failed (ENOSPC, EIO): their knobs were left untouched"),
+    "journal_damaged_records": ("tagger_journal_damaged_records", "gauge",
+                                "Records of the journal found at start that could not be read back "
+                                "(their originals are lost; the log names them)"),
+    "journal_leftovers": ("tagger_journal_leftovers", "gauge",
+                          "Dry run: knobs a previous run left changed and journaled, not restored"),
 }
 
 #: Numeric views of applied knobs (AppliedAction.value is the kernel's text).
@@ -241,13 +250,15 @@ class TaggerCollector:
             if self.export and cgroup and not path_matches(cgroup, self.export):
                 continue
             cgroup = display(cgroup)
-            applied.add_metric([cgroup, knob, display(str(value)), rule,
-                                "true" if _get(act, "dry_run") else "false"], 1)
+            dry = "true" if _get(act, "dry_run") else "false"
+            applied.add_metric([cgroup, knob, display(str(value)), rule, dry], 1)
             for name, help_, extra, number in knob_values(knob, value):
                 fam = numeric.get(name)
                 if fam is None:
-                    fam = numeric[name] = GaugeMetricFamily(name, help_, labels=["cgroup", "rule", *extra])
-                fam.add_metric([cgroup, rule, *extra.values()], number)
+                    # dry_run here too: a limit only computed must not read as one in force.
+                    fam = numeric[name] = GaugeMetricFamily(name, help_,
+                                                            labels=["cgroup", "rule", "dry_run", *extra])
+                fam.add_metric([cgroup, rule, dry, *extra.values()], number)
         yield applied
         yield from numeric.values()
 
