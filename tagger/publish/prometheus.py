@@ -24,10 +24,13 @@ import queue
 import re
 import socket
 import threading
+import time
 
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from tagger import __version__
 from tagger.cgroupglob import GlobError, GlobSet
@@ -47,6 +50,11 @@ SERVE_THREADS = 4
 SERVE_QUEUE = 64
 #: Seconds a scraper may take to send its request or read a chunk of the reply.
 SERVE_TIMEOUT = 10.0
+#: Most of the wall time rendering may take: after a render of R seconds the next
+#: waits until R / RENDER_SHARE has passed (scrapes get the previous tick's text
+#: meanwhile), so however often a large node is scraped, rendering takes at most
+#: this share of one core (and of the GIL) from the tick loop.
+RENDER_SHARE = 0.2
 #: zlib level of the cached gzip reply: level 1 is ~3x faster than 6 for ~15% more bytes.
 GZIP_LEVEL = 1
 
@@ -179,16 +187,56 @@ class TaggerCollector:
     def describe(self):
         return []     # no describe-time collect (families vary with the tick)
 
-    def collect(self):
+    def latest(self) -> tuple[int, tuple]:
+        """(generation, the published tick) read together."""
         with self._lock:
-            snapshot, tags, actions, health = self._latest
+            return self.generation, self._latest
+
+    def collect(self):
+        yield from self.families(self.latest()[1])
+
+    def families(self, latest, cgroup_metrics: bool = True):
+        """The metric families of one published tick; ``cgroup_metrics=False``
+        leaves out the per-cgroup ones (see :meth:`cgroup_text`)."""
+        snapshot, tags, actions, health = latest
         yield from self._health(health, snapshot)
-        rows = self._rows(snapshot) if snapshot is not None else []
         if snapshot is not None:
-            yield from self._cgroup_metrics(snapshot, rows)
+            if cgroup_metrics:
+                yield from self._cgroup_metrics(snapshot, self._rows(snapshot))
             yield from self._node_metrics(snapshot)
         yield from self._tags(tags)
         yield from self._actions(actions)
+
+    def cgroup_text(self, latest) -> str:
+        """The per-cgroup families of :meth:`_cgroup_metrics` as exposition
+        text, written directly: they are nearly all of a large node's samples
+        (3,000 cgroups x 31 columns), and going through a Sample and
+        generate_latest per value costs ~15 us each, ~1 s a render.  Here the
+        label set of a cgroup is escaped once, not once per column."""
+        snapshot = latest[0]
+        if snapshot is None:
+            return ""
+        rows = self._rows(snapshot)
+        labels = []
+        for _i, path, name, extra in rows:
+            pairs = sorted([("cgroup", path), ("name", name), *extra])    # generate_latest's order
+            labels.append(",".join(f'{k}="{_escape_label(v)}"' for k, v in pairs))
+        index = np.asarray([row[0] for row in rows], dtype=np.intp)
+        out = []
+        for metric, col in snapshot.columns.items():
+            meta = METRICS.get(metric)
+            name = metric_name(metric, meta.unit if meta else "")
+            help_ = (meta.help if meta else metric).replace("\\", r"\\").replace("\n", r"\n")
+            out.append(f"# HELP {name} {help_}\n# TYPE {name} gauge\n")
+            values = np.asarray(col, dtype=np.float64)[index]
+            known = np.flatnonzero(~np.isnan(values))          # unknown is absent, never 0
+            # repr() is the text of most values; floatToGoString only where Go's
+            # differs (infinities, and exponents from 1e6 up).
+            text = list(map(repr, values[known].tolist()))
+            for j in np.flatnonzero(~(np.abs(values[known]) < 1e6)).tolist():
+                text[j] = floatToGoString(values[known[j]])
+            out.extend(f"{name}{{{labels[k]}}} {value}\n" for k, value in zip(known.tolist(), text))
+        return "".join(out)
 
     # --- pieces -----------------------------------------------------------
     def _rows(self, snapshot):
@@ -287,6 +335,11 @@ class TaggerCollector:
                 yield GaugeMetricFamily(name, help_, value=value)
 
 
+def _escape_label(value: str) -> str:
+    """A label value as the text format writes it (prometheus_client's openmetrics._escape)."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+
+
 def _sample(name, labels, value):
     return Sample(name, labels, value)
 
@@ -318,12 +371,17 @@ class Exposition:
     The first scrape after a tick renders under the lock; scrapes arriving
     meanwhile wait on the lock (not on the GIL) and get the same bytes.  A
     render that fails is remembered for the generation too, so a bad tick
-    costs one render, not one per scrape."""
+    costs one render, not one per scrape.  Renders are also spaced so they
+    take at most ``render_share`` of the time (see RENDER_SHARE)."""
 
-    def __init__(self, collector: TaggerCollector, registry: CollectorRegistry):
+    def __init__(self, collector: TaggerCollector, registry: CollectorRegistry,
+                 render_share: float = RENDER_SHARE, clock=time.monotonic):
         self.collector = collector
         self.registry = registry
+        self.render_share = render_share
+        self.clock = clock
         self._lock = threading.Lock()
+        self._next_render = -math.inf
         self._generation = None
         self._plain: bytes | None = None
         self._gzip: bytes | None = None
@@ -333,15 +391,17 @@ class Exposition:
     def get(self, gzipped: bool = False) -> bytes:
         """The exposition (gzip-compressed if asked); raises what the render raised."""
         with self._lock:
-            generation = self.collector.generation
-            if generation != self._generation:
+            generation, latest = self.collector.latest()
+            started = self.clock()
+            if generation != self._generation and (started >= self._next_render or self._generation is None):
                 self._generation, self._plain, self._gzip, self._error = generation, None, None, None
                 self.renders += 1
                 try:
-                    self._plain = generate_latest(self.registry)
+                    self._plain = self._render(latest)
                 except Exception as err:
                     self._error = err
                     log.exception("rendering the metrics failed (every scrape gets 500 until the next tick)")
+                self._next_render = started + (self.clock() - started) / self.render_share
             if self._error is not None:
                 raise self._error
             if not gzipped:
@@ -349,6 +409,17 @@ class Exposition:
             if self._gzip is None:
                 self._gzip = gzip.compress(self._plain, GZIP_LEVEL, mtime=0)
             return self._gzip
+
+    def _render(self, latest) -> bytes:
+        small = _Families(lambda: self.collector.families(latest, cgroup_metrics=False))
+        return generate_latest(small) + self.collector.cgroup_text(latest).encode()
+
+
+class _Families:
+    """A one-shot collector for generate_latest (which only calls collect())."""
+
+    def __init__(self, collect):
+        self.collect = collect
 
 
 class _MetricsHandler(http.server.BaseHTTPRequestHandler):

@@ -1,0 +1,210 @@
+"""The tick loop is protected from its readers (issue 13, item 7): a crowd of
+scrapers hammering /metrics of a large node does not cost the loop its ticks,
+and the systemd watchdog is fed only while ticks complete.
+
+Ticks are counted, not timed: the daemon counts the ticks it ran and the ones
+it had to skip because a tick overran its interval.  The scrapers are a real
+child process (its own GIL, as Prometheus is) fetching real HTTP; the node is a
+fixture collector with many cgroups (the kernel part is not what is tested)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tagger.daemon import Config, Daemon
+from tagger.sdnotify import Notifier
+from tagger.snapshot import Snapshot
+from tests.cgroup_fixture import wait_for
+from tests.test_daemon import RecordingActuator
+
+CGROUPS = 3000
+COLUMNS = ("cpu.usage", "cpu.share", "runq.wait", "runq.p99", "io.ops", "mem.current")
+INTERVAL = 0.25
+WINDOW = 3.0               # seconds of scraping; the loop should run WINDOW / INTERVAL ticks
+SCRAPERS = 8
+
+RULES = """
+rules:
+  - name: busy
+    match: {cgroup: "/kubepods/**"}
+    when: cpu.usage > 0.5 and runq.p99 > 0.001
+    tags: {resource: cpu-intensive}
+"""
+
+
+class ManyCgroups:
+    """A node of CGROUPS cgroups with new figures every tick."""
+
+    def __init__(self, n=CGROUPS):
+        self.paths = [f"/kubepods/pod{i // 4:05d}/container{i % 4}" for i in range(n)]
+        self.rng = np.random.default_rng(13)
+        self.seq = 0
+
+    def tick(self):
+        self.seq += 1
+        cols = {c: self.rng.random(len(self.paths)) for c in COLUMNS}
+        snap = Snapshot.synthetic(self.paths, cols, t=self.seq * INTERVAL, dt=INTERVAL)
+        snap.seq = self.seq
+        return snap
+
+    def health(self):
+        return {"source": "synthetic"}
+
+    def close(self):
+        pass
+
+
+class FailingTicks(ManyCgroups):
+    def tick(self):
+        self.seq += 1
+        raise OSError("the collector is broken")
+
+
+@pytest.fixture
+def rules_dir(tmp_path):
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "busy.yaml").write_text(RULES)
+    return d
+
+
+class RunningDaemon:
+    def __init__(self, tmp_path, rules_dir, collector, notifier=None, metrics="127.0.0.1:0"):
+        config = Config(rules=str(rules_dir), interval=INTERVAL, socket=None, metrics=metrics,
+                        state_dir=str(tmp_path / "state"), check_ownership=False)
+        self.daemon = Daemon(config, collector=collector, actuator=RecordingActuator(), notifier=notifier)
+        self.error = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.daemon.run()
+        except BaseException as err:
+            self.error = err
+
+    def __enter__(self):
+        self.thread.start()
+        wait_for(lambda: self.daemon.ready or self.error, timeout=20, what="daemon ready")
+        if self.error:
+            raise self.error
+        return self
+
+    def __exit__(self, *exc):
+        self.daemon.stop()
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive(), "daemon did not stop"
+
+
+SCRAPER = textwrap.dedent("""
+    import sys, threading, time, urllib.request
+    url, n = sys.argv[1], int(sys.argv[2])
+    done = [0]
+    def scrape():
+        while True:
+            try:
+                req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})   # as Prometheus asks
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    resp.read()
+                done[0] += 1
+            except OSError:
+                pass
+    for _ in range(n):
+        threading.Thread(target=scrape, daemon=True).start()
+    while not done[0]:
+        time.sleep(0.01)
+    print("scraping", flush=True)
+    sys.stdin.read()                  # until the test closes our stdin
+    print(done[0], flush=True)
+""")
+
+
+def test_scrapers_do_not_cost_the_loop_its_ticks(tmp_path, rules_dir):
+    with RunningDaemon(tmp_path, rules_dir, ManyCgroups()) as run:
+        daemon = run.daemon
+        wait_for(lambda: daemon.cost.ticks >= 2, timeout=20, what="two ticks")
+        scrapers = subprocess.Popen([sys.executable, "-c", SCRAPER, daemon.metrics.url, str(SCRAPERS)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert scrapers.stdout.readline().strip() == "scraping"
+            ticks0, overruns0 = daemon.cost.ticks, daemon.cost.overruns
+            # Not a sleep standing in for synchronisation: the window is what is
+            # measured (how many ticks the loop ran in it, and skipped).
+            time.sleep(WINDOW)
+            ticks, overruns = daemon.cost.ticks - ticks0, daemon.cost.overruns - overruns0
+        finally:
+            scrapers.stdin.close()
+            scraped = int(scrapers.stdout.readline() or 0)
+            scrapers.wait(timeout=30)
+    expected = int(WINDOW / INTERVAL)
+    assert scraped >= SCRAPERS, f"the scrapers fetched only {scraped} expositions"
+    assert overruns <= 1, f"{overruns} ticks overran with {SCRAPERS} scrapers ({ticks} of {expected} ran)"
+    assert ticks >= expected - 1, f"{ticks} of {expected} ticks ran with {SCRAPERS} scrapers"
+
+
+def test_watchdog_is_fed_only_while_ticks_complete(tmp_path, rules_dir):
+    """Every tick failing: READY goes out (the loop runs) but never WATCHDOG=1,
+    so systemd's WatchdogSec= restarts the agent; healthy ticks feed it."""
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.2)
+
+    def received():
+        got = []
+        try:
+            while True:
+                got += sock.recv(4096).decode().split("\n")
+        except TimeoutError:
+            return got
+
+    try:
+        for collector, fed in ((FailingTicks(10), False), (ManyCgroups(10), True)):
+            notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": str(int(INTERVAL * 1e6))})
+            with RunningDaemon(tmp_path, rules_dir, collector, notifier, metrics=None) as run:
+                wait_for(lambda: run.daemon.cost.ticks + run.daemon.cost.errors >= 6, timeout=20,
+                         what="six ticks")
+            got = received()
+            assert "READY=1" in got
+            assert ("WATCHDOG=1" in got) is fed, got
+    finally:
+        sock.close()
+
+
+def test_cached_exposition_carries_what_generate_latest_does():
+    """The exposition served from the cache (per-cgroup families written
+    directly) parses to the same families and samples as prometheus_client's
+    own rendering of the collector, awkward label values and numbers included."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tagger.publish.prometheus import Exposition, TaggerCollector
+    from tagger.snapshot import CgroupTable
+
+    paths = ["/a", '/q"uote', "/back\\slash", "/new\nline", "/kubepods/pod1/c1"]
+    labels = [{}, {}, {}, {}, {"namespace": "web", "pod": 'front"1', "container": "nginx"}]
+    cols = {"cpu.usage": [1.5, float("nan"), float("inf"), 2.5e9, 1e-7],
+            "mem.current": [1024.0, 3e12, 0.0, float("nan"), 17.0],
+            "runq.p99": [0.002] * 5}
+    snap = Snapshot(t=1.0, dt=1.0, cgroups=CgroupTable.from_paths(paths, labels=labels),
+                    columns={k: np.asarray(v) for k, v in cols.items()}, node={"cpus": 2.0})
+    collector = TaggerCollector()
+    collector.update(snap, {}, [], {"ticks": 3})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+
+    def parsed(text):
+        return {f.name: (f.type, f.documentation, sorted((s.name, sorted(s.labels.items()), s.value)
+                                                         for s in f.samples))
+                for f in text_string_to_metric_families(text)}
+
+    served = Exposition(collector, registry).get()
+    assert parsed(served.decode()) == parsed(generate_latest(registry).decode())
+    assert len(parsed(served.decode())["tagger_cpu_usage_cpus"][2]) == 4      # the NaN is absent
