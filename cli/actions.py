@@ -13,6 +13,7 @@ import click
 
 from tagger.actions.journal import DEFAULT_STATE_DIR, JOURNAL_NAME, LOCK_NAME, read_entries
 from tagger.errors import ConfigError
+from tagger.names import display
 
 
 def agent_pid(state_dir: Path) -> int | None:
@@ -108,15 +109,15 @@ def actions(as_json, state_dir: Path, restore):
     if as_json:
         click.echo(json.dumps({
             "state_dir": str(state_dir), "agent_pid": pid,
-            "actions": [{"cgroup": e.cgroup or None, "knob": e.knob, "value": e.value,
+            "actions": [{"cgroup": display(e.cgroup) if e.cgroup else None, "knob": e.knob, "value": e.value,
                          "original": e.original, "rule": e.rule, "since": e.since} for e in entries],
         }, indent=1))
         return
     if not entries:
         click.echo("no kernel settings changed" + (f" (agent pid {pid})" if pid else ""))
         return
-    rows = [(e.cgroup or "(resctrl)", e.knob, human(e.knob, e.value), human(e.knob, e.original),
-             e.rule, _age(e.since))
+    rows = [(display(e.cgroup) if e.cgroup else "(resctrl)", e.knob, human(e.knob, e.value),
+             human(e.knob, e.original), e.rule, _age(e.since))
             for e in sorted(entries, key=lambda e: (e.cgroup, e.knob))]
     head = ("CGROUP", "KNOB", "VALUE", "ORIGINAL", "RULE", "SINCE")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]

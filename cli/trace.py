@@ -11,6 +11,7 @@ import warnings
 import click
 
 from tagger.errors import RulesError
+from tagger.names import display
 from tagger.cli.params import duration
 
 
@@ -64,7 +65,7 @@ def _fmt_event(ev, t0: float) -> str:
     else:
         what = f"{ev.key} (was {ev.old})"
     rule = f"  [{ev.rule}]" if ev.rule else ""
-    return f"+{rel:9.3f}s  {ev.kind:<7}  {ev.cgroup}  {what}{rule}"
+    return display(f"+{rel:9.3f}s  {ev.kind:<7}  {ev.cgroup}  {what}{rule}")
 
 
 class _Out:
@@ -124,6 +125,7 @@ def replay(trace, rules_dir, as_json):
                     d = ev.as_dict()
                     d["t"] = round(ev.t - t0, 9)
                     d["type"] = "event"
+                    d["cgroup"] = display(d["cgroup"])      # tagger.names: JSON is UTF-8
                     out.write(json.dumps(d, sort_keys=True) + "\n")
                 else:
                     out.write(_fmt_event(ev, t0) + "\n")

@@ -11,12 +11,13 @@ two forms of a name:
   ``os.fsencode`` gives the kernel's bytes back.  Such a ``str`` cannot be
   encoded as UTF-8, so it never leaves the process as is.
 * **display** - what people and other programs see (Prometheus labels, socket
-  replies, JSON, Redis, ``tagger top``, trace files): valid UTF-8, each
-  undecodable byte written ``\\xfe``.  A backslash that would otherwise read as
-  part of such an escape is doubled, so no two names display alike and
-  :func:`parse` undoes :func:`display` exactly.  Names without undecodable
-  bytes display as themselves (systemd's ``\\x2d`` escapes included: only
-  ``\\x80``..``\\xff`` are escapes here).
+  replies, JSON, Redis, ``tagger top``, trace files): valid UTF-8 without
+  control characters, each undecodable byte and each control character
+  written ``\\xfe``, ``\\x1b``.  A backslash that would otherwise read as part
+  of such an escape is doubled, so no two names display alike and
+  :func:`parse` undoes :func:`display` exactly.  Other names display as
+  themselves (systemd's ``\\x2d`` escapes included: only ``\\x00``..``\\x1f``,
+  ``\\x7f`` and ``\\x80``..``\\xff`` are escapes here).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from __future__ import annotations
 import os
 import re
 
-#: A run of backslashes before an undecodable byte, or before text that reads as its escape.
-_TO_DISPLAY = re.compile(r"(\\*)(?:([\udc80-\udcff])|(?=x[89a-f][0-9a-f]))")
-#: A run of backslashes and the byte escape after it: an odd run ends in an escape.
-_FROM_DISPLAY = re.compile(r"(\\+)x([89a-f][0-9a-f])")
+#: The hex of an escape: a control character (C0, DEL) or an undecodable byte.
+_ESCAPED_HEX = r"(?:[01][0-9a-f]|7f|[89a-f][0-9a-f])"
+#: A run of backslashes before a character to escape, or before text that reads as an escape.
+_TO_DISPLAY = re.compile(r"(\\*)(?:([\x00-\x1f\x7f\udc80-\udcff])|(?=x" + _ESCAPED_HEX + "))")
+#: A run of backslashes and the escape after it: an odd run ends in an escape.
+_FROM_DISPLAY = re.compile(r"(\\+)x(" + _ESCAPED_HEX + ")")
 
 
 def from_kernel(raw: bytes) -> str:
@@ -37,18 +40,18 @@ def from_kernel(raw: bytes) -> str:
 
 
 def _escape(m: re.Match) -> str:
-    run, byte = m.group(1), m.group(2)
-    return run * 2 + (f"\\x{ord(byte) - 0xDC00:02x}" if byte else "")
+    run, char = m.group(1), m.group(2)
+    if not char:
+        return run * 2
+    code = ord(char)
+    return run * 2 + f"\\x{code - 0xDC00 if code >= 0xDC00 else code:02x}"
 
 
 def display(name: str) -> str:
-    """The display form of an internal name (valid UTF-8, injective)."""
-    if "\\" not in name:
-        try:
-            name.encode("utf-8")
-            return name             # the common case: nothing to escape
-        except UnicodeEncodeError:
-            pass
+    """The display form of an internal name (valid UTF-8, no control
+    characters, injective)."""
+    if "\\" not in name and name.isprintable():
+        return name                 # the common case: nothing to escape
     return _TO_DISPLAY.sub(_escape, name)
 
 
@@ -56,7 +59,8 @@ def _unescape(m: re.Match) -> str:
     run, hex_byte = m.group(1), m.group(2)
     if len(run) % 2 == 0:
         return run[:len(run) // 2] + "x" + hex_byte
-    return run[:len(run) // 2] + chr(0xDC00 + int(hex_byte, 16))
+    code = int(hex_byte, 16)
+    return run[:len(run) // 2] + chr(code if code < 0x80 else 0xDC00 + code)
 
 
 def parse(text: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tagger.names import display, parse
 from tagger.publish.prometheus import MetricsServer, TaggerCollector, metric_name, parse_addr
 from tagger.snapshot import CgroupTable, Snapshot
 from tagger.actions.actuator import AppliedAction
@@ -118,8 +119,10 @@ def test_awkward_label_values_stay_parseable():
     weird = '/a "quoted" \\ back\nslash'
     col.update(snapshot([weird], [0.5]), {weird: {"k": Tag("k", 'v"\n', "r", 0.0)}}, [], {})
     fams, _ = exposition(col)
-    assert samples(fams, "tagger_cpu_usage_cpus")[0].labels["cgroup"] == weird
-    assert samples(fams, "tagger_tag")[0].labels["value"] == 'v"\n'
+    # In display form (tagger.names): the newline is escaped, and the name comes back from it.
+    assert samples(fams, "tagger_cpu_usage_cpus")[0].labels["cgroup"] == display(weird)
+    assert parse(samples(fams, "tagger_cpu_usage_cpus")[0].labels["cgroup"]) == weird
+    assert samples(fams, "tagger_tag")[0].labels["value"] == 'v"\\x0a'
 
 
 def test_empty_collector_before_first_tick():
