@@ -12,14 +12,15 @@ path segment, ``?`` one character within a segment, ``**`` (a whole segment) any
 number of segments, none included.  Every other character, ``[`` included, is
 literal.
 
-Matching never backtracks: within a segment the pieces between ``*``s are found
-leftmost-first, and across segments the runs between ``**``s likewise.  Taking
-the leftmost occurrence is never worse than a later one (whatever follows can
-only start later), so one forward pass decides.  Each (glob segment, path
-segment) pair is tried at most once, so a match costs at most
-O(len(glob) x len(path)) and a fixed glob is linear in the path
-(benchmarks/bench_glob.py: 24 ``*a`` pieces against a 64-character name).
-A backtracking regex over the same glob is O(len(path) ** stars).
+Matching never backtracks over a choice it made.  Within a segment the pieces
+between ``*``s are found leftmost-first, and across segments the runs between
+``**``s likewise: the leftmost occurrence is never worse than a later one
+(whatever follows can only start later), so one forward pass decides.  The glob
+becomes one regex in which every such choice is an atomic group and every
+whole-segment skip is possessive, so ``re`` tries each (piece, start) pair once:
+a match costs O(len(glob) x len(path)) in C, linear in the path for a fixed glob
+(benchmarks/bench_glob.py).  The plain translation (``[^/]*`` per ``*``) is a
+backtracking regex whose cost grows as len(path) ** stars: issue 13's 50 s tick.
 """
 
 from __future__ import annotations
@@ -32,92 +33,51 @@ class GlobError(ValueError):
     """A malformed cgroup glob; the message names the glob and the mistake."""
 
 
-def _piece_matcher(piece: str):
-    """(match_at, find_from) for a star-free piece, which has a fixed length."""
-    if "?" not in piece:
-        return (lambda s, i: s.startswith(piece, i)), (lambda s, i: s.find(piece, i))
-    # "?" is any one character; a segment holds no "/", so "." (with DOTALL) will do.
-    # No quantifier: re's cost is at most len(piece) per start position.
-    rx = re.compile("".join("." if ch == "?" else re.escape(ch) for ch in piece), re.DOTALL)
-
-    def find(s, i):
-        m = rx.search(s, i)
-        return -1 if m is None else m.start()
-    return (lambda s, i: rx.match(s, i) is not None), find
+#: A segment ends at the next "/" or at the end of the path.
+_END = r"(?=/|\Z)"
+#: Any one whole segment.  Possessive: it always runs to the next "/", so a loop
+#: over it has one way to cover each number of segments.
+_ANY_SEGMENT = "/[^/]*+"
 
 
-class _Segment:
-    """One glob segment without ``**``: literal text, ``*`` and ``?``."""
-
-    __slots__ = ("text", "literal", "lens", "at", "find")
-
-    def __init__(self, text: str):
-        self.text = text
-        self.literal = "*" not in text and "?" not in text
-        pieces = text.split("*")
-        self.lens = [len(p) for p in pieces]
-        ms = [_piece_matcher(p) for p in pieces]
-        self.at = [m[0] for m in ms]
-        self.find = [m[1] for m in ms]
-
-    def match(self, s: str) -> bool:
-        if self.literal:
-            return s == self.text
-        lens, at = self.lens, self.at
-        last = len(lens) - 1
-        if last == 0:                                   # "?" but no "*": length is fixed
-            return len(s) == lens[0] and at[0](s, 0)
-        if not at[0](s, 0):                             # before the first "*": anchored
-            return False
-        i = lens[0]
-        for k in range(1, last):                        # between "*"s: leftmost wins
-            if lens[k]:
-                j = self.find[k](s, i)
-                if j < 0:
-                    return False
-                i = j + lens[k]
-        tail = len(s) - lens[last]                      # after the last "*": anchored at the end
-        return tail >= i and at[last](s, tail)
+def _piece(text: str) -> str:
+    # "?" is one character of a segment; everything else is literal ("[" too).
+    return "".join("[^/]" if ch == "?" else re.escape(ch) for ch in text)
 
 
-_ANY = object()     # a "**" segment
+def _segment(part: str) -> str:
+    """Regex for one glob segment (no "**"): every choice inside is committed."""
+    pieces = part.split("*")
+    if len(pieces) == 1:
+        return "/" + _piece(part) + _END
+    out = ["/", _piece(pieces[0])]
+    for p in pieces[1:-1]:
+        # Leftmost occurrence, committed: whatever follows can only start later.
+        out.append(f"(?>[^/]*?{_piece(p)})")
+    last = pieces[-1]
+    if last:
+        # The rest of the segment, then a look back for the last piece (fixed width),
+        # which must not reach into what the pieces before it took.
+        out.append(f"(?=[^/]{{{len(last)}}})[^/]*+(?<={_piece(last)})")
+    else:
+        out.append("[^/]*+")
+    return "(?>" + "".join(out) + ")"
 
 
-def _runs_match(runs, segs) -> bool:
-    """``runs``: lists of _Segment, one more than the ``**``s between them."""
-    n = len(segs)
-    first, last = runs[0], runs[-1]
+def _translate(runs: list[list[str]]) -> str:
+    """``runs``: segment regexes, split at each ``**``."""
+    first = "".join(runs[0])
     if len(runs) == 1:
-        return n == len(first) and all(g.match(s) for g, s in zip(first, segs))
-    if len(first) + len(last) > n:
-        return False
-    if not all(g.match(s) for g, s in zip(first, segs)):
-        return False
-    i = len(first)
-    tail = n - len(last)
-    for run in runs[1:-1]:                              # leftmost occurrence of each run
-        k = len(run)
-        if not k:
-            continue
-        start = i
-        while start + k <= tail:
-            if all(g.match(segs[start + j]) for j, g in enumerate(run)):
-                break
-            start += 1
-        else:
-            return False
-        i = start + k
-    return all(g.match(s) for g, s in zip(last, segs[tail:]))
-
-
-def _split(path: str) -> list[str]:
-    return [] if path in ("/", "") else path[1:].split("/")
+        return first + r"\Z"
+    # Between "**"s: the leftmost place the run matches, committed (atomic group).
+    middle = "".join(f"(?>(?:{_ANY_SEGMENT})*?{''.join(run)})" for run in runs[1:-1])
+    return first + middle + f"(?:{_ANY_SEGMENT})*?" + "".join(runs[-1]) + r"\Z"
 
 
 class CgroupGlob:
     """One compiled cgroup path glob."""
 
-    __slots__ = ("text", "_runs", "_subtree", "_literal", "_prefix")
+    __slots__ = ("text", "regex", "_subtree")
 
     def __init__(self, text: str):
         if not isinstance(text, str) or not text:
@@ -125,9 +85,8 @@ class CgroupGlob:
         if not text.startswith("/"):
             raise GlobError(f'cgroup glob {text!r} must start with "/" (paths are from the hierarchy root)')
         self.text = text
-        parts = [] if text == "/" else text[1:].split("/")
-        runs: list[list[_Segment]] = [[]]
-        for part in parts:
+        runs: list[list[str]] = [[]]
+        for part in [] if text == "/" else text[1:].split("/"):
             if part == "**":
                 if runs[-1] or len(runs) == 1:          # "/**/**" is "/**"
                     runs.append([])
@@ -136,24 +95,14 @@ class CgroupGlob:
                 raise GlobError(f'"**" must be a whole path segment in {text!r}')
             if part == "":
                 raise GlobError(f"empty path segment in {text!r}")
-            runs[-1].append(_Segment(part))
-        self._runs = runs
+            runs[-1].append(_segment(part))
+        self.regex = re.compile(_translate(runs))
         self._subtree = None
-        # The common shapes skip the segment walk: "/a/b" and "/a/b/**".
-        literal = not any(ch in text for ch in "*?")
-        self._literal = text if literal else None
-        self._prefix = None
-        if (len(runs) == 2 and not runs[1] and all(g.literal for g in runs[0])):
-            self._prefix = "/" + "/".join(g.text for g in runs[0]) if runs[0] else ""
 
     def match(self, path: str) -> bool:
         """True if ``path`` (normalized, from the root) is one the glob names."""
-        if self._literal is not None:
-            return path == self._literal or (self._literal == "/" and path == "")
-        if self._prefix is not None:
-            p = self._prefix
-            return not p or path == p or path.startswith(p + "/")
-        return _runs_match(self._runs, _split(path))
+        # The root is "" to the regex, so "/**" (zero segments) matches it.
+        return self.regex.match("" if path == "/" else path) is not None
 
     def match_subtree(self, path: str) -> bool:
         """True if ``path`` or one of its ancestors matches: the glob with "/**" added."""
@@ -191,7 +140,7 @@ class GlobSet:
     def __init__(self, globs):
         if isinstance(globs, str):
             globs = (globs,)
-        self.globs = tuple(compile_glob(g) if isinstance(g, str) else g for g in globs)
+        self.globs = tuple(g if isinstance(g, CgroupGlob) else compile_glob(g) for g in globs)
 
     def match(self, path: str) -> bool:
         return any(g.match(path) for g in self.globs)
