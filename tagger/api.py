@@ -603,7 +603,7 @@ class ApiClient:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout)
         try:
-            self.sock.connect(path)
+            _connect(self.sock, path, timeout)
         except FileNotFoundError:
             self.sock.close()
             raise ApiError("no-server", f"{path}: no such socket (is `tagger run` running?)") from None
@@ -678,6 +678,21 @@ class ApiClient:
             if not chunk:
                 raise ApiError("closed", "the server closed the connection")
             self._buf += chunk
+
+
+def _connect(sock: socket.socket, path: str, timeout: float | None):
+    """connect(2) that waits out a full listen backlog: with a timeout a Unix
+    socket fails at once with EAGAIN there (a crowd connecting at the same
+    moment), where TCP would wait."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 def wait_for_socket(path: str, timeout: float = 10.0) -> bool:
