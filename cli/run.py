@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 
 import click
 
 from tagger.errors import ConfigError, RulesError
+from tagger.cli.early import install as install_early_stop
 from tagger.cli.params import duration
 
 
@@ -51,9 +51,9 @@ def run(ctx, rules, interval, dry_run, state_dir, metrics, export, socket_path, 
     with errors is refused and the previous rules stay in force.
     SIGTERM or Ctrl-C reverts every action and exits.
     """
-    # First of all: a stop that comes while tagger is still starting is kept
-    # and handed to the daemon, which reverts what the journal holds (issue 13).
-    early = _EarlyStop()
+    # Installed when tagger.cli was imported; here too for callers that came
+    # another way (tests invoking the command).  A stop while starting is kept.
+    early = install_early_stop()
     from tagger.daemon import Config, Daemon, read_config_file, setup_logging
 
     setup_logging(getattr(logging, log_level.upper()))
@@ -76,6 +76,7 @@ def run(ctx, rules, interval, dry_run, state_dir, metrics, export, socket_path, 
         daemon = Daemon(Config(**settings))
         early.hand_to(daemon)       # the daemon's own handlers replace these in run()
         code = daemon.run()
+        early.release()
     except RulesError as err:
         # every problem was logged already, one per line
         raise click.ClickException(f"the rules directory has errors; nothing was started "
@@ -84,23 +85,3 @@ def run(ctx, rules, interval, dry_run, state_dir, metrics, export, socket_path, 
         raise click.ClickException(str(err)) from None
     sys.exit(code)
 
-
-class _EarlyStop:
-    """SIGTERM/SIGINT handlers for the moments before the daemon has its own:
-    the signal is remembered and becomes ``Daemon.stop()``."""
-
-    def __init__(self):
-        self.signals: list[int] = []
-        self.daemon = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame):
-        self.signals.append(signum)
-        if self.daemon is not None:
-            self.daemon.stop()
-
-    def hand_to(self, daemon) -> None:
-        self.daemon = daemon
-        if self.signals:
-            daemon.stop()

@@ -338,3 +338,93 @@ rules:
     assert fams["tagger_journal_leftovers"].samples[0].value == 1
     limits = [s for name in ("tagger_cpu_max_cpus", "tagger_action") for s in fams[name].samples]
     assert limits and all(s.labels["dry_run"] == "true" for s in limits)
+
+
+# --- SIGTERM at any moment of start-up -------------------------------------------------------
+
+def _catches_sigterm(pid: int) -> bool:
+    """SigCgt of /proc/PID/status has SIGTERM: tagger's first handler is in."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (15 - 1)))
+    except FileNotFoundError:
+        pass
+    return False
+
+
+def _bpf_objects(pid: int) -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if "bpf" in link:
+            out.append(link)
+    return out
+
+
+@pytest.mark.bpf
+def test_sigterm_at_any_moment_of_start_up_reverts_what_a_crash_left(make_cgroup, tmp_path):
+    import signal
+    import sys
+    import time
+
+    from tagger.actions.journal import Entry, Journal
+    from tests.actuator_helpers import REPO
+
+    cg = make_cgroup("left", controllers=("cpu", "cpuacct"))
+    host = Actuator(Layout.detect(), state_dir=tmp_path / "unused", dry_run=True)
+    quota = host.control_point(cg.path, "cpu.max")
+    original = quota.read()
+    rules = tmp_path / "rules"
+    rules.mkdir(mode=0o755)
+    (rules / "10.yaml").write_text('rules:\n  - name: nothing\n    match: {cgroup: "/nowhere"}\n'
+                                   '    tags: {x: y}\n')
+    os.chmod(rules / "10.yaml", 0o644)
+    state = tmp_path / "state"
+
+    def crash_leftover():
+        # What a run killed with -9 leaves: the knob changed, its original journaled.
+        Journal(state).put(Entry(cg.path, "cpu.max", original, "20000 100000", "old-rule"))
+        quota.write("20000 100000")
+
+    def start():
+        log = open(tmp_path / "stderr", "w+")
+        proc = subprocess.Popen([sys.executable, "-m", "tagger.cli.main", "run", "--rules", str(rules),
+                                 "--state-dir", str(state), "--socket", "off", "--metrics", "off",
+                                 "--interval", "1s"], cwd=REPO, stderr=log)
+        # From tagger's first instruction on (before it, the interpreter is starting).
+        wait_for(lambda: _catches_sigterm(proc.pid) or proc.poll() is not None, timeout=30,
+                 interval=0.001, what="tagger's signal handlers")
+        # The handlers come before BPF set-up (they used to come after it).
+        assert proc.poll() is None and _bpf_objects(proc.pid) == []
+        return proc, log
+
+    # How long start-up takes here: until the first tick is logged.
+    crash_leftover()
+    proc, log = start()
+    t0 = time.monotonic()
+    try:
+        wait_for(lambda: "running" in (log.seek(0) or log.read()), timeout=60, interval=0.005,
+                 what="tagger running")
+        startup = time.monotonic() - t0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert quota.read() == original
+
+    rng = random.Random(143)
+    moments = sorted(rng.uniform(0, startup) for _ in range(10))
+    for delay in moments:
+        crash_leftover()
+        proc, log = start()
+        time.sleep(delay)         # the moment under test, not a synchronisation
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        log.seek(0)
+        assert code == 0, f"SIGTERM {delay:.3f}s into start-up (of {startup:.3f}s): exit {code}\n{log.read()}"
+        assert quota.read() == original, f"SIGTERM {delay:.3f}s into start-up: not reverted"
+        assert not read_journal(state / JOURNAL_NAME).entries
