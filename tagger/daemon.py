@@ -322,10 +322,14 @@ class Daemon:
             log.warning("dry run: %s %s was left changed by a previous run (%r, originally %r, rule %s)",
                         e.cgroup or "resctrl", e.knob, e.value, e.original, e.rule or "?")
         for damage in left.damaged:
-            log.warning("dry run: journal %s: %s", state, damage)
+            log.warning("dry run: journal %s: %s (its original is lost: check that knob by hand)",
+                        state, damage)
+        # `tagger actions --restore` refuses a damaged journal; a real start restores its intact entries.
+        how = ("start tagger without --dry-run (it restores the intact entries)" if left.damaged else
+               f"restore them with `tagger actions --restore --state-dir {state}`, or start tagger "
+               f"without --dry-run")
         log.warning("dry run: %d knobs a previous tagger changed are still journaled in %s and not "
-                    "restored (a dry run writes nothing); restore them with `tagger actions --restore "
-                    "--state-dir %s`, or start tagger without --dry-run", len(left.entries), state, state)
+                    "restored (a dry run writes nothing); %s", len(left.entries), state, how)
 
     def _open_collector(self):
         try:
