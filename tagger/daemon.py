@@ -105,7 +105,7 @@ def read_config_file(path: str) -> dict:
         if name not in CONFIG_KEYS:
             raise ConfigError(f"--config {path}: unknown setting {key!r} "
                               f"(known: {', '.join(sorted(CONFIG_KEYS))})")
-        if name == "interval":
+        if name in ("interval", "rules_settle"):
             value = parse_duration(value)
         if name == "export" and isinstance(value, str):
             value = (value,)
