@@ -676,6 +676,8 @@ def _collector_health(collector) -> dict:
         "events_per_second": ("events_per_second", "events/s", "events_per_s"),
         "ringbuf_drops": ("ringbuf_drops", "kernel.ringbuf_drops", "drops"),
         "map_full": ("map_full",),
+        "lost_lifecycle_events": ("lost_lifecycle_events",),
+        "slots_reclaimed": ("slots_reclaimed",),
     }
     for name, keys in aliases.items():
         for key in keys:

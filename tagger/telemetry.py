@@ -41,6 +41,9 @@ CGROUPFS_EXTRAS = ("cpu.throttled", "mem.current", "psi.cpu.some", "psi.io.some"
 #: Reconcile slots with the cgroup tree this often (ticks), besides after any
 #: lost lifecycle event (see BpfCollector._reconcile).
 RESCAN_EVERY = 30
+#: ... but not more often than this (ticks) under a storm of lost events: each
+#: reconcile walks the tree, and two in a row return what leaked.
+RECONCILE_GAP = 2
 
 
 
@@ -209,6 +212,7 @@ class BpfCollector(Collector):
         self.lost_lifecycle = 0             # the kernel's lifecycle_drops at the last reconcile
         self.slots_reclaimed = 0
         self.reconciles = 0
+        self._reconciled_at = -RECONCILE_GAP
         self._unslotted = False             # a cgroup found no free slot: try again next tick
         self._warned_full = False
 
@@ -416,9 +420,11 @@ class BpfCollector(Collector):
         self.outliers = []
         self._handle_events(p.drain().copy())
         drops = p.lifecycle_drops()
-        if (drops != self.lost_lifecycle or self._unslotted or self.slots.pending
-                or self.seq % RESCAN_EVERY == RESCAN_EVERY - 1):
+        doubt = drops != self.lost_lifecycle or self.slots.pending
+        if (self._unslotted or self.seq % RESCAN_EVERY == RESCAN_EVERY - 1
+                or (doubt and self.seq - self._reconciled_at >= RECONCILE_GAP)):
             self.lost_lifecycle = drops
+            self._reconciled_at = self.seq
             self._reconcile()
         n = self.high_water
         p.checkpoint()                 # running tasks' time so far, so no tick shows a spike
