@@ -89,3 +89,7 @@ class SelectorCache:
 
     def mask(self, key: tuple) -> np.ndarray:
         return self._masks[key]
+
+
+# GlobError and literal_prefix are the loader's too (rules check reports and warns with them).
+__all__ = ["GlobError", "PathSelector", "SelectorCache", "check_glob", "literal_prefix"]
