@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -33,12 +34,14 @@ def rules():
 @rules.command()
 @click.argument("directory", required=False, metavar="[DIR]")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only, no warnings or summary.")
-@click.option("--no-ownership", is_flag=True,
-              help="Skip the owner and mode checks (a checkout not yet installed as root's).")
+@click.option("--ownership/--no-ownership", default=None,
+              help="Check that root owns the rules and nobody else can write them, as `tagger "
+                   "run` does as root [default: as root; otherwise the modes only].  "
+                   "--no-ownership skips it (a checkout not yet installed).")
 @click.option("--no-node", is_flag=True,
               help="Skip the checks against this node's CPUs and block devices "
                    "(rules meant for other machines).")
-def check(directory, quiet, no_ownership, no_node):
+def check(directory, quiet, ownership, no_node):
     """Check every rule file in DIR (default: the packaged rules).
 
     \b
@@ -61,8 +64,11 @@ def check(directory, quiet, no_ownership, no_node):
 
     directory = directory or _default_dir()
     problems = []
-    if not no_ownership:
-        for p in ownership_problems(directory):
+    if ownership is not False:
+        # As root, what `tagger run` as root checks; otherwise the owner is the
+        # invoker's checkout, and only the modes say whether others can write it.
+        uid = 0 if ownership or os.geteuid() == 0 else None
+        for p in ownership_problems(directory, uid):
             # a file's problem points at its first line, so editors jump to it
             line = 1 if p.path.endswith((".yaml", ".yml")) else 0
             problems.append(Problem(p.path, line, line, f"{p.message}: tagger run refuses rules "

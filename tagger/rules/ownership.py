@@ -27,11 +27,12 @@ class OwnershipProblem:
         return f"{self.message}\n    fix: {self.fix}" if self.fix else self.message
 
 
-def ownership_problems(directory: str | os.PathLike, uid: int = 0) -> list[OwnershipProblem]:
+def ownership_problems(directory: str | os.PathLike, uid: int | None = 0) -> list[OwnershipProblem]:
     """Every path of the rules directory ``directory`` (its ancestors, itself,
     its ``*.yaml``/``*.yml`` files) not owned by ``uid`` or writable by group or
-    others; empty when the rules are safe to act on.  A missing directory is one
-    problem."""
+    others; empty when the rules are safe to act on.  ``uid`` None checks the
+    modes only (a checkout someone else will install).  A missing directory is
+    one problem."""
     path = Path(directory).resolve()
     problems: list[OwnershipProblem] = []
 
@@ -42,12 +43,13 @@ def ownership_problems(directory: str | os.PathLike, uid: int = 0) -> list[Owner
         except OSError as err:
             problems.append(OwnershipProblem(shown, f"{p}: {err.strerror}"))
             return
-        if st.st_uid != uid:
+        if uid is not None and st.st_uid != uid:
             problems.append(OwnershipProblem(shown, f"{what} {p} is owned by uid {st.st_uid}, not "
                                              f"{'root' if uid == 0 else f'uid {uid}'}",
                                              f"chown root:root {p}"))
         loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        if loose and not (allow_sticky and st.st_mode & stat.S_ISVTX and st.st_uid == uid):
+        sticky_ok = allow_sticky and st.st_mode & stat.S_ISVTX and st.st_uid == (uid or 0)
+        if loose and not sticky_ok:
             problems.append(OwnershipProblem(
                 shown, f"{what} {p} is writable by {'group' if loose & stat.S_IWGRP else 'others'}"
                         f" (mode {stat.S_IMODE(st.st_mode):04o})", f"chmod go-w {p}"))
