@@ -35,7 +35,6 @@ from pathlib import Path
 from tagger import __version__
 from tagger.errors import ConfigError, RulesError
 from tagger.kernelfs import HOST, KernelFS
-from tagger.rules.watch import DEFAULT_SETTLE
 from tagger.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ class Config:
     check_ownership: bool | None = None       # None: when running as root
     #: seconds the rules directory must be still before a change is reloaded
     #: (a file caught mid-write is never loaded; docs/rules.md "Reload")
-    rules_settle: float = DEFAULT_SETTLE
+    rules_settle: float = 1.0
 
     @property
     def rules_dir(self) -> str:

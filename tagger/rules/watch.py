@@ -4,7 +4,7 @@ An editor or ``cp`` writes a rule file in pieces; a reload that reads it
 half-way can find valid YAML holding only some of the rules and act on it.
 So a change is loaded only once the directory's signature (name, inode, size
 and mtime of every rule file, and the directory's own inode and mtime) has
-stayed the same for ``settle`` seconds, measured between the daemon's own
+stayed the same for ``settle`` seconds (the agent's ``rules_settle``), measured between the daemon's own
 polls: :meth:`RulesWatcher.poll` is one ``scandir`` and never waits, so the
 tick loop is not held up.  The safe way to change rules is still an atomic
 rename (write ``.name.tmp``, then ``mv`` it to ``name.yaml``): the signature
@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import os
 import time
-
-#: seconds the rules directory must be still before a change is loaded
-DEFAULT_SETTLE = 1.0
 
 
 def rules_signature(directory: str):
@@ -46,7 +43,7 @@ class RulesWatcher:
     :meth:`unchanged_since` to learn whether the files moved under the load
     (then the result must be thrown away: it may be half-written)."""
 
-    def __init__(self, directory: str, settle: float = DEFAULT_SETTLE, clock=time.monotonic):
+    def __init__(self, directory: str, settle: float, clock=time.monotonic):
         if not settle >= 0:
             raise ValueError(f"rules settle time must be >= 0, not {settle}")
         self.directory = directory
