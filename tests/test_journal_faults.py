@@ -135,7 +135,7 @@ def desired_at_random(rng: random.Random) -> dict:
 
 def test_no_knob_changes_without_a_durable_original_under_faults(tmp_path, monkeypatch):
     rng = random.Random(1913)
-    cgroup_v2_tree(tmp_path, cgroups=CGROUPS)
+    cgroup_v2_tree(tmp_path, cgroups=("/pods", *CGROUPS))
     state = tmp_path / "state"
     fs = Checked(tmp_path, state / JOURNAL_NAME)
     layout = Layout.detect(fs)
@@ -188,7 +188,7 @@ def test_no_knob_changes_without_a_durable_original_under_faults(tmp_path, monke
 
 
 def test_a_failed_journal_write_leaves_the_knob_untouched_and_is_logged_once(tmp_path, monkeypatch, caplog):
-    cgroup_v2_tree(tmp_path, cgroups=CGROUPS)
+    cgroup_v2_tree(tmp_path, cgroups=("/pods", *CGROUPS))
     fs = KernelFS(tmp_path)
     act = Actuator(Layout.detect(fs), fs=fs, state_dir=tmp_path / "state", safety=FREE)
     faults = FaultyOS(random.Random(0), rate=1.0)     # the disk is full from now on
