@@ -342,7 +342,11 @@ class Registry:
     the v2 id is the directory's inode number, which ``os.scandir`` gives for
     free) and reports what changed.  Cgroups that vanish mid-walk are skipped.
     On a v1-only host the walk covers the cpu (or name=systemd) hierarchy and
-    every id is 0 (BPF cannot tell v1 cgroups apart)."""
+    every id is 0 (BPF cannot tell v1 cgroups apart).
+
+    Paths are in the internal form of :mod:`tagger.names` (``os.scandir``'s
+    decoding), which is also how :meth:`add` must be given BPF events' paths:
+    a name that is not UTF-8 then has one path, not one per route it came by."""
 
     def __init__(self, layout: Layout, fs: KernelFS | None = None, pod_names: PodNames | None = None,
                  v1_ids: Iterable[str] = ()):
