@@ -77,7 +77,7 @@ def _translate(runs: list[list[str]]) -> str:
 class CgroupGlob:
     """One compiled cgroup path glob."""
 
-    __slots__ = ("text", "regex", "_subtree")
+    __slots__ = ("text", "regex", "_literal", "_subtree")
 
     def __init__(self, text: str):
         if not isinstance(text, str) or not text:
@@ -97,12 +97,18 @@ class CgroupGlob:
                 raise GlobError(f"empty path segment in {text!r}")
             runs[-1].append(_segment(part))
         self.regex = re.compile(_translate(runs))
+        # A glob without wildcards names one cgroup ("exclude: [/]", a protected unit).
+        self._literal = None if any(ch in text for ch in "*?") else ("" if text == "/" else text)
         self._subtree = None
 
     def match(self, path: str) -> bool:
         """True if ``path`` (normalized, from the root) is one the glob names."""
         # The root is "" to the regex, so "/**" (zero segments) matches it.
-        return self.regex.match("" if path == "/" else path) is not None
+        if path == "/":
+            path = ""
+        if self._literal is not None:
+            return path == self._literal
+        return self.regex.match(path) is not None
 
     def match_subtree(self, path: str) -> bool:
         """True if ``path`` or one of its ancestors matches: the glob with "/**" added."""
