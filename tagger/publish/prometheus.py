@@ -16,10 +16,12 @@ what a crowd of scrapers, or a slow one, can take.
 
 from __future__ import annotations
 
+import collections
 import gzip
 import http.server
 import logging
 import math
+import operator
 import queue
 import re
 import socket
@@ -55,6 +57,9 @@ SERVE_TIMEOUT = 10.0
 #: meanwhile), so however often a large node is scraped, rendering takes at most
 #: this share of one core (and of the GIL) from the tick loop.
 RENDER_SHARE = 0.2
+#: Longest a scrape waits for the loop to render the latest tick before it is
+#: served the previous text (Prometheus's scrape timeout is 10 s by default).
+MAX_RENDER_WAIT = 5.0
 #: zlib level of the cached gzip reply: level 1 is ~3x faster than 6 for ~15% more bytes.
 GZIP_LEVEL = 1
 
@@ -179,14 +184,20 @@ class TaggerCollector:
         self._lock = threading.Lock()
         #: bumped by every update(): the exposition cache renders once per value
         self.generation = 0
+        #: called as fn(generation, latest) after every update, in the updating thread
+        self.listeners: list = []
+        self._prefix_cache = None        # (key, prefixes) of cgroup_text
 
     def update(self, snapshot=None, tags=None, actions=None, health=None):
         """Publish one tick.  ``tags``: {path: {key: Tag}}; ``actions``: list of
         AppliedAction; ``health``: the daemon's health dict (keys in HEALTH).
         The objects must not be changed afterwards (the tick loop makes new ones)."""
         with self._lock:
-            self._latest = (snapshot, tags or {}, list(actions or ()), dict(health or {}))
+            self._latest = latest = (snapshot, tags or {}, list(actions or ()), dict(health or {}))
             self.generation += 1
+            generation = self.generation
+        for listener in self.listeners:
+            listener(generation, latest)
 
     def describe(self):
         return []     # no describe-time collect (families vary with the tick)
@@ -215,32 +226,57 @@ class TaggerCollector:
         """The per-cgroup families of :meth:`_cgroup_metrics` as exposition
         text, written directly: they are nearly all of a large node's samples
         (3,000 cgroups x 31 columns), and going through a Sample and
-        generate_latest per value costs ~15 us each, ~1 s a render.  Here the
-        label set of a cgroup is escaped once, not once per column."""
+        generate_latest per value costs ~15 us each, ~1 s a render.  Here each
+        sample's ``name{labels} `` prefix is made once and kept while the
+        cgroup table is unchanged, so a render is repr() of the values and
+        joins (called from one thread at a time: the Exposition's)."""
         snapshot = latest[0]
         if snapshot is None:
             return ""
-        rows = self._rows(snapshot)
-        labels = []
-        for _i, path, name, extra in rows:
-            pairs = sorted([("cgroup", path), ("name", name), *extra])    # generate_latest's order
-            labels.append(",".join(f'{k}="{_escape_label(v)}"' for k, v in pairs))
-        index = np.asarray([row[0] for row in rows], dtype=np.intp)
+        prefixes = self._prefixes(snapshot)
+        index = prefixes["index"]
         out = []
         for metric, col in snapshot.columns.items():
             meta = METRICS.get(metric)
             name = metric_name(metric, meta.unit if meta else "")
             help_ = (meta.help if meta else metric).replace("\\", r"\\").replace("\n", r"\n")
             out.append(f"# HELP {name} {help_}\n# TYPE {name} gauge\n")
+            if not len(index):
+                continue
+            heads = prefixes.get(name)
+            if heads is None:
+                heads = prefixes[name] = [f"{name}{{{label}}} " for label in prefixes["labels"]]
             values = np.asarray(col, dtype=np.float64)[index]
-            known = np.flatnonzero(~np.isnan(values))          # unknown is absent, never 0
+            known = ~np.isnan(values)                 # unknown is absent, never 0
+            if not known.all():
+                keep = np.flatnonzero(known).tolist()
+                heads, values = [heads[k] for k in keep], values[known]
             # repr() is the text of most values; floatToGoString only where Go's
             # differs (infinities, and exponents from 1e6 up).
-            text = list(map(repr, values[known].tolist()))
-            for j in np.flatnonzero(~(np.abs(values[known]) < 1e6)).tolist():
-                text[j] = floatToGoString(values[known[j]])
-            out.extend(f"{name}{{{labels[k]}}} {value}\n" for k, value in zip(known.tolist(), text))
+            text = list(map(repr, values.tolist()))
+            for j in np.flatnonzero(~(np.abs(values) < 1e6)).tolist():
+                text[j] = floatToGoString(values[j])
+            if text:
+                out.append("\n".join(map(operator.add, heads, text)))
+                out.append("\n")
         return "".join(out)
+
+    def _prefixes(self, snapshot) -> dict:
+        """{"index": rows exported, "labels": their label text, metric: ["name{labels} ", ...]}
+        for the snapshot's cgroups; the previous ones' if paths, names and labels are the same."""
+        table = snapshot.cgroups
+        key = (table.paths, table.names, table.labels)
+        cached = self._prefix_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        rows = self._rows(snapshot)
+        labels = []
+        for _i, path, name, extra in rows:
+            pairs = sorted([("cgroup", path), ("name", name), *extra])    # generate_latest's order
+            labels.append(",".join(f'{k}="{_escape_label(v)}"' for k, v in pairs))
+        prefixes = {"index": np.asarray([row[0] for row in rows], dtype=np.intp), "labels": labels}
+        self._prefix_cache = (key, prefixes)
+        return prefixes
 
     # --- pieces -----------------------------------------------------------
     def _rows(self, snapshot):
@@ -370,49 +406,94 @@ def parse_addr(addr: str) -> tuple[str, int]:
 
 class Exposition:
     """The text exposition of the latest tick, rendered at most once per
-    :attr:`TaggerCollector.generation` and then served as bytes.
+    :attr:`TaggerCollector.generation` and served as bytes (and their gzip).
 
-    The first scrape after a tick renders under the lock; scrapes arriving
-    meanwhile wait on the lock (not on the GIL) and get the same bytes.  A
-    render that fails is remembered for the generation too, so a bad tick
-    costs one render, not one per scrape.  Renders are also spaced so they
-    take at most ``render_share`` of the time (see RENDER_SHARE)."""
+    Rendering is the tick loop's work, not the scrapers': a scrape that finds
+    the cached text older than the latest tick asks for a render and waits
+    (up to about two ticks) for the loop to make it at the end of its next
+    tick (:meth:`after_update`, called in the loop's thread); every other
+    scrape gets the cached bytes at once.  Not in the scrape thread: a thread
+    rendering for ~0.3 s holds the GIL for 5 ms slices, and each of the loop's
+    ~15,000 cgroupfs reads then waits a slice to get it back (issue 13: a
+    collect of 1 s became 20 s).  In the loop the cost is one render, counted
+    in the tick's publish stage, and renders are spaced to at most
+    ``render_share`` of the time (scrapes meanwhile get the previous text).
+    A render that fails is remembered for its tick (500 until the next), so
+    a bad tick costs one render, not one per scrape.  With no loop updating
+    the collector (a stuck agent, a test), a scrape renders for itself."""
 
     def __init__(self, collector: TaggerCollector, registry: CollectorRegistry,
-                 render_share: float = RENDER_SHARE, clock=time.monotonic):
+                 render_share: float = RENDER_SHARE, max_wait: float = MAX_RENDER_WAIT, clock=time.monotonic):
         self.collector = collector
         self.registry = registry
         self.render_share = render_share
+        self.max_wait = max_wait
         self.clock = clock
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._wanted = False
         self._next_render = -math.inf
-        self._generation = None
+        self._updates: collections.deque[float] = collections.deque(maxlen=2)   # times of the last updates
+        self._generation = -1
         self._plain: bytes | None = None
         self._gzip: bytes | None = None
         self._error: Exception | None = None
         self.renders = 0          # for tests and the benchmark: renders, not scrapes
+        collector.listeners.append(self.after_update)
+
+    def after_update(self, generation: int, latest):
+        """The loop published a tick (its own thread): render it if a scrape asked."""
+        now = self.clock()
+        with self._cond:
+            self._updates.append(now)
+            if not self._wanted or now < self._next_render:
+                return
+            self._wanted = False
+        self._render_now(generation, latest)
 
     def get(self, gzipped: bool = False) -> bytes:
         """The exposition (gzip-compressed if asked); raises what the render raised."""
-        with self._lock:
-            generation, latest = self.collector.latest()
-            started = self.clock()
-            if generation != self._generation and (started >= self._next_render or self._generation is None):
-                self._generation, self._plain, self._gzip, self._error = generation, None, None, None
-                self.renders += 1
-                try:
-                    self._plain = self._render(latest)
-                except Exception as err:
-                    self._error = err
-                    log.exception("rendering the metrics failed (every scrape gets 500 until the next tick)")
-                self._next_render = started + (self.clock() - started) / self.render_share
+        with self._cond:
+            generation = self.collector.generation
+            if self._generation < generation and self.clock() >= self._next_render:
+                wait = self._wait_limit()
+                if wait > 0:
+                    self._wanted = True
+                    self._cond.wait_for(lambda: self._generation >= generation, timeout=wait)
+            stale = self._generation < 0
+        if stale:                                 # no loop is rendering: do it here
+            self._render_now(*self.collector.latest())
+        with self._cond:
             if self._error is not None:
                 raise self._error
             if not gzipped:
                 return self._plain
-            if self._gzip is None:
+            if self._gzip is None:                # zlib runs without the GIL
                 self._gzip = gzip.compress(self._plain, GZIP_LEVEL, mtime=0)
             return self._gzip
+
+    def _wait_limit(self) -> float:
+        """How long a scrape may wait for the loop: ~2 ticks if it is alive, else 0."""
+        if not self._updates:
+            return 0.0
+        interval = self._updates[-1] - self._updates[0] if len(self._updates) == 2 else self.max_wait / 2
+        if self.clock() - self._updates[-1] > 2 * max(interval, 0.01):
+            return 0.0                            # no tick lately: the loop is stuck or gone
+        return min(self.max_wait, 2 * interval)
+
+    def _render_now(self, generation: int, latest):
+        started = self.clock()
+        plain, error = None, None
+        try:
+            plain = self._render(latest)
+        except Exception as err:
+            error = err
+            log.exception("rendering the metrics failed (every scrape gets 500 until the next tick)")
+        with self._cond:
+            self.renders += 1
+            self._next_render = started + (self.clock() - started) / self.render_share
+            if generation >= self._generation:
+                self._generation, self._plain, self._gzip, self._error = generation, plain, None, error
+            self._cond.notify_all()
 
     def _render(self, latest) -> bytes:
         small = _Families(lambda: self.collector.families(latest, cgroup_metrics=False))
@@ -523,6 +604,7 @@ class MetricsServer:
         return f"http://{host}:{self.port}/metrics"
 
     def close(self):
+        self.collector.listeners.remove(self.exposition.after_update)
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
