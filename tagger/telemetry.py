@@ -18,6 +18,7 @@ its cgroupfs figures exclusive to match.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -41,9 +42,6 @@ CGROUPFS_EXTRAS = ("cpu.throttled", "mem.current", "psi.cpu.some", "psi.io.some"
 #: Reconcile slots with the cgroup tree this often (ticks), besides after any
 #: lost lifecycle event (see BpfCollector._reconcile).
 RESCAN_EVERY = 30
-#: ... but not more often than this (ticks) under a storm of lost events: each
-#: reconcile walks the tree, and two in a row return what leaked.
-RECONCILE_GAP = 2
 
 
 
@@ -212,7 +210,7 @@ class BpfCollector(Collector):
         self.lost_lifecycle = 0             # the kernel's lifecycle_drops at the last reconcile
         self.slots_reclaimed = 0
         self.reconciles = 0
-        self._reconciled_at = -RECONCILE_GAP
+        self._register_errors = 0           # registrations refused for another reason than a vanished cgroup
         self._unslotted = False             # a cgroup found no free slot: try again next tick
         self._warned_full = False
 
@@ -258,7 +256,9 @@ class BpfCollector(Collector):
         try:
             got = self.probes.register_cgroup(str(self.fs.path(self.layout.v2_dir(path))), slot)
         except (FileNotFoundError, errors.BpfError) as err:
-            log.debug("cgroup %s vanished before registration: %s", path, err)
+            if getattr(err, "errno", None) != errno.ENOENT:
+                self._register_errors += 1      # its slot unknown: reconciling returns none this time
+            log.debug("cgroup %s not registered (vanished?): %s", path, err)
             self.slots.push(slot)
             return None
         if got != slot:                        # the kernel's mkdir handler was first
@@ -384,7 +384,10 @@ class BpfCollector(Collector):
         self.reconciles += 1
         self._unslotted = False
         self.slots.mark()                   # before the walk finds the holders
+        errors_before = self._register_errors
         self._rescan()
+        if self._register_errors != errors_before:
+            return                          # a live cgroup's slot unknown: return nothing on doubt
         leaked = self.slots.leaked(self.slot_path.keys() | set(self._to_recycle))
         if leaked:
             log.debug("%d slots held by no cgroup go back to the queue", len(leaked))
@@ -420,11 +423,9 @@ class BpfCollector(Collector):
         self.outliers = []
         self._handle_events(p.drain().copy())
         drops = p.lifecycle_drops()
-        doubt = drops != self.lost_lifecycle or self.slots.pending
-        if (self._unslotted or self.seq % RESCAN_EVERY == RESCAN_EVERY - 1
-                or (doubt and self.seq - self._reconciled_at >= RECONCILE_GAP)):
+        if (drops != self.lost_lifecycle or self.slots.pending or self._unslotted
+                or self.seq % RESCAN_EVERY == RESCAN_EVERY - 1):
             self.lost_lifecycle = drops
-            self._reconciled_at = self.seq
             self._reconcile()
         n = self.high_water
         p.checkpoint()                 # running tasks' time so far, so no tick shows a spike

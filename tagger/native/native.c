@@ -4,6 +4,7 @@
  * caller-owned array.  No Python runs per event, and nothing here allocates
  * per tick. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -470,6 +471,15 @@ int tg_register_cgroup(struct tg_handle *h, int cgroup_fd, uint32_t slot, uint32
 	if (bpf_map_update_elem(fd, key, &value, BPF_EXIST))
 		return -errno;
 registered:
+	/* The hash variant takes any id: a cgroup removed before the update
+	 * would keep its entry for good (the rmdir handler deletes only what
+	 * is there when it runs).  kernfs empties a removed cgroup's directory
+	 * before that handler runs, so this check after the update catches
+	 * every such case. */
+	if (!storage && fstatat(cgroup_fd, "cgroup.procs", &st, 0) && errno == ENOENT) {
+		bpf_map_delete_elem(fd, key);
+		return -ENOENT;
+	}
 	/* Tasks already running in this cgroup cached slot 0: look again. */
 	__atomic_fetch_add(&h->skel->bss->slot_generation, 1, __ATOMIC_RELAXED);
 	return 0;
