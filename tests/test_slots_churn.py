@@ -106,9 +106,12 @@ def test_slots_lost_with_their_events_come_back(make_cgroup, features_off):
             assert not late, f"{len(late)} of {NEW} new cgroups had no slot after two ticks " \
                              f"(reclaimed {coll.slots_reclaimed})"
             assert coll.slots_reclaimed > 0
-            # Every slot is either held by a cgroup we know or free, each once.
+            # No slot held twice, and the kernel agrees with each one we know
+            # (registering a cgroup that has a slot returns the kernel's).
             held = list(coll.path_slot.values())
             assert len(held) == len(set(held))
+            for d in made:
+                assert coll.probes.register_cgroup(str(d), 1) == coll.path_slot[f"{parent.path}/{d.name}"]
         finally:
             for d in made:
                 os.rmdir(d)
