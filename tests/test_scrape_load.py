@@ -220,3 +220,36 @@ def test_cached_exposition_carries_what_generate_latest_does():
     served = Exposition(collector, registry).get()
     assert parsed(served.decode()) == parsed(generate_latest(registry).decode())
     assert len(parsed(served.decode())["tagger_cpu_usage_cpus"][2]) == 4      # the NaN is absent
+
+
+def test_a_stuck_loop_still_has_its_last_tick_served():
+    """Rendering is the loop's job, but when the loop stops publishing (stuck
+    in a tick) a scrape renders the last tick itself rather than serving an
+    older text for ever."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tagger.publish.prometheus import Exposition, TaggerCollector
+
+    now = [0.0]
+    collector = TaggerCollector()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    exposition = Exposition(collector, registry, max_wait=0.05, clock=lambda: now[0])
+
+    def ticks_served():
+        fams = {f.name: f for f in text_string_to_metric_families(exposition.get().decode())}
+        return fams["tagger_ticks"].samples[0].value
+
+    def tick(n):
+        collector.update(Snapshot.synthetic(["/a"], {"cpu.usage": [0.5]}), {}, [], {"ticks": n})
+        now[0] += 1.0
+
+    tick(1)
+    tick(2)
+    assert ticks_served() == 2
+    tick(3)                      # a scrape asked: the loop renders this one
+    assert exposition.renders == 2 and ticks_served() == 3
+    tick(4)                      # nobody asked: not rendered; then the loop hangs
+    now[0] += 10.0
+    assert ticks_served() == 4

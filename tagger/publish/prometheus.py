@@ -50,6 +50,10 @@ SERVE_THREADS = 4
 #: Accepted scrapes waiting for a serving thread; past this they are closed
 #: unanswered (the scraper retries on its next interval).
 SERVE_QUEUE = 64
+#: Scrapes answered per second at most, over all threads: a Prometheus pair
+#: scrapes every 15 s; the cap bounds what a crowd costs in request parsing
+#: (Python, under the GIL) however fast it asks.  Beyond it scrapes queue.
+SERVE_RATE = 50.0
 #: Seconds a scraper may take to send its request or read a chunk of the reply.
 SERVE_TIMEOUT = 10.0
 #: Most of the wall time rendering may take: after a render of R seconds the next
@@ -431,6 +435,7 @@ class Exposition:
         self.clock = clock
         self._cond = threading.Condition()
         self._wanted = False
+        self._rendering = False                   # a render is under way (loop or scrape)
         self._next_render = -math.inf
         self._updates: collections.deque[float] = collections.deque(maxlen=2)   # times of the last updates
         self._generation = -1
@@ -445,26 +450,34 @@ class Exposition:
         now = self.clock()
         with self._cond:
             self._updates.append(now)
-            if not self._wanted or now < self._next_render:
+            if not self._wanted or self._rendering or now < self._next_render:
                 return
-            self._wanted = False
+            self._wanted, self._rendering = False, True
         self._render_now(generation, latest)
 
     def get(self, gzipped: bool = False) -> bytes:
         """The exposition (gzip-compressed if asked); raises what the render raised."""
+        render_here = False
         with self._cond:
             generation = self.collector.generation
             if self._generation < generation and self.clock() >= self._next_render:
                 wait = self._wait_limit()
-                if wait > 0:
+                if wait > 0 or self._rendering:
                     self._wanted = True
-                    self._cond.wait_for(lambda: self._generation >= generation, timeout=wait)
-            stale = self._generation < 0
-        if stale:                                 # no loop is rendering: do it here
+                    self._cond.wait_for(lambda: self._generation >= generation, timeout=wait or self.max_wait)
+                else:                             # no loop is rendering (stuck, or none): here, once
+                    render_here = self._rendering = True
+            if self._generation < 0 and not render_here:          # nothing to serve yet
+                self._cond.wait_for(lambda: not self._rendering, timeout=self.max_wait)
+                if self._generation < 0 and not self._rendering:
+                    render_here = self._rendering = True
+        if render_here:
             self._render_now(*self.collector.latest())
         with self._cond:
             if self._error is not None:
                 raise self._error
+            if self._plain is None:
+                raise RuntimeError("no exposition rendered yet")
             if not gzipped:
                 return self._plain
             if self._gzip is None:                # zlib runs without the GIL
@@ -490,6 +503,7 @@ class Exposition:
             log.exception("rendering the metrics failed (every scrape gets 500 until the next tick)")
         with self._cond:
             self.renders += 1
+            self._rendering = False
             self._next_render = started + (self.clock() - started) / self.render_share
             if generation >= self._generation:
                 self._generation, self._plain, self._gzip, self._error = generation, plain, None, error
@@ -542,9 +556,12 @@ class _ExpositionServer(http.server.HTTPServer):
     request_queue_size = SERVE_QUEUE
 
     def __init__(self, address, exposition: Exposition, threads: int = SERVE_THREADS,
-                 backlog: int = SERVE_QUEUE):
+                 backlog: int = SERVE_QUEUE, rate: float = SERVE_RATE):
         self.address_family = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)[0][0]
         self.exposition = exposition
+        self._spacing = 1.0 / rate
+        self._next_slot = 0.0
+        self._pace_lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue(maxsize=backlog)
         super().__init__(address, _MetricsHandler)
         self._workers = [threading.Thread(target=self._work, name=f"tagger-metrics-{i}", daemon=True)
@@ -565,11 +582,21 @@ class _ExpositionServer(http.server.HTTPServer):
                 return
             request, client_address = item
             try:
+                self._pace()
                 self.finish_request(request, client_address)
             except Exception:
                 log.debug("scrape from %s failed", client_address, exc_info=True)
             finally:
                 self.shutdown_request(request)
+
+    def _pace(self):
+        """Wait (without the GIL) for this scrape's slot under SERVE_RATE."""
+        with self._pace_lock:
+            now = time.monotonic()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + self._spacing
+        if slot > now:
+            time.sleep(slot - now)
 
     def server_close(self):
         super().server_close()
