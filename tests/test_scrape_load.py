@@ -200,11 +200,12 @@ def test_cached_exposition_carries_what_generate_latest_does():
     from tagger.publish.prometheus import Exposition, TaggerCollector
     from tagger.snapshot import CgroupTable
 
-    paths = ["/a", '/q"uote', "/back\\slash", "/new\nline", "/kubepods/pod1/c1"]
-    labels = [{}, {}, {}, {}, {"namespace": "web", "pod": 'front"1', "container": "nginx"}]
-    cols = {"cpu.usage": [1.5, float("nan"), float("inf"), 2.5e9, 1e-7],
-            "mem.current": [1024.0, 3e12, 0.0, float("nan"), 17.0],
-            "runq.p99": [0.002] * 5}
+    paths = ["/a", '/q"uote', "/back\\slash", "/new\nline", "/kubepods/pod1/c1",
+             b"/x\xfe\xff".decode("utf-8", "surrogateescape")]           # a name that is not UTF-8
+    labels = [{}, {}, {}, {}, {"namespace": "web", "pod": 'front"1', "container": "nginx"}, {}]
+    cols = {"cpu.usage": [1.5, float("nan"), float("inf"), 2.5e9, 1e-7, 0.5],
+            "mem.current": [1024.0, 3e12, 0.0, float("nan"), 17.0, 1.0],
+            "runq.p99": [0.002] * 6}
     snap = Snapshot(t=1.0, dt=1.0, cgroups=CgroupTable.from_paths(paths, labels=labels),
                     columns={k: np.asarray(v) for k, v in cols.items()}, node={"cpus": 2.0})
     collector = TaggerCollector()
@@ -219,7 +220,7 @@ def test_cached_exposition_carries_what_generate_latest_does():
 
     served = Exposition(collector, registry).get()
     assert parsed(served.decode()) == parsed(generate_latest(registry).decode())
-    assert len(parsed(served.decode())["tagger_cpu_usage_cpus"][2]) == 4      # the NaN is absent
+    assert len(parsed(served.decode())["tagger_cpu_usage_cpus"][2]) == 5      # the NaN is absent
 
 
 def test_a_stuck_loop_still_has_its_last_tick_served():
