@@ -99,7 +99,7 @@ def top_on_pty():
 def _started(t: TopOnPty):
     # Start-up (imports, BPF load and verification) takes a minute under TCG.
     assert t.read_until(lambda out: b"NAME" in out and b"cgroups" in out, timeout=120), \
-        f"no table drawn; output: {bytes(t.output[-500:])!r}"
+        f"no table drawn (exit status {t.proc.poll()}); output: {bytes(t.output[-500:])!r}"
 
 
 @pytest.mark.parametrize("how", ["q", "ctrl+c", "SIGTERM", "SIGHUP"])
