@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from tagger.actions.journal import DEFAULT_STATE_DIR, JOURNAL_NAME, LOCK_NAME, read_entries
+from tagger.actions.journal import DEFAULT_STATE_DIR, JOURNAL_NAME, LOCK_NAME, read_journal
 from tagger.errors import ConfigError
 from tagger.names import display
 
@@ -87,7 +87,10 @@ def actions(as_json, state_dir: Path, restore):
     (crash, SIGKILL): the next `tagger run` restores them, or use --restore.
     """
     try:
-        entries = read_entries(state_dir / JOURNAL_NAME, quarantine=False)
+        # A damaged journal still lists (and restores) every intact entry; the
+        # damaged records are named, and the viewer never moves the file.
+        contents = read_journal(state_dir / JOURNAL_NAME)
+        entries, damaged = contents.entries, [str(d) for d in contents.damaged]
         pid = agent_pid(state_dir)
     except PermissionError as err:
         raise ConfigError(f"{state_dir}: permission denied (the journal is root's; try sudo)") from err
@@ -103,7 +106,8 @@ def actions(as_json, state_dir: Path, restore):
         act.journal.unlock()
         click.echo(f"restored {len(entries) - len(left)} of {len(entries)} knobs"
                    + (f"; {len(left)} refused, still journaled" if left else ""))
-        if left:
+        _report_damage(state_dir, damaged)
+        if left or damaged:
             raise SystemExit(1)
         return
     if as_json:
@@ -111,10 +115,16 @@ def actions(as_json, state_dir: Path, restore):
             "state_dir": str(state_dir), "agent_pid": pid,
             "actions": [{"cgroup": display(e.cgroup) if e.cgroup else None, "knob": e.knob, "value": e.value,
                          "original": e.original, "rule": e.rule, "since": e.since} for e in entries],
+            "damaged": damaged,
         }, indent=1))
+        if damaged:
+            raise SystemExit(1)
         return
     if not entries:
         click.echo("no kernel settings changed" + (f" (agent pid {pid})" if pid else ""))
+        _report_damage(state_dir, damaged)
+        if damaged:
+            raise SystemExit(1)
         return
     rows = [(display(e.cgroup) if e.cgroup else "(resctrl)", e.knob, human(e.knob, e.value),
              human(e.knob, e.original), e.rule, _age(e.since))
@@ -126,6 +136,18 @@ def actions(as_json, state_dir: Path, restore):
     if pid is None:
         click.echo(f"\nno agent is running: these were left by one that stopped without restoring "
                    f"(crash?). `tagger run` restores them on start; `tagger actions --restore` now.")
+    _report_damage(state_dir, damaged)
+    if damaged:
+        raise SystemExit(1)
+
+
+def _report_damage(state_dir: Path, damaged: list[str]) -> None:
+    if not damaged:
+        return
+    click.echo(f"\n{state_dir / JOURNAL_NAME}: {len(damaged)} damaged journal record(s); their knobs "
+               f"cannot be restored from it, put them back by hand:", err=True)
+    for d in damaged:
+        click.echo(f"  {d}", err=True)
 
 
 __all__ = ["actions", "agent_pid"]

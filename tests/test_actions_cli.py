@@ -54,8 +54,22 @@ def test_empty_and_unreadable(tmp_path):
     assert out.output.strip() == "no kernel settings changed"
     (tmp_path / JOURNAL_NAME).write_text("garbage")
     out = CliRunner().invoke(actions, ["--state-dir", str(tmp_path)])
-    assert out.exit_code != 0 and "unreadable journal" in str(out.exception)
+    assert out.exit_code == 1 and "1 damaged journal record" in out.stderr
     assert (tmp_path / JOURNAL_NAME).read_text() == "garbage"   # a viewer never moves it
+
+
+def test_a_damaged_journal_still_lists_its_intact_entries(tmp_path):
+    journal = Journal(tmp_path)
+    journal.put(Entry("/a", "cpu.max", "max 100000", "30000 100000", "r"))
+    journal.put(Entry("/b", "cpu.weight", "100", "1", "r"))
+    path = tmp_path / JOURNAL_NAME
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])   # the last record torn
+    out = CliRunner().invoke(actions, ["--state-dir", str(tmp_path), "--json"])
+    assert out.exit_code == 1
+    doc = json.loads(out.stdout)
+    assert [(a["cgroup"], a["knob"]) for a in doc["actions"]] == [("/a", "cpu.max")]
+    assert len(doc["damaged"]) == 1 and "/b" in doc["damaged"][0]
 
 
 @pytest.mark.root
