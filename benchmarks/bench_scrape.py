@@ -50,18 +50,27 @@ rules:
 """
 
 SCRAPER = textwrap.dedent("""
-    import json, sys, threading, time, urllib.request
+    import gzip, json, sys, threading, time, urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
     url, threads, until = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     lat, errors, sizes = [], [0], [0]
     def scrape():
         req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+        n = 0
         while time.time() < until:
             t0 = time.monotonic()
             try:
+                # A status other than 200 raises (HTTPError is an OSError).
                 with urllib.request.urlopen(req, timeout=60) as resp:
-                    sizes[0] = len(resp.read())
+                    body = resp.read()
+                    sizes[0] = len(body)
                 lat.append(time.monotonic() - t0)
-            except OSError:
+                if n % 20 == 0:        # parse a sample: parsing every one would starve the agent
+                    if resp.headers.get("Content-Encoding") == "gzip":
+                        body = gzip.decompress(body)
+                    list(text_string_to_metric_families(body.decode()))
+                n += 1
+            except (OSError, ValueError):
                 errors[0] += 1
     ts = [threading.Thread(target=scrape) for _ in range(threads)]
     for t in ts: t.start()
@@ -90,8 +99,10 @@ class EmptyCgroups:
     def create(self):
         for root in self.roots:
             (root / self.prefix).mkdir()
-            for i in range(self.n):
+            for i in range(self.n - 1):
                 (root / self.prefix / f"c{i:04d}").mkdir()
+            # One name that is not UTF-8 (issue 13): every scrape must still be a 200 that parses.
+            os.mkdir(os.fsencode(root / self.prefix) + b"/x\xfe\xff")
 
     def remove(self):
         for root in self.roots:
