@@ -2,6 +2,9 @@
 #
 #   make run    install what is missing, build, and run the agent
 #   make test   the same set-up, then the whole test suite
+#   make install-system   a self-contained venv in /opt/tagger, /usr/local/bin/tagger,
+#               the systemd unit (uninstall-system removes them)
+#   make man    docs/man/*.1 from the click help
 #   make test-kernels   the bpf and root tests inside VMs booting Debian's 6.1
 #               and 6.12 kernels (KERNELS=6.1 picks one), pure cgroup v2
 #
@@ -42,13 +45,16 @@ VIRTME_NG       := virtme-ng==1.42
 KERNELS_DIR     := .kernels
 KERNELS         ?=
 
-.PHONY: help deps venv bpf install run test test-kernels bench clean
+.PHONY: help deps venv bpf install run test test-kernels bench clean install-system uninstall-system man
 
 help:
 	@echo "make run     set up everything missing, then run tagger"
 	@echo "make test    set up everything missing, then run the test suite"
 	@echo "make test-kernels  the bpf and root tests in VMs on Debian's 6.1 and 6.12"
 	@echo "             kernels, pure cgroup v2 (KERNELS=6.1 picks one; ~10 min each)"
+	@echo "make install-system  tagger on PATH ($(PREFIX)/bin) from a venv in $(TAGGER_HOME),"
+	@echo "             and the systemd unit in $(UNITDIR); uninstall-system removes them"
+	@echo "make man     regenerate docs/man/*.1 from the click help"
 	@echo "make bench   run the benchmarks (root, real kernel)"
 	@echo "make bpf     build the BPF objects and skeleton only"
 	@echo "make clean   remove build products"
@@ -124,6 +130,44 @@ test-kernels: install .stamp-vm
 
 bench: install
 	$(Q)for b in benchmarks/bench_*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done
+
+# --- system install ------------------------------------------------------------
+# A venv of its own (not the checkout's .venv: the unit's ProtectHome=yes and
+# PrivateTmp=yes hide /home, /root and /tmp), holding the built wheel with its
+# native module, not an editable install.  The venv is not relocatable, so
+# there is no DESTDIR: PREFIX, TAGGER_HOME and UNITDIR say where things go (the
+# test installs into a temp tree with them).
+PREFIX      ?= /usr/local
+TAGGER_HOME ?= /opt/tagger
+UNITDIR     ?= /etc/systemd/system
+WHEEL_DIR   := build/wheel
+
+install-system: install
+	$(Q)rm -rf $(WHEEL_DIR)
+	$(Q)echo "  WHEEL   $(WHEEL_DIR)"
+	$(Q)$(VPY) -m pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR) . 2>/dev/null
+	$(Q)echo "  VENV    $(TAGGER_HOME)"
+	$(Q)$(PYTHON) -m venv --clear $(TAGGER_HOME)
+	$(Q)$(TAGGER_HOME)/bin/python -m pip install -q --disable-pip-version-check $(WHEEL_DIR)/tagger-*.whl
+	$(Q)install -d $(PREFIX)/bin $(UNITDIR)
+	$(Q)ln -sfn $(TAGGER_HOME)/bin/tagger $(PREFIX)/bin/tagger
+	$(Q)echo "  UNIT    $(UNITDIR)/tagger.service"
+	$(Q)sed 's|^ExecStart=/usr/local/bin/tagger |ExecStart=$(PREFIX)/bin/tagger |' deploy/tagger.service > $(UNITDIR)/tagger.service
+	$(Q)chmod 0644 $(UNITDIR)/tagger.service
+	$(Q)if [ "$(UNITDIR)" = /etc/systemd/system ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	$(Q)echo "tagger is $(PREFIX)/bin/tagger; start the service: systemctl enable --now tagger"
+
+uninstall-system:
+	$(Q)if [ -d /run/systemd/system ] && [ "$(UNITDIR)" = /etc/systemd/system ]; then \
+	  systemctl disable --now tagger 2>/dev/null || true; fi
+	$(Q)rm -f $(UNITDIR)/tagger.service
+	$(Q)if [ "$$(readlink $(PREFIX)/bin/tagger)" = "$(TAGGER_HOME)/bin/tagger" ]; then rm -f $(PREFIX)/bin/tagger; fi
+	$(Q)rm -rf $(TAGGER_HOME)
+	$(Q)if [ "$(UNITDIR)" = /etc/systemd/system ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# Manual pages from the click help (one per command and subcommand).
+man: install
+	$(Q)$(VPY) tools/gen_man.py docs/man
 
 clean:
 	rm -rf build *.egg-info tagger/native/_native*.so tagger/native/_native.c \
