@@ -151,6 +151,7 @@ install-system: install
 	$(Q)$(TAGGER_HOME)/bin/python -m pip install -q --disable-pip-version-check $(WHEEL_DIR)/tagger-*.whl
 	$(Q)install -d $(PREFIX)/bin $(UNITDIR)
 	$(Q)ln -sfn $(TAGGER_HOME)/bin/tagger $(PREFIX)/bin/tagger
+	$(Q)install -d $(PREFIX)/share/man/man1 && install -m 0644 docs/man/*.1 $(PREFIX)/share/man/man1/
 	$(Q)echo "  UNIT    $(UNITDIR)/tagger.service"
 	$(Q)sed 's|^ExecStart=/usr/local/bin/tagger |ExecStart=$(PREFIX)/bin/tagger |' deploy/tagger.service > $(UNITDIR)/tagger.service
 	$(Q)chmod 0644 $(UNITDIR)/tagger.service
@@ -162,11 +163,14 @@ uninstall-system:
 	  systemctl disable --now tagger 2>/dev/null || true; fi
 	$(Q)rm -f $(UNITDIR)/tagger.service
 	$(Q)if [ "$$(readlink $(PREFIX)/bin/tagger)" = "$(TAGGER_HOME)/bin/tagger" ]; then rm -f $(PREFIX)/bin/tagger; fi
+	$(Q)for m in docs/man/*.1; do rm -f $(PREFIX)/share/man/man1/$${m##*/}; done
 	$(Q)rm -rf $(TAGGER_HOME)
 	$(Q)if [ "$(UNITDIR)" = /etc/systemd/system ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
-# Manual pages from the click help (one per command and subcommand).
+# Manual pages from the click help (one per command and subcommand); click-man
+# comes with the test extras.
 man: install
+	$(Q)rm -f docs/man/*.1
 	$(Q)$(VPY) tools/gen_man.py docs/man
 
 clean:
