@@ -30,7 +30,7 @@ ARCH    := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 
 # Debian packages: build (clang..zlib), workloads for tests and benchmarks.
 APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config \
-                stress-ng fio rt-tests redis-server linux-perf
+                stress-ng fio rt-tests redis-server linux-perf prometheus
 
 BPF_PROBES  := sched blkio cgroup
 BPF_OBJS    := $(patsubst %,bpf/%.bpf.o,$(BPF_PROBES))

@@ -26,7 +26,12 @@ def _off(value):
 @click.option("--metrics", metavar="ADDR", default="127.0.0.1:9473", show_default=True,
               help="Prometheus exposition address; 'off' to disable.")
 @click.option("--export", metavar="GLOB", multiple=True,
-              help="Only cgroups matching GLOB in the per-cgroup metrics (repeatable).")
+              help="Also export the cgroups matching GLOB in the per-cgroup metrics (repeatable); "
+                   "by default: tagged cgroups, Kubernetes pods, systemd services and the top N by CPU.")
+@click.option("--export-top", type=click.IntRange(0), default=100, show_default=True, metavar="N",
+              help="Export the N cgroups that used the most CPU (besides the default set).")
+@click.option("--export-cap", type=click.IntRange(1), default=1000, show_default=True, metavar="N",
+              help="Export at most N cgroups; how many were left out is tagger_cgroups_unexported.")
 @click.option("--socket", "socket_path", metavar="PATH", default="/run/tagger/tagger.sock",
               show_default=True, help="Unix socket for `tagger tags` and `tagger top`; 'off' to disable.")
 @click.option("--record", metavar="FILE", help="Also record every snapshot to a trace file.")
@@ -42,8 +47,8 @@ def _off(value):
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.pass_context
-def run(ctx, rules, interval, dry_run, state_dir, metrics, export, socket_path, record, redis,
-        config_file, cgroupfs_only, cgroupfs_every, bpf_stats, log_level):
+def run(ctx, rules, interval, dry_run, state_dir, metrics, export, export_top, export_cap, socket_path,
+        record, redis, config_file, cgroupfs_only, cgroupfs_every, bpf_stats, log_level):
     """Run the agent: each tick, Snapshot -> rules -> tags -> actions -> publish.
 
     \b
@@ -62,12 +67,12 @@ def run(ctx, rules, interval, dry_run, state_dir, metrics, export, socket_path, 
         "rules": rules, "interval": interval, "dry_run": dry_run, "state_dir": state_dir,
         "metrics": _off(metrics), "socket": _off(socket_path), "record": record, "redis": redis,
         "export": tuple(export), "prefer_bpf": not cgroupfs_only, "cgroupfs_every": cgroupfs_every,
-        "bpf_stats": bpf_stats,
+        "bpf_stats": bpf_stats, "export_top": export_top, "export_cap": export_cap,
     }
     params = {"rules": "rules", "interval": "interval", "dry_run": "dry_run", "state_dir": "state_dir",
               "metrics": "metrics", "socket": "socket_path", "record": "record", "redis": "redis",
               "export": "export", "prefer_bpf": "cgroupfs_only", "cgroupfs_every": "cgroupfs_every",
-              "bpf_stats": "bpf_stats"}
+              "bpf_stats": "bpf_stats", "export_top": "export_top", "export_cap": "export_cap"}
     for key, value in given.items():
         source = ctx.get_parameter_source(params[key])
         if key not in settings or source == click.core.ParameterSource.COMMANDLINE:

@@ -63,6 +63,9 @@ class Config:
     record: str | None = None
     redis: str | None = None
     export: tuple[str, ...] = ()
+    #: the exposition's top N cgroups by CPU, and its cap (tagger.publish.export)
+    export_top: int = 100
+    export_cap: int = 1000
     prefer_bpf: bool = True
     history: int = 10000
     #: BPF collector: read the cgroupfs-only figures (cpu.throttled, mem.current,
@@ -286,7 +289,7 @@ class Daemon:
 
         # Publishers.  Each is closed on every exit path (socket file removed).
         from tagger.publish.prometheus import MetricsServer, TaggerCollector
-        self.prometheus = TaggerCollector(export=cfg.export)
+        self.prometheus = TaggerCollector(export=cfg.export, top=cfg.export_top, cap=cfg.export_cap)
         if cfg.metrics:
             self.metrics = MetricsServer(self.prometheus, cfg.metrics)
             stack.callback(self._close_quietly, self.metrics, "metrics server")

@@ -139,7 +139,7 @@ def generated_tree(base: str, seed=13, count=60) -> list[str]:
 
 
 def exported_cgroups(glob, snap) -> set[str]:
-    col = TaggerCollector(export=[glob])
+    col = TaggerCollector(export=[glob], top=0)          # the glob alone: no top N by CPU
     col.update(snapshot=snap, tags={}, actions=[], health={})
     reg = CollectorRegistry(auto_describe=False)
     reg.register(col)

@@ -164,7 +164,7 @@ def test_byte_names_reach_every_reader_intact(readers, tmp_path_factory, raw):
     reg_ = CollectorRegistry(auto_describe=False)
     reg_.register(col)
     fams = {f.name: f for f in text_string_to_metric_families(generate_latest(reg_).decode())}
-    for family in ("tagger_cpu_usage_cpus", "tagger_tag", "tagger_action"):
+    for family in ("tagger_cgroup_cpu_seconds", "tagger_tag", "tagger_action"):
         labels = [s.labels for s in fams[family].samples]
         assert sorted(parse(x["cgroup"]) for x in labels) == sorted(paths), family
     assert {parse(s.labels["value"]) for s in fams["tagger_tag"].samples} == set(snap.cgroups.names)
@@ -265,7 +265,7 @@ def test_a_byte_named_cgroup_is_one_cgroup_and_the_scrape_stays_up(make_cgroup):
                     assert resp.status == 200
                     text = resp.read().decode("utf-8")
                 fams = {f.name: f for f in text_string_to_metric_families(text)}
-                cgroups = {parse(s.labels["cgroup"]) for s in fams["tagger_cpu_usage_cpus"].samples}
+                cgroups = {parse(s.labels["cgroup"]) for s in fams["tagger_cgroup_cpu_seconds"].samples}
                 assert cg.path in cgroups
         finally:
             server.close()

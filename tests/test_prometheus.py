@@ -3,6 +3,8 @@ per-cgroup metrics, tags, actions and health, and forgets removed cgroups."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import urllib.request
 
 import numpy as np
@@ -15,15 +17,23 @@ from tagger.publish.prometheus import MetricsServer, TaggerCollector, metric_nam
 from tagger.snapshot import CgroupTable, Snapshot
 from tagger.actions.actuator import AppliedAction
 from tagger.tags import Tag
+from tagger.telemetry import hist_edges
 
 
-def snapshot(paths, usage, labels=None):
-    table = CgroupTable.from_paths(paths, labels=labels)
-    return Snapshot(t=1.0, dt=1.0, cgroups=table,
+def snapshot(paths, usage, labels=None, ids=None, dt=1.0, hist=None):
+    table = CgroupTable.from_paths(paths, labels=labels, ids=ids)
+    snap = Snapshot(t=1.0, dt=dt, cgroups=table,
                     columns={"cpu.usage": np.asarray(usage, float),
                              "runq.p99": np.asarray([0.002] * len(paths)),
+                             "runq.wait": np.asarray(usage, float) / 10,
+                             "mem.current": np.full(len(paths), 4096.0),
                              "io.read_bytes": np.full(len(paths), np.nan)},
                     node={"cpus": 2.0, "cpu.usage": 1.5})
+    if hist is not None:                  # run-queue events per row and bucket this tick
+        snap.hist_edges = hist_edges(hist.shape[1])
+        zero = np.zeros_like(hist)
+        snap.histograms = {"runq.wakeup": hist, "runq.new": zero, "runq.preempt": zero, "io.lat": zero}
+    return snap
 
 
 def exposition(collector) -> dict:
@@ -56,14 +66,17 @@ def test_exposition_parses_and_carries_everything():
     col.update(snap, tags, acts, health)
     fams, text = exposition(col)
 
-    usage = {s.labels["cgroup"]: s for s in samples(fams, "tagger_cpu_usage_cpus")}
-    assert usage["/a"].value == 1.5 and usage["/a"].labels["name"] == "a"
+    usage = {s.labels["cgroup"]: s for s in samples(fams, "tagger_cgroup_cpu_seconds_total")}
+    assert usage["/a"].value == 1.5 and usage["/a"].labels == {"cgroup": "/a"}    # no duplicate name label
     pod = usage["/kubepods/pod1/c1"].labels
     assert (pod["namespace"], pod["pod"], pod["container"]) == ("web", "front-1", "nginx")
-    assert "unit" not in pod
-    assert samples(fams, "tagger_runq_p99_seconds")[0].value == 0.002
+    assert "unit" not in pod                      # the unit label comes from the path, not the table
+    assert fams["tagger_cgroup_cpu_seconds"].type == "counter"
+    assert samples(fams, "tagger_mem_current_bytes")[0].value == 4096.0
+    # per-tick percentiles are histograms now, never gauges of the last tick
+    assert samples(fams, "tagger_runq_p99_seconds") == []
     # unknown (NaN) is absent, never 0
-    assert samples(fams, "tagger_io_read_bytes_per_second") == []
+    assert samples(fams, "tagger_cgroup_io_read_bytes_total") == []
     assert samples(fams, "tagger_node_cpus")[0].value == 2.0
 
     [tag] = samples(fams, "tagger_tag")
@@ -99,19 +112,114 @@ def test_removed_cgroup_leaves_no_series():
     col.update(snapshot(["/stay"], [0.1]), {}, [], {})
     fams, text = exposition(col)
     assert 'cgroup="/gone"' not in text
-    assert [s.labels["cgroup"] for s in samples(fams, "tagger_cpu_usage_cpus")] == ["/stay"]
+    assert [s.labels["cgroup"] for s in samples(fams, "tagger_cgroup_cpu_seconds_total")] == ["/stay"]
 
 
-def test_export_glob_limits_cardinality():
-    col = TaggerCollector(export=["/kubepods/**"])
-    paths = ["/", "/system.slice/sshd.service", "/kubepods", "/kubepods/pod1", "/kubepods/pod1/c"]
-    tags = {"/system.slice/sshd.service": {"k": Tag("k", "v", "r", 0.0)},
-            "/kubepods/pod1": {"k": Tag("k", "v", "r", 0.0)}}
-    col.update(snapshot(paths, [0.1] * len(paths)), tags, [], {})
+def exported(fams) -> list[str]:
+    return sorted(s.labels["cgroup"] for s in samples(fams, "tagger_cgroup_cpu_seconds_total"))
+
+
+def test_export_policy_defaults_globs_and_cap():
+    paths = ["/", "/system.slice", "/system.slice/sshd.service", "/kubepods", "/kubepods/pod1",
+             "/kubepods.slice/kubepods-pod2.slice", "/user.slice/tagged", "/hot", "/warm", "/cold",
+             "/batch/job1", "/batch/job2"]
+    usage = [0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 3.0, 2.0, 0.01, 0.0, 0.0]
+    tags = {"/user.slice/tagged": {"k": Tag("k", "v", "r", 0.0)}}
+    col = TaggerCollector(top=2)
+    col.update(snapshot(paths, usage), tags, [], {})
     fams, _ = exposition(col)
-    assert sorted(s.labels["cgroup"] for s in samples(fams, "tagger_cpu_usage_cpus")) == \
-        ["/kubepods", "/kubepods/pod1", "/kubepods/pod1/c"]
-    assert [s.labels["cgroup"] for s in samples(fams, "tagger_tag")] == ["/kubepods/pod1"]
+    default = ["/hot", "/kubepods", "/kubepods/pod1", "/kubepods.slice/kubepods-pod2.slice",
+               "/system.slice/sshd.service", "/user.slice/tagged", "/warm"]
+    assert exported(fams) == sorted(default)
+    assert samples(fams, "tagger_cgroups_unexported")[0].value == len(paths) - len(default)
+    unit = {s.labels["cgroup"]: s.labels.get("unit") for s in samples(fams, "tagger_cgroup_cpu_seconds_total")}
+    assert unit["/system.slice/sshd.service"] == "sshd.service" and unit["/hot"] is None
+    assert [s.labels["cgroup"] for s in samples(fams, "tagger_tag")] == ["/user.slice/tagged"]
+
+    # --export adds to the default set
+    col = TaggerCollector(export=["/batch/**"], top=2)
+    col.update(snapshot(paths, usage), tags, [], {})
+    assert exported(exposition(col)[0]) == sorted(default + ["/batch/job1", "/batch/job2"])
+
+    # the cap keeps globs and tags first, then pods and services, then CPU; the rest is counted
+    col = TaggerCollector(export=["/batch/job1"], top=2, cap=3)
+    col.update(snapshot(paths, usage), tags, [], {})
+    fams, _ = exposition(col)
+    kept = exported(fams)
+    assert len(kept) == 3 and {"/batch/job1", "/user.slice/tagged"} <= set(kept) and "/hot" not in kept
+    assert samples(fams, "tagger_cgroups_unexported")[0].value == len(paths) - 3
+
+
+def test_counters_accumulate_monotonic_and_restart_with_the_cgroup():
+    col = TaggerCollector()
+    seen, elapsed = [], 0.0
+    for usage, dt in [(1.0, 1.0), (0.5, 2.0), (0.0, 1.0), (2.0, 0.5)]:
+        col.update(snapshot(["/a", "/b"], [usage, 0.25], ids=[10, 11], dt=dt), {}, [], {})
+        elapsed += dt
+        fams, _ = exposition(col)
+        by = {s.labels["cgroup"]: s.value for s in samples(fams, "tagger_cgroup_cpu_seconds_total")}
+        seen.append(by["/a"])
+        assert by["/b"] == pytest.approx(0.25 * elapsed)
+    assert seen == pytest.approx([1.0, 2.0, 2.0, 3.0])            # sum of rate x dt
+    assert seen == sorted(seen)
+    wait = {s.labels["cgroup"]: s.value for s in samples(fams, "tagger_cgroup_runq_wait_seconds_total")}
+    assert wait["/a"] == pytest.approx(0.3)
+    # /a removed: its series is gone; made again (a new id): it starts from 0
+    col.update(snapshot(["/b"], [0.25], ids=[11]), {}, [], {})
+    assert exported(exposition(col)[0]) == ["/b"]
+    col.update(snapshot(["/a", "/b"], [1.0, 0.25], ids=[12, 11]), {}, [], {})
+    by = {s.labels["cgroup"]: s.value for s in samples(exposition(col)[0], "tagger_cgroup_cpu_seconds_total")}
+    assert by["/a"] == 1.0 and by["/b"] == pytest.approx(0.25 * (elapsed + 2))
+
+
+def test_histogram_counts_every_event_cumulatively():
+    col = TaggerCollector()
+    rng = np.random.default_rng(7)
+    fed = np.zeros((2, 24), np.int64)
+    for _ in range(5):
+        tick = rng.integers(0, 4, size=(2, 24)).astype(np.uint32)
+        tick[1] = 0                                   # /idle: no events at all
+        fed += tick
+        col.update(snapshot(["/busy", "/idle"], [0.5, 0.0], ids=[1, 2], hist=tick), {}, [], {})
+    fams, text = exposition(col)
+    fam = fams["tagger_cgroup_runq_latency_seconds"]
+    assert fam.type == "histogram"
+    count = {s.labels["cgroup"]: s.value for s in fam.samples if s.name.endswith("_count")}
+    assert count == {"/busy": fed[0].sum(), "/idle": 0}
+    buckets = [(float(s.labels["le"]), s.value) for s in fam.samples
+               if s.name.endswith("_bucket") and s.labels["cgroup"] == "/busy"]
+    edges = hist_edges(24)
+    for le, value in buckets:
+        if le != float("inf"):
+            k = int(np.flatnonzero(np.isclose(edges[1:], le))[0])
+            assert value == fed[0, : k + 1].sum(), le                # cumulative, le = upper edge
+    assert buckets[-1] == (float("inf"), fed[0].sum())
+    total = {s.labels["cgroup"]: s.value for s in fam.samples if s.name.endswith("_sum")}
+    assert total["/busy"] == pytest.approx(0.05 * 5)                # runq.wait x dt, summed
+
+
+def test_promtool_finds_nothing_to_lint():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus: make deps)")
+    col = TaggerCollector(export=["/**"])
+    paths = ["/", "/system.slice/sshd.service", "/kubepods/pod1/c1"]
+    hist = np.zeros((3, 24), np.uint32)
+    hist[:, 4] = 3
+    col.update(snapshot(paths, [0.5] * 3, ids=[1, 2, 3], hist=hist),
+               {"/": {"k": Tag("k", "v", "r", 0.0)}},
+               [AppliedAction("/system.slice/sshd.service", "cpu.max", "50000 100000", "max 100000",
+                              "cap", 1.0, False)],
+               {"ticks": 3, "tick_seconds": 0.01, "ringbuf_drops": 0, "source": "bpf"})
+    server = MetricsServer(col, "127.0.0.1:0")
+    try:
+        with urllib.request.urlopen(server.url, timeout=5) as resp:
+            text = resp.read()
+    finally:
+        server.close()
+    assert b"tagger_cgroup_runq_latency_seconds_bucket" in text
+    out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
+    assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), out
 
 
 def test_awkward_label_values_stay_parseable():
@@ -120,8 +228,8 @@ def test_awkward_label_values_stay_parseable():
     col.update(snapshot([weird], [0.5]), {weird: {"k": Tag("k", 'v"\n', "r", 0.0)}}, [], {})
     fams, _ = exposition(col)
     # In display form (tagger.names): the newline is escaped, and the name comes back from it.
-    assert samples(fams, "tagger_cpu_usage_cpus")[0].labels["cgroup"] == display(weird)
-    assert parse(samples(fams, "tagger_cpu_usage_cpus")[0].labels["cgroup"]) == weird
+    assert samples(fams, "tagger_cgroup_cpu_seconds_total")[0].labels["cgroup"] == display(weird)
+    assert parse(samples(fams, "tagger_cgroup_cpu_seconds_total")[0].labels["cgroup"]) == weird
     assert samples(fams, "tagger_tag")[0].labels["value"] == 'v"\\x0a'
 
 
@@ -134,7 +242,7 @@ def test_metric_names():
     assert metric_name("cpu.usage", "cpus") == "tagger_cpu_usage_cpus"
     assert metric_name("io.read_bytes", "bytes/s") == "tagger_io_read_bytes_per_second"
     assert metric_name("mem.current", "bytes") == "tagger_mem_current_bytes"
-    assert metric_name("runq.slowdown", "ratio") == "tagger_runq_slowdown"
+    assert metric_name("runq.slowdown", "ratio") == "tagger_runq_slowdown_ratio"
 
 
 def test_parse_addr_defaults_to_loopback():
@@ -154,6 +262,6 @@ def test_served_over_http_on_loopback():
         with urllib.request.urlopen(server.url, timeout=5) as resp:
             text = resp.read().decode()
         names = {f.name for f in text_string_to_metric_families(text)}
-        assert {"tagger_cpu_usage_cpus", "tagger_ticks"} <= names
+        assert {"tagger_cgroup_cpu_seconds", "tagger_ticks"} <= names
     finally:
         server.close()

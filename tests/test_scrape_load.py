@@ -220,7 +220,8 @@ def test_cached_exposition_carries_what_generate_latest_does():
 
     served = Exposition(collector, registry).get()
     assert parsed(served.decode()) == parsed(generate_latest(registry).decode())
-    assert len(parsed(served.decode())["tagger_cpu_usage_cpus"][2]) == 5      # the NaN is absent
+    assert len(parsed(served.decode())["tagger_mem_current_bytes"][2]) == 5    # the NaN is absent
+    assert len(parsed(served.decode())["tagger_cgroup_cpu_seconds"][2]) == 5   # never measured: absent
 
 
 def test_a_stuck_loop_still_has_its_last_tick_served():

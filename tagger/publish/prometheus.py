@@ -21,7 +21,6 @@ import gzip
 import http.server
 import logging
 import math
-import operator
 import queue
 import re
 import socket
@@ -31,14 +30,15 @@ import time
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-from prometheus_client.samples import Sample
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from tagger import __version__
 from tagger.cgroupglob import GlobError, GlobSet
 from tagger.errors import ConfigError
 from tagger.names import display, parse
-from tagger.publish import path_matches
+from tagger.publish.cumulative import COUNTERS, HISTOGRAMS, Accumulator, Totals
+from tagger.publish.export import DEFAULT_CAP, DEFAULT_TOP, RANK_BY, ExportPolicy
 from tagger.snapshot import METRICS, NODE_METRICS
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,19 @@ GZIP_LEVEL = 1
 UNIT_SUFFIX = {
     "s": "_seconds", "s/s": "_seconds_per_second", "bytes": "_bytes",
     "bytes/s": "_per_second", "1/s": "_per_second", "fraction": "_ratio",
-    "cpus": "_cpus", "ratio": "", "count": "",
+    "cpus": "_cpus", "ratio": "_ratio", "count": "",
 }
 
 #: Cgroup labels (from the cgroup table) copied onto every per-cgroup series.
 WORKLOAD_LABELS = ("namespace", "pod", "container")
+#: Path components naming a systemd unit (the ``unit`` label).
+UNIT_SUFFIXES = (".service", ".scope")
+
+#: Snapshot metrics exported as per-cgroup gauges: levels only.  Rates are
+#: counters and percentiles histograms (tagger.publish.cumulative): a gauge of
+#: the last 1 s tick is one tick in fifteen to a 15 s scrape.
+LEVEL_METRICS = ("mem.current", "cpu.throttled", "psi.cpu.some", "psi.io.some", "psi.mem.some",
+                 "runq.slowdown", "io.slowdown")
 
 #: health key -> (metric name, "gauge" | "counter", help).  The daemon fills
 #: the health dict; keys it does not have are left out of the exposition.
@@ -177,14 +185,17 @@ class TaggerCollector:
     """Collector for a private CollectorRegistry.  Thread-safe: :meth:`update`
     (tick loop) swaps one tuple; :meth:`collect` (scrape thread) reads it."""
 
-    def __init__(self, export=None):
+    def __init__(self, export=None, top: int = DEFAULT_TOP, cap: int = DEFAULT_CAP):
         # --export globs are cgroup globs like any other (tagger.cgroupglob), written
         # in display form like the socket's; a bad one stops start-up, not a scrape.
+        # They add to the default selection (tagger.publish.export).
         try:
             self.export = GlobSet(parse(g) for g in export or ())
         except GlobError as err:
             raise ConfigError(f"--export: {err}") from None
-        self._latest = (None, {}, [], {})
+        self.policy = ExportPolicy(self.export, top=top, cap=cap)
+        self._latest = (None, {}, [], {}, Totals(keys=()))
+        self._accumulator = Accumulator()
         self._lock = threading.Lock()
         #: bumped by every update(): the exposition cache renders once per value
         self.generation = 0
@@ -196,8 +207,9 @@ class TaggerCollector:
         """Publish one tick.  ``tags``: {path: {key: Tag}}; ``actions``: list of
         AppliedAction; ``health``: the daemon's health dict (keys in HEALTH).
         The objects must not be changed afterwards (the tick loop makes new ones)."""
+        totals = self._accumulator.add(snapshot) if snapshot is not None else self._accumulator.totals
         with self._lock:
-            self._latest = latest = (snapshot, tags or {}, list(actions or ()), dict(health or {}))
+            self._latest = latest = (snapshot, tags or {}, list(actions or ()), dict(health or {}), totals)
             self.generation += 1
             generation = self.generation
         for listener in self.listeners:
@@ -217,99 +229,136 @@ class TaggerCollector:
     def families(self, latest, cgroup_metrics: bool = True):
         """The metric families of one published tick; ``cgroup_metrics=False``
         leaves out the per-cgroup ones (see :meth:`cgroup_text`)."""
-        snapshot, tags, actions, health = latest
+        snapshot, tags, actions, health = latest[:4]
         yield from self._health(health, snapshot)
         if snapshot is not None:
             if cgroup_metrics:
-                yield from self._cgroup_metrics(snapshot, self._rows(snapshot))
+                yield from self._cgroup_metrics(latest)
             yield from self._node_metrics(snapshot)
         yield from self._tags(tags)
         yield from self._actions(actions)
 
     def cgroup_text(self, latest) -> str:
-        """The per-cgroup families of :meth:`_cgroup_metrics` as exposition
-        text, written directly: they are nearly all of a large node's samples
-        (3,000 cgroups x 31 columns), and going through a Sample and
-        generate_latest per value costs ~15 us each, ~1 s a render.  Here each
-        sample's ``name{labels} `` prefix is made once and kept while the
-        cgroup table is unchanged, so a render is repr() of the values and
-        joins (called from one thread at a time: the Exposition's)."""
-        snapshot = latest[0]
+        """The per-cgroup families as exposition text, written directly: they
+        are nearly all of a large node's samples, and going through a Sample
+        and generate_latest per value costs ~15 us each, ~1 s a render.  Here
+        each cgroup's label text is made once and kept while the exported
+        rows are unchanged, so a render is repr() of the values and joins
+        (called from one thread at a time: the Exposition's)."""
+        snapshot, tags, totals = latest[0], latest[1], latest[4]
         if snapshot is None:
             return ""
-        prefixes = self._prefixes(snapshot)
-        index = prefixes["index"]
-        out = []
-        for metric, col in snapshot.columns.items():
-            meta = METRICS.get(metric)
-            name = metric_name(metric, meta.unit if meta else "")
-            help_ = (meta.help if meta else metric).replace("\\", r"\\").replace("\n", r"\n")
-            out.append(f"# HELP {name} {help_}\n# TYPE {name} gauge\n")
-            if not len(index):
+        exported = len(totals.keys) == len(snapshot.cgroups)      # totals of this very table
+        rows, left_out = self.policy.select(snapshot.cgroups.paths, tags,
+                                            totals.counters.get(RANK_BY) if exported else None)
+        prefixes = self._prefixes(snapshot, rows)
+        index, labels = prefixes["index"], prefixes["labels"]
+        out = ["# HELP tagger_cgroups_unexported Cgroups left out of this exposition by the export "
+               "policy (top N by CPU, cardinality cap; see --export)\n"
+               f"# TYPE tagger_cgroups_unexported gauge\ntagger_cgroups_unexported {float(left_out)!r}\n"]
+        for metric in LEVEL_METRICS:
+            col = snapshot.columns.get(metric)
+            if col is None:
                 continue
-            heads = prefixes.get(name)
-            if heads is None:
-                heads = prefixes[name] = [f"{name}{{{label}}} " for label in prefixes["labels"]]
-            values = np.asarray(col, dtype=np.float64)[index]
-            known = ~np.isnan(values)                 # unknown is absent, never 0
-            if not known.all():
-                keep = np.flatnonzero(known).tolist()
-                heads, values = [heads[k] for k in keep], values[known]
-            # repr() is the text of most values; floatToGoString only where Go's
-            # differs (infinities, and exponents from 1e6 up).
-            text = list(map(repr, values.tolist()))
-            for j in np.flatnonzero(~(np.abs(values) < 1e6)).tolist():
-                text[j] = floatToGoString(values[j])
-            if text:
-                out.append("\n".join(map(operator.add, heads, text)))
-                out.append("\n")
+            meta = METRICS[metric]
+            name = metric_name(metric, meta.unit)
+            self._series(out, name, "gauge", meta.help, labels, np.asarray(col, dtype=np.float64)[index])
+        for name, help_ in COUNTERS.values():
+            total = totals.counters.get(name)
+            if total is None or not exported:
+                continue
+            values = np.where(totals.seen[name][index], total[index], np.nan)     # never measured: absent
+            self._series(out, name, "counter", help_, labels, values)
+        for name, (help_, _parts, _sum) in HISTOGRAMS.items():
+            counts = totals.buckets.get(name)
+            if counts is None or not exported:
+                continue
+            self._histogram(out, name, help_, labels, counts[index], totals.sums[name][index], totals.edges)
         return "".join(out)
 
-    def _prefixes(self, snapshot) -> dict:
-        """{"index": rows exported, "labels": their label text, metric: ["name{labels} ", ...]}
-        for the snapshot's cgroups; the previous ones' if paths, names and labels are the same."""
+    @staticmethod
+    def _series(out: list, name: str, kind: str, help_: str, labels: list, values: np.ndarray):
+        out.append(f"# HELP {name} {_escape_help(help_)}\n# TYPE {name} {kind}\n")
+        known = ~np.isnan(values)                 # unknown is absent, never 0
+        keep = np.flatnonzero(known).tolist()
+        if not keep:
+            return
+        values = values[known]
+        # repr() is the text of most values; floatToGoString only where Go's
+        # differs (infinities, and exponents from 1e6 up).
+        text = list(map(repr, values.tolist()))
+        for j in np.flatnonzero(~(np.abs(values) < 1e6)).tolist():
+            text[j] = floatToGoString(values[j])
+        out.append("\n".join(f"{name}{{{labels[k]}}} {v}" for k, v in zip(keep, text)))
+        out.append("\n")
+
+    @staticmethod
+    def _histogram(out: list, name: str, help_: str, labels: list, counts: np.ndarray,
+                   sums: np.ndarray, edges: np.ndarray):
+        """One cumulative histogram per cgroup from the kernel's log2 buckets.
+        Only the buckets from the one below the first used to the last used
+        are written (with +Inf): the others add nothing a quantile needs, and
+        writing all of them would be most of a large node's exposition."""
+        out.append(f"# HELP {name} {_escape_help(help_)}\n# TYPE {name} histogram\n")
+        les = [floatToGoString(e) for e in edges[1:].tolist()]
+        cum = np.cumsum(counts, axis=1)
+        totals = cum[:, -1].tolist() if cum.shape[1] else [0] * len(labels)
+        lines = []
+        for row, label in enumerate(labels):
+            used = np.flatnonzero(counts[row])
+            if used.size:
+                lo, hi = max(int(used[0]) - 1, 0), int(used[-1])
+                for k in range(lo, hi + 1):
+                    lines.append(f'{name}_bucket{{{label},le="{les[k]}"}} {int(cum[row, k])}')
+            lines.append(f'{name}_bucket{{{label},le="+Inf"}} {totals[row]}')
+            lines.append(f"{name}_count{{{label}}} {totals[row]}")
+            lines.append(f"{name}_sum{{{label}}} {floatToGoString(float(sums[row]))}")
+        if lines:
+            out.append("\n".join(lines))
+            out.append("\n")
+
+    def _prefixes(self, snapshot, selected: np.ndarray) -> dict:
+        """{"index": rows exported, "labels": their label text} for the
+        ``selected`` rows; the previous ones' if rows, paths and labels are the same."""
         table = snapshot.cgroups
-        key = (table.paths, table.names, table.labels)
+        key = (table.paths, table.labels, selected.tobytes())
         cached = self._prefix_cache
         if cached is not None and cached[0] == key:
             return cached[1]
-        rows = self._rows(snapshot)
+        rows = self._rows(snapshot, selected.tolist())
         labels = []
-        for _i, path, name, extra in rows:
-            pairs = sorted([("cgroup", path), ("name", name), *extra])    # generate_latest's order
+        for _i, path, extra in rows:
+            pairs = sorted([("cgroup", path), *extra])    # generate_latest's order
             labels.append(",".join(f'{k}="{_escape_label(v)}"' for k, v in pairs))
         prefixes = {"index": np.asarray([row[0] for row in rows], dtype=np.intp), "labels": labels}
         self._prefix_cache = (key, prefixes)
         return prefixes
 
     # --- pieces -----------------------------------------------------------
-    def _rows(self, snapshot):
+    def _rows(self, snapshot, selected):
+        """(row, cgroup label, [(label, value)...]) of the ``selected`` rows.
+        One identity: ``cgroup`` (the path, display form), plus ``namespace``,
+        ``pod``, ``container`` when the cgroup table knows them and ``unit``
+        (the systemd unit the path lies in)."""
         table = snapshot.cgroups
         out = []
-        for i, path in enumerate(table.paths):
-            if self.export and not path_matches(path, self.export):
-                continue
+        for i in selected:
+            path = table.paths[i]
             labels = table.labels[i] if i < len(table.labels) else {}
             extra = [(k, display(str(labels[k]))) for k in WORKLOAD_LABELS if labels.get(k)]
-            name = table.names[i] if i < len(table.names) else path
+            unit = systemd_unit(path)
+            if unit:
+                extra.append(("unit", display(unit)))
             # Display form (tagger.names): a name that is not UTF-8 must not fail the scrape.
-            out.append((i, display(path), display(name), extra))
+            out.append((i, display(path), extra))
         return out
 
-    def _cgroup_metrics(self, snapshot, rows):
-        for metric, col in snapshot.columns.items():
-            meta = METRICS.get(metric)
-            unit = meta.unit if meta else ""
-            help_ = meta.help if meta else metric
-            fam = GaugeMetricFamily(metric_name(metric, unit), help_,
-                                    labels=["cgroup", "name"])
-            for i, path, name, extra in rows:
-                value = float(col[i])
-                if math.isnan(value):
-                    continue      # unknown is absent, never 0
-                # Sample labels may carry more than the family's: namespace/pod/container when known.
-                fam.samples.append(_sample(fam.name, {"cgroup": path, "name": name, **dict(extra)}, value))
-            yield fam
+    def _cgroup_metrics(self, latest):
+        """The per-cgroup families for a registry (tests, generate_latest): read
+        back from :meth:`cgroup_text`, so both ways of exporting say the same."""
+        text = self.cgroup_text(latest)
+        if text:
+            yield from text_string_to_metric_families(text)
 
     def _node_metrics(self, snapshot):
         for key, value in snapshot.node.items():
@@ -325,8 +374,6 @@ class TaggerCollector:
         fam = GaugeMetricFamily("tagger_tag", "1 for each tag set on a cgroup",
                                 labels=["cgroup", "key", "value"])
         for path, by_key in tags.items():
-            if self.export and not path_matches(path, self.export):
-                continue
             for key, tag in by_key.items():
                 value = tag.get("value") if isinstance(tag, dict) else getattr(tag, "value", tag)
                 fam.add_metric([display(path), display(str(key)), display(str(value))], 1)
@@ -339,8 +386,6 @@ class TaggerCollector:
         for act in actions:
             cgroup, knob = str(_get(act, "cgroup")), str(_get(act, "knob"))
             rule, value = str(_get(act, "rule")), _get(act, "value")
-            if self.export and cgroup and not path_matches(cgroup, self.export):
-                continue
             cgroup = display(cgroup)
             dry = "true" if _get(act, "dry_run") else "false"
             applied.add_metric([cgroup, knob, display(str(value)), rule, dry], 1)
@@ -379,13 +424,22 @@ class TaggerCollector:
                 yield GaugeMetricFamily(name, help_, value=value)
 
 
+def systemd_unit(path: str) -> str:
+    """The systemd unit a cgroup path lies in (its deepest ``*.service`` or
+    ``*.scope`` component): ``/system.slice/sshd.service`` -> ``sshd.service``."""
+    for part in reversed(path.split("/")):
+        if part.endswith(UNIT_SUFFIXES):
+            return part
+    return ""
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
 def _escape_label(value: str) -> str:
     """A label value as the text format writes it (prometheus_client's openmetrics._escape)."""
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
-
-
-def _sample(name, labels, value):
-    return Sample(name, labels, value)
 
 
 def _get(obj, name):
