@@ -10,6 +10,7 @@ import time
 import click
 import numpy as np
 
+from tagger.cli.figures import wait_fraction
 from tagger.cli.params import duration
 from tagger.names import display
 from tagger.units import format_bytes, format_count, format_duration
@@ -17,7 +18,7 @@ from tagger.units import format_bytes, format_count, format_duration
 #: (header, metric, formatter, width): the columns of the table, in order.
 COLUMNS = (
     ("CPU", "cpu.usage", lambda v: f"{v:.2f}", 6),
-    ("WAIT%", "runq.wait", lambda v: f"{v * 100:.1f}", 6),
+    ("WAIT%", "runq.wait_share", lambda v: f"{v * 100:.1f}", 6),
     ("RUNQ-P99", "runq.p99", format_duration, 9),
     ("SLOWDN", "runq.slowdown", lambda v: f"{v:.2f}", 6),
     ("SW/s", "sched.switches", format_count, 6),
@@ -27,7 +28,7 @@ COLUMNS = (
     ("WRITE/s", "io.write_bytes", format_bytes, 9),
     ("IO-P99", "io.lat.p99", format_duration, 8),
 )
-SORT_KEYS = {"cpu": "cpu.usage", "wait": "runq.wait", "runq": "runq.p99", "io": "io.ops",
+SORT_KEYS = {"cpu": "cpu.usage", "wait": "runq.wait_share", "runq": "runq.p99", "io": "io.ops",
              "slowdown": "runq.slowdown", "name": None}
 
 
@@ -51,7 +52,8 @@ def stat(interval, count, globs, as_json, show_all, sort, limit, fallback):
     \b
     Columns (per cgroup, its own tasks; rates per second):
       CPU       CPUs busy (1.00 = one whole CPU)
-      WAIT%     time runnable but waiting for a CPU, % of one CPU
+      WAIT%     share of runnable time spent waiting for a CPU,
+                wait / (wait + run) (as in tagger top)
       RUNQ-P99  run-queue latency p99 (runnable -> running)
       SLOWDN    (wait + run) / run: how much longer CPU work takes than alone
       SW/s      voluntary switches (blocked);  PRE/s  involuntary (preempted)
@@ -85,6 +87,17 @@ def stat(interval, count, globs, as_json, show_all, sort, limit, fallback):
             pass
 
 
+#: Figures derived from snapshot metrics (cli/figures.py), by column key.
+DERIVED = {
+    "runq.wait_share": lambda snap: wait_fraction(snap.column("runq.wait"), snap.column("cpu.usage")),
+}
+
+
+def _column(snap, key) -> np.ndarray:
+    derive = DERIVED.get(key)
+    return derive(snap) if derive else snap.column(key)
+
+
 def _compile_globs(globs):
     if not globs:
         return None
@@ -112,7 +125,7 @@ def _select(snap, pattern, show_all, sort, limit) -> np.ndarray:
     if key is None:
         rows = rows[np.argsort([paths[i] for i in rows], kind="stable")]
     else:
-        values = np.nan_to_num(snap.column(key)[rows], nan=-1.0)
+        values = np.nan_to_num(_column(snap, key)[rows], nan=-1.0)
         rows = rows[np.argsort(-values, kind="stable")]
     return rows[:limit] if limit else rows
 
@@ -125,10 +138,11 @@ def _print_table(snap, rows):
                f" {format_count(node.get('events', math.nan))} events/s, {len(snap)} cgroups")
     header = "  ".join(h.rjust(w) for h, _, _, w in COLUMNS)
     click.echo(f"{header}  CGROUP")
+    columns = [_column(snap, metric) for _, metric, _, _ in COLUMNS]
     for i in rows:
         cells = []
-        for _, metric, fmt, width in COLUMNS:
-            v = float(snap.column(metric)[i])
+        for (_, _, fmt, width), col in zip(COLUMNS, columns):
+            v = float(col[i])
             cells.append(("-" if math.isnan(v) else fmt(v)).rjust(width))
         name = display(snap.cgroups.names[i])          # tagger.names: printable, not surrogates
         path = display(snap.cgroups.paths[i])
@@ -139,13 +153,16 @@ def _print_table(snap, rows):
 
 
 def _as_json(snap, rows) -> dict:
+    # The table's figures, plus runq.wait itself (seconds waiting per second).
+    keys = [metric for _, metric, _, _ in COLUMNS] + ["runq.wait"]
+    columns = {key: _column(snap, key) for key in keys}
     return {
         "t": snap.t, "dt": snap.dt, "source": snap.source,
         "node": {k: _nan_none(float(v)) for k, v in snap.node.items()},
         "cgroups": [
             {"path": display(snap.cgroups.paths[i]), "name": display(snap.cgroups.names[i]),
              "labels": {display(k): display(str(v)) for k, v in snap.cgroups.labels[i].items()},
-             **{metric: _nan_none(float(snap.column(metric)[i])) for _, metric, _, _ in COLUMNS}}
+             **{key: _nan_none(float(col[i])) for key, col in columns.items()}}
             for i in rows
         ],
     }

@@ -44,6 +44,28 @@ def test_json_report_has_nulls_for_unknowable_figures():
     assert rows[1]["runq.p99"] == pytest.approx(0.002)
 
 
+def test_wait_percent_is_the_same_figure_in_stat_and_top():
+    """Issue 17: WAIT% was runq.wait in % of one CPU in stat (164.7 for a
+    cgroup whose threads waited 1.647 s per second) and wait / (wait + run) in
+    top (79%).  One definition now: the share of runnable time spent waiting."""
+    from tagger.cli.top.model import Frame, Rows
+
+    snap = Snapshot.synthetic(["/a", "/b", "/idle"], {"cpu.usage": [0.437, 1.0, 0.0],
+                                                      "runq.wait": [1.647, 0.0, 0.0]})
+    table = stat_cmd.COLUMNS
+    col = [h for h, _, _, _ in table].index("WAIT%")
+    stat_wait = stat_cmd._column(snap, table[col][1])
+    top_wait = Rows(Frame.build(snap)).values["wait"]
+    np.testing.assert_allclose(stat_wait, top_wait, equal_nan=True)
+    assert table[col][2](float(stat_wait[0])) == "79.0"
+    assert math.isnan(stat_wait[2])                          # idle: unknown, printed "-"
+    report = stat_cmd._as_json(snap, np.array([0]))["cgroups"][0]
+    assert report["runq.wait_share"] == pytest.approx(0.790, abs=1e-3)
+    assert report["runq.wait"] == pytest.approx(1.647)
+    rows = stat_cmd._select(snap, None, show_all=True, sort="wait", limit=None)
+    assert [snap.cgroups.paths[i] for i in rows][:2] == ["/a", "/b"]
+
+
 def test_bad_arguments_are_usage_errors():
     runner = CliRunner()
     assert runner.invoke(cli, ["stat", "--interval", "fast"]).exit_code == 2

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from tagger.cli.figures import wait_fraction
 from tagger.names import display
 from tagger.snapshot import Snapshot
 from tagger.tags import Tag, TagEvent
@@ -130,17 +131,6 @@ def per_second(delta, dt):
     dt = np.asarray(dt, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(dt > 0, delta / np.where(dt > 0, dt, 1.0), np.nan)
-
-
-def wait_fraction(wait, usage):
-    """WAIT%: the share of runnable time spent waiting on the run queue,
-    ``wait / (wait + run)``, both in seconds per second.  NaN when the cgroup
-    neither ran nor waited (idle is not 0% waiting, it is unknown)."""
-    wait = np.asarray(wait, dtype=np.float64)
-    usage = np.asarray(usage, dtype=np.float64)
-    total = wait + usage
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(total > 0, wait / np.where(total > 0, total, 1.0), np.nan)
 
 
 def quota_cpus(value) -> float:
