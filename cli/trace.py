@@ -23,7 +23,9 @@ from tagger.cli.params import duration
 @click.option("--interval", default="1s", show_default=True, callback=duration(),
               help="Tick length: one snapshot per interval.")
 @click.option("--cgroupfs-only", is_flag=True, help="Do not load BPF; record cgroupfs figures only.")
-def record(output, duration, interval, cgroupfs_only):
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress line (shown only when stderr is a terminal) and no summary.")
+def record(output, duration, interval, cgroupfs_only, quiet):
     """Record snapshots of every cgroup to a trace file.
 
     \b
@@ -32,7 +34,8 @@ def record(output, duration, interval, cgroupfs_only):
     root or BPF:
       sudo tagger record --duration 2m -o busy-hour.tgr
       tagger replay busy-hour.tgr --rules ./my-rules
-    Ctrl-C stops early; the file keeps every whole snapshot written.
+    Ctrl-C stops early; the file keeps every whole snapshot written.  On a
+    terminal a progress line counts the snapshots (not with --quiet).
     """
     from tagger.telemetry import open_collector
     from tagger.trace import record as write_trace
@@ -42,18 +45,20 @@ def record(output, duration, interval, cgroupfs_only):
     def progress(snap, n):
         click.echo(f"\r{n}/{count} snapshots, {len(snap)} cgroups", nl=False, err=True)
 
+    live = sys.stderr.isatty() and not quiet
     written = 0
     try:
         with open_collector(prefer_bpf=not cgroupfs_only) as coll:
             written = write_trace(coll.stream(interval=interval, count=count), output,
                                   meta={"interval": interval},
-                                  on_snapshot=progress if sys.stderr.isatty() else None)
+                                  on_snapshot=progress if live else None)
     except KeyboardInterrupt:
         click.echo("\ninterrupted; the trace keeps every whole snapshot", err=True)
         return
-    if sys.stderr.isatty():
+    if live:
         click.echo("", err=True)
-    click.echo(f"{output}: {written} snapshots", err=True)
+    if not quiet:
+        click.echo(f"{output}: {written} snapshots", err=True)
 
 
 def _fmt_event(ev, t0: float) -> str:
