@@ -12,6 +12,7 @@ import numpy as np
 
 from tagger.cli.figures import wait_fraction
 from tagger.cli.params import duration
+from tagger.clock import epoch
 from tagger.names import display
 from tagger.units import format_bytes, format_count, format_duration
 
@@ -157,7 +158,7 @@ def _as_json(snap, rows) -> dict:
     keys = [metric for _, metric, _, _ in COLUMNS] + ["runq.wait"]
     columns = {key: _column(snap, key) for key in keys}
     return {
-        "t": snap.t, "dt": snap.dt, "source": snap.source,
+        "t": epoch(snap.t), "dt": snap.dt, "source": snap.source,
         "node": {k: _nan_none(float(v)) for k, v in snap.node.items()},
         "cgroups": [
             {"path": display(snap.cgroups.paths[i]), "name": display(snap.cgroups.names[i]),

@@ -38,7 +38,7 @@ from tagger import __version__
 from tagger.cgroupglob import GlobError, GlobSet
 from tagger.errors import ConfigError, TaggerError
 from tagger.names import parse
-from tagger.publish import current_tags_plain, path_matches, snapshot_to_plain, to_plain
+from tagger.publish import current_tags_plain, event_plain, path_matches, snapshot_to_plain, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +391,7 @@ class ApiServer:
     def _op_history(self, conn, req):
         glob, since, limit = _glob_arg(req), req.get("since"), req.get("limit")
         if since is not None and not isinstance(since, (int, float)):
-            raise _BadArgs("'since' is a monotonic time in seconds")
+            raise _BadArgs("'since' is a time in epoch seconds")
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise _BadArgs("'limit' is a non-negative integer")
         out = [e for e in self._history
@@ -437,7 +437,7 @@ class ApiServer:
                 self._actions = actions
             if health is not None:
                 self._health = health
-            plain_events = [to_plain(e) for e in events]
+            plain_events = [event_plain(e) for e in events]
             self._history.extend(plain_events)
             self._push(plain_events, snapshot)
 

@@ -17,6 +17,7 @@ import msgpack
 import pytest
 
 from tagger.api import HEADER, ApiClient, ApiError, ApiServer, encode_frame
+from tagger.clock import epoch
 from tagger.snapshot import Snapshot
 from tagger.actions.actuator import AppliedAction
 from tagger.tags import Tag, TagEvent
@@ -77,7 +78,7 @@ def test_requests(server):
         assert c.hello["api"] == 1
         wait_for(lambda: c.request("tags"), timeout=5, what="tick to arrive")
         assert c.request("tags") == {"/a": {"resource": {"value": "cpu-intensive",
-                                                         "rule": "cpu-intensive", "since": 1.0}}}
+                                                         "rule": "cpu-intensive", "since": epoch(1.0)}}}
         assert c.request("tags", cgroup="/b/**") == {}
         snap = c.request("snapshot")
         assert snap["cgroups"]["paths"] == ["/a", "/b/c"]
@@ -89,7 +90,10 @@ def test_requests(server):
         assert detail["histograms"] == {} and detail["preemptions"] == []
         [ev] = c.request("history")
         assert ev["kind"] == "added" and ev["cgroup"] == "/a"
-        assert c.request("history", since=1.0) == []
+        assert ev["t"] == epoch(1.0) > 1e9          # epoch seconds, not the tick's monotonic 1.0
+        assert snap["t"] == epoch(1.0)
+        assert c.request("history", since=epoch(1.0)) == []
+        assert c.request("history", since=epoch(1.0) - 0.5) == [ev]
         [act] = c.request("actions")
         assert act["knob"] == "cpu.max" and act["value"] == 0.5
         assert c.request("health")["ticks"] == 1
@@ -134,7 +138,7 @@ def test_subscribe_streams_tag_events_and_snapshots(server):
         kinds = sorted(k for k, _ in got)
         assert kinds == ["snapshot", "tag"]
         tag = dict(got)["tag"]
-        assert tag["t"] == 2.0 and tag["value"] == "cpu-intensive"
+        assert tag["t"] == epoch(2.0) and tag["value"] == "cpu-intensive"
 
 
 def test_subscribe_filters_by_cgroup(server):
@@ -143,7 +147,7 @@ def test_subscribe_filters_by_cgroup(server):
         publish_tick(server, busy="/a")
         publish_tick(server, t=3.0, busy="/b/c")
         kind, data = next(c.events())
-        assert (kind, data["cgroup"], data["t"]) == ("tag", "/b/c", 3.0)
+        assert (kind, data["cgroup"], data["t"]) == ("tag", "/b/c", epoch(3.0))
 
 
 def test_thousand_malformed_requests_leave_it_serving(server):

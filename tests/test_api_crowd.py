@@ -13,12 +13,13 @@ import textwrap
 import pytest
 
 from tagger.api import ApiClient, ApiServer
+from tagger.clock import epoch
 from tagger.snapshot import Snapshot
 from tagger.tags import Tag
 from tests.cgroup_fixture import wait_for
 
 CROWD = 200
-TAGS = {"/a": {"resource": {"value": "cpu-intensive", "rule": "cpu-intensive", "since": 1.0}}}
+TAGS = {"/a": {"resource": {"value": "cpu-intensive", "rule": "cpu-intensive", "since": epoch(1.0)}}}
 
 
 def publish_tags(srv):

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -82,6 +83,7 @@ def test_stat_reports_a_busy_cgroup(make_cgroup):
                           "--cgroup", cg.path], capture_output=True, text=True, timeout=60, check=True)
     reports = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(reports) == 2 and reports[-1]["source"] == "bpf"
+    assert abs(reports[-1]["t"] - time.time()) < 60          # epoch seconds, like every JSON output
     row = reports[-1]["cgroups"][0]
     assert row["path"] == cg.path
     assert 0.02 < row["cpu.usage"] <= 1.02                 # it ran, and one loop is one CPU at most

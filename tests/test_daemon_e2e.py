@@ -93,8 +93,8 @@ def test_busy_loop_tagged_capped_then_cleared(make_cgroup, tmp_path):
                                      f"rows {snap and snap['cgroups']['paths']}; "
                                      f"health {client.request('health')}; tags {client.request('tags')}") from None
             tagged_seen = time.monotonic() - start
-            # When the agent set it: the tick's own time (monotonic, like `start`).
-            tagged_at = client.request("tags")[cg.path]["resource"]["since"] - start
+            # When the agent set it: the tick's own time (epoch seconds, like every reply).
+            tagged_at = client.request("tags")[cg.path]["resource"]["since"] - start_wall
             wait_for(lambda: quota(cg)[0] is not None, timeout=5 * INTERVAL, interval=0.02,
                      what="quota applied")
             capped_seen = time.monotonic() - start
@@ -110,12 +110,12 @@ def test_busy_loop_tagged_capped_then_cleared(make_cgroup, tmp_path):
             full_seen = time.monotonic() - start
 
             cg.stop()                  # returns once the loop's process is gone
-            stop = time.monotonic()
+            stop, stop_wall = time.monotonic(), time.time()
             wait_for(lambda: tag() is None, timeout=KEEP_FOR + 10 * INTERVAL, interval=0.02,
                      what="tag cleared")
             cleared_seen = time.monotonic() - stop
             [removed] = [e for e in client.request("history", cgroup=cg.path) if e["kind"] == "removed"]
-            cleared_at = removed["t"] - stop
+            cleared_at = removed["t"] - stop_wall
             wait_for(lambda: quota(cg)[0] is None, timeout=5 * INTERVAL, interval=0.02,
                      what="quota reverted")
             reverted_seen = time.monotonic() - stop

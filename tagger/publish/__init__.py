@@ -3,7 +3,8 @@
 The socket API lives in :mod:`tagger.api`; the daemon wires them all.  Helpers
 shared by the publishers and the socket API live here: cgroup path globs and
 turning the engine's records (Tag, TagEvent, AppliedAction, Snapshot) into
-plain values that msgpack, JSON and Redis can carry.  Plain values carry
+plain values that msgpack, JSON and Redis can carry, times in epoch seconds
+(tagger.clock).  Plain values carry
 cgroup names in their display form (:mod:`tagger.names`): a name that is not
 UTF-8 would make every encoder raise.
 """
@@ -16,6 +17,7 @@ import math
 import numpy as np
 
 from tagger.cgroupglob import GlobSet
+from tagger.clock import epoch
 from tagger.names import display
 
 
@@ -82,7 +84,7 @@ def snapshot_to_plain(snap, patterns=None, detail: bool = False) -> dict:
         col = np.asarray(col, dtype=np.float64)
         columns[name] = (col if rows is None else col[rows]).tolist()
     out = {
-        "t": float(snap.t), "dt": float(snap.dt), "seq": int(snap.seq), "source": snap.source,
+        "t": epoch(snap.t), "dt": float(snap.dt), "seq": int(snap.seq), "source": snap.source,
         "cgroups": {
             "ids": [int(x) for x in pick(table.ids)],
             "paths": [display(p) for p in pick(table.paths)],
@@ -109,17 +111,30 @@ def snapshot_to_plain(snap, patterns=None, detail: bool = False) -> dict:
     return out
 
 
+def event_plain(ev) -> dict:
+    """A TagEvent as plain values, its ``t`` in epoch seconds (tagger.clock)."""
+    plain = to_plain(ev)
+    if isinstance(plain.get("t"), (int, float)):
+        plain["t"] = epoch(plain["t"])
+    return plain
+
+
 def current_tags_plain(current: dict, patterns=None) -> dict:
     """``TagStore.current()`` ({path: {key: Tag}}) as {path: {key: {value, rule, since}}},
-    optionally only the paths that match ``patterns``."""
+    ``since`` in epoch seconds (tagger.clock), optionally only the paths that
+    match ``patterns``."""
     out = {}
     for path, tags in current.items():
         if patterns and not path_matches(path, patterns):
             continue
         out[display(path)] = {display(str(key)): {"value": _attr(tag, "value"), "rule": _attr(tag, "rule"),
-                                                  "since": _attr(tag, "since")}
+                                                  "since": _epoch_or_none(_attr(tag, "since"))}
                               for key, tag in tags.items()}
     return out
+
+
+def _epoch_or_none(t):
+    return epoch(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else t
 
 
 def _attr(obj, name):

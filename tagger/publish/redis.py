@@ -26,7 +26,7 @@ import threading
 import time
 
 from tagger.names import display
-from tagger.publish import to_plain
+from tagger.publish import event_plain
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class RedisPublisher:
         self._written_version = version
 
     def _event_fields(self, ev) -> dict:
-        plain = to_plain(ev)
+        plain = event_plain(ev)
         out = {"host": self.host}
         for k, v in plain.items():
             out[k] = "" if v is None else (v if isinstance(v, (int, float, str)) else str(v))
