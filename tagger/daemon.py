@@ -64,8 +64,8 @@ class Config:
     redis: str | None = None
     export: tuple[str, ...] = ()
     #: the exposition's top N cgroups by CPU, and its cap (tagger.publish.export)
-    export_top: int = 100
-    export_cap: int = 1000
+    export_top: int = 30                      # tagger.publish.export.DEFAULT_TOP
+    export_cap: int = 1000                    # tagger.publish.export.DEFAULT_CAP
     prefer_bpf: bool = True
     history: int = 10000
     #: BPF collector: read the cgroupfs-only figures (cpu.throttled, mem.current,

@@ -208,7 +208,7 @@ def test_cached_exposition_carries_what_generate_latest_does():
             "runq.p99": [0.002] * 6}
     snap = Snapshot(t=1.0, dt=1.0, cgroups=CgroupTable.from_paths(paths, labels=labels),
                     columns={k: np.asarray(v) for k, v in cols.items()}, node={"cpus": 2.0})
-    collector = TaggerCollector()
+    collector = TaggerCollector(export=["/**"])             # every row, whatever its CPU
     collector.update(snap, {}, [], {"ticks": 3})
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)

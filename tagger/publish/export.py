@@ -18,7 +18,10 @@ import numpy as np
 
 from tagger.cgroupglob import GlobSet
 
-DEFAULT_TOP = 100
+#: ~30 busy cgroups with both latency histograms cost about as much as the
+#: ~150 pods and services of a node besides them: with 3,000 cgroups the
+#: default exposition stays under 300 kB (benchmarks/bench_exposition.py).
+DEFAULT_TOP = 30
 DEFAULT_CAP = 1000
 #: Kubernetes' pod cgroups under both kubelet drivers (cgroupfs, systemd).
 KUBE_GLOBS = ("/kubepods/**", "/kubepods.slice/**")
@@ -58,6 +61,7 @@ class ExportPolicy:
         wanted = rank < 2
         rest = np.flatnonzero(~wanted)
         if self.top > 0 and rest.size:
+            rest = rest[cpu[rest] > 0]            # a cgroup that used no CPU is nobody's top
             wanted[rest[np.argsort(-cpu[rest], kind="stable")[: self.top]]] = True
         rows = np.flatnonzero(wanted)
         if rows.size > self.cap:

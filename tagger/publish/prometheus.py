@@ -298,7 +298,8 @@ class TaggerCollector:
         """One cumulative histogram per cgroup from the kernel's log2 buckets.
         Only the buckets from the one below the first used to the last used
         are written (with +Inf): the others add nothing a quantile needs, and
-        writing all of them would be most of a large node's exposition."""
+        writing all of them would be most of a large node's exposition; a
+        cgroup with no event yet has no histogram series."""
         out.append(f"# HELP {name} {_escape_help(help_)}\n# TYPE {name} histogram\n")
         les = [floatToGoString(e) for e in edges[1:].tolist()]
         cum = np.cumsum(counts, axis=1)
@@ -306,10 +307,11 @@ class TaggerCollector:
         lines = []
         for row, label in enumerate(labels):
             used = np.flatnonzero(counts[row])
-            if used.size:
-                lo, hi = max(int(used[0]) - 1, 0), int(used[-1])
-                for k in range(lo, hi + 1):
-                    lines.append(f'{name}_bucket{{{label},le="{les[k]}"}} {int(cum[row, k])}')
+            if not used.size:
+                continue                          # no event yet: no series (most cgroups of a large node)
+            lo, hi = max(int(used[0]) - 1, 0), int(used[-1])
+            for k in range(lo, hi + 1):
+                lines.append(f'{name}_bucket{{{label},le="{les[k]}"}} {int(cum[row, k])}')
             lines.append(f'{name}_bucket{{{label},le="+Inf"}} {totals[row]}')
             lines.append(f"{name}_count{{{label}}} {totals[row]}")
             lines.append(f"{name}_sum{{{label}}} {floatToGoString(float(sums[row]))}")
