@@ -28,7 +28,7 @@ def _off(value):
 @click.option("--export", metavar="GLOB", multiple=True,
               help="Also export the cgroups matching GLOB in the per-cgroup metrics (repeatable); "
                    "by default: tagged cgroups, Kubernetes pods, systemd services and the top N by CPU.")
-@click.option("--export-top", type=click.IntRange(0), default=30, show_default=True, metavar="N",
+@click.option("--export-top", type=click.IntRange(0), default=25, show_default=True, metavar="N",
               help="Export the N cgroups that used the most CPU (besides the default set).")
 @click.option("--export-cap", type=click.IntRange(1), default=1000, show_default=True, metavar="N",
               help="Export at most N cgroups; how many were left out is tagger_cgroups_unexported.")

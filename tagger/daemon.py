@@ -64,7 +64,7 @@ class Config:
     redis: str | None = None
     export: tuple[str, ...] = ()
     #: the exposition's top N cgroups by CPU, and its cap (tagger.publish.export)
-    export_top: int = 30                      # tagger.publish.export.DEFAULT_TOP
+    export_top: int = 25                      # tagger.publish.export.DEFAULT_TOP
     export_cap: int = 1000                    # tagger.publish.export.DEFAULT_CAP
     prefer_bpf: bool = True
     history: int = 10000

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tagger.names import display, parse
-from tagger.publish.prometheus import MetricsServer, TaggerCollector, metric_name, parse_addr
+from tagger.publish.prometheus import HEALTH, MetricsServer, TaggerCollector, metric_name, parse_addr
 from tagger.snapshot import CgroupTable, Snapshot
 from tagger.actions.actuator import AppliedAction
 from tagger.tags import Tag
@@ -96,7 +96,7 @@ def test_exposition_parses_and_carries_everything():
     assert samples(fams, "tagger_tick_seconds")[0].value == 0.004
     assert samples(fams, "tagger_ticks_total")[0].value == 7
     assert samples(fams, "tagger_rule_reloads_total")[0].value == 1
-    assert samples(fams, "tagger_bpf_ns_per_event")[0].value == 80.0
+    assert samples(fams, "tagger_bpf_seconds_per_event")[0].value == pytest.approx(80e-9)
     assert samples(fams, "tagger_info")[0].labels["source"] == "bpf"
     assert {s.labels["stage"]: s.value for s in samples(fams, "tagger_tick_stage_seconds")} == \
         {"collect": 0.003, "rules": 0.001}
@@ -210,7 +210,7 @@ def test_promtool_finds_nothing_to_lint():
                {"/": {"k": Tag("k", "v", "r", 0.0)}},
                [AppliedAction("/system.slice/sshd.service", "cpu.max", "50000 100000", "max 100000",
                               "cap", 1.0, False)],
-               {"ticks": 3, "tick_seconds": 0.01, "ringbuf_drops": 0, "source": "bpf"})
+               {**{key: 1.0 for key in HEALTH}, "source": "bpf", "tick_stage_seconds": {"collect": 0.1}})
     server = MetricsServer(col, "127.0.0.1:0")
     try:
         with urllib.request.urlopen(server.url, timeout=5) as resp:
@@ -275,9 +275,10 @@ def test_default_exposition_of_a_3000_cgroup_node_is_small():
     from tests.exposition_fixture import node_ticks
 
     col, everything = TaggerCollector(), TaggerCollector(export=["/**"], cap=3000)
+    health = {**{key: 1.0 for key in HEALTH}, "source": "bpf", "tick_stage_seconds": {"collect": 0.1}}
     for snap in node_ticks(3000):
-        col.update(snap, {}, [], {"ticks": 1})
-        everything.update(snap, {}, [], {"ticks": 1})
+        col.update(snap, {}, [], health)
+        everything.update(snap, {}, [], health)
     body = Exposition(col, CollectorRegistry(auto_describe=False)).get()
     full = Exposition(everything, CollectorRegistry(auto_describe=False)).get()
     assert len(body) <= 300_000, len(body)

@@ -18,10 +18,10 @@ import numpy as np
 
 from tagger.cgroupglob import GlobSet
 
-#: ~30 busy cgroups with both latency histograms cost about as much as the
+#: ~25 busy cgroups with both latency histograms cost about as much as the
 #: ~150 pods and services of a node besides them: with 3,000 cgroups the
 #: default exposition stays under 300 kB (benchmarks/bench_exposition.py).
-DEFAULT_TOP = 30
+DEFAULT_TOP = 25
 DEFAULT_CAP = 1000
 #: Kubernetes' pod cgroups under both kubelet drivers (cgroupfs, systemd).
 KUBE_GLOBS = ("/kubepods/**", "/kubepods.slice/**")

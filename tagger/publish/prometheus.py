@@ -99,8 +99,8 @@ HEALTH = {
     "overruns": ("tagger_tick_overruns", "counter", "Ticks whose work took longer than the interval"),
     "tick_errors": ("tagger_tick_errors", "counter", "Ticks that failed with an error (logged)"),
     "cpu_seconds": ("tagger_agent_cpu_seconds", "counter", "CPU time used by the agent process"),
-    "bpf_ns_per_event": ("tagger_bpf_ns_per_event", "gauge",
-                         "Kernel time spent in tagger's BPF programs per event, nanoseconds"),
+    "bpf_ns_per_event": ("tagger_bpf_seconds_per_event", "gauge",
+                         "Kernel time spent in tagger's BPF programs per event, seconds"),
     "events_per_second": ("tagger_bpf_events_per_second", "gauge", "Events counted in the kernel per second"),
     "ringbuf_drops": ("tagger_ringbuf_drops", "counter", "Ring-buffer records lost (buffer full)"),
     "map_full": ("tagger_map_full", "counter", "Updates refused because a BPF map was full"),
@@ -135,6 +135,9 @@ HEALTH = {
     "journal_leftovers": ("tagger_journal_leftovers", "gauge",
                           "Dry run: knobs a previous run left changed and journaled, not restored"),
 }
+
+#: health key -> factor to the exposition's base unit (promtool: no "ns" in names).
+HEALTH_SCALE = {"bpf_ns_per_event": 1e-9}
 
 #: Numeric views of applied knobs (AppliedAction.value is the kernel's text).
 CPU_MAX = ("tagger_cpu_max_cpus", "CPU quota applied, CPUs (quota / period)")
@@ -417,7 +420,7 @@ class TaggerCollector:
             value = health.get(key)
             if value is None:
                 continue
-            value = float(value)
+            value = float(value) * HEALTH_SCALE.get(key, 1.0)
             if math.isnan(value):
                 continue
             if kind == "counter":
