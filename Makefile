@@ -153,7 +153,7 @@ install-system: install
 	$(Q)ln -sfn $(TAGGER_HOME)/bin/tagger $(PREFIX)/bin/tagger
 	$(Q)install -d $(PREFIX)/share/man/man1 && install -m 0644 docs/man/*.1 $(PREFIX)/share/man/man1/
 	$(Q)echo "  UNIT    $(UNITDIR)/tagger.service"
-	$(Q)sed 's|^ExecStart=/usr/local/bin/tagger |ExecStart=$(PREFIX)/bin/tagger |' deploy/tagger.service > $(UNITDIR)/tagger.service
+	$(Q)sed 's|/usr/local/bin/tagger |$(PREFIX)/bin/tagger |' deploy/tagger.service > $(UNITDIR)/tagger.service
 	$(Q)chmod 0644 $(UNITDIR)/tagger.service
 	$(Q)if [ "$(UNITDIR)" = /etc/systemd/system ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	$(Q)echo "tagger is $(PREFIX)/bin/tagger; start the service: systemctl enable --now tagger"

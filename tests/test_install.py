@@ -56,6 +56,8 @@ def test_unit_points_at_the_install_and_verifies(installed):
     unit = installed / "etc/systemd/system/tagger.service"
     text = unit.read_text()
     assert f"ExecStart={installed}/usr/local/bin/tagger run " in text
+    # After a stop the agent could not answer (SIGKILL, a crash), the journal is restored.
+    assert f"ExecStopPost=-{installed}/usr/local/bin/tagger actions --restore " in text
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert r.returncode == 0 and "not executable" not in r.stderr, r.stderr
 
