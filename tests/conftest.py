@@ -4,6 +4,7 @@ with TAGGER_REQUIRE_BPF=1 (set by .ci/run) a skipped bpf/root test fails."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -49,9 +50,12 @@ def pytest_collection_modifyitems(config, items):
     # hybrid host, v2 in the kernel VMs), and under TAGGER_REQUIRE_BPF=1 a
     # skipped root test would fail.
     here = cgroup_layouts()
+    # The kernel VMs see the checkout read-only: what builds in it runs on the host.
+    if os.access(Path(__file__).resolve().parent.parent, os.W_OK):
+        here.add("writable_checkout")
     kept, dropped = [], []
     for item in items:
-        needs = {m for m in ("cgroup_v1", "cgroup_v2") if item.get_closest_marker(m)}
+        needs = {m for m in ("cgroup_v1", "cgroup_v2", "writable_checkout") if item.get_closest_marker(m)}
         if needs - here:
             dropped.append(item)
             for m in needs - here:
@@ -66,6 +70,7 @@ def pytest_collection_modifyitems(config, items):
 _LAYOUT_WHERE = {
     "cgroup_v1": "the v1 (hybrid) layout: deselected here, run by make test on a hybrid host",
     "cgroup_v2": "the pure-v2 layout: deselected here, run by make test-kernels",
+    "writable_checkout": "a writable checkout (they build in it): deselected here, run by make test on the host",
 }
 
 
