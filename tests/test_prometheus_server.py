@@ -28,6 +28,7 @@ import pytest
 
 from tests.bpf_helpers import BUSY_LOOP
 from tests.cgroup_fixture import wait_for
+from tests.test_telemetry_bpf import _usage_usec
 from tests.test_redis import free_port
 
 PROMETHEUS = shutil.which("prometheus")
@@ -35,14 +36,6 @@ pytestmark = [pytest.mark.bpf, pytest.mark.skipif(PROMETHEUS is None, reason="pr
 
 QUANTILE_WINDOW = 60.0
 RATE_WINDOW = 60.0
-
-
-def _usage_usec(cg) -> int:
-    for line in (cg.v2 / "cpu.stat").read_text().splitlines():
-        key, value = line.split()
-        if key == "usage_usec":
-            return int(value)
-    raise AssertionError("no usage_usec in cpu.stat")
 
 
 class PrometheusServer:
