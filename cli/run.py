@@ -42,13 +42,16 @@ def _off(value):
 @click.option("--cgroupfs-every", type=click.IntRange(1), default=10, show_default=True, metavar="N",
               help="With BPF: read the cgroupfs-only figures (cpu.throttled, mem.current, psi.*) "
                    "every N ticks.")
+@click.option("--kubelet-logs", metavar="DIR", default="/var/log", show_default=True,
+              help="Where the kubelet's pods/ and containers/ log directories are: pod namespace, pod "
+                   "and container names for the labels (a node without them has none); 'off' to disable.")
 @click.option("--bpf-stats", is_flag=True,
               help="Keep BPF run-time statistics on to export ns per event (costs a little per event).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.pass_context
 def run(ctx, rules, interval, dry_run, state_dir, metrics, export, export_top, export_cap, socket_path,
-        record, redis, config_file, cgroupfs_only, cgroupfs_every, bpf_stats, log_level):
+        record, redis, config_file, cgroupfs_only, cgroupfs_every, kubelet_logs, bpf_stats, log_level):
     """Run the agent: each tick, Snapshot -> rules -> tags -> actions -> publish.
 
     \b
@@ -68,11 +71,13 @@ def run(ctx, rules, interval, dry_run, state_dir, metrics, export, export_top, e
         "metrics": _off(metrics), "socket": _off(socket_path), "record": record, "redis": redis,
         "export": tuple(export), "prefer_bpf": not cgroupfs_only, "cgroupfs_every": cgroupfs_every,
         "bpf_stats": bpf_stats, "export_top": export_top, "export_cap": export_cap,
+        "kubelet_logs": _off(kubelet_logs),
     }
     params = {"rules": "rules", "interval": "interval", "dry_run": "dry_run", "state_dir": "state_dir",
               "metrics": "metrics", "socket": "socket_path", "record": "record", "redis": "redis",
               "export": "export", "prefer_bpf": "cgroupfs_only", "cgroupfs_every": "cgroupfs_every",
-              "bpf_stats": "bpf_stats", "export_top": "export_top", "export_cap": "export_cap"}
+              "bpf_stats": "bpf_stats", "export_top": "export_top", "export_cap": "export_cap",
+              "kubelet_logs": "kubelet_logs"}
     for key, value in given.items():
         source = ctx.get_parameter_source(params[key])
         if key not in settings or source == click.core.ParameterSource.COMMANDLINE:

@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Protocol
 
 from . import errors
 from .kernelfs import HOST, KernelFS
@@ -221,9 +221,26 @@ def _container_id(component: str) -> tuple[str, str] | None:
 
 
 PodNames = Callable[[str], "tuple[str, str] | None"]   # pod uid -> (namespace, pod name)
+ContainerNames = Callable[[str], "str | None"]          # container id -> container name
+
+#: The kubelet's name for a pod's sandbox ("pause") container, which has no
+#: name of its own (pkg/kubelet/leaky: PodInfraContainerName; cAdvisor's
+#: ``container="POD"``).
+SANDBOX_CONTAINER = "POD"
 
 
-def _kubernetes(parts: list[str], pod_names: PodNames | None) -> tuple[str, dict[str, str]] | None:
+class WorkloadNames(Protocol):
+    """Where a :class:`Registry` learns pod and container names (such as
+    :class:`tagger.kubelet.KubeletLogs`): ``refresh()`` once a tick says
+    whether any name changed since the last one."""
+
+    def pod(self, uid: str) -> tuple[str, str] | None: ...
+    def container(self, cid: str) -> str | None: ...
+    def refresh(self) -> bool: ...
+
+
+def _kubernetes(parts: list[str], pod_names: PodNames | None,
+                container_names: ContainerNames | None = None) -> tuple[str, dict[str, str]] | None:
     """Kubepods paths of both kubelet cgroup drivers (cgroupfs and systemd)."""
     try:
         k = next(i for i, p in enumerate(parts) if p in ("kubepods", "kubepods.slice"))
@@ -265,34 +282,51 @@ def _kubernetes(parts: list[str], pod_names: PodNames | None) -> tuple[str, dict
     labels["container_id"] = cid
     if runtime:
         labels["runtime"] = runtime
+    container = container_names(cid) if container_names else None
+    if container is None and known and container_names:
+        # Every container the kubelet starts has a log; in a pod whose names
+        # are known, the one without is its sandbox.  (Also, for the moment
+        # between its cgroup's mkdir and the kubelet's symlink, a container
+        # being created: the names are read again when the directory changes.)
+        container = SANDBOX_CONTAINER
+    short = cid[:12]
+    if container is not None:
+        labels["container"] = container
+        short = container + ("-conmon" if runtime.endswith("-conmon") else "")
     tail = "/".join(rest[i + 1:])
-    return f"{pod_name}/{cid[:12]}" + (f"/{tail}" if tail else ""), labels
+    return f"{pod_name}/{short}" + (f"/{tail}" if tail else ""), labels
 
 
-def describe(path: str, pod_names: PodNames | None = None) -> tuple[str, dict[str, str]]:
+def describe(path: str, pod_names: PodNames | None = None,
+             container_names: ContainerNames | None = None) -> tuple[str, dict[str, str]]:
     """(display name, labels) for a cgroup path, from the path alone.
 
     Labels: ``kind`` (unit, pod, container, qos, kubepods), ``unit``/``slice``
     for systemd, ``qos``/``pod_uid``/``container_id``/``runtime`` for
-    Kubernetes and container runtimes (``namespace``/``pod`` only when
-    ``pod_names`` maps the pod uid).  Unknown shapes get their last component."""
+    Kubernetes and container runtimes; ``namespace``/``pod`` only when
+    ``pod_names`` maps the pod uid, ``container`` only when
+    ``container_names`` maps the container id (in a pod ``pod_names`` knows,
+    a container it does not map is the pod's sandbox, ``POD``).  A pod's
+    display name is ``namespace/pod`` when known, a container's
+    ``namespace/pod/container``.  Unknown shapes get their last component."""
     path = normalize(path)
-    if pod_names is None:
+    if pod_names is None and container_names is None:
         name, labels = _describe_cached(path)
         return name, dict(labels)      # the cache's dict stays unshared
-    return _describe(path, pod_names)
+    return _describe(path, pod_names, container_names)
 
 
 @lru_cache(maxsize=65536)
 def _describe_cached(path: str) -> tuple[str, dict[str, str]]:
-    return _describe(path, None)
+    return _describe(path, None, None)
 
 
-def _describe(path: str, pod_names: PodNames | None) -> tuple[str, dict[str, str]]:
+def _describe(path: str, pod_names: PodNames | None,
+              container_names: ContainerNames | None) -> tuple[str, dict[str, str]]:
     if path == "/":
         return "/", {}
     parts = path[1:].split("/")
-    k8s = _kubernetes(parts, pod_names)
+    k8s = _kubernetes(parts, pod_names, container_names)
     if k8s is not None:
         return k8s
 
@@ -349,10 +383,13 @@ class Registry:
     a name that is not UTF-8 then has one path, not one per route it came by."""
 
     def __init__(self, layout: Layout, fs: KernelFS | None = None, pod_names: PodNames | None = None,
-                 v1_ids: Iterable[str] = ()):
+                 v1_ids: Iterable[str] = (), workload_names: WorkloadNames | None = None):
         self.layout = layout
         self.fs = fs if fs is not None else layout.fs
-        self.pod_names = pod_names
+        #: pod and container names (tagger.kubelet); :meth:`refresh_names` reads them again
+        self.workload_names = workload_names
+        self.pod_names = pod_names or (workload_names.pod if workload_names is not None else None)
+        self.container_names = workload_names.container if workload_names is not None else None
         # v1 hierarchies whose own cgroup ids must map back to paths too: on a
         # hybrid host a bio's blkcg is a cgroup of the v1 blkio hierarchy, with
         # an id (inode) of that hierarchy, not the v2 one.
@@ -479,12 +516,25 @@ class Registry:
         ``controller``, its id in the hierarchy holding that controller."""
         return self._id_maps(controller)[1].get(normalize(path))
 
+    def refresh_names(self) -> bool:
+        """Read the workload names again (cheap when nothing changed: see
+        tagger.kubelet); if any changed, forget every description, so the next
+        :meth:`describe` of each path has them.  True if they changed: a
+        caller keeping descriptions of its own drops them too.  Names may
+        come after the cgroup (a pod's cgroup is made before its log
+        directory) and go before it."""
+        if self.workload_names is None or not self.workload_names.refresh():
+            return False
+        self._names.clear()
+        return True
+
     def describe(self, path: str) -> tuple[str, dict[str, str]]:
-        """(display name, labels) of ``path`` (also for paths not seen yet)."""
+        """(display name, labels) of ``path`` (also for paths not seen yet),
+        with the names known at the last :meth:`refresh_names`."""
         path = normalize(path)
         got = self._names.get(path)
         if got is None:
-            got = describe(path, self.pod_names)
+            got = describe(path, self.pod_names, self.container_names)
             if path in self._by_path:
                 self._names[path] = got
         return got

@@ -74,6 +74,9 @@ class Config:
     cgroupfs_every: int = 10
     #: keep the kernel's BPF run-time statistics on, to export ns per event
     bpf_stats: bool = False
+    #: where the kubelet's pods/ and containers/ log directories are (pod and
+    #: container names for the labels, tagger.kubelet); None: no names
+    kubelet_logs: str | None = "/var/log"
     check_ownership: bool | None = None       # None: when running as root
     #: seconds the rules directory must be still before a change is reloaded
     #: (a file caught mid-write is never loaded; docs/rules.md "Reload")
@@ -112,7 +115,7 @@ def read_config_file(path: str) -> dict:
             value = parse_duration(value)
         if name == "export" and isinstance(value, str):
             value = (value,)
-        if name in ("metrics", "socket") and value in (False, "off", "none", ""):
+        if name in ("metrics", "socket", "kubelet_logs") and value in (False, "off", "none", ""):
             value = None
         out[name] = tuple(value) if name == "export" else value
     return out
@@ -335,16 +338,20 @@ class Daemon:
                     "restored (a dry run writes nothing); %s", len(left.entries), state, how)
 
     def _open_collector(self):
+        names = None
+        if self.config.kubelet_logs:
+            from tagger.kubelet import KubeletLogs
+            names = KubeletLogs(self.config.kubelet_logs)
         try:
             from tagger.telemetry import open_collector
         except ModuleNotFoundError as err:
             if err.name != "tagger.telemetry":
                 raise
             from tagger.fallback import FallbackCollector
-            return FallbackCollector(fs=self.fs, reason="this build has no BPF collector")
+            return FallbackCollector(fs=self.fs, reason="this build has no BPF collector", workload_names=names)
         if not self.config.prefer_bpf:
-            return open_collector(prefer_bpf=False, fs=self.fs)
-        return open_collector(prefer_bpf=True, fs=self.fs,
+            return open_collector(prefer_bpf=False, fs=self.fs, workload_names=names)
+        return open_collector(prefer_bpf=True, fs=self.fs, workload_names=names,
                               cgroupfs_every=max(1, int(self.config.cgroupfs_every)),
                               bpf_stats=bool(self.config.bpf_stats))
 

@@ -34,7 +34,7 @@ import numpy as np
 from . import errors
 from .cgroupfs import CGROUPFS_METRICS, CgroupfsReader
 from .cgroupglob import GlobSet
-from .cgroups import Layout, Registry
+from .cgroups import Layout, Registry, WorkloadNames
 from .kernelfs import HOST, KernelFS
 from .snapshot import METRICS, Snapshot
 from .telemetry import Collector
@@ -57,16 +57,18 @@ class FallbackCollector(Collector):
     outside it are neither read nor reported.  ``rundelay``: "auto",
     "taskstats", "schedstat" or None (no run-queue figures).
     ``enable_delayacct``: switch kernel.task_delayacct on while open (not needed
-    for run delay on Linux >= 5.14; the old value is put back on close)."""
+    for run delay on Linux >= 5.14; the old value is put back on close).
+    ``workload_names``: pod and container names for the labels (tagger.kubelet)."""
 
     source = "cgroupfs"
 
     def __init__(self, fs: KernelFS = HOST, layout: Layout | None = None, registry: Registry | None = None,
                  reason: str | None = None, include: str | Callable[[str], bool] | None = None,
-                 rundelay: str | None = "auto", enable_delayacct: bool = False, warn: bool = True):
+                 rundelay: str | None = "auto", enable_delayacct: bool = False, warn: bool = True,
+                 workload_names: WorkloadNames | None = None):
         self.fs = fs
         self.layout = layout or Layout.detect(fs)
-        self.registry = registry or Registry(self.layout, fs)
+        self.registry = registry or Registry(self.layout, fs, workload_names=workload_names)
         self.reason = reason
         self._include = _as_predicate(include)
         self._closed = False
@@ -113,6 +115,7 @@ class FallbackCollector(Collector):
     # --- ticks ---------------------------------------------------------------------------
     def _paths(self) -> list[str]:
         self.registry.scan()
+        self.registry.refresh_names()       # the table is described anew each tick from the registry
         paths = self.registry.paths()
         if self._include is not None:
             paths = [p for p in paths if self._include(p)]

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import errors
 from .cgroupfs import CgroupfsReader
-from .cgroups import Layout, Registry, normalize
+from .cgroups import Layout, Registry, WorkloadNames, normalize
 from .kernelfs import HOST, KernelFS
 from .names import from_kernel
 from .slots import SlotLedger
@@ -146,13 +146,16 @@ class BpfCollector(Collector):
     cgroupfs figures to add (every ``cgroupfs_every`` ticks).  ``bpf_stats``:
     keep the kernel's BPF run-time statistics on while open, so
     :meth:`health` reports ns per event (they cost every BPF program on the
-    host a little, hence off by default)."""
+    host a little, hence off by default).  ``workload_names``: pod and
+    container names for the cgroup table's labels (tagger.kubelet), read
+    again every tick."""
 
     source = "bpf"
 
     def __init__(self, fs: KernelFS = HOST, layout: Layout | None = None, max_slots: int | None = None,
                  outlier: float = 0.0, cgroupfs_metrics: Iterable[str] = CGROUPFS_EXTRAS,
-                 cgroupfs_every: int = 1, bpf_stats: bool = False, features_off: int = 0):
+                 cgroupfs_every: int = 1, bpf_stats: bool = False, features_off: int = 0,
+                 workload_names: WorkloadNames | None = None):
         from .native.probes import Probes   # needs the compiled module: import late
         from .native.variants import below_minimum, describe
 
@@ -165,7 +168,8 @@ class BpfCollector(Collector):
             raise errors.BpfUnavailable(0, too_old)
         # On a hybrid or v1 host the bio's blkcg is a v1 blkio cgroup: keep its ids too.
         self._io_on_v1 = self.layout.controller_version("io") == 1
-        self.registry = Registry(self.layout, fs, v1_ids=("io",) if self._io_on_v1 else ())
+        self.registry = Registry(self.layout, fs, v1_ids=("io",) if self._io_on_v1 else (),
+                                 workload_names=workload_names)
         self.ncpus = os.cpu_count() or 1
         self.max_slots = max_slots or _default_slots(self.ncpus)
         self.probes = None
@@ -435,6 +439,9 @@ class BpfCollector(Collector):
         pairs = p.read_pairs(n)
         glob = p.read_globals()
 
+        if self.registry.refresh_names():   # a pod's names came (or went): label the rows again
+            self._names.clear()
+            self._rows_dirty = True
         slots, table = self._rows()
         columns, hists, node = self._columns(n, slots, dt)
         node.update(self._node_health(glob, dt))
@@ -664,16 +671,18 @@ def _hierarchy_id(fs: KernelFS, controller: str) -> int | None:
     return None
 
 
-def open_collector(prefer_bpf: bool = True, fs: KernelFS = HOST, **kwargs):
+def open_collector(prefer_bpf: bool = True, fs: KernelFS = HOST, workload_names: WorkloadNames | None = None,
+                   **kwargs):
     """The BPF collector, or, when BPF cannot run here, the cgroupfs fallback
-    with one warning saying why and what will be NaN."""
+    with one warning saying why and what will be NaN.  ``workload_names``
+    (tagger.kubelet) labels pods and containers in either."""
     from .fallback import FallbackCollector
 
     if prefer_bpf:
         try:
-            return BpfCollector(fs=fs, **kwargs)
+            return BpfCollector(fs=fs, workload_names=workload_names, **kwargs)
         except (errors.BpfError, ImportError, PermissionError) as err:
             reason = str(err)
     else:
         reason = "BPF not requested"
-    return FallbackCollector(fs=fs, reason=reason)
+    return FallbackCollector(fs=fs, reason=reason, workload_names=workload_names)
