@@ -229,6 +229,12 @@ ContainerNames = Callable[[str], "str | None"]          # container id -> contai
 SANDBOX_CONTAINER = "POD"
 
 
+def names_workload(labels: Mapping[str, str]) -> bool:
+    """Whether a description with these labels depends on workload names
+    (a Kubernetes pod or container: it has a pod uid)."""
+    return "pod_uid" in labels
+
+
 class WorkloadNames(Protocol):
     """Where a :class:`Registry` learns pod and container names (such as
     :class:`tagger.kubelet.KubeletLogs`): ``refresh()`` once a tick says
@@ -518,14 +524,14 @@ class Registry:
 
     def refresh_names(self) -> bool:
         """Read the workload names again (cheap when nothing changed: see
-        tagger.kubelet); if any changed, forget every description, so the next
-        :meth:`describe` of each path has them.  True if they changed: a
-        caller keeping descriptions of its own drops them too.  Names may
-        come after the cgroup (a pod's cgroup is made before its log
-        directory) and go before it."""
+        tagger.kubelet); if any changed, forget the descriptions of pods and
+        containers (:func:`names_workload`), so the next :meth:`describe` of
+        each has them.  True if they changed: a caller keeping descriptions
+        of its own drops those too.  Names may come after the cgroup (a
+        pod's cgroup is made before its log directory) and go before it."""
         if self.workload_names is None or not self.workload_names.refresh():
             return False
-        self._names.clear()
+        self._names = {p: d for p, d in self._names.items() if not names_workload(d[1])}
         return True
 
     def describe(self, path: str) -> tuple[str, dict[str, str]]:

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import errors
 from .cgroupfs import CgroupfsReader
-from .cgroups import Layout, Registry, WorkloadNames, normalize
+from .cgroups import Layout, Registry, WorkloadNames, names_workload, normalize
 from .kernelfs import HOST, KernelFS
 from .names import from_kernel
 from .slots import SlotLedger
@@ -439,8 +439,8 @@ class BpfCollector(Collector):
         pairs = p.read_pairs(n)
         glob = p.read_globals()
 
-        if self.registry.refresh_names():   # a pod's names came (or went): label the rows again
-            self._names.clear()
+        if self.registry.refresh_names():   # a pod's names came (or went): label its rows again
+            self._names = {p: d for p, d in self._names.items() if not names_workload(d[1])}
             self._rows_dirty = True
         slots, table = self._rows()
         columns, hists, node = self._columns(n, slots, dt)
