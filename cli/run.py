@@ -10,6 +10,7 @@ import click
 from tagger.errors import ConfigError, RulesError
 from tagger.cli.early import install as install_early_stop
 from tagger.cli.params import duration
+from tagger.publish.export import DEFAULT_CAP, DEFAULT_TOP
 
 
 def _off(value):
@@ -28,9 +29,9 @@ def _off(value):
 @click.option("--export", metavar="GLOB", multiple=True,
               help="Also export the cgroups matching GLOB in the per-cgroup metrics (repeatable); "
                    "by default: tagged cgroups, Kubernetes pods, systemd services and the top N by CPU.")
-@click.option("--export-top", type=click.IntRange(0), default=25, show_default=True, metavar="N",
+@click.option("--export-top", type=click.IntRange(0), default=DEFAULT_TOP, show_default=True, metavar="N",
               help="Export the N cgroups that used the most CPU (besides the default set).")
-@click.option("--export-cap", type=click.IntRange(1), default=1000, show_default=True, metavar="N",
+@click.option("--export-cap", type=click.IntRange(1), default=DEFAULT_CAP, show_default=True, metavar="N",
               help="Export at most N cgroups; how many were left out is tagger_cgroups_unexported.")
 @click.option("--socket", "socket_path", metavar="PATH", default="/run/tagger/tagger.sock",
               show_default=True, help="Unix socket for `tagger tags` and `tagger top`; 'off' to disable.")

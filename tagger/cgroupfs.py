@@ -18,6 +18,9 @@ metric         cgroup v2                                cgroup v1
 =============  =======================================  ===================================
 cpu.usage      cpu.stat usage_usec (any v2 cgroup)      cpuacct.usage (ns)
 cpu.throttled  cpu.stat nr_throttled / nr_periods       cpu/cpu.stat (same keys)
+cpu.periods    cpu.stat nr_periods (rate)               cpu/cpu.stat (same key)
+cpu.throttled_ cpu.stat nr_throttled (rate)             cpu/cpu.stat (same key)
+  periods
 mem.current    memory.current                           memory.usage_in_bytes
 psi.*.some     {cpu,io,memory}.pressure "some avg10"    (v2 only)
 io.*           io.stat rbytes wbytes rios wios dios     blkio.throttle.io_service{_bytes,d}_recursive
@@ -27,7 +30,7 @@ The kernel's figures are hierarchical (a cgroup's count includes its
 descendants).  ``exclusive=True`` turns the cumulative counters (cpu.usage, io.*)
 into the cgroup's own share by subtracting its direct children's deltas, which
 matches what the BPF programs count per cgroup; gauges (mem.current, psi.*) and
-cpu.throttled stay hierarchical, as the kernel defines them.
+the cpu.throttled figures stay hierarchical, as the kernel defines them.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from .kernelfs import KernelFS
 
 #: The Snapshot metrics this module can fill.
 CGROUPFS_METRICS = (
-    "cpu.usage", "cpu.share", "cpu.throttled", "mem.current",
+    "cpu.usage", "cpu.share", "cpu.throttled", "cpu.periods", "cpu.throttled_periods", "mem.current",
     "psi.cpu.some", "psi.io.some", "psi.mem.some",
     "io.ops", "io.read_bytes", "io.write_bytes",
 )
@@ -56,6 +59,8 @@ _NEEDS = {
     "cpu.usage": ("cpu.usage_s",),
     "cpu.share": ("cpu.usage_s",),
     "cpu.throttled": ("cpu.nr_periods", "cpu.nr_throttled"),
+    "cpu.periods": ("cpu.nr_periods",),
+    "cpu.throttled_periods": ("cpu.nr_throttled",),
     "mem.current": ("mem.current",),
     "psi.cpu.some": ("psi.cpu.some",),
     "psi.io.some": ("psi.io.some",),
@@ -354,6 +359,10 @@ class CgroupfsReader:
                 # No period ran (no quota set, or idle): nothing was throttled.
                 frac[(periods == 0) & ~np.isnan(throttled)] = 0.0
                 cols[m] = frac
+            elif m == "cpu.periods":
+                cols[m] = rate("cpu.nr_periods")
+            elif m == "cpu.throttled_periods":
+                cols[m] = rate("cpu.nr_throttled")
             elif m == "io.ops":
                 cols[m] = rate("io.ops_total")
             elif m == "io.read_bytes":

@@ -1,7 +1,7 @@
 """The collector used when the BPF programs cannot load (no BTF, no CAP_BPF, an
 old kernel): the same Snapshot, filled from what the kernel already counts.
 
-* cgroupfs (:mod:`tagger.cgroupfs`): cpu.usage, cpu.share, cpu.throttled,
+* cgroupfs (:mod:`tagger.cgroupfs`): cpu.usage, cpu.share, cpu.throttled (and its periods),
   mem.current, psi.*, io.ops, io.read_bytes, io.write_bytes;
 * per-process run delay (:mod:`tagger.taskstats`, taskstats over netlink or
   /proc/PID/task/*/schedstat), summed over each cgroup's ``cgroup.procs``:

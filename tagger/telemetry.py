@@ -38,7 +38,8 @@ from .snapshot import PREEMPTION_DTYPE, CgroupTable, Snapshot
 log = logging.getLogger(__name__)
 
 #: cgroupfs figures the BPF collector adds (the kernel keeps them already).
-CGROUPFS_EXTRAS = ("cpu.throttled", "mem.current", "psi.cpu.some", "psi.io.some", "psi.mem.some")
+CGROUPFS_EXTRAS = ("cpu.throttled", "cpu.periods", "cpu.throttled_periods", "mem.current",
+                   "psi.cpu.some", "psi.io.some", "psi.mem.some")
 #: Reconcile slots with the cgroup tree this often (ticks), besides after any
 #: lost lifecycle event (see BpfCollector._reconcile).
 RESCAN_EVERY = 30

@@ -59,6 +59,8 @@ def test_v2_columns_and_rates(v2_fs):
     assert cols["cpu.usage"][0] == pytest.approx(0.75)
     assert cols["cpu.share"][0] == pytest.approx(0.75 / 4)
     assert cols["cpu.throttled"][0] == pytest.approx(0.25)
+    assert cols["cpu.periods"][0] == pytest.approx(20 / 2)
+    assert cols["cpu.throttled_periods"][0] == pytest.approx(5 / 2)
     assert cols["mem.current"][0] == 8192
     assert cols["io.read_bytes"][0] == pytest.approx(2 * 4000 / 2)   # summed over both devices
     assert cols["io.write_bytes"][0] == 0
@@ -177,8 +179,8 @@ def test_reads_only_the_files_needed(v2_fs, monkeypatch):
 def test_unavailable_metrics_named(tmp_path):
     fs = make_tree(tmp_path, MOUNTS_V2, "/sys/fs/cgroup", "pids")
     reader = CgroupfsReader(Layout.detect(fs))
-    assert set(reader.unavailable) == {"cpu.throttled", "mem.current", "io.ops", "io.read_bytes",
-                                       "io.write_bytes"}
+    assert set(reader.unavailable) == {"cpu.throttled", "cpu.periods", "cpu.throttled_periods",
+                                       "mem.current", "io.ops", "io.read_bytes", "io.write_bytes"}
 
 
 def test_unknown_metric_is_an_error(v2_fs):

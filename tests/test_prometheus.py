@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -20,9 +22,9 @@ from tagger.tags import Tag
 from tagger.telemetry import hist_edges
 
 
-def snapshot(paths, usage, labels=None, ids=None, dt=1.0, hist=None):
+def snapshot(paths, usage, labels=None, ids=None, dt=1.0, hist=None, t=1.0):
     table = CgroupTable.from_paths(paths, labels=labels, ids=ids)
-    snap = Snapshot(t=1.0, dt=dt, cgroups=table,
+    snap = Snapshot(t=t, dt=dt, cgroups=table,
                     columns={"cpu.usage": np.asarray(usage, float),
                              "runq.p99": np.asarray([0.002] * len(paths)),
                              "runq.wait": np.asarray(usage, float) / 10,
@@ -172,6 +174,76 @@ def test_counters_accumulate_monotonic_and_restart_with_the_cgroup():
     assert by["/a"] == 1.0 and by["/b"] == pytest.approx(0.25 * (elapsed + 2))
 
 
+def test_counters_and_histograms_carry_the_time_their_tick_measured_them():
+    """A scrape lands anywhere in a tick: the rate families are stamped with
+    the tick's wall-clock time (ms), so rate() does not see the tick-to-scrape
+    lag; levels are not; a snapshot on a synthetic clock gets no stamp."""
+    hist = np.zeros((1, 24), np.uint32)
+    hist[0, 6] = 5
+    measured = time.monotonic() - 0.7                 # the tick read its counters 0.7 s ago
+    col = TaggerCollector()
+    col.update(snapshot(["/a"], [1.0], hist=hist, t=measured), {}, [], {})
+    expected_ms = (time.time() - 0.7) * 1000
+    fams, text = exposition(col)
+    [cpu] = samples(fams, "tagger_cgroup_cpu_seconds_total")
+    assert cpu.timestamp is not None and abs(float(cpu.timestamp) * 1000 - expected_ms) < 200
+    stamps = {s.timestamp for f in ("tagger_cgroup_runq_latency_seconds",) for s in fams[f].samples}
+    assert stamps == {cpu.timestamp}                  # _bucket, _count and _sum alike
+    assert samples(fams, "tagger_mem_current_bytes")[0].timestamp is None
+    col = TaggerCollector()
+    col.update(snapshot(["/a"], [1.0], hist=hist), {}, [], {})        # t=1.0: not this host's clock
+    assert samples(exposition(col)[0], "tagger_cgroup_cpu_seconds_total")[0].timestamp is None
+
+
+def test_cfs_period_counters_only_where_a_quota_ran_a_period():
+    """cAdvisor's cfs periods as counters, present for the cgroups whose CPU
+    quota has run a period (0 periods on every other cgroup would be most of
+    the series); once present, kept."""
+    col = TaggerCollector(export=["/**"])
+
+    def tick(periods, throttled):
+        snap = snapshot(["/capped", "/free"], [0.5, 0.5], ids=[1, 2])
+        snap.columns.update({"cpu.periods": np.asarray(periods, float),
+                             "cpu.throttled_periods": np.asarray(throttled, float)})
+        col.update(snap, {}, [], {})
+        fams, _ = exposition(col)
+        return ({s.labels["cgroup"]: s.value for s in samples(fams, "tagger_cgroup_cpu_periods_total")},
+                {s.labels["cgroup"]: s.value for s in samples(fams, "tagger_cgroup_cpu_throttled_periods_total")})
+
+    assert tick([10, 0], [0, 0]) == ({"/capped": 10}, {"/capped": 0})
+    assert tick([10, 0], [4, 0]) == ({"/capped": 20}, {"/capped": 4})
+    assert tick([0, 5], [0, 5]) == ({"/capped": 20, "/free": 5}, {"/capped": 4, "/free": 5})
+    assert tick([0, 0], [0, 0]) == ({"/capped": 20, "/free": 5}, {"/capped": 4, "/free": 5})
+
+
+def test_healthz_says_whether_the_loop_publishes_ticks():
+    col = TaggerCollector()
+    server = MetricsServer(col, "127.0.0.1:0")
+    url = server.url.replace("/metrics", "/healthz")
+
+    def status():
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    try:
+        assert status() == (503, "stalled: no tick published yet\n")
+        col.update(snapshot(["/a"], [0.5]), {}, [], {"ticks": 1})
+        col.update(snapshot(["/a"], [0.5]), {}, [], {"ticks": 2})
+        code, text = status()
+        assert code == 200 and text.startswith("ok: last tick"), text
+        renders = server.exposition.renders
+        later = time.monotonic() + 60.0                  # a minute with no tick
+        server.exposition.clock = lambda: later
+        code, text = status()
+        assert code == 503 and text.startswith("stalled: no tick for 6"), text
+        assert server.exposition.renders == renders      # a probe renders nothing
+    finally:
+        server.close()
+
+
 def test_histogram_counts_every_event_cumulatively():
     col = TaggerCollector()
     rng = np.random.default_rng(7)
@@ -206,7 +278,10 @@ def test_promtool_finds_nothing_to_lint():
     paths = ["/", "/system.slice/sshd.service", "/kubepods/pod1/c1"]
     hist = np.zeros((3, 24), np.uint32)
     hist[:, 4] = 3
-    col.update(snapshot(paths, [0.5] * 3, ids=[1, 2, 3], hist=hist),
+    snap = snapshot(paths, [0.5] * 3, ids=[1, 2, 3], hist=hist, t=time.monotonic())     # timestamped
+    snap.columns.update({"cpu.periods": np.asarray([0.0, 10.0, 10.0]),
+                         "cpu.throttled_periods": np.asarray([0.0, 2.0, 0.0])})
+    col.update(snap,
                {"/": {"k": Tag("k", "v", "r", 0.0)}},
                [AppliedAction("/system.slice/sshd.service", "cpu.max", "50000 100000", "max 100000",
                               "cap", 1.0, False)],
@@ -218,6 +293,7 @@ def test_promtool_finds_nothing_to_lint():
     finally:
         server.close()
     assert b"tagger_cgroup_runq_latency_seconds_bucket" in text
+    assert b"tagger_cgroup_cpu_throttled_periods_total" in text
     out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), out
 

@@ -252,6 +252,53 @@ def test_a_stuck_loop_still_has_its_last_tick_served():
     assert ticks_served() == 2
     tick(3)                      # a scrape asked: the loop renders this one
     assert exposition.renders == 2 and ticks_served() == 3
-    tick(4)                      # nobody asked: not rendered; then the loop hangs
+    tick(4)                      # scraped lately: the loop renders every tick...
+    assert exposition.renders == 3
+    now[0] += 100.0              # ...while scrapes keep coming; then the loop hangs
+    tick(5)
+    assert exposition.renders == 4 and ticks_served() == 5
+    now[0] += 200.0              # no scrape for 200 s: ticks are not rendered
+    tick(6)
+    tick(7)
+    assert exposition.renders == 4
     now[0] += 10.0
-    assert ticks_served() == 4
+    assert ticks_served() == 7 and exposition.renders == 5
+
+
+def test_a_scrape_while_scraped_lately_is_served_at_once():
+    """While scrapes come (Prometheus every 15-60 s), the loop renders each
+    tick as it publishes it and a scrape is answered from the cache without
+    waiting for the next tick (issue 17: a scrape <= 100 ms); a first scrape
+    after a quiet spell waits for the loop's render of the next tick."""
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from tagger.publish.prometheus import Exposition, TaggerCollector
+
+    now = [0.0]
+    collector = TaggerCollector()
+    exposition = Exposition(collector, CollectorRegistry(auto_describe=False), max_wait=30.0,
+                            clock=lambda: now[0])
+
+    def tick(n):
+        now[0] += 1.0                 # a tick a second (renders are spaced to 20% of the time)
+        collector.update(Snapshot.synthetic(["/a"], {"cpu.usage": [0.5]}), {}, [], {"ticks": n})
+
+    tick(1)
+    tick(2)
+    exposition.get()                  # no loop activity yet to wait for: rendered here
+    tick(3)                           # scraped lately: rendered as it is published
+    assert exposition.renders == 2
+    done = threading.Event()
+    threading.Thread(target=lambda: (exposition.get(), done.set()), daemon=True).start()
+    assert done.wait(10), "a scrape waited for a tick although the cache was fresh"
+    now[0] += 1000.0                  # a quiet spell: the next scrape asks the loop
+    tick(4)
+    assert exposition.renders == 2
+    waiter = threading.Event()
+    threading.Thread(target=lambda: (exposition.get(), waiter.set()), daemon=True).start()
+    wait_for(lambda: exposition._wanted, timeout=10, what="the scrape to ask for a render")
+    assert not waiter.is_set()
+    tick(5)
+    assert waiter.wait(10) and exposition.renders == 3

@@ -14,6 +14,7 @@ them change.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +29,16 @@ COUNTERS = {
     "io.ops": ("tagger_cgroup_io_ops_total", "Block requests completed"),
     "io.read_bytes": ("tagger_cgroup_io_read_bytes_total", "Bytes read from block devices"),
     "io.write_bytes": ("tagger_cgroup_io_write_bytes_total", "Bytes written to block devices"),
+    # cAdvisor's container_cpu_cfs_{periods,throttled_periods}_total.
+    "cpu.periods": ("tagger_cgroup_cpu_periods_total", "CFS quota periods that ran (cpu.stat nr_periods)"),
+    "cpu.throttled_periods": ("tagger_cgroup_cpu_throttled_periods_total",
+                              "CFS quota periods in which the cgroup was throttled (cpu.stat nr_throttled)"),
 }
+#: Counters present only once they have counted something, and counters
+#: present exactly where another is: a cgroup without a CPU quota runs no CFS
+#: period, and 0 periods on every such cgroup would be most of the series.
+SPARSE = frozenset({"tagger_cgroup_cpu_periods_total"})
+PRESENT_WITH = {"tagger_cgroup_cpu_throttled_periods_total": "tagger_cgroup_cpu_periods_total"}
 
 #: Histogram name -> (help, snapshot histograms summed, how to get the tick's sum of
 #: observations in seconds from the snapshot's columns: (rate metric, mean metric or None)).
@@ -52,6 +62,18 @@ class Totals:
     buckets: dict = field(default_factory=dict)   # histogram name -> int64 (n, B), per bucket (not cumulative)
     sums: dict = field(default_factory=dict)      # histogram name -> float64 (n,), seconds
     edges: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: wall-clock (epoch) seconds the totals were measured at; None when the
+    #: snapshot's time is not this host's monotonic clock (tests, replay)
+    wall: float | None = None
+
+
+def wall_time(t: float, horizon: float = 3600.0) -> float | None:
+    """Epoch seconds of monotonic time ``t`` (a snapshot's), if it lies within
+    ``horizon`` seconds before now; None otherwise (a synthetic clock)."""
+    mono = time.monotonic()
+    if not 0.0 <= mono - t <= horizon:
+        return None
+    return time.time() - (mono - t)
 
 
 class Accumulator:
@@ -93,8 +115,11 @@ class Accumulator:
                 inc = np.asarray(col, dtype=np.float64) * dt
                 ok = ~np.isnan(inc)               # unknown adds nothing (and is not 0 until once known)
                 total[ok] += np.maximum(inc[ok], 0.0)
-                known |= ok
+                known |= (ok & (total > 0)) if name in SPARSE else ok
             counters[name], seen[name] = total, known
+        for name, other in PRESENT_WITH.items():
+            if name in seen and other in seen:
+                seen[name] = seen[name] & seen[other]
 
         buckets, sums = dict(), dict()
         edges = np.asarray(snapshot.hist_edges, dtype=np.float64)
@@ -113,5 +138,6 @@ class Accumulator:
                     col = col * np.asarray(snapshot.columns.get(mean, np.zeros(n)), dtype=np.float64)
                 total += np.where(np.isnan(col), 0.0, col)
                 buckets[name], sums[name] = count, total
-        self.totals = Totals(keys, counters, seen, buckets, sums, edges if nb > 0 else old.edges)
+        self.totals = Totals(keys, counters, seen, buckets, sums, edges if nb > 0 else old.edges,
+                             wall_time(float(snapshot.t)))
         return self.totals

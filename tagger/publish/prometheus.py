@@ -64,6 +64,15 @@ RENDER_SHARE = 0.2
 #: Longest a scrape waits for the loop to render the latest tick before it is
 #: served the previous text (Prometheus's scrape timeout is 10 s by default).
 MAX_RENDER_WAIT = 5.0
+#: A scrape within this many seconds makes the loop render every tick as it
+#: publishes it, so the next scrape is answered at once from the cache (its
+#: samples carry the tick's time); a first scrape after a quiet spell waits
+#: for one render (Prometheus scrapes every 15-60 s).
+ACTIVE_SCRAPES = 120.0
+#: /healthz: the loop is alive while its last published tick is at most this
+#: many intervals old (and at least LIVENESS_MIN seconds).
+LIVENESS_TICKS = 5
+LIVENESS_MIN = 10.0
 #: zlib level of the cached gzip reply: level 1 is ~3x faster than 6 for ~15% more bytes.
 GZIP_LEVEL = 1
 
@@ -81,9 +90,12 @@ UNIT_SUFFIXES = (".service", ".scope")
 
 #: Snapshot metrics exported as per-cgroup gauges: levels only.  Rates are
 #: counters and percentiles histograms (tagger.publish.cumulative): a gauge of
-#: the last 1 s tick is one tick in fifteen to a 15 s scrape.
-LEVEL_METRICS = ("mem.current", "cpu.throttled", "psi.cpu.some", "psi.io.some", "psi.mem.some",
-                 "runq.slowdown", "io.slowdown")
+#: the last 1 s tick is one tick in fifteen to a 15 s scrape.  Not exported:
+#: the per-tick ratios cpu.throttled (its periods are counters), runq/io.slowdown
+#: (the run-queue one is 1 + rate(wait) / rate(cpu)) and PSI's avg10 (a moving
+#: average, not a level; node_exporter has the node's PSI counters).  All of
+#: them stay in the Snapshot: rules, the socket API and ``tagger top``.
+LEVEL_METRICS = ("mem.current",)
 
 #: health key -> (metric name, "gauge" | "counter", help).  The daemon fills
 #: the health dict; keys it does not have are left out of the exposition.
@@ -256,6 +268,11 @@ class TaggerCollector:
                                             totals.counters.get(RANK_BY) if exported else None)
         prefixes = self._prefixes(snapshot, rows)
         index, labels = prefixes["index"], prefixes["labels"]
+        # Counters and histograms carry the time they were measured (the tick's,
+        # as cAdvisor does): a scrape lands anywhere in a tick, and without it a
+        # sample's value would be up to a tick older than its scrape time, which
+        # moves a 1 min rate() by up to interval / 60 s.
+        stamp = f" {round(totals.wall * 1000)}" if totals.wall is not None else ""
         out = ["# HELP tagger_cgroups_unexported Cgroups left out of this exposition by the export "
                "policy (top N by CPU, cardinality cap; see --export)\n"
                f"# TYPE tagger_cgroups_unexported gauge\ntagger_cgroups_unexported {float(left_out)!r}\n"]
@@ -271,16 +288,18 @@ class TaggerCollector:
             if total is None or not exported:
                 continue
             values = np.where(totals.seen[name][index], total[index], np.nan)     # never measured: absent
-            self._series(out, name, "counter", help_, labels, values)
+            self._series(out, name, "counter", help_, labels, values, stamp)
         for name, (help_, _parts, _sum) in HISTOGRAMS.items():
             counts = totals.buckets.get(name)
             if counts is None or not exported:
                 continue
-            self._histogram(out, name, help_, labels, counts[index], totals.sums[name][index], totals.edges)
+            self._histogram(out, name, help_, labels, counts[index], totals.sums[name][index], totals.edges,
+                            stamp)
         return "".join(out)
 
     @staticmethod
-    def _series(out: list, name: str, kind: str, help_: str, labels: list, values: np.ndarray):
+    def _series(out: list, name: str, kind: str, help_: str, labels: list, values: np.ndarray,
+                stamp: str = ""):
         out.append(f"# HELP {name} {_escape_help(help_)}\n# TYPE {name} {kind}\n")
         known = ~np.isnan(values)                 # unknown is absent, never 0
         keep = np.flatnonzero(known).tolist()
@@ -292,12 +311,12 @@ class TaggerCollector:
         text = list(map(repr, values.tolist()))
         for j in np.flatnonzero(~(np.abs(values) < 1e6)).tolist():
             text[j] = floatToGoString(values[j])
-        out.append("\n".join(f"{name}{{{labels[k]}}} {v}" for k, v in zip(keep, text)))
+        out.append("\n".join(f"{name}{{{labels[k]}}} {v}{stamp}" for k, v in zip(keep, text)))
         out.append("\n")
 
     @staticmethod
     def _histogram(out: list, name: str, help_: str, labels: list, counts: np.ndarray,
-                   sums: np.ndarray, edges: np.ndarray):
+                   sums: np.ndarray, edges: np.ndarray, stamp: str = ""):
         """One cumulative histogram per cgroup from the kernel's log2 buckets.
         Only the buckets from the one below the first used to the last used
         are written (with +Inf): the others add nothing a quantile needs, and
@@ -314,10 +333,10 @@ class TaggerCollector:
                 continue                          # no event yet: no series (most cgroups of a large node)
             lo, hi = max(int(used[0]) - 1, 0), int(used[-1])
             for k in range(lo, hi + 1):
-                lines.append(f'{name}_bucket{{{label},le="{les[k]}"}} {int(cum[row, k])}')
-            lines.append(f'{name}_bucket{{{label},le="+Inf"}} {totals[row]}')
-            lines.append(f"{name}_count{{{label}}} {totals[row]}")
-            lines.append(f"{name}_sum{{{label}}} {floatToGoString(float(sums[row]))}")
+                lines.append(f'{name}_bucket{{{label},le="{les[k]}"}} {int(cum[row, k])}{stamp}')
+            lines.append(f'{name}_bucket{{{label},le="+Inf"}} {totals[row]}{stamp}')
+            lines.append(f"{name}_count{{{label}}} {totals[row]}{stamp}")
+            lines.append(f"{name}_sum{{{label}}} {floatToGoString(float(sums[row]))}{stamp}")
         if lines:
             out.append("\n".join(lines))
             out.append("\n")
@@ -501,6 +520,8 @@ class Exposition:
         self._plain: bytes | None = None
         self._gzip: bytes | None = None
         self._error: Exception | None = None
+        self._last_scrape = -math.inf
+        self.active = ACTIVE_SCRAPES
         self.renders = 0          # for tests and the benchmark: renders, not scrapes
         collector.listeners.append(self.after_update)
 
@@ -509,7 +530,8 @@ class Exposition:
         now = self.clock()
         with self._cond:
             self._updates.append(now)
-            if not self._wanted or self._rendering or now < self._next_render:
+            eager = now - self._last_scrape <= self.active         # scraped lately: render every tick
+            if not (self._wanted or eager) or self._rendering or now < self._next_render:
                 return
             self._wanted, self._rendering = False, True
         self._render_now(generation, latest)
@@ -518,9 +540,15 @@ class Exposition:
         """The exposition (gzip-compressed if asked); raises what the render raised."""
         render_here = False
         with self._cond:
+            now = self.clock()
+            # Scraped lately: the loop has been rendering every tick, so the
+            # cached text is the last tick rendered (the newest may be under way).
+            eager = now - self._last_scrape <= self.active and self._plain is not None
+            self._last_scrape = now
             generation = self.collector.generation
-            if self._generation < generation and self.clock() >= self._next_render:
-                wait = self._wait_limit()
+            stale = self._generation < generation and now >= self._next_render
+            wait = self._wait_limit() if stale else 0.0
+            if stale and not (eager and wait > 0):
                 if wait > 0 or self._rendering:
                     self._wanted = True
                     self._cond.wait_for(lambda: self._generation >= generation, timeout=wait or self.max_wait)
@@ -542,6 +570,20 @@ class Exposition:
             if self._gzip is None:                # zlib runs without the GIL
                 self._gzip = gzip.compress(self._plain, GZIP_LEVEL, mtime=0)
             return self._gzip
+
+    def liveness(self) -> tuple[bool, str]:
+        """(alive, why) for /healthz: has the loop published a tick lately?
+        Cheap: no render, no lock held for long."""
+        with self._cond:
+            updates = list(self._updates)
+        if not updates:
+            return False, "no tick published yet"
+        age = self.clock() - updates[-1]
+        interval = updates[-1] - updates[0] if len(updates) == 2 else 0.0
+        limit = max(LIVENESS_TICKS * interval, LIVENESS_MIN)
+        if age > limit:
+            return False, f"no tick for {age:.1f} s (limit {limit:.0f} s)"
+        return True, f"last tick {age:.1f} s ago"
 
     def _wait_limit(self) -> float:
         """How long a scrape may wait for the loop: ~2 ticks if it is alive, else 0."""
@@ -581,14 +623,26 @@ class _Families:
 
 
 class _MetricsHandler(http.server.BaseHTTPRequestHandler):
-    """GET /metrics (or /): write the cached bytes, nothing else."""
+    """GET /metrics (or /): write the cached bytes, nothing else; GET /healthz:
+    200 while the tick loop publishes ticks, 503 when it has stopped (a
+    liveness probe that costs no render)."""
 
     timeout = SERVE_TIMEOUT            # socket timeout: a slowloris gives up its thread
     server: "_ExpositionServer"
 
     def do_GET(self):
-        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
-            self.send_error(404, "only /metrics is served here")
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            alive, why = self.server.exposition.liveness()
+            body = f"{'ok' if alive else 'stalled'}: {why}\n".encode()
+            self.send_response(200 if alive else 503)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if path not in ("/metrics", "/"):
+            self.send_error(404, "only /metrics and /healthz are served here")
             return
         gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
         try:
