@@ -7,6 +7,10 @@
 #   make man    docs/man/*.1 from the click help
 #   make test-kernels   the bpf and root tests inside VMs booting Debian's 6.1
 #               and 6.12 kernels (KERNELS=6.1 picks one), pure cgroup v2
+#   make image  the OCI image localhost/tagger:<version>: a debootstrap root
+#               with the wheel, imported by podman (docs/image.md)
+#   make image-check   tagger doctor from the image's root (chroot, host /sys
+#               and /proc), as the DaemonSet mounts them
 #
 # Kernel side: vmlinux.h (from this kernel's BTF) -> <probe>.bpf.o -> tagger.bpf.o
 # (static link) -> tagger.skel.h, which the cffi extension embeds.  V=1 shows
@@ -45,7 +49,8 @@ VIRTME_NG       := virtme-ng==1.42
 KERNELS_DIR     := .kernels
 KERNELS         ?=
 
-.PHONY: help deps venv bpf install run test test-kernels bench clean install-system uninstall-system man
+.PHONY: help deps venv bpf install run test test-kernels bench clean install-system uninstall-system man \
+        image image-check
 
 help:
 	@echo "make run     set up everything missing, then run tagger"
@@ -55,20 +60,27 @@ help:
 	@echo "make install-system  tagger on PATH ($(PREFIX)/bin) from a venv in $(TAGGER_HOME),"
 	@echo "             and the systemd unit in $(UNITDIR); uninstall-system removes them"
 	@echo "make man     regenerate docs/man/*.1 from the click help"
+	@echo "make image   the OCI image $(IMAGE) (debootstrap + the wheel, podman import;"
+	@echo "             the Debian root is cached in $(IMAGE_DIR)/: a rebuild reinstalls the wheel)"
+	@echo "make image-check  tagger doctor from the image's root, chrooted over the host's"
+	@echo "             /sys and /proc (ARGS=... runs another tagger command)"
 	@echo "make bench   run the benchmarks (root, real kernel)"
 	@echo "make bpf     build the BPF objects and skeleton only"
 	@echo "make clean   remove build products"
 
 # --- system packages ---------------------------------------------------------
-deps: .stamp-apt
-.stamp-apt: Makefile
-	$(Q)missing=""; for p in $(APT_PACKAGES); do \
+# $(call apt_install,PACKAGES): apt-get install those of PACKAGES not installed.
+apt_install = missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt: installing$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+deps: .stamp-apt
+.stamp-apt: Makefile
+	$(Q)$(call apt_install,$(APT_PACKAGES))
 	$(Q)touch $@
 
 # --- kernel side ---------------------------------------------------------------
@@ -114,13 +126,7 @@ test: install
 	$(VPY) -m pytest -ra $(PYTEST_ARGS)
 
 .stamp-vm: Makefile | $(VPY)
-	$(Q)missing=""; for p in $(VM_APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "apt: installing$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(Q)$(call apt_install,$(VM_APT_PACKAGES))
 	$(Q)$(VPY) -m pip install -q '$(VIRTME_NG)'
 	$(Q)touch $@
 
@@ -172,6 +178,27 @@ uninstall-system:
 man: install
 	$(Q)rm -f docs/man/*.1
 	$(Q)$(VPY) tools/gen_man.py docs/man
+
+# --- OCI image -----------------------------------------------------------------
+# No registry base image is reachable, so the image is built from Debian
+# packages: a debootstrap root (cached in $(IMAGE_DIR)/) with the wheel in a venv,
+# imported by podman.  Its tools are installed only by `make image`.  The root's
+# own packages are chosen by deploy/image/build.sh (python3 and what the native
+# extension links).
+IMAGE_APT_PACKAGES := debootstrap podman
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE         ?= localhost/tagger:$(IMAGE_VERSION)
+IMAGE_DIR     := .image
+
+.stamp-image-apt: Makefile
+	$(Q)$(call apt_install,$(IMAGE_APT_PACKAGES))
+	$(Q)touch $@
+
+image: install .stamp-image-apt
+	$(Q)deploy/image/build.sh $(IMAGE_DIR) $(IMAGE) $(VPY)
+
+image-check: .stamp-image-apt
+	$(Q)deploy/image/check.sh $(IMAGE) $(if $(ARGS),$(ARGS),doctor)
 
 clean:
 	rm -rf build *.egg-info tagger/native/_native*.so tagger/native/_native.c \
