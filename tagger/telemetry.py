@@ -679,11 +679,12 @@ def open_collector(prefer_bpf: bool = True, fs: KernelFS = HOST, workload_names:
     (tagger.kubelet) labels pods and containers in either."""
     from .fallback import FallbackCollector
 
+    names = {} if workload_names is None else {"workload_names": workload_names}
     if prefer_bpf:
         try:
-            return BpfCollector(fs=fs, workload_names=workload_names, **kwargs)
+            return BpfCollector(fs=fs, **names, **kwargs)
         except (errors.BpfError, ImportError, PermissionError) as err:
             reason = str(err)
     else:
         reason = "BPF not requested"
-    return FallbackCollector(fs=fs, reason=reason, workload_names=workload_names)
+    return FallbackCollector(fs=fs, reason=reason, **names)
