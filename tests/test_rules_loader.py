@@ -65,7 +65,7 @@ def test_default_rules_load_clean():
     assert rs.warnings == []
     names = {r.name for r in rs.rules}
     for wanted in ("cpu-intensive", "io-bound", "memory-heavy", "runq-starved", "noisy-neighbour",
-                   "throttled", "qos-besteffort", "slice-system"):
+                   "throttled", "qos-besteffort", "slice-system", "type-interactive", "type-batch"):
         assert wanted in names
 
 
@@ -113,6 +113,22 @@ rules:
         '<rules>.yaml:10:20: rule "c": warning: tag "colour" is set by no rule',
         '<rules>.yaml:10:34: rule "c": warning: no rule sets tag tier=bronze',
     ])
+
+
+def test_conditional_rules_of_one_file_may_share_a_key_but_not_across_files(tmp_path):
+    # type-interactive / type-batch: one choice written side by side, no warning;
+    # the same two rules in different files, or static ones in one, still warn.
+    pair = ("  - name: {n}\n    match: {{cgroup: \"/**\"}}\n    when: cpu.usage {op} 0.5\n"
+            "    tags: {{kind: {v}}}\n")
+    low, high = pair.format(n="low", op="<", v="light"), pair.format(n="high", op=">", v="heavy")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "r.yaml").write_text("rules:\n" + low + high)
+    assert load_directory(tmp_path / "one").warnings == []
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "a.yaml").write_text("rules:\n" + low)
+    (tmp_path / "two" / "b.yaml").write_text("rules:\n" + high)
+    assert [w.message for w in load_directory(tmp_path / "two").warnings] == [
+        'sets tag "kind" like rule "low" on cgroups both may match; this later rule wins']
 
 
 def test_actions_and_policies_parse_into_their_specs():

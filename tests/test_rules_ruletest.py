@@ -37,7 +37,7 @@ def test_bad_series_are_value_errors(bad):
 def test_every_default_rule_has_a_test_file():
     tested = {p.stem for p in DEFAULT_TESTS}
     for wanted in ("cpu-intensive", "io-bound", "memory-heavy", "runq-starved", "noisy-neighbour",
-                   "throttled", "priority"):
+                   "throttled", "priority", "workload-type"):
         assert wanted in tested
 
 

@@ -973,8 +973,8 @@ class _Loader:
         for key, owners in by_key.items():
             for i, later in enumerate(owners):
                 for earlier in owners[:i]:
-                    if earlier.tags[key] != later.tags[key] and _may_overlap(earlier.match,
-                                                                             later.match):
+                    if (earlier.tags[key] != later.tags[key] and not _one_classifier(earlier, later)
+                            and _may_overlap(earlier.match, later.match)):
                         path, line, col = later.source.rsplit(":", 2)
                         self.problems.append(Problem(
                             path, int(line), int(col),
@@ -993,6 +993,15 @@ class _Loader:
 
 def _kib(size: int) -> str:
     return f"{size / 1024 / 1024:.1f} MiB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KiB"
+
+
+def _one_classifier(a: Rule, b: Rule) -> bool:
+    """Conditional rules in one file that set one key to different values are
+    written side by side as one choice (type=interactive / type=batch), their
+    conditions meant to exclude each other: no overlap warning for them.  Static
+    rules, or rules in different files, are still warned about."""
+    return (a.when is not None and b.when is not None
+            and a.source.rsplit(":", 2)[0] == b.source.rsplit(":", 2)[0])
 
 
 def _may_overlap(a: Selector, b: Selector) -> bool:
