@@ -43,7 +43,8 @@ flock -n 9 || { step "waiting for another build in $cache"; flock 9; }
 tmps=()
 cleanup() { local t; for t in "${tmps[@]}"; do rm -rf "$t"; done; }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 newtmp() { tmp=$(mktemp -d "$cache/$1.XXXXXX"); tmps+=("$tmp"); }
 
 # pip, setuptools and debootstrap are chatty (index warnings, packaging notes):
