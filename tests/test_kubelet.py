@@ -158,8 +158,9 @@ def test_agent_labels_and_tags_every_pod_and_container(tmp_path, layout, driver,
         wait_for(lambda: daemon.cost.ticks >= 1 or errors, timeout=20, what="first tick")
         assert not errors, errors
         snap = daemon.last_snapshot
-        i = snap.cgroups.index(pod_path := next(e.path for e in expected if e.pod == pod.name))
-        assert "pod" not in snap.cgroups.labels[i]
+        pod_path = next(e.path for e in expected if e.pod == pod.name)
+        assert "pod" not in snap.cgroups.labels[snap.cgroups.index(pod_path)]
+        assert "pod" not in _scrape(daemon)[pod_path]           # exported, not yet named
         write_pod_logs(tmp_path / "log", pod)
         ticks = daemon.cost.ticks
         wait_for(lambda: daemon.cost.ticks > ticks + 1 and
@@ -177,12 +178,7 @@ def test_agent_labels_and_tags_every_pod_and_container(tmp_path, layout, driver,
 
         # The exposition Prometheus scrapes: pods and containers are exported by
         # default, with the same labels.
-        with urllib.request.urlopen(daemon.metrics.url, timeout=10) as resp:
-            text = resp.read().decode()
-        series = {}
-        for fam in text_string_to_metric_families(text):
-            if fam.name == "tagger_cgroup_cpu_seconds":
-                series = {s.labels["cgroup"]: s.labels for s in fam.samples}
+        series = _scrape(daemon)
         _check_labels(lambda p: {**series[p], "qos": next(e.qos for e in expected if e.path == p)}, expected)
         for e in expected:
             if e.container is None:
@@ -191,6 +187,16 @@ def test_agent_labels_and_tags_every_pod_and_container(tmp_path, layout, driver,
         daemon.stop()
         thread.join(timeout=20)
     assert not thread.is_alive()
+
+
+def _scrape(daemon) -> dict:
+    """cgroup -> labels of its CPU counter, as Prometheus would scrape them."""
+    with urllib.request.urlopen(daemon.metrics.url, timeout=10) as resp:
+        text = resp.read().decode()
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "tagger_cgroup_cpu_seconds":
+            return {s.labels["cgroup"]: s.labels for s in fam.samples}
+    return {}
 
 
 def _run(daemon, errors):
