@@ -67,12 +67,14 @@ def stat(interval, count, globs, as_json, show_all, sort, limit, fallback):
       sudo tagger stat -i 5s -c 3 --sort runq  three 5-second reports
       sudo tagger stat --cgroup '/system.slice/**' --json
     """
+    from tagger.kubelet import KubeletLogs
     from tagger.telemetry import open_collector
 
     seconds = interval
     pattern = _compile_globs(globs)
 
-    with open_collector(prefer_bpf=not fallback) as coll:
+    # Pods and containers by namespace/pod/container where the kubelet's logs say.
+    with open_collector(prefer_bpf=not fallback, workload_names=KubeletLogs()) as coll:
         if not as_json:
             click.echo(f"tagger stat: {coll.source} telemetry, {seconds:g}s interval"
                        + ("" if count is None else f", {count} report(s)"), err=True)

@@ -37,6 +37,7 @@ def record(output, duration, interval, cgroupfs_only, quiet):
     Ctrl-C stops early; the file keeps every whole snapshot written.  On a
     terminal a progress line counts the snapshots (not with --quiet).
     """
+    from tagger.kubelet import KubeletLogs
     from tagger.telemetry import open_collector
     from tagger.trace import record as write_trace
 
@@ -48,7 +49,8 @@ def record(output, duration, interval, cgroupfs_only, quiet):
     live = sys.stderr.isatty() and not quiet
     written = 0
     try:
-        with open_collector(prefer_bpf=not cgroupfs_only) as coll:
+        # Pod and container names are recorded too: a replay elsewhere has them.
+        with open_collector(prefer_bpf=not cgroupfs_only, workload_names=KubeletLogs()) as coll:
             written = write_trace(coll.stream(interval=interval, count=count), output,
                                   meta={"interval": interval},
                                   on_snapshot=progress if live else None)

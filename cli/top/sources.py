@@ -325,7 +325,8 @@ class LocalSource:
         self._since: dict[tuple[str, str, str], float] = {}
         self._load_rules(rules_dir)
         try:
-            self._cm = open_collector(prefer_bpf=True)
+            from tagger.kubelet import KubeletLogs
+            self._cm = open_collector(prefer_bpf=True, workload_names=KubeletLogs())   # pod names
             self._coll = self._cm.__enter__()
         except PermissionError as err:          # tagger.errors.PermissionDenied subclasses it
             raise SourceUnavailable(f"{err}\n{NEEDS_ROOT}") from None
