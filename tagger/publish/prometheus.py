@@ -548,7 +548,11 @@ class Exposition:
             generation = self.collector.generation
             stale = self._generation < generation and now >= self._next_render
             wait = self._wait_limit() if stale else 0.0
-            if stale and not (eager and wait > 0):
+            # A loop that published within max_wait is slow (a loaded host), not
+            # stuck: while scraped it renders every tick it can, and the cache
+            # is a tick or two old, its samples stamped with their time.
+            recent = bool(self._updates) and now - self._updates[-1] <= self.max_wait
+            if stale and not (eager and (wait > 0 or recent)):
                 if wait > 0 or self._rendering:
                     self._wanted = True
                     self._cond.wait_for(lambda: self._generation >= generation, timeout=wait or self.max_wait)
