@@ -238,25 +238,42 @@ def test_fio_direct_io_matches_fio_and_the_kernel(collector, make_cgroup):
                        stdout=subprocess.DEVNULL)
         disk = _disk_of(data)
         cg = make_cgroup("fio", controllers=("blkio",))
-        totals = Totals(collector, [cg.path])
-        totals.tick()
-        reads0, ms0 = _disk_reads(disk)
-        report = _fio(["--name=probe", f"--filename={data}", "--rw=randread", "--bs=4k",
-                       "--direct=1", "--ioengine=psync", "--iodepth=1", "--size=64M",
-                       f"--runtime={WINDOW}", "--time_based"], cg)
-        reads1, ms1 = _disk_reads(disk)
-        totals.tick()
-        job = report["jobs"][0]["read"]
-        fio_ops, fio_clat = job["total_ios"], job["clat_ns"]["mean"] * 1e-9
-        kernel_lat = (ms1 - ms0) * 1e-3 / max(reads1 - reads0, 1)
-        ours_ops = totals.io_ops[cg.path]
-        ours_lat = totals.io_lat_sum[cg.path] / max(ours_ops, 1)
-        print(f"ops {ours_ops:.0f} vs fio {fio_ops} (disk reads {reads1 - reads0}); mean latency "
-              f"{ours_lat*1e6:.1f}us vs kernel {kernel_lat*1e6:.1f}us vs fio clat {fio_clat*1e6:.1f}us")
-        assert fio_ops > 500
-        assert ours_ops == pytest.approx(fio_ops, rel=0.02)
-        assert ours_lat == pytest.approx(kernel_lat, rel=0.10)
-        assert ours_lat < fio_clat
+        # The disk's own figures cover every reader of the disk: on a shared
+        # host another's reads (slower or faster) move its mean.  So measure up
+        # to three times and judge the run in which the disk served fewest
+        # reads besides fio's.
+        runs = []
+        for _ in range(3):
+            totals = Totals(collector, [cg.path])
+            totals.tick()
+            reads0, ms0 = _disk_reads(disk)
+            report = _fio(["--name=probe", f"--filename={data}", "--rw=randread", "--bs=4k",
+                           "--direct=1", "--ioengine=psync", "--iodepth=1", "--size=64M",
+                           f"--runtime={WINDOW}", "--time_based"], cg)
+            reads1, ms1 = _disk_reads(disk)
+            totals.tick()
+            job = report["jobs"][0]["read"]
+            fio_ops, fio_clat = job["total_ios"], job["clat_ns"]["mean"] * 1e-9
+            kernel_lat = (ms1 - ms0) * 1e-3 / max(reads1 - reads0, 1)
+            ours_ops = totals.io_ops[cg.path]
+            ours_lat = totals.io_lat_sum[cg.path] / max(ours_ops, 1)
+            print(f"ops {ours_ops:.0f} vs fio {fio_ops} (disk reads {reads1 - reads0}); mean latency "
+                  f"{ours_lat*1e6:.1f}us vs kernel {kernel_lat*1e6:.1f}us vs fio clat {fio_clat*1e6:.1f}us")
+            assert fio_ops > 500
+            assert ours_ops == pytest.approx(fio_ops, rel=0.02)
+            assert ours_lat < fio_clat
+            others = max((reads1 - reads0) - fio_ops, 0)
+            runs.append((others, ours_lat, kernel_lat, (ms1 - ms0) * 1e-3, ours_lat * ours_ops))
+            if others == 0:
+                break
+        others, ours_lat, kernel_lat, kernel_time, ours_time = min(runs)
+        if others == 0:
+            assert ours_lat == pytest.approx(kernel_lat, rel=0.10)
+        else:
+            # A few slow reads of another's can double the disk's mean: then
+            # only the time is comparable -- ours is part of the disk's.
+            print(f"{others} reads of others on the disk in every run: comparing time, not the mean")
+            assert ours_time <= kernel_time * 1.10
     finally:
         if os.path.exists(data):
             os.unlink(data)
