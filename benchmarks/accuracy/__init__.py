@@ -1,0 +1,1 @@
+"""The tagging-accuracy benchmark's parts (benchmarks/tagging_accuracy.py)."""
