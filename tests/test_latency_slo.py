@@ -4,6 +4,7 @@ neighbour puts on the CPUs), acting through the real Actuator on a v2 fixture tr
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -123,21 +124,30 @@ def test_demotion_first_then_quota_and_demotion_kept_while_the_victim_runs(store
     out = slo.step(snap(4 * MS, batch_cpu=1.5), store)
     # The first miss only demotes batch (lowest weight / SCHED_IDLE): no quota yet.
     assert demoted(out, how) and out["/batch"].cpu.max is None
-    out = slo.step(snap(4 * MS, batch_cpu=1.5, t=1), store)
-    # One miss with batch demoted (persist 2): still no quota.
+    # Judged over 3 ticks: 4 ms -> 3 ms is a fall of 25% (>= gain 20%): it
+    # helped, and is kept, though web still misses.
+    for t in (1, 2, 3):
+        out = slo.step(snap(3 * MS, batch_cpu=1.5, t=t), store)
+        assert demoted(out, how) and out["/batch"].cpu.max is None
+    assert slo.counts == {(how, "helped"): 1}
+    out = slo.step(snap(3 * MS, batch_cpu=1.5, t=4), store)
+    # One miss after the verdict (persist 2): still no quota.
     assert demoted(out, how) and out["/batch"].cpu.max is None
-    out = slo.step(snap(4 * MS, batch_cpu=1.5, t=2), store)
-    # The second in a row: now the quota as without a demotion.
+    out = slo.step(snap(3 * MS, batch_cpu=1.5, t=5), store)
+    # The second in a row: now the next rung, the quota as without a demotion.
     assert demoted(out, how)
-    assert out["/batch"].cpu.max == pytest.approx(1.5 * (1 - 0.5 * 1 * 0.75))
-    for t in range(3, 40):                                 # SLO met: the quota goes ...
+    assert out["/batch"].cpu.max == pytest.approx(1.5 * (1 - 0.5 * 0.5 * 0.75))
+    for t in range(6, 40):                                 # SLO met: the quota goes ...
         out = slo.step(snap(1 * MS, batch_cpu=0.5, t=t), store)
     assert out["/batch"].cpu.max is None and demoted(out, how)   # ... the demotion stays
     assert slo.status.action in ("hold", "release")
 
 
-def test_weight_is_the_default_demotion():
-    assert spec().demote == ("weight",)
+def test_the_ladder_is_the_default_and_demote_is_its_first_rung():
+    assert spec().rungs() == (("idle",), ("weight",), ("quota",), ("cpuset",))
+    assert spec(demote=("weight", "cpuset")).rungs() == (("weight", "cpuset"), ("quota",))
+    assert spec(demote=()).rungs() == (("quota",),)
+    assert spec(ladder=(("weight",), ("cpuset",))).rungs() == (("weight",), ("cpuset",))
 
 
 def test_cpuset_demotion_leaves_the_protected_the_cpus_they_use(store):
@@ -145,39 +155,49 @@ def test_cpuset_demotion_leaves_the_protected_the_cpus_they_use(store):
     the CPUs web does not need: ceil(1.5 x web's use), at least one, narrowed
     on a miss as web's use grows and widened on release as it falls; on a
     node too small for that, no cpuset at all."""
-    def tick(web_cpu, cpus):
-        return Snapshot.synthetic(PATHS, {"runq.p99": [math.nan, 4 * MS, 0.1 * MS, 0.1 * MS],
+    clock = itertools.count()
+
+    def tick(web_cpu, cpus, p99=4 * MS):
+        return Snapshot.synthetic(PATHS, {"runq.p99": [math.nan, p99, 0.1 * MS, 0.1 * MS],
                                           "runq.slowdown": [math.nan, 3.0, 1.0, 1.0],
-                                          "cpu.usage": [2.0, web_cpu, 1.5, 0.0]}, t=0, node={"cpus": cpus})
+                                          "cpu.usage": [2.0, web_cpu, 1.5, 0.0]}, t=next(clock),
+                                  node={"cpus": cpus})
     slo = LatencySlo(spec(demote=("weight", "cpuset")))
     cpu = slo.step(tick(2.5, 8.0), store)["/batch"].cpu
     assert (cpu.weight, cpu.cpuset, cpu.max) == (1, 8 - 4, None)        # web keeps ceil(3.75) = 4
+    for _ in range(slo.spec.judge):                 # judged: 4 -> 3 ms, it helped
+        slo.step(tick(2.5, 8.0, p99=3 * MS), store)
+    assert slo.counts == {("weight+cpuset", "helped"): 1}
     # web uses more and still misses: batch narrows before any quota (ceil(6) = 6 for web).
     cpu = slo.step(tick(4.0, 8.0), store)["/batch"].cpu
     assert (cpu.cpuset, cpu.max) == (2, None)
     # The SLO holds for `hold` ticks while web's use falls: batch gets CPUs back.
     met = lambda web_cpu: Snapshot.synthetic(PATHS, {"runq.p99": [math.nan, 0.5 * MS, 0.1 * MS, 0.1 * MS],
                                                      "runq.slowdown": [math.nan, 1.5, 1.0, 1.0],
-                                                     "cpu.usage": [2.0, web_cpu, 1.5, 0.0]}, t=0, node={"cpus": 8.0})
+                                                     "cpu.usage": [2.0, web_cpu, 1.5, 0.0]}, t=next(clock),
+                                                    node={"cpus": 8.0})
     sizes = [slo.step(met(1.0), store)["/batch"].cpu.cpuset for _ in range(slo.hold + 1)]
     assert sizes == [2] * (slo.hold - 1) + [8 - 2] * 2        # at the hold-th met tick: web keeps ceil(1.5)
     out = LatencySlo(spec(demote=("cpuset",))).step(tick(1.5, 2.0), store)
-    assert out == {}                               # web needs both CPUs: nothing to confine batch to
+    # web needs both CPUs: nothing to confine batch to; the ladder's next rung instead.
+    assert out["/batch"].cpu.cpuset is None and out["/batch"].cpu.max is not None
 
 
 def test_once_demoted_a_single_noisy_tick_costs_no_quota(store):
-    slo = LatencySlo(spec(persist=2))
+    slo = LatencySlo(spec(persist=2))                      # the default ladder: cpu.idle first
     ticks = [4, 1, 4, 1, 4, 4]                             # web's p99 in ms: misses, one at a time, then two
     outs = [slo.step(snap(ms * MS, batch_cpu=1.5, t=t), store) for t, ms in enumerate(ticks)]
-    assert all(demoted(o) for o in outs)                   # demoted from the first miss on
+    assert all(demoted(o, "idle") for o in outs)           # demoted from the first miss on
+    # Judged over ticks 1-3 (1, 4, 1 ms): their median is within the SLO: it helped.
+    assert slo.counts == {("idle", "helped"): 1}
     assert [o["/batch"].cpu.max for o in outs[:5]] == [None] * 5
     assert outs[5]["/batch"].cpu.max is not None           # two misses in a row: now a quota
 
 
 def test_everything_dropped_once_nothing_protected_runs(store):
     slo = LatencySlo(spec(demote=("idle",)))
-    for t in range(3):
-        slo.step(snap(4 * MS, batch_cpu=1.5, t=t), store)
+    for t, ms in enumerate([4, 3, 3, 3, 3, 3]):            # cpu.idle helps (-25%), the quota follows
+        slo.step(snap(ms * MS, batch_cpu=1.5, t=t), store)
     assert slo.state["/batch"].cpu is not None and slo.state["/batch"].demoted
     stopped = lambda t: Snapshot.synthetic(PATHS, {"runq.p99": [math.nan] * 4,
                                                    "runq.slowdown": [math.nan] * 4,
@@ -187,6 +207,8 @@ def test_everything_dropped_once_nothing_protected_runs(store):
     # web ran nothing for `hold` (3) ticks: quota and demotion go at once, not by β steps.
     assert [bool(o) for o in outs] == [True, True, False, False]
     assert slo.state == {}
+    # The quota's judgment window could not finish: counted, not judged.
+    assert slo.counts == {("idle", "helped"): 1, ("quota", "unjudged"): 1}
 
 
 def test_nan_latency_is_not_a_miss(store):
@@ -339,3 +361,152 @@ def test_window_judges_the_slo_over_the_last_ticks(store):
     # with the harm that asked for it (400 of ~9500 waits: it would miss again).
     windowed.step(_hist_snap(6, slow=0), store)
     assert windowed.status.miss < 1 and windowed.status.action == "hold"
+
+
+# --- every step verified: the bar's tests (issue 16) ------------------------------
+
+def _fixture_host(tmp_path):
+    layout = cgroup_v2_tree(tmp_path, cgroups=("/web", "/batch"))
+    store = TagStore()
+    store.set("/web", "priority", "high", "static", 0.0)
+    store.set("/batch", "priority", "low", "static", 0.0)
+    act = Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False,
+                   safety=Safety())
+    return store, act
+
+
+class StealHost(SimHost):
+    """The victim's run-queue latency comes from the host (steal: its vCPUs
+    wait while the hypervisor runs other guests): 5 ms whatever the neighbour
+    gets, quota, weight, idle or cpuset."""
+
+    def tick(self, t) -> Snapshot:
+        s = super().tick(t)
+        s.columns["runq.p99"][1] = 5 * MS if self.victim else math.nan
+        s.columns["runq.slowdown"][1] = 3.0
+        s.columns["cpu.throttled"] = np.array([math.nan, 0.0, 0.0])    # web has no quota of its own
+        return s
+
+
+def _knobs(root) -> dict:
+    d = root / "sys/fs/cgroup/batch"
+    return {k: (d / k).read_text().strip() for k in ("cpu.idle", "cpu.weight", "cpu.max", "cpuset.cpus")}
+
+
+ORIGINAL = {"cpu.idle": "0", "cpu.weight": "100", "cpu.max": "max 100000", "cpuset.cpus": ""}
+
+
+def test_a_step_that_cannot_help_is_undone_in_its_window_and_not_retried_in_the_cool_down(tmp_path):
+    """Host steal: no lever on the neighbour can help.  Each rung of the ladder
+    is written, judged over ``judge`` ticks, undone at the last of them (the
+    kernel files back at their originals, through the actuator's journal) and
+    the next rung tried; none is tried again on (web, batch) until its
+    cool-down has passed."""
+    store, act = _fixture_host(tmp_path)
+    slo = LatencySlo(spec())                               # the defaults: the ladder, judge 3, cool-down 60 s
+    judge, cooldown = slo.spec.judge, slo.spec.cooldown
+    host = StealHost(tmp_path)
+    START = 5
+    END = START + judge + int(cooldown) + 2                # past the first cool-down, not the second's
+    knobs = {}
+    for t in range(END):
+        host.demand = 2.0 if t >= START else 0.0
+        s = host.tick(t)
+        act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+        knobs[t] = _knobs(tmp_path)
+
+    def written(knob, value):
+        return [t for t, k in knobs.items() if k[knob] == value]
+
+    # Each lever in force for exactly its judgment window, then undone; the
+    # next one at the next miss.  cpuset: web's 0.5 CPU keeps ceil(0.75) = 1.
+    idle = written("cpu.idle", "1")
+    assert idle[:judge] == list(range(START, START + judge))
+    assert written("cpu.weight", "1") == list(range(START + judge + 1, START + 2 * judge + 1))
+    quota = [t for t, k in knobs.items() if k["cpu.max"] != "max 100000"]
+    assert quota == list(range(START + 2 * judge + 2, START + 3 * judge + 2))
+    assert written("cpuset.cpus", "1") == list(range(START + 3 * judge + 3, START + 4 * judge + 3))
+    outcomes = [(o.lever, o.outcome, o.t) for o in slo.outcomes]
+    assert outcomes[:4] == [("idle", "no_effect", START + judge), ("weight", "no_effect", START + 2 * judge + 1),
+                            ("quota", "no_effect", START + 3 * judge + 2),
+                            ("cpuset", "no_effect", START + 4 * judge + 3)]
+    assert all(o.after >= o.before * (1 - slo.spec.gain) for o in slo.outcomes)
+    # The ladder exhausted: nothing touched until the first cool-down ends ...
+    quiet = range(START + 4 * judge + 3, START + judge + int(cooldown))
+    assert all(knobs[t] == ORIGINAL for t in quiet)
+    # ... then cpu.idle is tried again, and only then.
+    assert idle[judge] == START + judge + int(cooldown)
+    assert slo.counts[("idle", "no_effect")] == 1 and slo.counts[("cpuset", "no_effect")] == 1
+    act.revert_all()
+    assert _knobs(tmp_path) == ORIGINAL
+
+
+class OwnQuotaHost(StealHost):
+    """The victim is throttled by its own CFS quota (``cpu.throttled`` 0.6 of
+    its periods): its latency is its own, whatever the neighbour does."""
+
+    def tick(self, t) -> Snapshot:
+        s = super().tick(t)
+        s.columns["cpu.throttled"] = np.array([math.nan, 0.6, 0.0])
+        return s
+
+
+def test_the_victims_own_quota_costs_the_neighbour_nothing(tmp_path):
+    store, act = _fixture_host(tmp_path)
+    slo = LatencySlo(spec())
+    host = OwnQuotaHost(tmp_path)
+    for t in range(30):
+        host.demand = 2.0
+        s = host.tick(t)
+        act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+        assert act.current() == [] and _knobs(tmp_path) == ORIGINAL
+    assert slo.status.miss > 1 and slo.status.cause == "own quota"
+    assert slo.status.importance["cpu"] == 0.0 and not slo.outcomes
+
+
+def test_a_step_that_helps_is_kept(tmp_path):
+    """cpu.idle lets web's wake-ups preempt batch (DemotionAwareHost): the
+    first rung helps, is judged so, and stays; no other lever is tried."""
+    store, act = _fixture_host(tmp_path)
+    slo = LatencySlo(spec())
+    host = DemotionAwareHost(tmp_path)
+    START = 5
+    idle = []
+    for t in range(40):
+        host.demand = 2.0 if t >= START else 0.0
+        s = host.tick(t)
+        act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+        idle.append(_knobs(tmp_path)["cpu.idle"] == "1")
+    assert idle == [False] * START + [True] * (40 - START)
+    assert [(o.lever, o.outcome, o.t) for o in slo.outcomes] == [("idle", "helped", START + slo.spec.judge)]
+    assert _knobs(tmp_path)["cpu.max"] == "max 100000" and _knobs(tmp_path)["cpu.weight"] == "100"
+
+
+def test_judge_gain_and_cooldown_are_the_specs():
+    """judge 2, gain 50%, cool-down 5 s: 4 -> 3 ms (-25%) is no help now."""
+    store = TagStore()
+    store.set("/web", "priority", "high", "static", 0.0)
+    store.set("/batch", "priority", "low", "static", 0.0)
+    slo = LatencySlo(spec(judge=2, gain=0.5, cooldown=5.0, ladder=(("weight",),)))
+    lever = []
+    for t in range(12):
+        out = slo.step(snap(4 * MS if t == 0 else 3 * MS, batch_cpu=1.5, t=t), store)
+        lever.append("/batch" in out)
+    # Step at 0, judged at 2 and undone; cooled until 7; tried again at 7, undone at 9.
+    assert lever == [True, True, False, False, False, False, False, True, True, False, False, False]
+    assert [(o.outcome, o.t) for o in slo.outcomes] == [("no_effect", 2), ("no_effect", 9)]
+    assert slo.outcomes[0].before == pytest.approx(4 * MS) and slo.outcomes[0].after == pytest.approx(3 * MS)
+
+
+def test_cpu_cause_reads_the_attribution_columns_where_they_exist():
+    from tagger.policies.latency_slo import cpu_cause
+    base = {"runq.p99": [math.nan, 4 * MS], "cpu.usage": [1.0, 0.5]}
+    s = Snapshot.synthetic(["/", "/web"], base)
+    assert cpu_cause(s, 1) is None                         # nothing known: neighbours may be the cause
+    s = Snapshot.synthetic(["/", "/web"], {**base, "cpu.throttled": [math.nan, 0.2]})
+    assert cpu_cause(s, 1) == "own quota"
+    attributed = {**base, "runq.wait": [1.0, 0.4], "runq.wait.foreign": [0.0, 0.3]}
+    assert cpu_cause(Snapshot.synthetic(["/", "/web"], attributed, node={"steal": 0.1}), 1) is None
+    assert cpu_cause(Snapshot.synthetic(["/", "/web"], attributed, node={"steal": 0.5}), 1) == "host steal"
+    own = {**attributed, "runq.wait.foreign": [0.0, 0.1]}
+    assert cpu_cause(Snapshot.synthetic(["/", "/web"], own), 1) == "own tasks"

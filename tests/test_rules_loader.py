@@ -278,3 +278,52 @@ policies:
     assert rs.rule("suppress").actions.cpu == CpuSpec(weight=1, cpuset="3")
     assert rs.rule("pin").actions.cpu == CpuSpec(cpuset="2,6-7")
     assert rs.policies[0].demote == ("weight", "cpuset")
+
+
+def test_policy_ladder_and_verification_keys_load():
+    rs = load_text("""
+policies:
+  - name: p
+    kind: latency-slo
+    protect: {tags: {priority: high}}
+    slo: runq.p99 < 1ms
+    throttle: {tags: {priority: low}}
+    ladder: [weight, [idle, cpuset], quota]
+    judge: 5
+    gain: 30%
+    cooldown: 2m
+  - name: q
+    kind: latency-slo
+    protect: {tags: {priority: high}}
+    slo: runq.p99 < 1ms
+    throttle: {tags: {priority: low}}
+    gain: 0.1
+""")
+    p, q = rs.policies
+    assert p.rungs() == (("weight",), ("idle", "cpuset"), ("quota",))
+    assert (p.judge, p.gain, p.cooldown) == (5, pytest.approx(0.3), 120.0)
+    assert q.rungs() == (("idle",), ("weight",), ("quota",), ("cpuset",))      # the default ladder
+    assert (q.judge, q.gain, q.cooldown) == (3, 0.1, 60.0)
+
+
+def test_policy_ladder_is_checked():
+    policy = """
+  - name: {name}
+    kind: latency-slo
+    protect: {{tags: {{priority: high}}}}
+    slo: runq.p99 < 1ms
+    throttle: {{tags: {{priority: low}}}}
+    {extra}"""
+    bad = {"a": "ladder: [idle, nope]", "b": "ladder: [idle, idle]", "c": "ladder: [[weight, idle]]",
+           "d": "ladder: [[quota, cpuset]]", "e": "ladder: []", "f": "ladder: [idle]\n    demote: weight",
+           "g": "gain: 1", "h": "gain: 150%", "i": "judge: 0", "j": "cooldown: soon"}
+    with pytest.raises(RulesError) as err:
+        load_text("policies:" + "".join(policy.format(name=n, extra=e) for n, e in bad.items()))
+    text = str(err.value)
+    for message in ("unknown lever 'nope' (known: idle, weight, quota, cpuset)",
+                    "ladder: idle twice", "ladder: weight and idle exclude each other in one rung",
+                    "ladder: quota is a rung of its own", "ladder must be a list of levers",
+                    "ladder and demote exclude each other", "gain must lie between 0 and 1",
+                    "judge must be greater than 0", "cooldown: bad duration"):
+        assert message in text, message
+    assert text.count("gain must lie") == 2

@@ -29,7 +29,7 @@ from tagger.actions.cpuset import format_cpulist, parse_cpulist
 from tagger.actions.io import spec_limits
 from tagger.actions.refusal import ActionRefused
 from tagger.actions.spec import ActionSet, CpuSpec, IoSpec, RdtSpec
-from tagger.policies.spec import LatencySloSpec, Selector
+from tagger.policies.spec import CPU_LEVERS, LatencySloSpec, Selector
 from tagger.snapshot import METRICS
 from tagger.units import parse_duration, parse_quantity
 
@@ -46,9 +46,10 @@ CPU_KEYS = ("max", "period", "weight", "idle", "cpuset")
 IO_KEYS = ("device", "read_bps", "write_bps", "read_iops", "write_iops")
 RDT_KEYS = ("group", "l3", "mb")
 POLICY_KEYS = ("name", "kind", "description", "enabled", "protect", "throttle", "slo", "alpha",
-               "beta", "floor", "ceiling", "resources", "demote", "persist", "window")
+               "beta", "floor", "ceiling", "resources", "demote", "ladder", "persist", "window", "judge",
+               "gain", "cooldown")
 POLICY_KINDS = ("latency-slo",)
-DEMOTIONS = ("weight", "idle", "cpuset", "none")     # latency-slo's first CPU step(s)
+DEMOTIONS = ("weight", "idle", "cpuset", "none")     # latency-slo's first CPU step(s), the old key
 POLICY_RESOURCES = ("cpu", "io")
 
 # Limits: far above any real rule set (the packaged one is 4 KiB, 12 rules,
@@ -875,14 +876,23 @@ class _Loader:
             get(key, lambda v, key=key: self._number(v, key, positive=True))
         get("resources", lambda v: self._resources(v))
         get("demote", lambda v: self._demote(v))
+        get("ladder", lambda v: self._ladder(v))
         get("persist", lambda v: int(self._number(v, "persist", positive=True, integer=True)))
         get("window", lambda v: int(self._number(v, "window", positive=True, integer=True)))
+        get("judge", lambda v: int(self._number(v, "judge", positive=True, integer=True)))
+        get("gain", lambda v: self._fraction(v, "gain"))
+        get("cooldown", lambda v: self._duration(v, "cooldown"))
+        if "demote" in fields and "ladder" in fields:
+            self.error(fields["ladder"][0], "ladder and demote exclude each other (demote: [x] is "
+                                            "ladder: [[x], quota]; write the ladder)")
+            bad = True
         if bad:
             raise _Skip
         if values.get("enabled") is False:
             return None
         metric, target = values["slo"]
-        kw = {k: values[k] for k in ("alpha", "beta", "floor", "ceiling", "resources", "demote", "persist", "window")
+        kw = {k: values[k] for k in ("alpha", "beta", "floor", "ceiling", "resources", "demote", "ladder",
+                                     "persist", "window", "judge", "gain", "cooldown")
               if k in values}
         return LatencySloSpec(name=name, protect=values["protect"], throttle=values["throttle"],
                               metric=metric, target=target, **kw)
@@ -908,6 +918,52 @@ class _Loader:
                              "while a group is idle)")
             raise _Skip
         return tuple(dict.fromkeys(items))
+
+    def _ladder(self, node) -> tuple[tuple[str, ...], ...]:
+        """The CPU levers in the order they are tried: each rung a lever or a
+        list of levers applied together; each lever once."""
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.error(node, f"ladder must be a list of levers ({', '.join(CPU_LEVERS)}), "
+                             f"cheapest first, e.g. [idle, weight, quota, cpuset]")
+            raise _Skip
+        rungs, seen = [], set()
+        for item in node.value:
+            rung = tuple(self._one_of(v, "lever", CPU_LEVERS)
+                         for v in (item.value if isinstance(item, yaml.SequenceNode) else (item,)))
+            if not rung:
+                self.error(item, "ladder: an empty rung")
+                raise _Skip
+            for lever in rung:
+                if lever in seen:
+                    self.error(item, f"ladder: {lever} twice (each lever has one place)")
+                    raise _Skip
+                seen.add(lever)
+            if {"weight", "idle"} <= set(rung):
+                self.error(item, "ladder: weight and idle exclude each other in one rung (the kernel "
+                                 "refuses a weight while a group is idle)")
+                raise _Skip
+            if "quota" in rung and len(rung) > 1:
+                self.error(item, "ladder: quota is a rung of its own (it is cut step by step)")
+                raise _Skip
+            rungs.append(rung)
+        return tuple(rungs)
+
+    def _fraction(self, node, what) -> float:
+        """0 < x < 1, as 0.2 or "20%"."""
+        text = node.value if isinstance(node, yaml.ScalarNode) else ""
+        percent = node.tag == _STR and text.endswith("%")
+        if percent:
+            try:
+                value = float(text[:-1]) / 100
+            except ValueError:
+                self.error(node, f"{what} must be a fraction like 0.2 or 20%")
+                raise _Skip from None
+        else:
+            value = self._number(node, what)
+        if not 0 < value < 1:
+            self.error(node, f"{what} must lie between 0 and 1 (or 0% and 100%), not both ends")
+            raise _Skip
+        return value
 
     def _resources(self, node):
         items = self._strings(node, "resources")
