@@ -45,10 +45,13 @@ pair is scored (benchmarks/accuracy/score.py):
 
 * A (cgroup, phase) pair is **tagged** ``key=value`` if the tag is set in more
   than half of the ticks from ``t0 + for + 2 ticks`` to the phase's end, where
-  ``t0`` is when the workloads started and ``for`` is the rule's hold time.
+  ``t0`` is when the last workload's behaviour started (stress-ng, fio, sleep:
+  when started; the web service: its first request; the memory one: filled)
+  and ``for`` is the rule's hold time.
 * **Time to tag**: from ``t0`` to the first tick with the tag set.  The bar is
   the rule's ``for`` plus two ticks.
-* **Changes**: times the tag went on or off during the phase (set once: 1).
+* **Changes**: times the tag went on or off during the phase, from its state
+  just before ``t0`` (set once: 1).
 * **Precision** TP / (TP + FP) and **recall** TP / (TP + FN) over all judged
   (cgroup, phase) pairs, every scenario and repeat.
 
@@ -66,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import platform
@@ -368,12 +372,23 @@ class Run:
         self.n = 0
 
     # --- workloads ------------------------------------------------------------------
-    def start_web(self, w: Workload, seconds: float):
+    def start_web(self, w: Workload, seconds: float) -> float:
+        """Returns when the first request was sent (epoch): two Python processes
+        take seconds to start on a crowded node, and serving is the behaviour."""
         self.n += 1
         sock = self.workdir / f"probe{self.n}.sock"
+        out = self.workdir / f"probe{self.n}.txt"
         w.spawn([PY, "-m", "benchmarks.noisy.probe", "server", str(sock), "--work-us", str(WEB_WORK_US)], cwd=ROOT)
-        w.spawn([PY, "-m", "benchmarks.noisy.probe", "client", str(sock), str(self.workdir / f"probe{self.n}.txt"),
-                 "--duration", str(seconds + 30), "--quiet", str(WEB_RATE), "--busy", str(WEB_RATE)], cwd=ROOT)
+        client = w.spawn([PY, "-m", "benchmarks.noisy.probe", "client", str(sock), str(out),
+                          "--duration", str(seconds + 30), "--quiet", str(WEB_RATE), "--busy", str(WEB_RATE)],
+                         cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and client.poll() is None:
+            first = out.read_text().split("\n", 1)[0] if out.exists() else ""
+            if first.strip():      # "send_monotonic latency": the client flushes once a second
+                return time.time() - (time.monotonic() - float(first.split()[0]))
+            time.sleep(0.05)
+        raise RuntimeError(f"the probe client sent no request in 60 s (exit {client.poll()})")
 
     def start_hog4(self, w: Workload, seconds: float):
         w.spawn(["stress-ng", "--cpu", "4", "--cpu-method", "matrixprod", "-t", f"{int(seconds) + 30}"])
@@ -390,12 +405,13 @@ class Run:
                  "--direct=1", "--fsync=1", "--size=64M", "--ioengine=psync", "--iodepth=1", "--rate=100m",
                  "--time_based", f"--runtime={int(seconds) + 30}"])
 
-    def start_mem(self, w: Workload, seconds: float):
+    def start_mem(self, w: Workload, seconds: float) -> float:
         """Returns once the memory is resident (the phase starts then)."""
         proc = w.spawn([PY, "-c", MEM_FILL.format(n=MEM_BYTES)], stdout=subprocess.PIPE, text=True)
         ready, _, _ = select.select([proc.stdout], [], [], 120)
         if not ready or proc.stdout.readline().strip() != "filled":
             raise RuntimeError(f"the memory workload did not fill {MEM_BYTES >> 30} GiB in 120 s")
+        return time.time()
 
     def start_sleeper(self, w: Workload, seconds: float):
         w.spawn(["sleep", f"{int(seconds) + 30}"])
@@ -416,9 +432,10 @@ class Run:
             if spec.quota is not None:
                 ws[role].set_quota(spec.quota)
         log(f"{name} (repeat {rep}): {seconds:.0f}s, load {os.getloadavg()[0]:.2f}")
-        for role, spec in roles.items():
-            getattr(self, f"start_{spec.start}")(ws[role], seconds)
-        t0 = time.time()        # after every workload started (the memory one: filled)
+        # The phase starts when every workload's behaviour has: C programs at once,
+        # the web service at its first request, the memory one once filled.
+        began = [getattr(self, f"start_{spec.start}")(ws[role], seconds) for role, spec in roles.items()]
+        t0 = max([time.time() if b is None else b for b in began])
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -469,6 +486,13 @@ class Run:
                 return problems         # keep the workdir for its log
         shutil.rmtree(self.workdir, ignore_errors=True)
         return problems
+
+    def dump(self, path: str):
+        phases = [{"scenario": p.scenario, "n": p.n, "t0": p.t0, "t1": p.t1, "paths": p.paths} for p in self.phases]
+        ticks = [{"t": t, "tags": tags, "figures": figs, "node": node}
+                 for (t, tags), (_, figs, node) in zip(self.watcher.ticks, self.watcher.figures)]
+        with open(path, "w") as fh:
+            json.dump({"phases": phases, "ticks": ticks}, fh)
 
     # --- scoring ------------------------------------------------------------------------
     def score(self) -> dict[str, TagScore]:
@@ -617,6 +641,8 @@ def main(argv=None):
     ap.add_argument("--cgroupfs-every", type=int, default=None,
                     help="pass to tagger run (default: the agent's own, 10 ticks)")
     ap.add_argument("--trace", help="also record the agent's snapshots to this trace file (tagger replay)")
+    ap.add_argument("--dump", help="also write every tick's tags and figures of the scenario cgroups, and the "
+                                   "phases, to this JSON file (to see why a verdict came out as it did)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"),
                     help="directory for tagging_accuracy.md")
     args = ap.parse_args(argv)
@@ -642,6 +668,8 @@ def main(argv=None):
     try:
         run.execute()
         text = report(run, run.score(), argv)
+        if args.dump:
+            run.dump(args.dump)
     except Interrupted as err:
         print(f"tagging_accuracy: {err}: cleaning up", file=sys.stderr)
     finally:

@@ -38,10 +38,14 @@ def test_flapping_counts_every_change_and_other_values_do_not_count():
     assert score_pair(ticks, "/s/other", "type=interactive", 100.0, 112.0, 0, 1)[3] == 0
 
 
-def test_ticks_outside_the_phase_are_ignored():
-    ticks = _ticks("I" * 4 + "." * 21 + "I" * 5)            # the neighbours' phases: up to 104, from 126
+def test_ticks_outside_the_phase_are_ignored_but_the_state_before_it_counts():
+    # set up to t0 + 4 (work done before the phase: a memory fill), off in the
+    # phase, set again after it: the lapse is one change, the later ticks none
+    ticks = _ticks("I" * 4 + "." * 21 + "I" * 5)
     tagged, _, first, changes, _ = score_pair(ticks, "/s/web", "type=interactive", 105.0, 125.0, 0, 1)
-    assert (tagged, first, changes) == (False, None, 0)
+    assert (tagged, first, changes) == (False, None, 1)
+    ticks = _ticks("." * 25 + "I" * 5)
+    assert score_pair(ticks, "/s/web", "type=interactive", 105.0, 125.0, 0, 1)[3] == 0
 
 
 def test_precision_recall_and_late_tags():

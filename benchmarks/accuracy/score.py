@@ -13,8 +13,10 @@ docstring):
 * **Time to tag**: from ``t0`` (the workloads started) to the first tick of the
   phase with the tag set; None if it never was.
 * **Changes**: how many times the tag went on or off between ticks of the
-  phase, counting from "off" before the first tick (the cgroups are new): a tag
-  set once and held is 1 change, never set is 0.
+  phase, counting from its state at the last tick before ``t0`` ("off" if the
+  cgroup had none: the cgroups are new): a tag set once and held is 1 change,
+  never set is 0.  (A workload made ready before ``t0`` - memory filled - may
+  carry a tag of that work into the phase; its lapse is one change.)
 * Truth per pair is True (should carry the tag), False (should not) or None
   (not judged: neither answer would be wrong).  Precision = TP / (TP + FP),
   recall = TP / (TP + FN) over the judged pairs; None when the denominator is 0.
@@ -102,9 +104,12 @@ def score_pair(ticks, path: str, tag: str, t0: float, t1: float, for_s: float, i
     first = None
     window = held = 0
     for t, tags in ticks:
-        if t < t0 or t > t1:
-            continue
         on = tags.get(path, {}).get(key) == value
+        if t < t0:
+            on_prev = on
+            continue
+        if t > t1:
+            continue
         if on != on_prev:
             changes += 1
             on_prev = on
