@@ -14,6 +14,7 @@ import click
 from tagger.actions.journal import DEFAULT_STATE_DIR, JOURNAL_NAME, LOCK_NAME, read_journal
 from tagger.errors import ConfigError
 from tagger.names import display
+from tagger.policies.steplog import read_steps
 
 
 def agent_pid(state_dir: Path) -> int | None:
@@ -82,7 +83,10 @@ def actions(as_json, state_dir: Path, restore):
     """What tagger has changed on the kernel now, and why.
 
     Every knob tagger changes (CPU quota, weight, I/O limits, RDT groups) is in
-    the journal with its original value until it is put back.  If no agent is
+    the journal with its original value until it is put back.  Below it, the
+    latency-slo policies' latest steps: the lever, the victim and the culprit,
+    and the judgment (helped: kept; no effect: undone), with the victim's SLO
+    metric before the step and over its judgment window.  If no agent is
     running and knobs are listed, the last one stopped without restoring them
     (crash, SIGKILL): the next `tagger run` restores them, or use --restore.
     """
@@ -110,18 +114,21 @@ def actions(as_json, state_dir: Path, restore):
         if left or damaged:
             raise SystemExit(1)
         return
+    steps = read_steps(state_dir)
     if as_json:
         click.echo(json.dumps({
             "state_dir": str(state_dir), "agent_pid": pid,
             "actions": [{"cgroup": display(e.cgroup) if e.cgroup else None, "knob": e.knob, "value": e.value,
                          "original": e.original, "rule": e.rule, "since": e.since} for e in entries],
             "damaged": damaged,
+            "policy_steps": steps,
         }, indent=1))
         if damaged:
             raise SystemExit(1)
         return
     if not entries:
         click.echo("no kernel settings changed" + (f" (agent pid {pid})" if pid else ""))
+        _report_steps(steps)
         _report_damage(state_dir, damaged)
         if damaged:
             raise SystemExit(1)
@@ -136,9 +143,34 @@ def actions(as_json, state_dir: Path, restore):
     if pid is None:
         click.echo(f"\nno agent is running: these were left by one that stopped without restoring "
                    f"(crash?). `tagger run` restores them on start; `tagger actions --restore` now.")
+    _report_steps(steps)
     _report_damage(state_dir, damaged)
     if damaged:
         raise SystemExit(1)
+
+
+#: How ``tagger actions`` words a step's outcome.
+OUTCOME_TEXT = {"helped": "helped: kept", "no_effect": "no effect: undone", "unjudged": "not judged"}
+
+
+def _ms(seconds) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.3g}ms"
+
+
+def _report_steps(steps: list[dict]) -> None:
+    """The policies' latest steps and how each was judged (oldest first)."""
+    if not steps:
+        return
+    click.echo("\npolicy steps, latest last (each judged over its window: kept if it helped, else undone):")
+    rows = [(_age(s["t"]) + " ago" if isinstance(s.get("t"), (int, float)) else "?",
+             str(s.get("policy", "?")), display(str(s.get("victim", "?"))), display(str(s.get("culprit", "?"))),
+             str(s.get("lever", "?")), OUTCOME_TEXT.get(s.get("outcome"), str(s.get("outcome"))),
+             f"{_ms(s.get('before'))} -> {_ms(s.get('after'))}")
+            for s in steps[-20:]]
+    head = ("WHEN", "POLICY", "VICTIM", "CULPRIT", "LEVER", "OUTCOME", "VICTIM'S SLO METRIC")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def _report_damage(state_dir: Path, damaged: list[str]) -> None:

@@ -197,6 +197,7 @@ class Daemon:
         self._log_suppressed: dict[str, int] = {}
         self.store = self.engine = self.ruleset = None
         self.policies = []
+        self._steps_written = 0                 # step outcomes in the state directory's step log
         self.collector = self.actuator = None
         self.metrics = self.api = self.redis = self.trace = None
         self.prometheus = None
@@ -491,6 +492,7 @@ class Daemon:
                 except Exception:
                     self._log_once(f"policy {getattr(policy, 'name', policy)}",
                                    "policy %s failed this tick", getattr(policy, "name", policy))
+            self._write_step_log()
             lap("rules")
             # Tags go out before actions are applied: a slow journal fsync in the
             # actuator must not delay what subscribers see.
@@ -584,6 +586,11 @@ class Daemon:
         if self.config.dry_run and left is not None:
             h["journal_leftovers"] = len(left.entries) + len(left.damaged)
         h.update(_collector_health(self.collector))
+        if self.policies:
+            # Each policy step's outcome (helped / no_effect / unjudged): counts
+            # for tagger_policy_steps_total, the latest with the victim's figures.
+            h["policy_steps"] = [c for p in self.policies for c in _call(p, "step_counts")]
+            h["policy_recent_steps"] = self._recent_steps()
         if self.api is not None:
             h["api_clients"] = self.api.stats["clients"]
             h["api_dropped"] = self.api.stats["dropped"]
@@ -654,8 +661,39 @@ class Daemon:
         except ImportError:
             log.warning("this build has no latency-slo controller; %d policies ignored", len(specs))
             return []
-        # An unchanged spec keeps its controller (and its limits' history) across a reload.
-        return [previous.get(spec) or LatencySlo(spec) for spec in specs]
+        # An unchanged spec keeps its controller (and its limits' history) across a reload;
+        # a changed one keeps its name's step counts (counters do not go back).
+        by_name = {getattr(p, "name", None): p for p in previous.values()}
+        out = []
+        for spec in specs:
+            policy = previous.get(spec)
+            if policy is None:
+                policy = LatencySlo(spec)
+                old = by_name.get(spec.name)
+                if old is not None and hasattr(old, "counts"):
+                    policy.counts.update(old.counts)
+                    policy.outcomes.extend(old.outcomes)
+            out.append(policy)
+        return out
+
+    def _recent_steps(self) -> list[dict]:
+        """The policies' latest steps, oldest first, ``t`` in epoch seconds (tagger.clock)."""
+        from tagger.clock import epoch
+        steps = sorted((s for p in self.policies for s in _call(p, "recent_steps")), key=lambda s: s["t"])
+        return [{**s, "t": epoch(s["t"])} for s in steps]
+
+    def _write_step_log(self):
+        """The latest step outcomes into the state directory (``tagger actions``
+        shows them), when there are new ones; a dry run writes nothing there."""
+        total = sum(sum(getattr(p, "counts", {}).values()) for p in self.policies)
+        if total == self._steps_written or self.config.dry_run:
+            return
+        try:
+            from tagger.policies.steplog import write_steps
+            write_steps(self.config.state_dir, self._recent_steps())
+            self._steps_written = total
+        except Exception:
+            self._log_once("step log", "writing the policies' step log to %s failed", self.config.state_dir)
 
     def _log_ruleset(self, what):
         rs = self.ruleset
@@ -670,6 +708,12 @@ class Daemon:
 
 #: BPF collector health counters of updates lost to a full map or slot table.
 MAP_FULL_COUNTERS = ("kernel.rq_full", "kernel.slots_exhausted", "kernel.task_storage_fail")
+
+
+def _call(policy, method) -> list:
+    """A policy's report, or [] for one without it (a test's stand-in)."""
+    fn = getattr(policy, method, None)
+    return fn() if fn is not None else []
 
 
 def _collector_health(collector) -> dict:

@@ -83,3 +83,43 @@ def test_restore_puts_a_crashed_agents_knobs_back(make_cgroup, tmp_path):
     assert "restored 1 of 1 knobs" in out.output
     assert (cg.dir("cpu") / "cpu.cfs_quota_us").read_text().strip() == "-1"
     assert not (tmp_path / JOURNAL_NAME).exists()
+
+
+def test_policy_steps_are_listed_with_their_judgment(tmp_path):
+    """The agent's step log (tagger.policies.steplog) below the journal: each
+    step's lever, victim, culprit, outcome, and the victim's figure before and
+    over its judgment window; in --json too."""
+    import time
+
+    from tagger.policies.steplog import write_steps
+    now = time.time()
+    write_steps(tmp_path, [
+        {"policy": "web-slo", "t": now - 90, "victim": "/web", "culprit": "/batch",
+         "lever": "idle", "outcome": "no_effect", "before": 5e-3, "after": 5e-3},
+        {"policy": "web-slo", "t": now - 86, "victim": "/web", "culprit": "/batch",
+         "lever": "weight", "outcome": "helped", "before": 5e-3, "after": 0.5e-3},
+        {"policy": "web-slo", "t": now - 80, "victim": "/web", "culprit": "/batch",
+         "lever": "quota", "outcome": "unjudged", "before": 4e-3, "after": float("nan")}])
+    out = CliRunner().invoke(actions, ["--state-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0] == "no kernel settings changed"
+    head = next(i for i, line in enumerate(lines) if line.startswith("WHEN"))
+    rows = [line.split() for line in lines[head + 1:]]
+    assert [r[2:] for r in rows] == [
+        ["web-slo", "/web", "/batch", "idle", "no", "effect:", "undone", "5ms", "->", "5ms"],
+        ["web-slo", "/web", "/batch", "weight", "helped:", "kept", "5ms", "->", "0.5ms"],
+        ["web-slo", "/web", "/batch", "quota", "not", "judged", "4ms", "->", "-"]]
+    assert rows[0][:2] == ["2m", "ago"]                   # 90 s ago
+    doc = json.loads(CliRunner().invoke(actions, ["--json", "--state-dir", str(tmp_path)]).output)
+    assert [(s["lever"], s["outcome"], s["after"]) for s in doc["policy_steps"]] == [
+        ("idle", "no_effect", 5e-3), ("weight", "helped", 0.5e-3), ("quota", "unjudged", None)]
+
+
+def test_a_damaged_step_log_lists_no_steps(tmp_path):
+    from tagger.policies.steplog import STEPS_NAME, read_steps
+    for text in ("garbage", "[]", '{"steps": 3}', '{"steps": [1, {"lever": "idle"}]}'):
+        (tmp_path / STEPS_NAME).write_text(text)
+        assert read_steps(tmp_path) == ([{"lever": "idle"}] if "idle" in text else [])
+        out = CliRunner().invoke(actions, ["--state-dir", str(tmp_path)])
+        assert out.exit_code == 0 and out.output.startswith("no kernel settings changed"), out.output

@@ -14,11 +14,13 @@ import sys
 import threading
 import urllib.request
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tagger.actions.actuator import AppliedAction
 from tagger.api import ApiClient
+from tagger.clock import epoch
 from tagger.daemon import Config, Daemon, check_rules_ownership, read_config_file
 from tagger.errors import ConfigError
 from tagger.sdnotify import Notifier
@@ -397,3 +399,74 @@ def test_run_command_merges_config_file_and_flags(tmp_path, monkeypatch):
     assert c.interval == 0.25 and c.metrics is None and c.redis == "redis://r:6379"
     assert c.rules == str(tmp_path) and c.dry_run is True           # flags win
     assert c.socket == "/run/tagger/tagger.sock" and c.prefer_bpf is True   # defaults
+
+
+SLO_RULES = """
+rules:
+  - name: web-is-high
+    match: {cgroup: "/web"}
+    tags: {priority: high}
+  - name: batch-is-low
+    match: {cgroup: "/batch"}
+    tags: {priority: low}
+policies:
+  - name: web-slo
+    kind: latency-slo
+    protect: {tags: {priority: high}}
+    slo: runq.p99 < 1ms
+    throttle: {tags: {priority: low}}
+    ladder: [idle, weight]
+"""
+
+
+class StolenCollector(FakeCollector):
+    """web misses its SLO by 5x whatever batch gets (the host's steal)."""
+
+    def tick(self):
+        snap = super().tick()
+        web = [p == "/web" for p in snap.cgroups.paths]
+        snap.columns["runq.p99"] = np.where(web, 5e-3, 1e-4)
+        snap.columns["runq.slowdown"] = np.where(web, 3.0, 1.0)
+        return snap
+
+
+def test_policy_step_outcomes_reach_health_metrics_and_the_step_log(tmp_path):
+    """The daemon's wiring of issue 16's outcomes: each judged step in the
+    socket API's health (policy_steps, policy_recent_steps), as
+    tagger_policy_steps_total, and in the state directory's step log that
+    `tagger actions` lists."""
+    from click.testing import CliRunner
+
+    from tagger.cli.actions import actions
+    d = tmp_path / "rules"
+    d.mkdir(mode=0o755)
+    (d / "10-slo.yaml").write_text(SLO_RULES)
+    os.chmod(d / "10-slo.yaml", 0o644)
+    (tmp_path / "state").mkdir(mode=0o700)
+    run = Running(tmp_path, d, {"/web": 0.5, "/batch": 1.5})
+    run.collector = run.daemon._collector = StolenCollector(run.collector.usage)
+    with run:
+        with ApiClient(run.daemon.config.socket) as client:
+            # idle (3 ticks, undone), then weight (3 ticks, undone): both judged no help.
+            wait_for(lambda: len(client.request("health").get("policy_steps", [])) == 2, timeout=10,
+                     what="two judged steps in health")
+            health = client.request("health")
+        assert {(s["policy"], s["lever"], s["outcome"], s["steps"]) for s in health["policy_steps"]} == {
+            ("web-slo", "idle", "no_effect", 1), ("web-slo", "weight", "no_effect", 1)}
+        recent = health["policy_recent_steps"]
+        assert [(s["victim"], s["culprit"], s["lever"]) for s in recent] == [
+            ("/web", "/batch", "idle"), ("/web", "/batch", "weight")]
+        assert recent[0]["before"] == pytest.approx(5e-3) and recent[0]["after"] == pytest.approx(5e-3)
+        # Judged at the 4th and 8th ticks (the collector's t = 0.05 s each), in
+        # epoch seconds as every reply: idle asked at the 1st, weight at the 5th.
+        assert [s["t"] for s in recent] == [pytest.approx(epoch(0.2)), pytest.approx(epoch(0.4))]
+        with urllib.request.urlopen(run.daemon.metrics.url, timeout=5) as resp:
+            text = resp.read().decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        got = {(s.labels["lever"], s.labels["outcome"]): s.value for s in fams["tagger_policy_steps"].samples
+               if s.name == "tagger_policy_steps_total"}
+        assert got == {("idle", "no_effect"): 1.0, ("weight", "no_effect"): 1.0}
+        out = CliRunner().invoke(actions, ["--json", "--state-dir", str(tmp_path / "state")])
+        assert [(s["lever"], s["outcome"]) for s in json.loads(out.output)["policy_steps"]] == [
+            ("idle", "no_effect"), ("weight", "no_effect")]
+    assert run.result == 0 and run.error is None

@@ -285,7 +285,8 @@ def test_promtool_finds_nothing_to_lint():
                {"/": {"k": Tag("k", "v", "r", 0.0)}},
                [AppliedAction("/system.slice/sshd.service", "cpu.max", "50000 100000", "max 100000",
                               "cap", 1.0, False)],
-               {**{key: 1.0 for key in HEALTH}, "source": "bpf", "tick_stage_seconds": {"collect": 0.1}})
+               {**{key: 1.0 for key in HEALTH}, "source": "bpf", "tick_stage_seconds": {"collect": 0.1},
+                "policy_steps": [{"policy": "web-slo", "lever": "idle", "outcome": "helped", "steps": 2}]})
     server = MetricsServer(col, "127.0.0.1:0")
     try:
         with urllib.request.urlopen(server.url, timeout=5) as resp:
@@ -294,6 +295,7 @@ def test_promtool_finds_nothing_to_lint():
         server.close()
     assert b"tagger_cgroup_runq_latency_seconds_bucket" in text
     assert b"tagger_cgroup_cpu_throttled_periods_total" in text
+    assert b'tagger_policy_steps_total{lever="idle",outcome="helped",policy="web-slo"} 2.0' in text
     out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), out
 
@@ -364,3 +366,22 @@ def test_default_exposition_of_a_3000_cgroup_node_is_small():
     assert {f"/system.slice/svc{i}.service" for i in range(60)} <= shown            # every service
     assert {p for p in shown if p.startswith("/kubepods/")} >= {"/kubepods/burstable/pod0000/ctr0a"}
     assert fams["tagger_cgroups_unexported"].samples[0].value == 3000 - len(shown)
+
+
+def test_policy_steps_are_a_counter_by_policy_lever_and_outcome():
+    """The latency-slo policy's judged steps (the daemon's health["policy_steps"],
+    from LatencySlo.step_counts) as tagger_policy_steps_total."""
+    from tagger.policies.latency_slo import LatencySlo
+    from tagger.policies.spec import LatencySloSpec, Selector
+    slo = LatencySlo(LatencySloSpec(name="web-slo", protect=Selector(), throttle=Selector(),
+                                    metric="runq.p99", target=1e-3))
+    slo.counts.update({("idle", "no_effect"): 2, ("weight", "helped"): 1})
+    col = TaggerCollector()
+    col.update(None, {}, [], {"policy_steps": slo.step_counts()})
+    fams, _ = exposition(col)
+    assert fams["tagger_policy_steps"].type == "counter"
+    got = {(s.labels["policy"], s.labels["lever"], s.labels["outcome"]): s.value
+           for s in samples(fams, "tagger_policy_steps_total")}
+    assert got == {("web-slo", "idle", "no_effect"): 2.0, ("web-slo", "weight", "helped"): 1.0}
+    col.update(None, {}, [], {})
+    assert samples(exposition(col)[0], "tagger_policy_steps_total") == []     # no policy: no family

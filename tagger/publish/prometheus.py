@@ -148,6 +148,11 @@ HEALTH = {
                           "Dry run: knobs a previous run left changed and journaled, not restored"),
 }
 
+#: health["policy_steps"]: a counter family by policy, lever and outcome.
+POLICY_STEPS = ("tagger_policy_steps", "Policy steps by lever and the outcome of their judgment: helped (kept), "
+                "no_effect (undone, the lever cooled down on that victim and culprit), unjudged (its window "
+                "could not finish)")
+
 #: health key -> factor to the exposition's base unit (promtool: no "ns" in names).
 HEALTH_SCALE = {"bpf_ns_per_event": 1e-9}
 
@@ -252,6 +257,7 @@ class TaggerCollector:
             yield from self._node_metrics(snapshot)
         yield from self._tags(tags)
         yield from self._actions(actions)
+        yield from self._policy_steps(health)
 
     def cgroup_text(self, latest) -> str:
         """The per-cgroup families as exposition text, written directly: they
@@ -422,6 +428,16 @@ class TaggerCollector:
                 fam.add_metric([cgroup, rule, dry, *extra.values()], number)
         yield applied
         yield from numeric.values()
+
+    @staticmethod
+    def _policy_steps(health):
+        steps = health.get("policy_steps")
+        if not steps:
+            return
+        fam = CounterMetricFamily(POLICY_STEPS[0], POLICY_STEPS[1], labels=["policy", "lever", "outcome"])
+        for s in steps:
+            fam.add_metric([display(str(s["policy"])), str(s["lever"]), str(s["outcome"])], float(s["steps"]))
+        yield fam
 
     def _health(self, health, snapshot):
         info = InfoMetricFamily("tagger", "The agent's version and telemetry source")
