@@ -357,6 +357,42 @@ class Phase:
     paths: dict[str, str]                   # role -> cgroup path
     load: tuple[float, float, float]
     notes: list[str] = field(default_factory=list)
+    kernel: dict[str, dict[str, float]] = field(default_factory=dict)   # role -> the kernel's figures
+
+
+def kernel_counters(w: Workload) -> dict[str, float]:
+    """The kernel's own cumulative figures for ``w`` (cgroupfs, read by us, not by
+    the agent): CPU seconds, CFS periods and throttled periods, PSI io "some"
+    total seconds, memory charged now.  NaN where this host has no such file."""
+    out = {"cpu_s": w.cpu_seconds(), "periods": math.nan, "throttled": math.nan, "io_some_s": math.nan,
+           "mem": math.nan}
+    try:
+        stat = dict(line.split() for line in (w.dirs["cpu"] / "cpu.stat").read_text().splitlines())
+        out["periods"], out["throttled"] = float(stat["nr_periods"]), float(stat["nr_throttled"])
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        for line in (w.dirs["v2"] / "io.pressure").read_text().splitlines():
+            if line.startswith("some "):
+                out["io_some_s"] = float(line.rsplit("total=", 1)[1]) * 1e-6
+    except (OSError, IndexError, ValueError):
+        pass
+    for f in (w.dirs["memory"] / "memory.current", w.dirs["memory"] / "memory.usage_in_bytes"):
+        try:
+            out["mem"] = float(f.read_text())
+            break
+        except OSError:
+            continue
+    return out
+
+
+def kernel_figures(before: dict, after: dict, seconds: float) -> dict[str, float]:
+    """Rates over the phase from two kernel_counters readings."""
+    periods = after["periods"] - before["periods"]
+    return {"cpu": (after["cpu_s"] - before["cpu_s"]) / seconds,
+            "throttled": (after["throttled"] - before["throttled"]) / periods if periods > 0 else math.nan,
+            "psi_io": (after["io_some_s"] - before["io_some_s"]) / seconds,
+            "mem": after["mem"]}
 
 
 class Run:
@@ -436,6 +472,7 @@ class Run:
         # the web service at its first request, the memory one once filled.
         began = [getattr(self, f"start_{spec.start}")(ws[role], seconds) for role, spec in roles.items()]
         t0 = max([time.time() if b is None else b for b in began])
+        before = {role: kernel_counters(w) for role, w in ws.items()}
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -445,6 +482,7 @@ class Run:
                 raise RuntimeError(f"tagger run exited with {self.agent.proc.returncode}")
         t1 = time.time()
         ph = Phase(name, rep, t0, t1, {r: w.path for r, w in ws.items()}, os.getloadavg())
+        ph.kernel = {role: kernel_figures(before[role], kernel_counters(w), t1 - t0) for role, w in ws.items()}
         for role, w in ws.items():
             dead = [p.args[0] for p in w.procs if p.poll() is not None]
             if dead:
@@ -614,6 +652,19 @@ def report(run: Run, scores: dict[str, TagScore], argv: list[str]) -> str:
                          f"{_f(f['io.ops'], '{:.0f}')} | {_ms(f['io.lat.p99'])} |")
         lines.append(f"| {ph.scenario} #{ph.n} | (everything else on the host) | | | "
                      f"{_f(figs['_others_cpu']['cpu.usage'])} | | | | | | | | | | |")
+    lines += ["", "## Did each scenario's premise hold?", "",
+              "The kernel's own figures over each phase (cgroupfs, read by the benchmark at its start and end, "
+              "not by the agent): on a crowded host a capped hog may not reach its quota and a writer may wait "
+              "for a CPU more than for the disk.", "",
+              "| phase | cgroup | truth | CPU | throttled periods | PSI io some | memory |", "|---|---|---|---|---|---|---|"]
+    for ph in run.phases:
+        for role, k in ph.kernel.items():
+            truth = ", ".join(f"{t}" if v else f"({t}: not judged)"
+                              for t, v in SCENARIOS[ph.scenario][role].truth.items() if v is not False) or "no tags"
+            lines.append(f"| {ph.scenario} #{ph.n} | {role} | {truth} | {_f(k['cpu'])} | "
+                         f"{_f(k['throttled'] * 100 if k['throttled'] == k['throttled'] else None, '{:.0f}%')} | "
+                         f"{_f(k['psi_io'] * 100 if k['psi_io'] == k['psi_io'] else None, '{:.0f}%')} | "
+                         f"{_f(k['mem'] / 2**30 if k['mem'] == k['mem'] else None, '{:.2f} GiB')} |")
     notes = [n for ph in run.phases for n in ph.notes]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
