@@ -510,3 +510,37 @@ def test_cpu_cause_reads_the_attribution_columns_where_they_exist():
     assert cpu_cause(Snapshot.synthetic(["/", "/web"], attributed, node={"steal": 0.5}), 1) == "host steal"
     own = {**attributed, "runq.wait.foreign": [0.0, 0.1]}
     assert cpu_cause(Snapshot.synthetic(["/", "/web"], own), 1) == "own tasks"
+
+
+def test_an_io_limit_that_does_not_help_is_undone(store):
+    """The disk lever is verified like the CPU's: web's block latency stays
+    60 ms under batch's read limit, so the limit goes after its window and
+    batch is not limited again during the cool-down."""
+    s = spec()
+    s = LatencySloSpec(**{**s.__dict__, "metric": "io.lat.p99", "target": 20 * MS, "cooldown": 10.0})
+    io = {"io.lat.p99": [math.nan, 60 * MS, 1 * MS, 1 * MS], "io.slowdown": [math.nan, 4.0, 1.0, 1.0],
+          "io.read_bytes": [0, 1e6, 90e6, 0], "io.write_bytes": [0, 0, 0, 0]}
+    slo = LatencySlo(s)
+    limited = [bool(slo.step(snap(0.1 * MS, batch_cpu=0.1, web_slowdown=1.0, io=io, t=t), store))
+               for t in range(16)]
+    assert limited == [True] * 3 + [False] * 10 + [True] * 3      # retried at 3 + 10 s
+    assert [(o.lever, o.outcome, o.t) for o in slo.outcomes] == [("io", "no_effect", 3)]
+    assert slo.status.trials == {"/batch": "io"}                   # the retry, under judgment
+
+
+def test_a_histogram_slo_is_judged_over_the_windows_summed_histograms(store):
+    """runq.p99 from histograms: the judgment sums the window's histograms.
+    After the step, one slow tick in three (40 of 4540 waits, under 1%) leaves
+    the window's p99 in the fast bucket: it helped, though that tick alone missed."""
+    slo = LatencySlo(spec())
+    slo.step(_hist_snap(0, slow=400), store)                       # harm: cpu.idle on batch
+    for t, slow in ((1, 0), (2, 40), (3, 0)):
+        slo.step(_hist_snap(t, slow=slow), store)
+    [o] = slo.outcomes
+    assert (o.lever, o.outcome) == ("idle", "helped") and o.after < 0.5e-3 < 4e-3 < o.before
+    again = LatencySlo(spec())
+    again.step(_hist_snap(0, slow=400), store)
+    for t in (1, 2, 3):                                             # the harm stays: undone
+        again.step(_hist_snap(t, slow=400), store)
+    [o] = again.outcomes
+    assert (o.lever, o.outcome) == ("idle", "no_effect") and o.after == pytest.approx(o.before)
