@@ -585,6 +585,17 @@ class Run:
                                               changes, window, phase=i))
         return out
 
+    def dark_ticks(self, ph: Phase) -> tuple[int, int] | None:
+        """(ticks of the phase in which none of its CPU-using workloads ran at all,
+        ticks), or None if there were none such ticks or it has no such workload."""
+        busy = [p for r, p in ph.paths.items() if SCENARIOS[ph.scenario][r].start not in ("sleeper", "mem")]
+        dark = total = 0
+        for t, rows, _ in self.watcher.figures:
+            if busy and ph.t0 <= t <= ph.t1:
+                total += 1
+                dark += all(rows.get(p, {}).get("cpu.usage", 0.0) < 0.005 for p in busy)
+        return (dark, total) if dark else None
+
     def figures(self, ph: Phase) -> dict[str, dict[str, float]]:
         """Median figures per role over the phase (from 2 ticks in), and others' CPU."""
         rows = [(t, r, node) for t, r, node in self.watcher.figures if ph.t0 + 2 * self.args.interval <= t <= ph.t1]
@@ -694,7 +705,14 @@ def report(run: Run, scores: dict[str, TagScore], argv: list[str]) -> str:
     lines += ["", "## Did each scenario's premise hold?", "",
               "The kernel's own figures over each phase (cgroupfs, read by the benchmark at its start and end, "
               "not by the agent): on a crowded host a capped hog may not reach its quota and a writer may wait "
-              "for a CPU more than for the disk.", "",
+              "for a CPU more than for the disk.", ""]
+    for ph in run.phases:
+        dark = run.dark_ticks(ph)
+        if dark:
+            lines.append(f"- {ph.scenario} #{ph.n}: in {dark[0]} of its {dark[1]} ticks none of its running "
+                         "workloads got any CPU (the rest of the host took all of it): behaviour that is not "
+                         "there cannot be tagged.")
+    lines += ["",
               "| phase | cgroup | truth | CPU | throttled periods | PSI io some | memory |", "|---|---|---|---|---|---|---|"]
     for ph in run.phases:
         for role, k in ph.kernel.items():
