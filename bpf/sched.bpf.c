@@ -17,7 +17,28 @@
  * tg_oncpu), and each task caches its cgroup's slot with slot_generation,
  * so the cgroup storage is looked up only after something moved.  Per-task
  * state lives in task storage: it dies with the task (no stale state after
- * pid reuse), and no hash map is touched. */
+ * pid reuse), and no hash map is touched.
+ *
+ * Wait by cause.  Each CPU keeps a ring of its last TG_SEGS run segments
+ * (who held the CPU from when: struct tg_oncpu).  A task switched in after
+ * waiting on this run queue since sched_info.last_queued walks back over
+ * the segments that overlap its wait and charges each overlap once: to
+ * self (a task of its own cgroup held the CPU), foreign (another cgroup's
+ * did: that cgroup is charged as a culprit, by wait time), throttled (the
+ * overlap falls in its own cgroup's throttle on this CPU) or other (the CPU
+ * idled with the task runnable and not throttled -- the wake-up of an idle
+ * CPU --, the part of the wait spent on another run queue before a
+ * migration, or, outside a throttle, older than the ring).  So the four sum to the
+ * wait exactly.
+ *
+ * A throttle is seen at the switch-out it causes: the task leaves the CPU
+ * still runnable with its cfs_rq's throttle_count set.  It began then (or at
+ * the cfs_rq's throttled_clock_self, 6.8+) and lasted, on kernels with
+ * throttled_clock_self_time (6.8+), exactly as long as that counter grew;
+ * before 6.8, until the cgroup's first task runs again on that CPU.  A
+ * wake-up into a cgroup already throttled on a CPU causes no switch-out:
+ * its wait until the unthrottle counts as other (or foreign, if the CPU ran
+ * someone else meanwhile). */
 #include <vmlinux.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -59,6 +80,132 @@ static __always_inline __u64 task_rq_clock(struct task_struct *p)
 	if (bpf_core_field_exists(cfs_rq->rq) && cfs_rq)
 		return cfs_rq->rq->clock;
 	return bpf_ktime_get_ns();
+}
+
+/* The cfs_rq of a task: its cgroup's on this CPU (cpu controller). */
+static __always_inline bool cfs_rq_throttled(struct cfs_rq *cfs_rq)
+{
+	if (!bpf_core_field_exists(cfs_rq->throttle_count) || !cfs_rq)
+		return false;
+	return cfs_rq->throttle_count > 0;
+}
+
+/* The time a cfs_rq has spent throttled so far (6.8+), or 0. */
+static __always_inline __u64 cfs_rq_throttled_time(struct cfs_rq *cfs_rq)
+{
+	if (!bpf_core_field_exists(cfs_rq->throttled_clock_self_time) || !cfs_rq)
+		return 0;
+	return cfs_rq->throttled_clock_self_time;
+}
+
+/* The task leaving the CPU is throttled (its quota ran out): open a
+ * throttle window in its cgroup's row on this CPU, unless one is open. */
+static __always_inline void note_throttle(struct tg_cg_stats *v, struct cfs_rq *cfs_rq, __u64 now)
+{
+	__u64 start = now;
+
+	if (v->thr_start && !v->thr_end)
+		return;
+	if (bpf_core_field_exists(cfs_rq->throttled_clock_self)) {
+		__u64 since = cfs_rq->throttled_clock_self;
+
+		if (since && since <= now)
+			start = since;
+	}
+	v->thr_start = start;
+	v->thr_end = 0;
+	v->thr_base = cfs_rq_throttled_time(cfs_rq);
+}
+
+/* One more share of the victim's wait held by `culprit`, in the victim's
+ * per-CPU row (this CPU only writes it: no atomics). */
+static __always_inline void count_culprit(struct tg_cg_stats *v, __u32 culprit, __u64 ns, struct tg_global *g)
+{
+	__u32 i, least = 0;
+
+	for (i = 0; i < TG_TOP_CULPRITS; i++) {
+		if (v->culprit[i] == culprit && v->culprit_ns[i]) {
+			v->culprit_ns[i] += ns;
+			return;
+		}
+	}
+	for (i = 1; i < TG_TOP_CULPRITS; i++) {
+		if (v->culprit_ns[i] < v->culprit_ns[least])
+			least = i;
+	}
+	if (v->culprit_ns[least])
+		g->culprits_evicted++;
+	v->culprit[least] = culprit;
+	v->culprit_ns[least] = ns;
+}
+
+/* The part of [lo, hi) inside the throttle window [ts, te]. */
+static __always_inline __u64 overlap(__u64 lo, __u64 hi, __u64 ts, __u64 te)
+{
+	if (ts > lo)
+		lo = ts;
+	if (te < hi)
+		hi = te;
+	return hi > lo ? hi - lo : 0;
+}
+
+/* Charge this CPU's part of a wait, [queued, now), by who held the CPU
+ * (see "Wait by cause" above); `extra` is the part spent on another run
+ * queue before a migration.  Walks at most TG_SEGS segments, newest first. */
+static __always_inline void attribute_wait(struct tg_oncpu *cur, struct tg_cg_stats *s, __u32 slot,
+					   struct cfs_rq *cfs_rq, __u64 queued, __u64 now, __u64 extra,
+					   struct tg_global *g)
+{
+	__u64 end = now, self = 0, foreign = 0, throttled = 0;
+	__u64 ts = 0, te = 0;
+	__u32 i, head = cur->seg_head;
+
+	if (s->thr_start) {
+		if (!s->thr_end) {
+			/* A task of the cgroup runs again: the throttle is over. */
+			__u64 base = s->thr_base, len = cfs_rq_throttled_time(cfs_rq);
+
+			s->thr_end = len > base && s->thr_start + (len - base) < now ?
+				     s->thr_start + (len - base) : now;
+		}
+		ts = s->thr_start;
+		te = s->thr_end;
+	}
+	for (i = 0; i < TG_SEGS; i++) {
+		__u32 idx = (head - i) & (TG_SEGS - 1);
+		__u64 start = cur->seg_start[idx], lo, ns, thr;
+		__u32 holder = cur->seg_slot[idx];
+
+		if (!start)
+			break;           /* the ring is not full yet */
+		lo = start > queued ? start : queued;
+		ns = end > lo ? end - lo : 0;
+		if (holder == slot) {
+			self += ns;
+		} else if (ns) {
+			thr = te > ts ? overlap(lo, end, ts, te) : 0;
+			throttled += thr;
+			if (holder != TG_SEG_IDLE && ns > thr) {
+				foreign += ns - thr;
+				count_culprit(s, holder, ns - thr, g);
+			}
+		}
+		if (start <= queued) {
+			end = queued;
+			break;
+		}
+		if (start < end)
+			end = start;
+	}
+	/* Older than the ring (or before it filled): [queued, end) is unseen,
+	 * but the throttle window is known without it. */
+	if (end > queued && te > ts)
+		throttled += overlap(queued, end, ts, te);
+	s->wait_self_ns += self;
+	s->wait_foreign_ns += foreign;
+	s->wait_throttled_ns += throttled;
+	/* The rest: idle and not throttled, beyond the ring, migrations. */
+	s->wait_other_ns += (now - queued) - self - foreign - throttled + extra;
 }
 
 /* One more preemption of the victim's tasks by `preemptor`, in the victim's
@@ -129,8 +276,8 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 	struct tg_global *g = global_of(cpu);
 	struct tg_cg_stats *s, *v = NULL;
 	struct tg_task *t;
-	__u64 queued, run_delay, wait;
-	__u32 cause;
+	__u64 queued, run_delay, wait, local, extra = 0;
+	__u32 cause, head;
 	/* Still runnable at switch-out: preempted (or yielded); the kernel
 	 * re-queues it (sched_info.last_queued) right after this tracepoint. */
 	bool preempted = prev->pid && prev_state == TASK_RUNNING;
@@ -150,15 +297,25 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 			 * tracepoint.  It excludes steal and IRQ time, which the
 			 * rq clock includes. */
 			s->cpu_ns += prev->se.sum_exec_runtime - cur->since_ns;
-			if (preempted)
+			if (preempted) {
 				s->preempted++;
-			else
+				if (cfs_rq_throttled(prev->se.cfs_rq))
+					note_throttle(s, prev->se.cfs_rq, now);
+			} else {
 				s->switches++;
+			}
 		}
 	}
 	cur->task = 0;
-	if (!next->pid)
-		return 0;        /* the idle task: nothing waits, nothing to count */
+	/* A new run segment begins (written once next's slot is known). */
+	head = (cur->seg_head + 1) & (TG_SEGS - 1);
+	if (!next->pid) {
+		/* the idle task: nothing waits, nothing to count */
+		cur->seg_head = head;
+		cur->seg_start[head] = now;
+		cur->seg_slot[head] = TG_SEG_IDLE;
+		return 0;
+	}
 	t = bpf_task_storage_get(&tasks, next, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!t) {
 		/* Task storage is busy on this CPU (an exiting task frees its
@@ -173,6 +330,9 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 		cur->since_ns = next->se.sum_exec_runtime;
 		cur->slot = slot;
 		cur->slot_gen = slot_generation;
+		cur->seg_head = head;
+		cur->seg_start[head] = now;
+		cur->seg_slot[head] = slot;
 		return 0;
 	}
 	/* Slot 0 is cached like any other: registering a cgroup bumps the
@@ -193,27 +353,37 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 	 * another run queue (sched_info_dequeue) -- so the sum is run_delay. */
 	queued = next->sched_info.last_queued;
 	run_delay = next->sched_info.run_delay;
-	wait = queued && now > queued ? now - queued : 0;
+	local = queued && now > queued ? now - queued : 0;
 	if (t->seen && run_delay > t->run_delay)
-		wait += run_delay - t->run_delay;
+		extra = run_delay - t->run_delay;
+	wait = local + extra;
 	cause = t->seen && next->nivcsw != t->nivcsw ? TG_CAUSE_PREEMPT :
 		next->sched_info.pcount == 0 ? TG_CAUSE_NEW : TG_CAUSE_WAKEUP;
 	t->nivcsw = next->nivcsw;
-	t->run_delay = run_delay + (queued && now > queued ? now - queued : 0);
+	t->run_delay = run_delay + local;
 	t->seen = 1;
-	if (!preempted && !wait)
-		return 0;
-	s = stats_of(cpu, t->slot);
-	if (!s)
-		return 0;
-	if (preempted) {
-		s->preempts++;
-		if (v)
-			count_preemptor(v, t->slot, g);
+	s = NULL;
+	if (preempted || wait)
+		s = stats_of(cpu, t->slot);
+	if (s) {
+		if (preempted) {
+			s->preempts++;
+			if (v)
+				count_preemptor(v, t->slot, g);
+		}
+		/* The same rq clock and stamps the kernel's run_delay uses. */
+		if (wait) {
+			account_wait(s, t->slot, wait, cause, next, now, cpu);
+			if (local)
+				attribute_wait(cur, s, t->slot, next->se.cfs_rq, queued, now, extra, g);
+			else
+				s->wait_other_ns += extra;
+		}
 	}
-	/* The same rq clock and stamps the kernel's run_delay uses. */
-	if (wait)
-		account_wait(s, t->slot, wait, cause, next, now, cpu);
+	/* The segments the wait walked are complete: next's begins now. */
+	cur->seg_head = head;
+	cur->seg_start[head] = now;
+	cur->seg_slot[head] = t->slot;
 	return 0;
 }
 

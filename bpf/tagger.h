@@ -13,6 +13,9 @@
 #define TG_PATH_MAX       256
 #define TG_COMM_LEN       16
 #define TG_TOP_PREEMPTORS 4      /* preemptors remembered per cgroup and CPU */
+#define TG_TOP_CULPRITS   4      /* culprits (by wait time) remembered per cgroup and CPU */
+#define TG_SEGS           32     /* run segments remembered per CPU (power of two: a mask) */
+#define TG_SEG_IDLE       0xFFFFFFFFu  /* the holder of a segment the CPU spent idle */
 
 /* Why a task was waiting on the run queue. */
 enum tg_cause {
@@ -60,9 +63,29 @@ struct tg_cg_stats {
 	 * a newcomer evicts the rarest entry (counted in preemptors_evicted). */
 	__u32 preemptor[TG_TOP_PREEMPTORS];
 	__u32 preempt_count[TG_TOP_PREEMPTORS];
+	/* Run-queue wait by cause (sched.bpf.c, "Wait by cause"): every
+	 * nanosecond of runq[].sum_ns is in exactly one of the four. */
+	__u64 wait_self_ns;      /* the CPU ran a task of this same cgroup */
+	__u64 wait_foreign_ns;   /* the CPU ran another cgroup's task */
+	__u64 wait_throttled_ns; /* this cgroup was throttled (its own quota) on that CPU */
+	__u64 wait_other_ns;     /* idle CPU not throttled (wake-up from idle), migrations, beyond the ring */
+	/* Whose tasks held the CPU while this cgroup's tasks waited, and for how
+	 * long, since the last read (user space takes and zeroes them, like the
+	 * preemptor table); a newcomer evicts the smallest entry
+	 * (culprits_evicted).  Charged by wait time, not by count. */
+	__u32 culprit[TG_TOP_CULPRITS];
+	__u64 culprit_ns[TG_TOP_CULPRITS];
+	/* Kernel-side only (not summed): this cgroup's last throttle on this
+	 * CPU, as seen at the switch-out it caused: [thr_start, thr_end], rq
+	 * clock; thr_end 0 until a task of it runs again (then worked out);
+	 * thr_base the cfs_rq's throttled_clock_self_time at the throttle. */
+	__u64 thr_start;
+	__u64 thr_end;
+	__u64 thr_base;
 };
 
-/* Per-CPU health counters: nothing is lost silently. */
+/* Per-CPU health counters: nothing is lost silently.  A whole number of
+ * cache lines, so no two CPUs share one. */
 struct tg_global {
 	__u64 io_events;         /* block insert/issue/complete handled */
 	__u64 unknown_cgroup;    /* events of cgroups without a slot (counted in slot 0) */
@@ -72,6 +95,8 @@ struct tg_global {
 	__u64 slots_exhausted;   /* new cgroups that found no free slot */
 	__u64 task_storage_fail; /* tasks that could not get storage */
 	__u64 storage_busy;      /* cgroup lookups deferred: the storage was busy on this CPU */
+	__u64 culprits_evicted;  /* culprit entries replaced by a newcomer */
+	__u64 _pad[7];           /* two whole cache lines per CPU */
 };
 
 /* The task on a CPU: what sched_switch needs of `prev` without a task
@@ -81,7 +106,13 @@ struct tg_oncpu {
 	__u64 since_ns;          /* its se.sum_exec_runtime at switch-in */
 	__u64 slot_gen;          /* slot_generation at switch-in */
 	__u32 slot;
-	__u32 _pad[9];          /* one cache line per CPU */
+	__u32 seg_head;          /* index of the newest run segment */
+	/* The last TG_SEGS run segments of this CPU: segment i began at
+	 * seg_start[i] (rq clock) with a task of slot seg_slot[i] (TG_SEG_IDLE:
+	 * the idle task) and lasted until the next one began. */
+	__u64 seg_start[TG_SEGS];
+	__u32 seg_slot[TG_SEGS];
+	__u32 _pad[8];           /* eight whole cache lines per CPU */
 };
 
 /* Victim and preemptor cgroup slots, and preemptions: what
@@ -90,6 +121,14 @@ struct tg_pair {
 	__u32 victim;
 	__u32 preemptor;
 	__u64 count;
+};
+
+/* Victim and culprit cgroup slots, and the victim's wait while the
+ * culprit held the CPU: what tg_read_culprits returns. */
+struct tg_culprit {
+	__u32 victim;
+	__u32 culprit;
+	__u64 wait_ns;
 };
 
 /* Value of the per-cgroup local storage: the cgroup's slot. */

@@ -5,9 +5,12 @@ old kernel): the same Snapshot, filled from what the kernel already counts.
   mem.current, psi.*, io.ops, io.read_bytes, io.write_bytes;
 * per-process run delay (:mod:`tagger.taskstats`, taskstats over netlink or
   /proc/PID/task/*/schedstat), summed over each cgroup's ``cgroup.procs``:
-  runq.wait, runq.slowdown, and with taskstats sched.switches/sched.preempted.
+  runq.wait, runq.slowdown, cpu.demand, and with taskstats
+  sched.switches/sched.preempted;
+* /proc/stat: the node's cpu.usage and cpu.steal.
 
-Everything else (run-queue and block latency percentiles, who preempted whom)
+Everything else (run-queue and block latency percentiles, who preempted whom,
+run-queue wait by cause and its culprits)
 needs the kernel programs and stays NaN, never 0.  One warning says so when the
 collector opens.
 
@@ -36,7 +39,8 @@ from .cgroupfs import CGROUPFS_METRICS, CgroupfsReader
 from .cgroupglob import GlobSet
 from .cgroups import Layout, Registry, WorkloadNames
 from .kernelfs import HOST, KernelFS
-from .snapshot import METRICS, Snapshot
+from .procstat import CpuRates
+from .snapshot import METRICS, Snapshot, derive
 from .telemetry import Collector
 from .taskstats import DelayAcctSwitch, open_delay_source
 
@@ -86,7 +90,7 @@ class FallbackCollector(Collector):
             self.seq = 0
             self._t_prev: float | None = None
             self._delays_prev: dict[int, tuple] = {}
-            self._node_cpu_prev: float | None = None
+            self._procstat: CpuRates | None = None
             self._last_read_s = math.nan
             self._started = time.monotonic()
             self._prime()
@@ -103,6 +107,8 @@ class FallbackCollector(Collector):
             filled += [m for m in RUNDELAY_METRICS if m != "runq.slowdown" or "cpu.usage" in filled]
             if self._rundelay.name == "taskstats":
                 filled += list(SWITCH_METRICS)
+        if "runq.wait" in filled and "cpu.usage" in filled:
+            filled.append("cpu.demand")          # snapshot.derive
         return filled
 
     def warning(self) -> str:
@@ -128,7 +134,7 @@ class FallbackCollector(Collector):
         if self._rundelay is not None:
             procs = self._procs(paths)
             self._delays_prev = self._read_delays(procs)
-        self._node_cpu_prev = self._node_cpu_seconds()
+        self._procstat = CpuRates(self.fs)
         self._t_prev = t
 
     def tick(self) -> Snapshot:
@@ -143,6 +149,7 @@ class FallbackCollector(Collector):
         columns = self._cgroupfs.read(paths, t)
         if self._rundelay is not None:
             self._rundelay_columns(paths, columns, dt)
+        derive(columns)
         for m in METRICS:
             columns.setdefault(m, np.full(n, np.nan))
         node = self._node(columns, dt, full_tree=self._include is None)
@@ -240,23 +247,10 @@ class FallbackCollector(Collector):
             columns["sched.preempted"] = invol / dt
 
     # --- node ------------------------------------------------------------------------------
-    def _node_cpu_seconds(self) -> float:
-        """Busy CPU seconds since boot from /proc/stat (all but idle and iowait)."""
-        text = self.fs.read_optional("/proc/stat")
-        if not text:
-            return math.nan
-        fields = [int(x) for x in text.split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        # guest time is already inside user time (fs/proc/stat.c): leave out fields 8, 9.
-        busy = sum(fields[:8]) - idle
-        return busy / os.sysconf("SC_CLK_TCK")
-
     def _node(self, columns, dt, full_tree: bool) -> dict[str, float]:
         node = {"cpus": float(self.ncpus), "cgroups": float(len(columns["cpu.usage"]))}
-        busy = self._node_cpu_seconds()
-        if self._node_cpu_prev is not None and dt > 0:
-            node["cpu.usage"] = (busy - self._node_cpu_prev) / dt
-        self._node_cpu_prev = busy
+        rates = self._procstat.rates(dt, ("busy", "steal"))
+        node["cpu.usage"], node["cpu.steal"] = rates["busy"], rates["steal"]
         if full_tree and "runq.wait" in self.filled:
             node["runq.wait"] = float(np.nansum(columns["runq.wait"]))
         for m in ("runq.p99", "io.lat.p99", "events"):

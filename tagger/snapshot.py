@@ -36,6 +36,11 @@ METRICS: dict[str, Metric] = dict([
     _m("cpu.usage", "cpus", "CPUs busy on average over the tick (1.0 = one whole CPU)"),
     _m("cpu.share", "fraction", "fraction of all CPU time on the node used by this cgroup (Retro load)"),
     _m("runq.wait", "s/s", "seconds spent runnable-but-waiting per second (sum over tasks)"),
+    _m("runq.wait.self", "s/s", "part of runq.wait while a task of this same cgroup held the CPU"),
+    _m("runq.wait.foreign", "s/s", "part of runq.wait while another cgroup's task held the CPU (culprits: runq.wait.by)"),
+    _m("runq.wait.throttled", "s/s", "part of runq.wait while this cgroup was throttled by its own CPU quota"),
+    _m("runq.wait.other", "s/s", "the rest of runq.wait: waking an idle CPU, before a migration, not seen"),
+    _m("cpu.demand", "cpus", "CPUs wanted: running + runnable (cpu.usage + runq.wait)"),
     *[_m(f"runq.{p}", "s", f"run-queue latency {p}, runnable to running, per event") for p in _PCT],
     _m("runq.wakeup.p99", "s", "run-queue latency p99 of wakeups (and new tasks)"),
     _m("runq.preempt.p99", "s", "run-queue latency p99 of tasks preempted while runnable"),
@@ -67,6 +72,7 @@ METRICS: dict[str, Metric] = dict([
 NODE_METRICS: dict[str, Metric] = dict([
     _m("cpus", "cpus", "online CPUs", "cgroupfs"),
     _m("cpu.usage", "cpus", "CPUs busy on the node", "cgroupfs"),
+    _m("cpu.steal", "cpus", "CPUs taken by the hypervisor from this guest (/proc/stat steal)", "cgroupfs"),
     _m("runq.wait", "s/s", "run-queue wait over all cgroups"),
     _m("runq.p99", "s", "node run-queue latency p99 (all cgroups' events merged)"),
     _m("io.ops", "1/s", "block requests completed per second, node"),
@@ -125,6 +131,25 @@ class CgroupTable:
 
 
 PREEMPTION_DTYPE = np.dtype([("victim", np.int32), ("preemptor", np.int32), ("count", np.float64)])
+#: ``runq.wait.by``: rows (victim, culprit) and the victim's run-queue wait,
+#: in s/s like runq.wait, while the culprit's tasks held the CPU.  Per
+#: victim they sum to at most runq.wait.foreign (the kernel keeps the top
+#: few culprits per cgroup and CPU; cgroups without a row are left out).
+CULPRIT_DTYPE = np.dtype([("victim", np.int32), ("culprit", np.int32), ("wait", np.float64)])
+
+
+def derive(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Columns defined by other columns, added in place where their inputs
+    are there (NaN in an input gives NaN): every collector and trace replay
+    goes through here, so each is defined once.
+
+    - ``cpu.demand`` = cpu.usage + runq.wait: CPUs running plus CPUs'
+      worth of runnable tasks waiting, what the cgroup wants whether or not
+      it gets it."""
+    usage, wait = columns.get("cpu.usage"), columns.get("runq.wait")
+    if "cpu.demand" not in columns and usage is not None and wait is not None:
+        columns["cpu.demand"] = np.asarray(usage, dtype=np.float64) + np.asarray(wait, dtype=np.float64)
+    return columns
 
 
 @dataclass
@@ -139,6 +164,7 @@ class Snapshot:
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
     hist_edges: np.ndarray = field(default_factory=lambda: np.zeros(0))   # seconds, n_buckets + 1
     preemptions: np.ndarray = field(default_factory=lambda: np.zeros(0, PREEMPTION_DTYPE))
+    culprits: np.ndarray = field(default_factory=lambda: np.zeros(0, CULPRIT_DTYPE))   # runq.wait.by
     source: str = "bpf"                        # "bpf", "cgroupfs" (fallback) or "synthetic"
     seq: int = 0
 
@@ -167,6 +193,16 @@ class Snapshot:
         for victim, preemptor, count in self.preemptions:
             if count > best[victim]:
                 best[victim], out[victim] = count, preemptor
+        return out
+
+    def culprit_of(self) -> np.ndarray:
+        """Per row: the row of the cgroup whose tasks held the CPU longest while
+        this one's waited this tick (runq.wait.by), or -1."""
+        out = np.full(len(self), -1, np.int64)
+        best = np.zeros(len(self))
+        for victim, culprit, wait in self.culprits:
+            if wait > best[victim]:
+                best[victim], out[victim] = wait, culprit
         return out
 
     @classmethod

@@ -33,7 +33,8 @@ from .cgroups import Layout, Registry, WorkloadNames, names_workload, normalize
 from .kernelfs import HOST, KernelFS
 from .names import from_kernel
 from .slots import SlotLedger
-from .snapshot import PREEMPTION_DTYPE, CgroupTable, Snapshot
+from .procstat import CpuRates
+from .snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, CgroupTable, Snapshot, derive
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,8 @@ class BpfCollector(Collector):
         self.seq = 0
         self._globals_prev = p.read_globals()
         p.read_pairs(self.high_water)                    # start pairs from now
+        p.read_culprits(self.high_water)
+        self._procstat = CpuRates(self.fs)
         p.checkpoint()
         p.read_stats(self._prev, self.high_water)
         self._t_prev = time.monotonic()
@@ -438,6 +441,7 @@ class BpfCollector(Collector):
         t = time.monotonic()
         dt = max(t - self._t_prev, 1e-9)
         pairs = p.read_pairs(n)
+        culprit_pairs = p.read_culprits(n)
         glob = p.read_globals()
 
         if self.registry.refresh_names():   # a pod's names came (or went): label its rows again
@@ -447,6 +451,8 @@ class BpfCollector(Collector):
         columns, hists, node = self._columns(n, slots, dt)
         node.update(self._node_health(glob, dt))
         preemptions = self._preemptions(pairs, dt)
+        culprits = self._culprits(culprit_pairs, dt)
+        node.update({f"cpu.{k}": v for k, v in self._procstat.rates(dt).items()})
 
         # The slots of cgroups removed this tick start again from zero.
         self._cur, self._prev = self._prev, self._cur
@@ -459,10 +465,12 @@ class BpfCollector(Collector):
 
         if self._cgroupfs is not None:
             columns.update(self._cgroupfs_columns(table))
+        derive(columns)
         self.seq += 1
         self._last_tick_s = time.perf_counter() - started
         return Snapshot(t=t, dt=dt, cgroups=table, columns=columns, node=node, histograms=hists,
-                        hist_edges=self.edges, preemptions=preemptions, source=self.source, seq=self.seq)
+                        hist_edges=self.edges, preemptions=preemptions, culprits=culprits,
+                        source=self.source, seq=self.seq)
 
     def _columns(self, n, slots, dt):
         """Columns for the rows (``slots``), computed only for slots whose
@@ -504,6 +512,8 @@ class BpfCollector(Collector):
         put("cpu.usage", cpu_s / dt)
         put("cpu.share", cpu_s / (dt * self.ncpus))
         put("runq.wait", wait_s / dt)
+        for cause in ("self", "foreign", "throttled", "other"):
+            put(f"runq.wait.{cause}", delta(f"wait_{cause}_ns") * 1e-9 / dt)
         put("runq.events", events / dt)
         put("runq.avg", _safe_div(wait_s, events), np.nan)
         some = events > 0
@@ -587,6 +597,21 @@ class BpfCollector(Collector):
         out["count"] = counts / dt
         return out
 
+    def _culprits(self, pairs, dt):
+        """runq.wait.by: pairs of rows (victim, culprit) with the victim's wait
+        (s/s) while the culprit held the CPU, merged over CPUs."""
+        if len(pairs) == 0:
+            return np.zeros(0, CULPRIT_DTYPE)
+        victim = self._slot_row[np.minimum(pairs["victim"], self.max_slots - 1)]
+        culprit = self._slot_row[np.minimum(pairs["culprit"], self.max_slots - 1)]
+        keep = (victim >= 0) & (culprit >= 0) & (victim != culprit)
+        keys, where = np.unique(np.stack([victim[keep], culprit[keep]], axis=1), axis=0, return_inverse=True)
+        ns = np.bincount(where.ravel(), weights=pairs["wait_ns"][keep].astype(np.float64), minlength=len(keys))
+        out = np.zeros(len(keys), CULPRIT_DTYPE)
+        out["victim"], out["culprit"] = keys[:, 0], keys[:, 1]
+        out["wait"] = ns * 1e-9 / dt
+        return out
+
     def _cgroupfs_columns(self, table: CgroupTable) -> dict[str, np.ndarray]:
         """cgroupfs figures, read every ``cgroupfs_every`` ticks (the first tick
         included) and carried over by path in between."""
@@ -658,8 +683,8 @@ def _c_string(raw: bytes) -> str:
 
 
 def _default_slots(ncpus: int) -> int:
-    # Counters are per CPU and slot (640 bytes): cap them at 256 MiB.
-    return int(max(1024, min(16384, (256 << 20) // (640 * max(ncpus, 1)))))
+    # Counters are per CPU and slot (744 bytes): cap them at 256 MiB.
+    return int(max(1024, min(16384, (256 << 20) // (744 * max(ncpus, 1)))))
 
 
 def _hierarchy_id(fs: KernelFS, controller: str) -> int | None:

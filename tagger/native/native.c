@@ -309,6 +309,10 @@ int tg_read_stats(struct tg_handle *h, struct tg_cg_stats *out, uint32_t nslots)
 			d->switches += s->switches;
 			d->preempted += s->preempted;
 			d->preempts += s->preempts;
+			d->wait_self_ns += s->wait_self_ns;
+			d->wait_foreign_ns += s->wait_foreign_ns;
+			d->wait_throttled_ns += s->wait_throttled_ns;
+			d->wait_other_ns += s->wait_other_ns;
 			for (int c = 0; c < TG_CAUSES; c++)
 				add_runq(&d->runq[c], &s->runq[c]);
 			d->io_ops += s->io_ops;
@@ -398,6 +402,37 @@ int tg_read_pairs(struct tg_handle *h, struct tg_pair *out, uint32_t nslots, uin
 				out[n].count = count;
 				n++;
 				row[i].preempt_count[k] = 0;
+			}
+		}
+	}
+	return (int)n;
+}
+
+/* Every CPU's culprit tables of slots [0, nslots), zeroed as they are read,
+ * like tg_read_pairs.  Returns the number written; the same (victim,
+ * culprit) may appear once per CPU. */
+int tg_read_culprits(struct tg_handle *h, struct tg_culprit *out, uint32_t nslots, uint32_t cap)
+{
+	uint32_t n = 0;
+
+	if (nslots > h->max_slots)
+		nslots = h->max_slots;
+	for (int cpu = 0; cpu < h->ncpus; cpu++) {
+		struct tg_cg_stats *row = h->stats + (size_t)cpu * h->max_slots;
+
+		for (uint32_t i = 0; i < nslots; i++) {
+			for (int k = 0; k < TG_TOP_CULPRITS; k++) {
+				uint64_t ns = row[i].culprit_ns[k];
+
+				if (!ns)
+					continue;
+				if (n == cap)
+					return (int)n;
+				out[n].victim = i;
+				out[n].culprit = row[i].culprit[k];
+				out[n].wait_ns = ns;
+				n++;
+				row[i].culprit_ns[k] = 0;
 			}
 		}
 	}

@@ -39,6 +39,7 @@ int tg_read_stats(struct tg_handle *h, struct tg_cg_stats *out, uint32_t nslots)
 int tg_read_globals(struct tg_handle *h, struct tg_global *out);
 int tg_drain(struct tg_handle *h, struct tg_event *out, uint32_t cap);
 int tg_read_pairs(struct tg_handle *h, struct tg_pair *out, uint32_t nslots, uint32_t cap);
+int tg_read_culprits(struct tg_handle *h, struct tg_culprit *out, uint32_t nslots, uint32_t cap);
 
 int tg_slot_push(struct tg_handle *h, uint32_t slot);
 int tg_slot_pop(struct tg_handle *h, uint32_t *slot);

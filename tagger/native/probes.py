@@ -21,7 +21,7 @@ from . import check, dtype_of, ffi, lib, require
 
 #: Ring-buffer records drained per tick at most; the rest waits for the next.
 DRAIN_CAPACITY = 4096
-#: Preemption pairs read per tick at most.
+#: Preemption (and culprit) pairs read per tick at most.
 PAIR_CAPACITY = 65536
 
 
@@ -39,6 +39,7 @@ class Probes:
         self.global_dtype = dtype_of("struct tg_global")
         self.event_dtype = dtype_of("struct tg_event")
         self.pair_dtype = dtype_of("struct tg_pair")
+        self.culprit_dtype = dtype_of("struct tg_culprit")
         cfg = ffi.new("struct tg_config *", {"max_slots": max_slots, "outlier_ns": outlier_ns,
                                             "outlier_interval_ns": outlier_interval_ns,
                                             "features_off": features_off})
@@ -56,6 +57,7 @@ class Probes:
         self.max_slots = int(lib.tg_max_slots(self._handle))
         self._events = np.zeros(DRAIN_CAPACITY, self.event_dtype)
         self._pairs = np.zeros(PAIR_CAPACITY, self.pair_dtype)
+        self._culprits = np.zeros(PAIR_CAPACITY, self.culprit_dtype)
         self._globals = np.zeros(1, self.global_dtype)
         self._u32 = ffi.new("uint32_t *")
         self.attached = False
@@ -117,6 +119,14 @@ class Probes:
         out = ffi.cast("struct tg_pair *", ffi.from_buffer(self._pairs))
         n = check(lib.tg_read_pairs(self._h, out, nslots, len(self._pairs)), "reading preemption pairs")
         return self._pairs[:n]
+
+    def read_culprits(self, nslots: int) -> np.ndarray:
+        """(victim, culprit, wait_ns) since the last call, per CPU (a pair may
+        repeat): how long each culprit held a CPU while the victim waited on
+        it; a view valid until the next call."""
+        out = ffi.cast("struct tg_culprit *", ffi.from_buffer(self._culprits))
+        n = check(lib.tg_read_culprits(self._h, out, nslots, len(self._culprits)), "reading wait culprits")
+        return self._culprits[:n]
 
     # --- slots -------------------------------------------------------------------
     def push_slot(self, slot: int) -> None:
