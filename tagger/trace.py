@@ -22,7 +22,7 @@ import numpy as np
 from tagger import __version__
 from tagger.errors import TaggerError
 from tagger.names import display, parse
-from tagger.snapshot import PREEMPTION_DTYPE, CgroupTable, Snapshot
+from tagger.snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, CgroupTable, Snapshot
 
 MAGIC = "tagger-trace"
 VERSION = 1
@@ -68,6 +68,7 @@ def snapshot_record(snap: Snapshot, previous_table: CgroupTable | None = None) -
         h = np.asarray(h)
         hist[name] = {"shape": list(h.shape), "data": _array_bytes(h, _F8)}
     pre = np.asarray(snap.preemptions)
+    by = np.asarray(snap.culprits)
     return {
         "type": "snapshot",
         "seq": int(snap.seq),
@@ -83,6 +84,11 @@ def snapshot_record(snap: Snapshot, previous_table: CgroupTable | None = None) -
             "victim": _array_bytes(pre["victim"], _I4) if len(pre) else b"",
             "preemptor": _array_bytes(pre["preemptor"], _I4) if len(pre) else b"",
             "count": _array_bytes(pre["count"], _F8) if len(pre) else b"",
+        },
+        "culprits": {
+            "victim": _array_bytes(by["victim"], _I4) if len(by) else b"",
+            "culprit": _array_bytes(by["culprit"], _I4) if len(by) else b"",
+            "wait": _array_bytes(by["wait"], _F8) if len(by) else b"",
         },
     }
 
@@ -183,10 +189,21 @@ def decode_snapshot(rec: dict, table: CgroupTable | None) -> Snapshot:
         pre["victim"] = victim
         pre["preemptor"] = _arr(p.get("preemptor", b""), _I4, "preemptions")
         pre["count"] = _arr(p.get("count", b""), _F8, "preemptions")
+        # Traces written before runq.wait.by have no culprits: none, not an error.
+        c = rec.get("culprits") or {}
+        victim = _arr(c.get("victim", b""), _I4, "culprits")
+        by = np.zeros(len(victim), CULPRIT_DTYPE)
+        by["victim"] = victim
+        by["culprit"] = _arr(c.get("culprit", b""), _I4, "culprits")
+        by["wait"] = _arr(c.get("wait", b""), _F8, "culprits")
+        for name, rows in (("preemptions", pre["victim"]), ("preemptions", pre["preemptor"]),
+                           ("culprits", by["victim"]), ("culprits", by["culprit"])):
+            if len(rows) and (rows.min() < 0 or rows.max() >= n):
+                raise TraceError(f"{name}: a row index outside the table of {n} cgroups")
         return Snapshot(t=float(rec["t"]), dt=float(rec["dt"]), cgroups=table, columns=cols,
                         node={str(k): float(v) for k, v in rec.get("node", {}).items()},
                         histograms=hist, hist_edges=_arr(rec.get("hist_edges", b""), _F8, "edges"),
-                        preemptions=pre, source=str(rec.get("source", "trace")),
+                        preemptions=pre, culprits=by, source=str(rec.get("source", "trace")),
                         seq=int(rec.get("seq", 0)))
     except TraceError:
         raise

@@ -15,6 +15,7 @@ import subprocess
 
 import pytest
 
+from tests import test_runq_attribution as attribution
 from tests import test_telemetry_bpf as base
 from tests.bpf_helpers import bpf_problem, require_bpf
 
@@ -77,6 +78,14 @@ def test_cgroups_appear_and_vanish_between_ticks(forced, make_cgroup):
 
 def test_fio_direct_io_matches_fio_and_the_kernel(forced, make_cgroup):
     base.test_fio_direct_io_matches_fio_and_the_kernel(forced, make_cgroup)
+
+
+def test_foreign_wait_is_charged_to_neighbours_by_their_cpu_use(forced, make_cgroup):
+    attribution.test_foreign_wait_is_charged_to_neighbours_by_their_cpu_use(forced, make_cgroup)
+
+
+def test_a_quota_charges_the_wait_to_throttled(forced, make_cgroup):
+    attribution.test_a_quota_charges_the_wait_to_throttled(forced, make_cgroup)
 
 
 def _btf_dump() -> str:

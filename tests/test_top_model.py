@@ -276,6 +276,21 @@ def test_snapshot_round_trips_through_the_publishers_plain_form():
     assert back.node["cpus"] == snap.node["cpus"]
 
 
+def test_preemptions_and_culprits_round_trip_in_detail():
+    """runq.wait.by travels like the preemptions: [victim, culprit, wait]
+    rows of the reply's table, pairs with a row filtered out dropped."""
+    from tagger.publish import snapshot_to_plain
+    from tagger.snapshot import CULPRIT_DTYPE
+    snap = Snapshot.synthetic(["/a", "/b", "/c"], {"cpu.usage": [1.0, 0.5, 0.1]})
+    snap.preemptions = np.array([(0, 1, 30.0)], PREEMPTION_DTYPE)
+    snap.culprits = np.array([(0, 1, 0.2), (0, 2, 0.05), (2, 1, 0.1)], CULPRIT_DTYPE)
+    back = snapshot_from_plain(snapshot_to_plain(snap, detail=True))
+    assert back.culprits.tolist() == snap.culprits.tolist()
+    assert back.culprit_of().tolist() == [1, -1, 1]
+    part = snapshot_from_plain(snapshot_to_plain(snap, patterns=["/a", "/c"], detail=True))
+    assert part.culprits.tolist() == [(0, 1, 0.05)]      # /a -> /c, in the reply's rows
+
+
 def test_health_keys_of_the_daemon_are_mapped():
     h = normalize_health({"events_per_second": 1200.0, "ringbuf_drops": 2, "map_full": 1,
                           "rules_loaded": 7, "actions": 3, "dry_run": False, "source": "bpf"})

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from tagger.cli.trace import replay
-from tagger.snapshot import PREEMPTION_DTYPE, CgroupTable, Snapshot
+from tagger.snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, CgroupTable, Snapshot
 from tagger.trace import (VERSION, TraceError, TraceReader, TraceTruncated, TraceWriter, read_trace,
-                          record)
+                          record, snapshot_record)
 
 PATHS = ["/", "/kubepods/besteffort/p1/c", "/work/web", "/work/batch"]
 
@@ -35,9 +35,10 @@ def synthetic_run(n=30, seed=1):
         }
         hist = {"runq.wakeup": rng.integers(0, 50, (4, 8)).astype(float)}
         pre = np.array([(2, 3, 400.0 if busy else 5.0), (2, 1, 10.0)], PREEMPTION_DTYPE)
+        by = np.array([(2, 3, 0.25 if busy else 0.001)], CULPRIT_DTYPE)
         out.append(Snapshot(t=1000.0 + k, dt=1.0, cgroups=table, columns=cols,
                             node={"cpus": 4.0, "cpu.usage": 3.2}, histograms=hist,
-                            hist_edges=np.geomspace(1e-6, 1, 9), preemptions=pre, seq=k))
+                            hist_edges=np.geomspace(1e-6, 1, 9), preemptions=pre, culprits=by, seq=k))
     # a cgroup appears near the end: the table changes mid-trace
     t2 = CgroupTable.from_paths(PATHS + ["/work/late"])
     last = out[-1]
@@ -62,6 +63,7 @@ def assert_same(a: Snapshot, b: Snapshot):
         assert np.array_equal(a.histograms[k], b.histograms[k])
     assert np.array_equal(a.hist_edges, b.hist_edges)
     assert a.preemptions.tolist() == b.preemptions.tolist()
+    assert a.culprits.tolist() == b.culprits.tolist()
 
 
 def test_round_trip_keeps_every_field(tmp_path):
@@ -139,6 +141,26 @@ def test_malformed_record_is_a_trace_error(tmp_path):
            "names": ["/"], "labels": [{}]}, "columns": {"cpu.usage": b"\0" * 12}}
     p.write_bytes(msgpack.packb(hdr) + msgpack.packb(bad, use_bin_type=True))
     with pytest.raises(TraceError, match="cpu.usage"):
+        list(read_trace(p))
+
+
+def test_traces_from_before_the_culprits_still_read(tmp_path):
+    """A record without ``culprits`` (written before runq.wait.by) reads
+    with none; one whose rows point outside its table is refused."""
+    p = tmp_path / "old.tgr"
+    hdr = {"type": "header", "format": "tagger-trace", "version": VERSION}
+    old = snapshot_record(synthetic_run(1)[0])
+    del old["culprits"]
+    p.write_bytes(msgpack.packb(hdr) + msgpack.packb(old, use_bin_type=True))
+    (snap,) = read_trace(p)
+    assert len(snap.culprits) == 0 and snap.culprits.dtype == CULPRIT_DTYPE
+    assert snap.culprit_of().tolist() == [-1, -1, -1, -1]
+    assert snap.preempted_by().tolist() == [-1, -1, 1, -1]
+
+    bad = snapshot_record(synthetic_run(1)[0])
+    bad["culprits"]["culprit"] = np.array([7], "<i4").tobytes()
+    p.write_bytes(msgpack.packb(hdr) + msgpack.packb(bad, use_bin_type=True))
+    with pytest.raises(TraceError, match="culprits"):
         list(read_trace(p))
 
 

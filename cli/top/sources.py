@@ -24,7 +24,7 @@ import numpy as np
 
 from tagger.errors import TaggerError
 from tagger.names import parse
-from tagger.snapshot import PREEMPTION_DTYPE, CgroupTable, Snapshot
+from tagger.snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, CgroupTable, Snapshot
 
 from .model import ActionInfo, Frame, TagEventInfo, TagInfo
 
@@ -478,7 +478,8 @@ def _parsed(obj):
 def snapshot_from_plain(d: dict) -> Snapshot:
     """The inverse of :func:`tagger.publish.snapshot_to_plain`; histograms and
     preemptions are used when the agent sends them (``histograms``,
-    ``hist_edges``, ``preemptions`` as [victim, preemptor, count] rows)."""
+    ``hist_edges``, ``preemptions`` as [victim, preemptor, count] rows,
+    ``culprits`` as [victim, culprit, wait] rows)."""
     cg = d.get("cgroups") or {}
     paths = [parse(p) for p in cg.get("paths") or ()]
     names = [parse(n) for n in cg["names"]] if cg.get("names") is not None else None
@@ -490,7 +491,11 @@ def snapshot_from_plain(d: dict) -> Snapshot:
     pre = np.zeros(len(pre_rows), PREEMPTION_DTYPE)
     for j, row in enumerate(pre_rows):
         pre[j] = tuple(row) if not isinstance(row, dict) else (row["victim"], row["preemptor"], row["count"])
+    by_rows = d.get("culprits") or ()
+    by = np.zeros(len(by_rows), CULPRIT_DTYPE)
+    for j, row in enumerate(by_rows):
+        by[j] = tuple(row) if not isinstance(row, dict) else (row["victim"], row["culprit"], row["wait"])
     return Snapshot(t=float(d.get("t", 0.0)), dt=float(d.get("dt", 0.0)), cgroups=table, columns=cols,
                     node={k: float(v) for k, v in (d.get("node") or {}).items()},
                     histograms=hists, hist_edges=np.asarray(d.get("hist_edges") or (), dtype=np.float64),
-                    preemptions=pre, source=str(d.get("source", "socket")), seq=int(d.get("seq", 0)))
+                    preemptions=pre, culprits=by, source=str(d.get("source", "socket")), seq=int(d.get("seq", 0)))

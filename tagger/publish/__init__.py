@@ -70,8 +70,9 @@ def json_safe(obj):
 def snapshot_to_plain(snap, patterns=None, detail: bool = False) -> dict:
     """A Snapshot as plain values, optionally only the rows whose path matches.
     ``detail`` adds the latency histograms (``histograms``: name -> per-row
-    bucket counts, ``hist_edges``: seconds) and ``preemptions`` ([victim row,
-    preemptor row, count], rows of this reply's table)."""
+    bucket counts, ``hist_edges``: seconds), ``preemptions`` ([victim row,
+    preemptor row, count], rows of this reply's table) and ``culprits``
+    (runq.wait.by: [victim row, culprit row, wait s/s])."""
     rows = [i for i, p in enumerate(snap.cgroups.paths) if path_matches(p, patterns)] \
         if patterns else None
     table = snap.cgroups
@@ -99,15 +100,21 @@ def snapshot_to_plain(snap, patterns=None, detail: bool = False) -> dict:
                              for k, h in snap.histograms.items()}
         out["hist_edges"] = np.asarray(snap.hist_edges, dtype=np.float64).tolist()
         remap = None if rows is None else {old: new for new, old in enumerate(rows)}
-        pre = []
-        for victim, preemptor, count in snap.preemptions:
-            v, p = int(victim), int(preemptor)
-            if remap is not None:
-                if v not in remap or p not in remap:
-                    continue
-                v, p = remap[v], remap[p]
-            pre.append([v, p, float(count)])
-        out["preemptions"] = pre
+        out["preemptions"] = _pairs_plain(snap.preemptions, remap)
+        out["culprits"] = _pairs_plain(snap.culprits, remap)
+    return out
+
+
+def _pairs_plain(pairs, remap) -> list:
+    """[row, row, value] rows of this reply's table (pairs with a row left out are dropped)."""
+    out = []
+    for a, b, value in pairs:
+        a, b = int(a), int(b)
+        if remap is not None:
+            if a not in remap or b not in remap:
+                continue
+            a, b = remap[a], remap[b]
+        out.append([a, b, float(value)])
     return out
 
 
