@@ -60,6 +60,8 @@ def test_fixture_tick_fills_what_it_can(tree, caplog):
     with coll:
         hybrid_cgroup(tmp / "sys/fs/cgroup", "/w", 2_000_000_000, 10, 5, 0, 0, 0, 0)
         fake_proc(tmp, 4000, 250_000_000, threads=2)      # each thread waited 0.25 s
+        hz = os.sysconf("SC_CLK_TCK")
+        (tmp / "proc/stat").write_text(f"cpu  100 0 100 1000 0 0 0 {hz // 2} 0 0\n")   # 0.5 s stolen
         snap = coll.tick()
     assert snap.source == "cgroupfs" and snap.seq == 1
     assert snap.cgroups.paths == ["/", "/w"]
@@ -69,6 +71,13 @@ def test_fixture_tick_fills_what_it_can(tree, caplog):
     assert snap.columns["runq.wait"][i] == pytest.approx(0.5 / snap.dt)
     assert snap.columns["runq.slowdown"][i] == pytest.approx((0.5 / snap.dt + usage) / usage)
     assert snap.columns["cpu.throttled"][i] == 0.5
+    # Demand is running + runnable, from the same two columns; steal from /proc/stat.
+    assert snap.columns["cpu.demand"][i] == pytest.approx(usage + 0.5 / snap.dt)
+    assert snap.node["cpu.steal"] == pytest.approx((hz // 2) / hz / snap.dt)
+    # The wait by cause and its culprits need the kernel programs.
+    for cause in ("self", "foreign", "throttled", "other"):
+        assert np.isnan(snap.columns[f"runq.wait.{cause}"]).all()
+    assert len(snap.culprits) == 0
     # What needs the kernel programs is NaN, never 0; every catalogue metric is a column.
     assert set(snap.columns) == set(METRICS)
     for m in ("runq.p99", "io.lat.p99", "sched.preempts", "sched.switches", "runq.events"):

@@ -65,6 +65,7 @@ class WaitTotals:
 
     def tick(self):
         snap = self.coll.tick()
+        assert snap.node["cpu.steal"] >= 0              # /proc/stat, a node column
         for p in self.paths:
             i = snap.cgroups.index(p)
             if i is None:
@@ -147,14 +148,14 @@ def test_foreign_wait_is_charged_to_neighbours_by_their_cpu_use(collector, make_
     assert sum(by.values()) <= totals.cause[v]["foreign"] * 1.001 + 1e-6
 
 
-def _set_quota(cg, cpus: float, period_us: int = 100_000):
-    """A CPU quota on v1 (hybrid host: cpu.cfs_quota_us) or v2 (cpu.max)."""
+def _set_quota(cg, cpus: float | None, period_us: int = 100_000):
+    """A CPU quota on v1 (hybrid host: cpu.cfs_quota_us) or v2 (cpu.max); None lifts it."""
     d = cg.dir("cpu")
     if (d / "cpu.cfs_quota_us").exists():
         (d / "cpu.cfs_period_us").write_text(str(period_us))
-        (d / "cpu.cfs_quota_us").write_text(str(int(cpus * period_us)))
+        (d / "cpu.cfs_quota_us").write_text("-1" if cpus is None else str(int(cpus * period_us)))
     else:
-        (d / "cpu.max").write_text(f"{int(cpus * period_us)} {period_us}")
+        (d / "cpu.max").write_text(f"{'max' if cpus is None else int(cpus * period_us)} {period_us}")
 
 
 def _nr_throttled(cg) -> int:
@@ -173,6 +174,9 @@ def test_a_quota_charges_the_wait_to_throttled(collector, make_cgroup):
     capped.spawn(["taskset", "-c", str(os.cpu_count() - 1)] + BUSY_LOOP)
     wait_for(lambda: _nr_throttled(capped) >= 2, what="the quota to throttle")
     totals.run(WINDOW)
+    # Lifted before the stop: a throttled task must run to stop, and on a
+    # slow VM its 10 ms a period may not reach the signal in time.
+    _set_quota(capped, None)
     _stop_all([capped])
     totals.tick()
     p = capped.path
