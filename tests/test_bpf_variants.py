@@ -88,6 +88,10 @@ def test_a_quota_charges_the_wait_to_throttled(forced, make_cgroup):
     attribution.test_a_quota_charges_the_wait_to_throttled(forced, make_cgroup)
 
 
+def test_tasks_of_one_cgroup_wait_behind_each_other_as_self(forced, make_cgroup):
+    attribution.test_tasks_of_one_cgroup_wait_behind_each_other_as_self(forced, make_cgroup)
+
+
 def _btf_dump() -> str:
     if not shutil.which("bpftool"):
         pytest.fail("bpftool is part of the build (make deps)")

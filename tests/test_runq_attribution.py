@@ -11,7 +11,8 @@ the rest (other).  Here, with real workloads in real cgroups:
   causes sum to the wait within 2%, and the wait still agrees with the
   kernel's schedstat run_delay (as tests/test_telemetry_bpf.py checks);
 - a busy loop under a CPU quota of 0.1 CPU: most of its wait is charged to
-  throttled, not foreign, while the kernel counts its throttled periods.
+  throttled, not foreign, while the kernel counts its throttled periods;
+- two busy loops of one cgroup on one CPU: their wait is mostly self.
 """
 
 from __future__ import annotations
@@ -190,3 +191,23 @@ def test_a_quota_charges_the_wait_to_throttled(collector, make_cgroup):
     assert totals.wait[p] > 0.5 * WINDOW
     assert totals.cause[p]["throttled"] > 0.6 * totals.wait[p]
     assert totals.cause[p]["foreign"] < totals.cause[p]["throttled"] / 3
+
+
+def test_tasks_of_one_cgroup_wait_behind_each_other_as_self(collector, make_cgroup):
+    """Two busy loops of one cgroup pinned to one CPU: each waits mostly
+    while the other runs -- self, not foreign, and no culprit for it."""
+    pair = make_cgroup("pair")
+    totals = WaitTotals(collector, [pair.path])
+    totals.tick()
+    cpu = str(os.cpu_count() - 1)
+    for _ in range(2):
+        pair.spawn(["taskset", "-c", cpu] + BUSY_LOOP)
+    totals.run(WINDOW / 2)
+    _stop_all([pair])
+    totals.tick()
+    p = pair.path
+    print(totals.report(p))
+    assert totals.wait[p] > 0.3 * WINDOW / 2
+    assert sum(totals.cause[p].values()) == pytest.approx(totals.wait[p], rel=0.02)
+    assert totals.cause[p]["self"] > 0.5 * totals.wait[p]
+    assert p not in totals.by[p]                   # never its own culprit
