@@ -28,8 +28,8 @@
  * overlap falls in its own cgroup's throttle on this CPU) or other (the CPU
  * idled with the task runnable and not throttled -- the wake-up of an idle
  * CPU --, the part of the wait spent on another run queue before a
- * migration, or, outside a throttle, older than the ring).  So the four sum to the
- * wait exactly.
+ * migration, or, outside a throttle, older than the ring).  So the four
+ * sum to the wait exactly.
  *
  * A throttle is seen at the switch-out it causes: the task leaves the CPU
  * still runnable with its cfs_rq's throttle_count set.  It began then (or at
