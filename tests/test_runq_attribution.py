@@ -197,8 +197,10 @@ def test_a_quota_charges_the_wait_to_throttled(collector, make_cgroup):
 
 
 def test_tasks_of_one_cgroup_wait_behind_each_other_as_self(collector, make_cgroup):
-    """Two busy loops of one cgroup pinned to one CPU: each waits mostly
-    while the other runs -- self, not foreign, and no culprit for it."""
+    """Two busy loops of one cgroup pinned to one CPU, both always runnable:
+    whenever one runs the other waits, so the cgroup's self wait is its own
+    CPU time -- however much else shares that CPU (that is foreign) -- and
+    it is never its own culprit."""
     pair = make_cgroup("pair")
     totals = WaitTotals(collector, [pair.path])
     totals.tick()
@@ -213,5 +215,7 @@ def test_tasks_of_one_cgroup_wait_behind_each_other_as_self(collector, make_cgro
     print(totals.report(p))
     assert totals.wait[p] > 0.3 * totals.elapsed
     assert sum(totals.cause[p].values()) == pytest.approx(totals.wait[p], rel=0.02)
-    assert totals.cause[p]["self"] > 0.5 * totals.wait[p]
+    # Never more than the partner ran; less only by what fell beyond the
+    # ring of segments on a crowded CPU (other).
+    assert 0.8 * totals.cpu[p] < totals.cause[p]["self"] < 1.02 * totals.cpu[p]
     assert p not in totals.by[p]                   # never its own culprit
