@@ -18,11 +18,12 @@ the rest (other).  Here, with real workloads in real cgroups:
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import pytest
 
-from tests.bpf_helpers import BUSY_LOOP, require_bpf, thread_run_delays
+from tests.bpf_helpers import BUSY_LOOP, is_stopped, require_bpf, thread_run_delays
 from tests.cgroup_fixture import wait_for
 from tests.test_telemetry_bpf import _stop_all
 
@@ -151,14 +152,14 @@ def test_foreign_wait_is_charged_to_neighbours_by_their_cpu_use(collector, make_
     assert sum(by.values()) <= totals.cause[v]["foreign"] * 1.001 + 1e-6
 
 
-def _set_quota(cg, cpus: float | None, period_us: int = 100_000):
-    """A CPU quota on v1 (hybrid host: cpu.cfs_quota_us) or v2 (cpu.max); None lifts it."""
+def _set_quota(cg, cpus: float, period_us: int = 100_000):
+    """A CPU quota on v1 (hybrid host: cpu.cfs_quota_us) or v2 (cpu.max)."""
     d = cg.dir("cpu")
     if (d / "cpu.cfs_quota_us").exists():
         (d / "cpu.cfs_period_us").write_text(str(period_us))
-        (d / "cpu.cfs_quota_us").write_text("-1" if cpus is None else str(int(cpus * period_us)))
+        (d / "cpu.cfs_quota_us").write_text(str(int(cpus * period_us)))
     else:
-        (d / "cpu.max").write_text(f"{'max' if cpus is None else int(cpus * period_us)} {period_us}")
+        (d / "cpu.max").write_text(f"{int(cpus * period_us)} {period_us}")
 
 
 def _nr_throttled(cg) -> int:
@@ -178,10 +179,14 @@ def test_a_quota_charges_the_wait_to_throttled(collector, make_cgroup):
     capped.spawn(["taskset", "-c", str(os.cpu_count() - 1)] + BUSY_LOOP)
     wait_for(lambda: _nr_throttled(capped) >= 2, what="the quota to throttle")
     totals.run(WINDOW)
-    # Lifted before the stop: a throttled task must run to stop, and on a
-    # slow VM its 10 ms a period may not reach the signal in time.
-    _set_quota(capped, None)
-    _stop_all([capped])
+    # Stopped under its quota: a throttled task must run to stop, which on a
+    # slow VM takes a while.  (Not by lifting the quota first: on Debian's
+    # 6.12 that unthrottle raced the period timer into a panic in
+    # enqueue_task_fair.)
+    pids = capped.pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: all(is_stopped(pid) for pid in pids), timeout=60, what="the capped loop to stop")
     totals.tick()
     p = capped.path
     print(totals.report(p), "nr_throttled", _nr_throttled(capped))
