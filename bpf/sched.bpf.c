@@ -208,6 +208,23 @@ static __always_inline void attribute_wait(struct tg_oncpu *cur, struct tg_cg_st
 	s->wait_other_ns += (now - queued) - self - foreign - throttled + extra;
 }
 
+/* A new run segment: `slot`'s task (or the idle task) holds the CPU from
+ * `now`.  A switch between two tasks of one cgroup continues its segment:
+ * the walk charges it the same either way, and a cgroup whose threads
+ * switch among themselves thousands of times a second (a VM's vCPU and I/O
+ * threads) takes one entry of the ring, not all of them. */
+static __always_inline void push_segment(struct tg_oncpu *cur, __u64 now, __u32 slot)
+{
+	__u32 head = cur->seg_head & (TG_SEGS - 1);
+
+	if (cur->seg_slot[head] == slot && cur->seg_start[head])
+		return;
+	head = (head + 1) & (TG_SEGS - 1);
+	cur->seg_head = head;
+	cur->seg_start[head] = now;
+	cur->seg_slot[head] = slot;
+}
+
 /* One more preemption of the victim's tasks by `preemptor`, in the victim's
  * per-CPU row (this CPU only writes it: no atomics). */
 static __always_inline void count_preemptor(struct tg_cg_stats *v, __u32 preemptor, struct tg_global *g)
@@ -277,7 +294,7 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 	struct tg_cg_stats *s, *v = NULL;
 	struct tg_task *t;
 	__u64 queued, run_delay, wait, local, extra = 0;
-	__u32 cause, head;
+	__u32 cause;
 	/* Still runnable at switch-out: preempted (or yielded); the kernel
 	 * re-queues it (sched_info.last_queued) right after this tracepoint. */
 	bool preempted = prev->pid && prev_state == TASK_RUNNING;
@@ -307,13 +324,9 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 		}
 	}
 	cur->task = 0;
-	/* A new run segment begins (written once next's slot is known). */
-	head = (cur->seg_head + 1) & (TG_SEGS - 1);
 	if (!next->pid) {
 		/* the idle task: nothing waits, nothing to count */
-		cur->seg_head = head;
-		cur->seg_start[head] = now;
-		cur->seg_slot[head] = TG_SEG_IDLE;
+		push_segment(cur, now, TG_SEG_IDLE);
 		return 0;
 	}
 	t = bpf_task_storage_get(&tasks, next, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -330,9 +343,7 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 		cur->since_ns = next->se.sum_exec_runtime;
 		cur->slot = slot;
 		cur->slot_gen = slot_generation;
-		cur->seg_head = head;
-		cur->seg_start[head] = now;
-		cur->seg_slot[head] = slot;
+		push_segment(cur, now, slot);
 		return 0;
 	}
 	/* Slot 0 is cached like any other: registering a cgroup bumps the
@@ -381,9 +392,7 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 		}
 	}
 	/* The segments the wait walked are complete: next's begins now. */
-	cur->seg_head = head;
-	cur->seg_start[head] = now;
-	cur->seg_slot[head] = t->slot;
+	push_segment(cur, now, t->slot);
 	return 0;
 }
 
