@@ -12,7 +12,8 @@ the rest (other).  Here, with real workloads in real cgroups:
   kernel's schedstat run_delay (as tests/test_telemetry_bpf.py checks);
 - a busy loop under a CPU quota of 0.02 CPU: most of its wait is charged to
   throttled, not foreign, while the kernel counts its throttled periods;
-- two busy loops of one cgroup on one CPU: their wait is mostly self.
+- two busy loops of one cgroup on one CPU: part of their wait is self,
+  never more than their own CPU time, and a cgroup is never its own culprit.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import pytest
 
@@ -90,8 +92,6 @@ class WaitTotals:
         return snap
 
     def run(self, seconds, interval=0.5):
-        import time
-
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             time.sleep(interval)
