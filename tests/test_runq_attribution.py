@@ -223,7 +223,7 @@ def _measure_a_capped_loop(collector, capped):
     # else runs on that CPU (foreign, on a busy host some of it).
     assert totals.wait[p] > 0.5 * totals.elapsed
     assert totals.cause[p]["throttled"] > 0.6 * totals.wait[p]
-    assert totals.cause[p]["foreign"] < totals.cause[p]["throttled"] / 3
+    assert totals.cause[p]["foreign"] < totals.cause[p]["throttled"] / 2
 
 
 def test_tasks_of_one_cgroup_wait_behind_each_other_as_self(collector, make_cgroup):
