@@ -26,7 +26,8 @@ alike):
    as it would in production (--redis-pin same|split to pin them).
    Bar: median throughput loss with the agent <= 1%.  Beside it, the CPU
    each request cost (server, client and the agent's own process), which the
-   host's other jobs hardly move.
+   host's other jobs move less than throughput; unpinned it is bimodal too
+   (8.6 or 13.7 us here, as server and client share a CPU or not).
 
 redis-server and redis-benchmark run at nice -10 (--nice), the agent 5 lower,
 as deploy/tagger.service runs it beside workloads: the other jobs on this
@@ -235,8 +236,9 @@ def redis_rps(port: int, requests: int, clients: int, cpu: str | None, nice: int
 def redis_run(server: "RedisServer", args, cpu: str | None, agent: Agent | None = None) -> dict[str, float]:
     """One redis-benchmark run: requests/s (redis_rps), and the CPU it cost per request
     in microseconds: redis-server's and redis-benchmark's, plus the agent's own while it
-    ran ('cpu_us').  CPU per request hardly moves with the host's other jobs (runs here
-    at 19k-66k requests/s took 9.2-10.4 us each); throughput does."""
+    ran ('cpu_us').  The host's other jobs move it less than throughput (runs here at
+    19k-66k requests/s took 9.2-10.4 us each), but where server and client land does:
+    unpinned, 8.6 or 13.7 us."""
     c0, s0 = children_cpu(), task_cpu(server.proc.pid)
     a0 = agent.cpu_seconds() if agent is not None else 0.0
     rps = redis_rps(server.port, args.redis_requests, args.redis_clients, cpu, args.nice)
