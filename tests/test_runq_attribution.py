@@ -222,8 +222,22 @@ def _measure_a_capped_loop(collector, capped):
     # a neighbour.  After each unthrottle it may still wait behind whatever
     # else runs on that CPU (foreign, on a busy host some of it).
     assert totals.wait[p] > 0.5 * totals.elapsed
-    assert totals.cause[p]["throttled"] > 0.6 * totals.wait[p]
-    assert totals.cause[p]["foreign"] < totals.cause[p]["throttled"] / 2
+    cause = totals.cause[p]
+    if _kernel_at_least(6, 8):
+        # The throttle's end is the kernel's own throttled time (6.8+).
+        assert cause["throttled"] > 0.6 * totals.wait[p]
+    else:
+        # Before 6.8 a throttle is taken to last until the cgroup's next task
+        # runs on that CPU, and an idle stretch the ring did not see it begin
+        # is "other" (6.1 with the forced 5.15 programs: throttled 3.4 s,
+        # other 2.3 s of 5.9 s): the quota is still the largest cause.
+        assert cause["throttled"] > max(cause["other"], cause["self"], 0.4 * totals.wait[p])
+    assert cause["foreign"] < cause["throttled"] / 2
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    release = os.uname().release.split("-")[0].split(".")
+    return (int(release[0]), int(release[1])) >= (major, minor)
 
 
 def test_tasks_of_one_cgroup_wait_behind_each_other_as_self(collector, make_cgroup):
