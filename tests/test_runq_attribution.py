@@ -25,9 +25,9 @@ import time
 
 import pytest
 
-from tests.bpf_helpers import BUSY_LOOP, is_stopped, require_bpf, thread_run_delays
+from tests.bpf_helpers import BUSY_LOOP, is_stopped, thread_run_delays
 from tests.cgroup_fixture import wait_for
-from tests.test_telemetry_bpf import _stop_all
+from tests.test_telemetry_bpf import _stop_all, collector  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.bpf
 
@@ -47,15 +47,6 @@ while True:
 QUOTA = 0.02
 #: cpu weights of the two neighbours: they get the CPU they share about 4:1.
 HEAVY, LIGHT = 400, 100
-
-
-@pytest.fixture
-def collector():
-    require_bpf()
-    from tagger.telemetry import BpfCollector
-
-    with BpfCollector(cgroupfs_metrics=()) as coll:
-        yield coll
 
 
 class WaitTotals:
