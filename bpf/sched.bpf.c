@@ -35,10 +35,15 @@
  * still runnable with its cfs_rq's throttle_count set.  It began then (or at
  * the cfs_rq's throttled_clock_self, 6.8+) and lasted, on kernels with
  * throttled_clock_self_time (6.8+), exactly as long as that counter grew;
- * before 6.8, until the cgroup's first task runs again on that CPU.  A
- * wake-up into a cgroup already throttled on a CPU causes no switch-out:
- * its wait until the unthrottle counts as other (or foreign, if the CPU ran
- * someone else meanwhile). */
+ * before 6.8, until the cgroup's first task runs again on that CPU.
+ *
+ * A task that blocks as its quota runs out (a page fault, a lock), or wakes
+ * into a cgroup already throttled on its CPU, causes no such switch-out: the
+ * kernel starts the cfs_rq's throttled_clock_self at that wake-up instead.
+ * So a wait that finds no window open but the counter grown since the
+ * cgroup's last wait on this CPU began in a throttle, which lasted as long
+ * as the counter grew (6.8+).  Before 6.8 such a wait counts as other (or
+ * foreign, if the CPU ran someone else meanwhile). */
 #include <vmlinux.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -157,17 +162,24 @@ static __always_inline void attribute_wait(struct tg_oncpu *cur, struct tg_cg_st
 					   struct tg_global *g)
 {
 	__u64 end = now, self = 0, foreign = 0, throttled = 0;
-	__u64 ts = 0, te = 0;
+	__u64 ts = 0, te = 0, len = cfs_rq_throttled_time(cfs_rq);
 	__u32 i, head = cur->seg_head;
 
-	if (s->thr_start) {
-		if (!s->thr_end) {
-			/* A task of the cgroup runs again: the throttle is over. */
-			__u64 base = s->thr_base, len = cfs_rq_throttled_time(cfs_rq);
+	if (s->thr_start && !s->thr_end) {
+		/* A task of the cgroup runs again: the throttle is over. */
+		__u64 base = s->thr_base;
 
-			s->thr_end = len > base && s->thr_start + (len - base) < now ?
-				     s->thr_start + (len - base) : now;
-		}
+		s->thr_end = len > base && s->thr_start + (len - base) < now ?
+			     s->thr_start + (len - base) : now;
+	} else if (s->thr_seen && len + 1 > s->thr_seen) {
+		/* Woke into a throttle (see "A task that blocks" above). */
+		__u64 grown = len + 1 - s->thr_seen;
+
+		s->thr_start = queued;
+		s->thr_end = queued + grown < now ? queued + grown : now;
+	}
+	s->thr_seen = len + 1;
+	if (s->thr_start) {
 		ts = s->thr_start;
 		te = s->thr_end;
 	}

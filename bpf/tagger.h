@@ -82,6 +82,7 @@ struct tg_cg_stats {
 	__u64 thr_start;
 	__u64 thr_end;
 	__u64 thr_base;
+	__u64 thr_seen;          /* 1 + throttled_clock_self_time at the last wait here; 0 = none yet */
 };
 
 /* Per-CPU health counters: nothing is lost silently.  A whole number of
