@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tagger.rules import Engine, load_text
-from tagger.snapshot import PREEMPTION_DTYPE, Snapshot
+from tagger.snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, Snapshot
 from tagger.tags import TagStore
 
 
@@ -228,6 +228,52 @@ rules:
     # and a cgroup preempting itself is not counted)
     many = {p for p, tags in engine.store.current().items() if "preempts" in tags}
     assert many == {"/p2"}
+
+
+def test_culprit_functions_charge_the_starved_cgroups_wait_to_who_held_the_cpu():
+    """culprit_most is Snapshot.culprit_of() restricted to tagged victims;
+    culprit_of_tagged sums the wait (s/s) charged by tagged victims only."""
+    rules = """
+rules:
+  - name: starved
+    match: {cgroup: "/v*"}
+    tags: {runq: starved}
+  - name: noisy
+    when: culprit_most("runq", "starved")
+    tags: {neighbour: noisy}
+  - name: charged
+    when: culprit_of_tagged("runq", "starved") > 250ms
+    tags: {charged: much}
+"""
+    paths = ["/v1", "/v2", "/c1", "/c2", "/c3", "/other"]
+    # (victim, culprit, wait s/s): /c3 holds the CPU longest for /other, which is
+    # not starved; /v2 waiting behind itself is not a neighbour's doing.
+    rows = [(0, 2, 0.20), (0, 3, 0.05), (1, 3, 0.30), (1, 4, 0.10), (5, 4, 0.90), (1, 1, 2.0)]
+    engine = Engine(load_text(rules))
+    s = snap(0, paths)
+    s.culprits = np.array(rows, CULPRIT_DTYPE)
+    engine.evaluate(s)
+    own = s.culprits["victim"] == s.culprits["culprit"]
+    s.culprits = s.culprits[~own]
+    top = s.culprit_of()
+    noisy = {p for p, tags in engine.store.current().items() if "neighbour" in tags}
+    assert noisy == {paths[top[i]] for i in (0, 1)} == {"/c1", "/c2"}
+    # charged by starved victims: c1 0.20, c2 0.05 + 0.30, c3 0.10 (its 0.90 is /other's)
+    much = {p for p, tags in engine.store.current().items() if "charged" in tags}
+    assert much == {"/c2"}
+
+
+def test_preempts_functions_still_load_with_a_deprecation_warning():
+    rs = load_text("""
+rules:
+  - name: old-noisy
+    when: preempts_most("runq", "starved") and preempts_tagged("runq", "starved") > 20
+    tags: {neighbour: noisy}
+""")
+    assert [r.name for r in rs.rules] == ["old-noisy"]
+    msgs = [w.message for w in rs.warnings if "deprecated" in w.message]
+    assert len(msgs) == 2 and all("deprecated" in m for m in msgs)
+    assert "culprit_most()" in msgs[0] and "culprit_of_tagged()" in msgs[1]
 
 
 def test_replace_rules_keeps_timers_of_unchanged_rules_and_drops_removed_rules_tags():

@@ -19,7 +19,7 @@ TOKENS = (METRIC_NAMES + ["node." + n for n in NODE_NAMES]
           + ["runq.p999", "node.nope", "busy", "hot", "1", "0.5", "2ms", "80%", "10MiB", "3xs",
              "1e3", ".5", "<", "<=", ">", ">=", "==", "!=", "+", "-", "*", "/", "(", ")", ",",
              "and", "or", "not", "true", "false", "min", "max", "abs", "tag", '"k"', "'v'",
-             "preempts_tagged", "preempts_most", "&&", "!", "=", "$", '"open', "__import__"])
+             "preempts_tagged", "preempts_most", "culprit_of_tagged", "culprit_most", "&&", "!", "=", "$", '"open', "__import__"])
 
 LOAD = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -122,6 +122,12 @@ class _Ctx:
         return np.zeros(N)
 
     def preempts_most(self, key, value):
+        return np.zeros(N, bool)
+
+    def culprit_of_tagged(self, key, value):
+        return np.zeros(N)
+
+    def culprit_most(self, key, value):
         return np.zeros(N, bool)
 
 

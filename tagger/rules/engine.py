@@ -92,6 +92,7 @@ class EvalContext:
         self._cols: dict[str, np.ndarray] = {}
         self._tag_cache: dict[tuple[str, str], np.ndarray] = {}
         self._pre = None
+        self._cul = None
 
     def column(self, name: str) -> np.ndarray:
         col = self._cols.get(name)
@@ -127,6 +128,57 @@ class EvalContext:
         for k in [k for k in self._tag_cache if k[0] == key]:
             del self._tag_cache[k]
 
+    def _valid_culprits(self):
+        """(victim, culprit, wait s/s) rows of runq.wait.by that name two
+        different known rows; once a tick."""
+        if self._cul is None:
+            cul = self.snap.culprits
+            n = self.n
+            victim = np.asarray(cul["victim"], np.int64) if len(cul) else np.zeros(0, np.int64)
+            culprit = np.asarray(cul["culprit"], np.int64) if len(cul) else victim
+            wait = np.asarray(cul["wait"], np.float64) if len(cul) else np.zeros(0)
+            ok = (victim >= 0) & (victim < n) & (culprit >= 0) & (culprit < n) & \
+                 (victim != culprit) & (wait > 0)
+            self._cul = (victim[ok], culprit[ok], wait[ok])
+        return self._cul
+
+    def _culprits(self, key, value):
+        victim, culprit, wait = self._valid_culprits()
+        if self.n == 0 or len(victim) == 0:
+            return None
+        ok = self.tag_is(key, value)[victim]
+        if not ok.any():
+            return None
+        return victim[ok], culprit[ok], wait[ok]
+
+    def culprit_of_tagged(self, key: str, value: str) -> np.ndarray:
+        """Per row: run-queue wait (s/s) of rows tagged key=value while this
+        row's tasks held the CPU: the foreign wait charged to it."""
+        got = self._culprits(key, value)
+        if got is None:
+            return np.zeros(self.n)
+        _, culprit, wait = got
+        return np.bincount(culprit, weights=wait, minlength=self.n)[: self.n]
+
+    def culprit_most(self, key: str, value: str) -> np.ndarray:
+        """Per row: is it the culprit charged with the most wait of at least
+        one row tagged key=value?"""
+        return self._top(self._culprits(key, value))
+
+    def _top(self, got) -> np.ndarray:
+        """Rows that are the largest contributor of at least one victim."""
+        out = np.zeros(self.n, bool)
+        if got is None:
+            return out
+        victim, other, amount = got
+        # Sort by victim, then amount; ties go to the lowest row (deterministic).
+        order = np.lexsort((-other, amount, victim))
+        v = victim[order]
+        last = np.ones(len(v), bool)
+        last[:-1] = v[:-1] != v[1:]
+        out[other[order][last]] = True
+        return out
+
     def _valid_preemptions(self):
         """(victim, preemptor, count) rows that name two different known rows; once a tick."""
         if self._pre is None:
@@ -159,19 +211,9 @@ class EvalContext:
         return np.bincount(preemptor, weights=count, minlength=self.n)[: self.n] / dt
 
     def preempts_most(self, key: str, value: str) -> np.ndarray:
-        """Per row: is it the top preemptor of at least one row tagged key=value?"""
-        out = np.zeros(self.n, bool)
-        got = self._preemptions(key, value)
-        if got is None:
-            return out
-        victim, preemptor, count = got
-        # Sort by victim, then count; ties go to the lowest preemptor row (deterministic).
-        order = np.lexsort((-preemptor, count, victim))
-        v = victim[order]
-        last = np.ones(len(v), bool)
-        last[:-1] = v[:-1] != v[1:]
-        out[preemptor[order][last]] = True
-        return out
+        """Per row: is it the top preemptor of at least one row tagged key=value?
+        Deprecated for culprit_most (wait time, not preemption counts)."""
+        return self._top(self._preemptions(key, value))
 
 
 class Engine:

@@ -47,9 +47,18 @@ FUNCTIONS = {
     "max": ("num+", "num"),
     "abs": (("num",), "num"),
     "tag": (("str",), "tag"),
+    # Over the wait attribution (Snapshot.culprits, runq.wait.by): who held the
+    # CPU while cgroups carrying a tag waited for it.
+    "culprit_of_tagged": (("str", "str"), "num"),
+    "culprit_most": (("str", "str"), "bool"),
+    # Deprecated (preemption counts): a task that wakes often preempts often yet
+    # may hold the CPU for microseconds.  Kept so user rules still load.
     "preempts_tagged": (("str", "str"), "num"),
     "preempts_most": (("str", "str"), "bool"),
 }
+
+#: Functions whose first two arguments name a tag key and value the rule reads.
+TAG_FUNCTIONS = ("tag", "culprit_of_tagged", "culprit_most", "preempts_tagged", "preempts_most")
 
 
 class ExprError(Exception):
@@ -297,7 +306,7 @@ def tag_refs(node: Node) -> list[tuple[str, str | None, int]]:
     stack = [node]
     while stack:
         n = stack.pop()
-        if n.kind == "call" and n.value in ("tag", "preempts_tagged", "preempts_most"):
+        if n.kind == "call" and n.value in TAG_FUNCTIONS:
             strs = [a.value for a in n.args if a.kind == "str"]
             if strs:
                 out.append((strs[0], strs[1] if len(strs) > 1 else None, n.pos))
@@ -309,6 +318,25 @@ def tag_refs(node: Node) -> list[tuple[str, str | None, int]]:
                     out.append((call.args[0].value, lit.value, n.pos))
         stack.extend(n.args)
     return out
+
+
+#: Functions that still work but have a better replacement: name -> the replacement.
+DEPRECATED = {"preempts_tagged": "culprit_of_tagged", "preempts_most": "culprit_most"}
+
+
+def deprecated_calls(node: Node) -> list[ExprError]:
+    """A warning per call of a DEPRECATED function (the rule still loads)."""
+    out = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.kind == "call" and n.value in DEPRECATED:
+            out.append(ExprError(
+                f"{n.value}() is deprecated: it counts preemptions, and a task that wakes often "
+                f"preempts often yet may hold the CPU for microseconds; {DEPRECATED[n.value]}() "
+                f"charges run-queue wait to whoever held the CPU", n.pos))
+        stack.extend(n.args)
+    return sorted(out, key=lambda e: e.offset)
 
 
 def static_problems(node: Node, macros) -> list[ExprError]:
@@ -529,6 +557,12 @@ class Compiler:
                 args.append(c)
         if name == "tag":
             return _const("tag", args[0], n)
+        if name == "culprit_of_tagged":
+            key, value = args
+            return Compiled("num", lambda ctx: ctx.culprit_of_tagged(key, value), tree=n)
+        if name == "culprit_most":
+            key, value = args
+            return Compiled("bool", lambda ctx: ctx.culprit_most(key, value), tree=n)
         if name == "preempts_tagged":
             key, value = args
             return Compiled("num", lambda ctx: ctx.preempts_tagged(key, value), tree=n)
@@ -571,7 +605,9 @@ def evaluate_row(node: Node, row: dict, macros: dict[str, Node] | None = None):
     The slow, obvious definition of the language: the benchmark's baseline and the
     tests' oracle for the vectorised compiler.  ``row`` holds ``metrics`` (name ->
     float), ``node`` (name -> float), ``tags`` (key -> value), ``preempts``
-    ((key, value) -> float) and ``preempts_most`` (set of (key, value)).
+    ((key, value) -> float), ``preempts_most`` (set of (key, value)), and
+    optionally ``culprits`` ((key, value) -> float, s/s) and ``culprit_most``
+    (set of (key, value)).
     """
     macros = macros or {}
     k = node.kind
@@ -615,6 +651,10 @@ def evaluate_row(node: Node, row: dict, macros: dict[str, Node] | None = None):
         name = node.value
         if name == "tag":
             return ("tag", node.args[0].value)
+        if name == "culprit_of_tagged":
+            return row.get("culprits", {}).get((node.args[0].value, node.args[1].value), 0.0)
+        if name == "culprit_most":
+            return (node.args[0].value, node.args[1].value) in row.get("culprit_most", set())
         if name == "preempts_tagged":
             return row["preempts"].get((node.args[0].value, node.args[1].value), 0.0)
         if name == "preempts_most":

@@ -576,6 +576,10 @@ class _Loader:
                 self._expr_error(vnode, err)
                 ok = False
                 return None, None
+            for warning in ex.deprecated_calls(tree):
+                base = self._expr_offset(vnode)
+                self.warn(vnode, warning.message,
+                          offset=None if base is None else base + warning.offset)
             if c.type != "bool":
                 self.error(vnode, f"{key} must be a condition (a comparison, and/or/not), "
                                   f"not {ex._TYPE_WORD[c.type]}")

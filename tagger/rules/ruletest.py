@@ -11,7 +11,9 @@ cgroup and the tags expected at given times::
           /kubepods/burstable/pod1/web:
             cpu.usage: 0.2 0.9x12 0.3
         node: {cpus: 4x20}
-        preemptions:
+        culprits:             # runq.wait.by: /a's wait (s/s) while /b held the CPU
+          - {victim: /a, culprit: /b, wait: 0 300msx10}
+        preemptions:          # (deprecated functions preempts_*)
           - {victim: /a, preemptor: /b, count: 0 200x10}
         expect:
           - at: 11s
@@ -35,7 +37,7 @@ import numpy as np
 import yaml
 
 from tagger.errors import RulesError
-from tagger.snapshot import METRICS, NODE_METRICS, PREEMPTION_DTYPE, Snapshot, suggest
+from tagger.snapshot import CULPRIT_DTYPE, METRICS, NODE_METRICS, PREEMPTION_DTYPE, Snapshot, suggest
 from tagger.tags import TagStore
 from tagger.units import parse_duration, parse_quantity
 
@@ -44,9 +46,13 @@ from .loader import load_directory
 from .model import RuleSet
 
 FILE_KEYS = ("rules", "interval", "tests")
-TEST_KEYS = ("name", "cgroups", "node", "preemptions", "expect")
+TEST_KEYS = ("name", "cgroups", "node", "culprits", "preemptions", "expect")
 EXPECT_KEYS = ("at", "tags")
 PREEMPTION_KEYS = ("victim", "preemptor", "count")
+CULPRIT_KEYS = ("victim", "culprit", "wait")
+#: Pair inputs: test key -> (the other cgroup's key, the series' key, Snapshot field, dtype).
+PAIRS = {"culprits": ("culprit", "wait", "culprits", CULPRIT_DTYPE),
+         "preemptions": ("preemptor", "count", "preemptions", PREEMPTION_DTYPE)}
 
 _TERM = re.compile(r"^(?P<base>[^x]+?|_)(?:x(?P<n>\d+))?$")
 _STEP = re.compile(r"^(?P<a>[-+]?[0-9.]+(?:[eE][-+]?\d+)?[A-Za-zµ%]*)"
@@ -186,17 +192,20 @@ def _run_one(path, i, test, ruleset, interval) -> TestResult:
     where = f'{_at(path, mark)}: test "{name}"'
     result = TestResult(str(path), name)
     try:
-        series, node, pre, expects = _inputs(test, interval)
+        series, node, pairs, expects = _inputs(test, interval)
     except (ValueError, TypeError) as err:
         raise RuleTestError(f'{_at(path, getattr(err, "mark", None) or mark)}: test "{name}": {err}') from None
     paths = list(series)
-    for e in pre:
-        for p in (e["victim"], e["preemptor"]):
-            if p not in paths:
-                paths.append(p)
+    for kind, rows in pairs.items():
+        other = PAIRS[kind][0]
+        for e in rows:
+            for p in (e["victim"], e[other]):
+                if p not in paths:
+                    paths.append(p)
     index = {p: i for i, p in enumerate(paths)}
     length = max([len(v) for s in series.values() for v in s.values()]
-                 + [len(v) for v in node.values()] + [len(e["count"]) for e in pre]
+                 + [len(v) for v in node.values()]
+                 + [len(e[PAIRS[kind][1]]) for kind, rows in pairs.items() for e in rows]
                  + [k + 1 for k, _ in expects] + [1])
     by_tick: dict[int, list[dict]] = {}
     for k, tags in expects:
@@ -211,8 +220,9 @@ def _run_one(path, i, test, ruleset, interval) -> TestResult:
         cols = {m: [at(series[p].get(m, []), k) for p in paths] for m in metrics}
         snap = Snapshot.synthetic(paths, cols, t=k * interval, dt=interval,
                                   node={n: at(v, k) for n, v in node.items()})
-        rows = [(index[e["victim"]], index[e["preemptor"]], at(e["count"], k)) for e in pre]
-        snap.preemptions = np.array([r for r in rows if not math.isnan(r[2])], PREEMPTION_DTYPE)
+        for kind, (other, value, attr, dtype) in PAIRS.items():
+            rows = [(index[e["victim"]], index[e[other]], at(e[value], k)) for e in pairs[kind]]
+            setattr(snap, attr, np.array([r for r in rows if not math.isnan(r[2])], dtype))
         engine.evaluate(snap)
         for want in by_tick.get(k, []):
             for cg, tags in want.items():
@@ -248,11 +258,17 @@ def _inputs(test, interval):
             hint = suggest(str(m), NODE_METRICS)
             raise ValueError(f"node: unknown metric {m!r}" + (f": did you mean {hint}?" if hint else ""))
         node[m] = parse_series(s)
-    pre = []
-    for e in test.get("preemptions") or []:
-        _keys(e, PREEMPTION_KEYS, "preemptions")
-        pre.append({"victim": str(e["victim"]), "preemptor": str(e["preemptor"]),
-                    "count": parse_series(e["count"])})
+    pairs = {}
+    for kind, keys in (("culprits", CULPRIT_KEYS), ("preemptions", PREEMPTION_KEYS)):
+        other, value = PAIRS[kind][:2]
+        pairs[kind] = []
+        for e in test.get(kind) or []:
+            _keys(e, keys, kind)
+            for key in keys:
+                if key not in e:
+                    raise ValueError(f"{kind}: missing {key!r}")
+            pairs[kind].append({"victim": str(e["victim"]), other: str(e[other]),
+                                value: parse_series(e[value])})
     expects = []
     for e in test.get("expect") or []:
         _keys(e, EXPECT_KEYS, "expect")
@@ -269,7 +285,7 @@ def _inputs(test, interval):
                 raise ValueError(f"expect {cg}: tags must be a mapping")
             tags[str(cg)] = {str(k2): _scalar(v) for k2, v in want.items()}
         expects.append((int(round(k)), tags))
-    return series, node, pre, expects
+    return series, node, pairs, expects
 
 
 def _scalar(v) -> str:
