@@ -312,7 +312,7 @@ class CgroupfsReader:
         self.ncpus = ncpus or os.cpu_count() or 1
         self.exclusive = exclusive
         self._prev: dict[str, dict[str, float]] = {}      # path -> raw counters
-        self._prev_t: float | None = None
+        self._prev_t: dict[str, float] = {}               # path -> when they were read
 
     @property
     def unavailable(self) -> list[str]:
@@ -325,12 +325,21 @@ class CgroupfsReader:
         """Files read per cgroup per tick, e.g. ["/sys/fs/cgroup/unified/.../cpu.stat"]."""
         return [f"{r.root}/<cgroup>/{r.name}" for r in self.plan[0]]
 
-    def read(self, paths: Sequence[str], t: float | None = None) -> dict[str, np.ndarray]:
+    def read(self, paths: Sequence[str], t: float | None = None,
+             partial: bool = False) -> dict[str, np.ndarray]:
+        """Columns for ``paths``; rates over each path's time since its own
+        previous read.  ``partial``: ``paths`` are some of the cgroups (new
+        ones, read at once rather than at the next full read): the state of the
+        others is kept.  A full read forgets paths it was not given."""
+        if partial and self.exclusive:
+            raise ValueError("a partial read cannot make exclusive figures: a parent's share "
+                             "needs its children read alongside")
         t = time.monotonic() if t is None else t
         paths = [normalize(p) for p in paths]
         raw = read_raw(self.layout, paths, self.metrics, self.fs, _plan=self.plan)
-        dt = None if self._prev_t is None else t - self._prev_t
-        n = len(paths)
+        prev_t = np.array([self._prev_t.get(p, math.nan) for p in paths])
+        dt = t - prev_t                          # NaN on a path's first read
+        dt[~(dt > 0)] = np.nan
         deltas: dict[str, np.ndarray] = {}
         for f in COUNTERS & raw.keys():
             prev = np.array([self._prev.get(p, {}).get(f, math.nan) for p in paths])
@@ -341,12 +350,16 @@ class CgroupfsReader:
             self._subtract_children(paths, deltas)
         # remember this read
         counter_fields = [f for f in COUNTERS if f in raw]
-        self._prev = {p: {f: raw[f][i] for f in counter_fields} for i, p in enumerate(paths)}
-        self._prev_t = t
+        if not partial:
+            self._prev, self._prev_t = {}, {}
+        for i, p in enumerate(paths):
+            self._prev[p] = {f: raw[f][i] for f in counter_fields}
+            self._prev_t[p] = t
 
-        nan = np.full(n, np.nan)
         cols: dict[str, np.ndarray] = {}
-        rate = (lambda f: deltas[f] / dt) if dt and dt > 0 else (lambda f: nan.copy())
+
+        def rate(f):
+            return deltas[f] / dt
         for m in self.metrics:
             if m == "cpu.usage":
                 cols[m] = rate("cpu.usage_s")

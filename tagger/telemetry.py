@@ -237,6 +237,7 @@ class BpfCollector(Collector):
         self._cgroupfs_every = max(1, int(cgroupfs_every))
         self._cgroupfs_cols: dict[str, np.ndarray] = {}
         self._cgroupfs_paths: list[str] | None = None
+        self._cgroupfs_young: dict[str, int] = {}        # path -> reads left at every tick
         self.seq = 0
         self._globals_prev = p.read_globals()
         p.read_pairs(self.high_water)                    # start pairs from now
@@ -614,21 +615,51 @@ class BpfCollector(Collector):
 
     def _cgroupfs_columns(self, table: CgroupTable) -> dict[str, np.ndarray]:
         """cgroupfs figures, read every ``cgroupfs_every`` ticks (the first tick
-        included) and carried over by path in between."""
-        if self._cgroupfs_paths is None or self.seq % self._cgroupfs_every == 0:
+        included) and carried over by path in between.
+
+        A cgroup seen since the last full read is read at once and every tick
+        for its first ``cgroupfs_every`` ticks (a rate needs two reads, and its
+        workload may start a moment after the mkdir): what it does when it
+        starts is known within a tick or two, not at the next full read.  Each
+        cgroup costs at most that many extra reads in its life, so the cost per
+        tick follows the rate of new cgroups, not their number."""
+        every = self._cgroupfs_every
+        if self._cgroupfs_paths is None or self.seq % every == 0:
+            if self._cgroupfs_paths is not None and self._cgroupfs_paths is not table.paths:
+                before = set(self._cgroupfs_paths)
+                for p in table.paths:
+                    if p not in before:
+                        self._cgroupfs_young.setdefault(p, every)
             self._cgroupfs_cols = self._cgroupfs.read(table.paths)
             self._cgroupfs_paths = table.paths
-        if self._cgroupfs_paths is table.paths:
+            self._cgroupfs_young = {p: n - 1 for p, n in self._cgroupfs_young.items()
+                                    if n > 1 and table.index(p) is not None}
             return dict(self._cgroupfs_cols)
-        # Rows changed since the last read: values follow their path; new rows are NaN.
+        if self._cgroupfs_paths is table.paths and not self._cgroupfs_young:
+            return dict(self._cgroupfs_cols)
+        # Rows changed since the last read: values follow their path; new rows
+        # and young ones are read now.
         index = {p: i for i, p in enumerate(self._cgroupfs_paths)}
         take = np.array([index.get(p, -1) for p in table.paths], dtype=np.int64)
+        for i in np.flatnonzero(take < 0).tolist():
+            self._cgroupfs_young.setdefault(table.paths[i], every)
+        young = [(i, p) for i, p in enumerate(table.paths) if p in self._cgroupfs_young]
+        fresh = self._cgroupfs.read([p for _, p in young], partial=True) if young else {}
+        rows = np.array([i for i, _ in young], dtype=np.int64)
         known = take >= 0
         out = {}
         for metric, col in self._cgroupfs_cols.items():
             values = np.full(len(table), np.nan)
             values[known] = col[take[known]]
+            if young:
+                values[rows] = fresh[metric]
             out[metric] = values
+        for _, p in young:
+            left = self._cgroupfs_young[p] - 1
+            if left > 0:
+                self._cgroupfs_young[p] = left
+            else:
+                del self._cgroupfs_young[p]
         return out
 
     # --- health and lifetime -----------------------------------------------------------------

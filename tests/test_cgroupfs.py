@@ -97,6 +97,33 @@ def test_counter_reset_is_nan_not_negative(v2_fs):
     assert np.isnan(reader.read(["/a"], t=1.0)["cpu.usage"][0])
 
 
+def test_a_partial_read_keeps_the_others_and_rates_are_per_path(v2_fs):
+    """A new cgroup read between full reads: its rate is over its own two
+    reads, and a later full read still rates the others since their last."""
+    fs, root = v2_fs
+    reader = CgroupfsReader(Layout.detect(fs), metrics=("cpu.usage", "cpu.throttled"))
+    v2_cgroup(root, "/old", usage_us=1_000_000)
+    reader.read(["/old"], t=0.0)
+    v2_cgroup(root, "/new", usage_us=0, periods=0, throttled=0)
+    assert np.isnan(reader.read(["/new"], t=3.0, partial=True)["cpu.throttled"][0])   # a first read
+    v2_cgroup(root, "/new", usage_us=500_000, periods=10, throttled=8)
+    cols = reader.read(["/new"], t=4.0, partial=True)
+    assert cols["cpu.usage"][0] == pytest.approx(0.5) and cols["cpu.throttled"][0] == pytest.approx(0.8)
+    v2_cgroup(root, "/old", usage_us=3_000_000)
+    v2_cgroup(root, "/new", usage_us=1_500_000, periods=20, throttled=18)
+    cols = reader.read(["/old", "/new"], t=10.0)
+    assert cols["cpu.usage"][0] == pytest.approx(2.0 / 10)          # since t=0
+    assert cols["cpu.usage"][1] == pytest.approx(1.0 / 6)           # since t=4
+    assert cols["cpu.throttled"][1] == pytest.approx(1.0)
+
+
+def test_a_partial_read_refuses_exclusive_figures(v2_fs):
+    fs, _ = v2_fs
+    reader = CgroupfsReader(Layout.detect(fs), metrics=("cpu.usage",), exclusive=True)
+    with pytest.raises(ValueError, match="children"):
+        reader.read(["/a"], partial=True)
+
+
 def test_exclusive_subtracts_children(v2_fs):
     fs, root = v2_fs
     reader = CgroupfsReader(Layout.detect(fs), metrics=("cpu.usage",), exclusive=True)
@@ -203,7 +230,7 @@ def test_real_cpu_usage_matches_cpu_stat(make_cgroup):
     proc.wait(timeout=30)
     usage1 = int((cg.v2 / "cpu.stat").read_text().split()[1])
     cols = reader.read([cg.path])
-    dt = reader._prev_t - t0
+    dt = max(reader._prev_t.values()) - t0           # when the second read was made
     assert usage1 - usage0 >= 500_000                 # the loop ran 0.5 s of CPU
     assert cols["cpu.usage"][0] * dt == pytest.approx((usage1 - usage0) / 1e6, rel=0.05, abs=0.01)
     assert cols["mem.current"][0] >= 0 and not np.isnan(cols["mem.current"][0])
