@@ -18,6 +18,7 @@ COMMANDS = {
     "top": "top.app:top",
     "stat": "stat:stat",
     "tags": "tags:tags",
+    "explain": "explain:explain",
     "actions": "actions:actions",
     "rules": "rules:rules",
     "record": "trace:record",

@@ -487,3 +487,18 @@ class Engine:
     def _set_paths(self, paths):
         self._paths = paths
         self._index = {p: i for i, p in enumerate(paths)}
+
+
+def context_for(ruleset: RuleSet, snap: Snapshot, tags: dict[str, dict[str, str]]) -> EvalContext:
+    """An EvalContext over ``snap`` with the tags given ({path: {key: value}}),
+    as the rules saw them: to evaluate expressions after the fact (``tagger
+    explain``) without running the rules' timers."""
+    engine = Engine(ruleset)
+    n = len(snap)
+    view: dict[str, np.ndarray] = {}
+    for row, path in enumerate(snap.cgroups.paths):
+        for key, value in (tags.get(path) or {}).items():
+            codes = view.setdefault(key, np.full(n, _NONE, np.int32))
+            codes[row] = engine._intern(value)
+    engine._view = view
+    return EvalContext(engine, snap)
