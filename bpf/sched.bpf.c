@@ -311,21 +311,38 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 	 * re-queues it (sched_info.last_queued) right after this tracepoint. */
 	bool preempted = prev->pid && prev_state == TASK_RUNNING;
 
-	if (prev->pid && cur->task == (__u64)prev) {
+	if (prev->pid && cur->task) {
 		__u32 victim = cur->slot;
+		__u64 runtime = prev->se.sum_exec_runtime, from = cur->since_ns;
 
-		/* Moved to another cgroup while running (a process entering its
-		 * cgroup right after fork): the kernel charges this slice to the
-		 * new cgroup, and so do we. */
-		if (cur->slot_gen != slot_generation)
+		if (cur->task != (__u64)prev) {
+			/* prev is not the task whose switch-in this CPU saw last:
+			 * on a saturated 6.18 host, a few switch-outs a second
+			 * (with no recursion misses) leave a task that ran without
+			 * a switch-in seen here.  Its slice began where the kernel
+			 * says (se.prev_sum_exec_runtime, set as it was picked),
+			 * or where we credited it when it last left this CPU. */
+			g->switch_unseen++;
+			from = prev->se.prev_sum_exec_runtime;
+			if (cur->out_task == (__u64)prev && cur->out_sum > from)
+				from = cur->out_sum;
+			victim = 0;
 			lookup_slot(storage, prev->cgroups->dfl_cgrp, g, &victim);
+		} else if (cur->slot_gen != slot_generation) {
+			/* Moved to another cgroup while running (a process
+			 * entering its cgroup right after fork): the kernel
+			 * charges this slice to the new cgroup, and so do we. */
+			lookup_slot(storage, prev->cgroups->dfl_cgrp, g, &victim);
+		}
+		cur->out_task = (__u64)prev;
+		cur->out_sum = runtime;
 		s = v = stats_of(cpu, victim);
 		if (s) {
 			/* The kernel's own CPU time (what cgroup cpu.stat sums):
 			 * update_curr() ran in put_prev_task() before this
 			 * tracepoint.  It excludes steal and IRQ time, which the
 			 * rq clock includes. */
-			s->cpu_ns += prev->se.sum_exec_runtime - cur->since_ns;
+			s->cpu_ns += runtime > from ? runtime - from : 0;
 			if (preempted) {
 				s->preempted++;
 				if (cfs_rq_throttled(prev->se.cfs_rq))

@@ -97,7 +97,8 @@ struct tg_global {
 	__u64 task_storage_fail; /* tasks that could not get storage */
 	__u64 storage_busy;      /* cgroup lookups deferred: the storage was busy on this CPU */
 	__u64 culprits_evicted;  /* culprit entries replaced by a newcomer */
-	__u64 _pad[7];           /* two whole cache lines per CPU */
+	__u64 switch_unseen;     /* switch-outs of a task whose switch-in was not seen here */
+	__u64 _pad[6];           /* two whole cache lines per CPU */
 };
 
 /* The task on a CPU: what sched_switch needs of `prev` without a task
@@ -113,7 +114,11 @@ struct tg_oncpu {
 	 * the idle task) and lasted until the next one began. */
 	__u64 seg_start[TG_SEGS];
 	__u32 seg_slot[TG_SEGS];
-	__u32 _pad[8];           /* eight whole cache lines per CPU */
+	/* The task last switched out here and its se.sum_exec_runtime then:
+	 * where its slice is credited from if it runs again unseen. */
+	__u64 out_task;
+	__u64 out_sum;
+	__u32 _pad[4];           /* whole cache lines per CPU */
 };
 
 /* Victim and preemptor cgroup slots, and preemptions: what

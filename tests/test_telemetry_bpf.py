@@ -118,7 +118,9 @@ def test_cpu_time_and_runq_wait_match_the_kernel(collector, make_cgroup):
               f"wait {ours_wait:.4f}s vs run_delay {kernel_wait:.4f}s; health {collector.health()}")
         assert kernel_cpu > 0.05, "the workload did not run"
         assert kernel_wait > 0.5, "two CPUs were not oversubscribed"
-        assert ours_cpu == pytest.approx(kernel_cpu, rel=0.02)
+        # Both from se.sum_exec_runtime: equal but for a slice lost (1-2% low
+        # with both CPUs filled, before unseen switch-ins were credited).
+        assert ours_cpu == pytest.approx(kernel_cpu, rel=0.005)
         assert ours_wait == pytest.approx(kernel_wait, rel=0.05)
     # Five loops on two CPUs preempt each other across the two cgroups.
     assert totals.preempted_by[a.path].get(b.path, 0) > 0
