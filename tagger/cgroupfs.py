@@ -22,14 +22,15 @@ cpu.periods    cpu.stat nr_periods (rate)               cpu/cpu.stat (same key)
 cpu.throttled_ cpu.stat nr_throttled (rate)             cpu/cpu.stat (same key)
   periods
 mem.current    memory.current                           memory.usage_in_bytes
-psi.*.some     {cpu,io,memory}.pressure "some avg10"    (v2 only)
+psi.*.some     {cpu,io,memory}.pressure "some total"    (v2 only)
+                 rate (avg10 on a first read)
 io.*           io.stat rbytes wbytes rios wios dios     blkio.throttle.io_service{_bytes,d}_recursive
 =============  =======================================  ===================================
 
 The kernel's figures are hierarchical (a cgroup's count includes its
 descendants).  ``exclusive=True`` turns the cumulative counters (cpu.usage, io.*)
 into the cgroup's own share by subtracting its direct children's deltas, which
-matches what the BPF programs count per cgroup; gauges (mem.current, psi.*) and
+matches what the BPF programs count per cgroup; gauges (mem.current), psi.* and
 the cpu.throttled figures stay hierarchical, as the kernel defines them.
 """
 
@@ -62,16 +63,17 @@ _NEEDS = {
     "cpu.periods": ("cpu.nr_periods",),
     "cpu.throttled_periods": ("cpu.nr_throttled",),
     "mem.current": ("mem.current",),
-    "psi.cpu.some": ("psi.cpu.some",),
-    "psi.io.some": ("psi.io.some",),
-    "psi.mem.some": ("psi.mem.some",),
+    "psi.cpu.some": ("psi.cpu.some", "psi.cpu.some_total"),
+    "psi.io.some": ("psi.io.some", "psi.io.some_total"),
+    "psi.mem.some": ("psi.mem.some", "psi.mem.some_total"),
     "io.ops": ("io.ops_total",),
     "io.read_bytes": ("io.read_bytes_total",),
     "io.write_bytes": ("io.write_bytes_total",),
 }
 #: Raw fields that are cumulative counters (rates come from their deltas).
 COUNTERS = frozenset({"cpu.usage_s", "cpu.nr_periods", "cpu.nr_throttled",
-                      "io.ops_total", "io.read_bytes_total", "io.write_bytes_total"})
+                      "io.ops_total", "io.read_bytes_total", "io.write_bytes_total",
+                      "psi.cpu.some_total", "psi.io.some_total", "psi.mem.some_total"})
 #: Counters whose own-cgroup share ``exclusive`` computes.
 _EXCLUSIVE = frozenset({"cpu.usage_s", "io.ops_total", "io.read_bytes_total", "io.write_bytes_total"})
 
@@ -101,14 +103,19 @@ def parse_int(field_name: str, scale: float = 1.0):
 
 
 def parse_pressure_some(field_name: str):
-    """PSI "some avg10=1.23 ..." -> fraction (Documentation/accounting/psi.rst)."""
+    """PSI "some avg10=1.23 ... total=N" -> the avg10 fraction and the total
+    stall time in seconds, a counter (Documentation/accounting/psi.rst)."""
     def parse(text: bytes):
+        out = {}
         for line in text.split(b"\n"):
             if line.startswith(b"some "):
                 for kv in line.split()[1:]:
                     if kv.startswith(b"avg10="):
-                        return {field_name: float(kv[6:]) / 100.0}
-        return {}
+                        out[field_name] = float(kv[6:]) / 100.0
+                    elif kv.startswith(b"total="):
+                        out[field_name + "_total"] = int(kv[6:]) * 1e-6
+                break
+        return out
     return parse
 
 
@@ -209,9 +216,9 @@ def plan(layout: Layout, metrics: Iterable[str]) -> tuple[list[FileRead], set[st
         f = f"psi.{res}.some"
         if f in wanted:
             if v2 is not None:
-                want(v2, fname, [f])
+                want(v2, fname, [f, f + "_total"])
             else:
-                missing.add(f)
+                missing.update((f, f + "_total"))
     io_fields = {"io.ops_total", "io.read_bytes_total", "io.write_bytes_total"} & wanted
     if io_fields:
         if io_v == 2:
@@ -241,7 +248,7 @@ def plan(layout: Layout, metrics: Iterable[str]) -> tuple[list[FileRead], set[st
         elif name == "memory.current" or name == "memory.usage_in_bytes":
             parse = parse_int("mem.current")
         elif name.endswith(".pressure"):
-            parse = parse_pressure_some(next(iter(fields)))
+            parse = parse_pressure_some(min(fields))      # "psi.io.some", not its "_total"
         elif name == "io.stat":
             parse = parse_io_stat
         elif name.endswith("io_service_bytes_recursive"):
@@ -382,6 +389,13 @@ class CgroupfsReader:
                 cols[m] = rate("io.read_bytes_total")
             elif m == "io.write_bytes":
                 cols[m] = rate("io.write_bytes_total")
+            elif m.startswith("psi."):
+                # The share of the time since the previous read that some task
+                # stalled (the total's rate): a new cgroup's stall shows within
+                # a tick, where avg10, a 10 s average the kernel updates every
+                # 2 s, takes seconds to rise.  avg10 until there are two reads.
+                share = rate(m + "_total")
+                cols[m] = np.where(np.isnan(share), raw[m], np.clip(share, 0.0, 1.0))
             else:                                # gauges: mem.current, psi.*
                 cols[m] = raw[_NEEDS[m][0]].copy()
         return cols
