@@ -28,6 +28,14 @@ def rules():
           when: cpu.usage > 0.8
           for: 10s
           tags: {resource: cpu-intensive}
+
+    \b
+    `when` reads metrics (cpu.usage, runq.wait.foreign, ...), node.<metric>,
+    macros and functions: min max abs, tag("key") == "value", and over the
+    run-queue wait charged to whoever held the CPU:
+      culprit_of_tagged("runq", "starved")   s/s of starved cgroups' wait it caused
+      culprit_most("runq", "starved")        the top culprit of some starved cgroup
+    (preempts_tagged / preempts_most: deprecated, by preemption count).
     """
 
 
