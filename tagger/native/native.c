@@ -4,6 +4,7 @@
  * caller-owned array.  No Python runs per event, and nothing here allocates
  * per tick. */
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -376,11 +377,20 @@ int tg_drain(struct tg_handle *h, struct tg_event *out, uint32_t cap)
 	return (int)h->drain_n;
 }
 
-/* Every CPU's preemptor tables of slots [0, nslots), zeroed as they are
- * read (a preemption counted between the read and the zeroing is lost: the
- * price of taking no lock).  Returns the number of pairs written; the same
- * pair may appear once per CPU. */
-int tg_read_pairs(struct tg_handle *h, struct tg_pair *out, uint32_t nslots, uint32_t cap)
+/* One per-row top-K table of struct tg_cg_stats: `k` entries of a u32
+ * cgroup slot at `who_off` and a counter of `val_size` bytes (u32 or u64) at
+ * `val_off`. */
+struct top_table {
+	size_t who_off, val_off, val_size;
+	int k;
+};
+
+/* Every CPU's `t` tables of slots [0, nslots) into (victim, who, value)
+ * triples, zeroed as they are read (a count added between the read and the
+ * zeroing is lost: the price of taking no lock).  Returns the number written;
+ * the same pair may appear once per CPU. */
+static int read_top(struct tg_handle *h, const struct top_table *t, struct tg_pair *out,
+		    uint32_t nslots, uint32_t cap)
 {
 	uint32_t n = 0;
 
@@ -390,53 +400,51 @@ int tg_read_pairs(struct tg_handle *h, struct tg_pair *out, uint32_t nslots, uin
 		struct tg_cg_stats *row = h->stats + (size_t)cpu * h->max_slots;
 
 		for (uint32_t i = 0; i < nslots; i++) {
-			for (int k = 0; k < TG_TOP_PREEMPTORS; k++) {
-				uint32_t count = row[i].preempt_count[k];
+			char *base = (char *)&row[i];
 
-				if (!count)
+			for (int k = 0; k < t->k; k++) {
+				char *val = base + t->val_off + (size_t)k * t->val_size;
+				uint64_t v = 0;
+
+				memcpy(&v, val, t->val_size);       /* little-endian, as BPF's */
+				if (!v)
 					continue;
 				if (n == cap)
 					return (int)n;
 				out[n].victim = i;
-				out[n].preemptor = row[i].preemptor[k];
-				out[n].count = count;
+				memcpy(&out[n].preemptor, base + t->who_off + (size_t)k * sizeof(uint32_t),
+				       sizeof(uint32_t));
+				out[n].count = v;
 				n++;
-				row[i].preempt_count[k] = 0;
+				memset(val, 0, t->val_size);
 			}
 		}
 	}
 	return (int)n;
 }
 
-/* Every CPU's culprit tables of slots [0, nslots), zeroed as they are read,
- * like tg_read_pairs.  Returns the number written; the same (victim,
- * culprit) may appear once per CPU. */
+#define TOP_TABLE(who, val, k) { offsetof(struct tg_cg_stats, who), offsetof(struct tg_cg_stats, val), \
+				 sizeof(((struct tg_cg_stats *)0)->val[0]), (k) }
+
+/* Who preempted each cgroup, and how often. */
+int tg_read_pairs(struct tg_handle *h, struct tg_pair *out, uint32_t nslots, uint32_t cap)
+{
+	static const struct top_table preemptors = TOP_TABLE(preemptor, preempt_count, TG_TOP_PREEMPTORS);
+
+	return read_top(h, &preemptors, out, nslots, cap);
+}
+
+/* Who held the CPU while each cgroup waited, and for how long (ns).
+ * struct tg_culprit has tg_pair's layout. */
 int tg_read_culprits(struct tg_handle *h, struct tg_culprit *out, uint32_t nslots, uint32_t cap)
 {
-	uint32_t n = 0;
+	static const struct top_table culprits = TOP_TABLE(culprit, culprit_ns, TG_TOP_CULPRITS);
+	_Static_assert(sizeof(struct tg_culprit) == sizeof(struct tg_pair) &&
+		       offsetof(struct tg_culprit, culprit) == offsetof(struct tg_pair, preemptor) &&
+		       offsetof(struct tg_culprit, wait_ns) == offsetof(struct tg_pair, count),
+		       "tg_culprit and tg_pair share a layout");
 
-	if (nslots > h->max_slots)
-		nslots = h->max_slots;
-	for (int cpu = 0; cpu < h->ncpus; cpu++) {
-		struct tg_cg_stats *row = h->stats + (size_t)cpu * h->max_slots;
-
-		for (uint32_t i = 0; i < nslots; i++) {
-			for (int k = 0; k < TG_TOP_CULPRITS; k++) {
-				uint64_t ns = row[i].culprit_ns[k];
-
-				if (!ns)
-					continue;
-				if (n == cap)
-					return (int)n;
-				out[n].victim = i;
-				out[n].culprit = row[i].culprit[k];
-				out[n].wait_ns = ns;
-				n++;
-				row[i].culprit_ns[k] = 0;
-			}
-		}
-	}
-	return (int)n;
+	return read_top(h, &culprits, (struct tg_pair *)out, nslots, cap);
 }
 
 int tg_slot_push(struct tg_handle *h, uint32_t slot)
