@@ -21,13 +21,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 import pytest
 
-from tests.bpf_helpers import BUSY_LOOP, is_stopped, thread_run_delays
+from tests.bpf_helpers import BUSY_LOOP, thread_run_delays
 from tests.cgroup_fixture import wait_for
-from tests.test_telemetry_bpf import _stop_all, collector  # noqa: F401 (the fixture)
+from tests.test_telemetry_bpf import Totals, _stop_all, collector  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.bpf
 
@@ -49,28 +48,23 @@ QUOTA = 0.02
 HEAVY, LIGHT = 400, 100
 
 
-class WaitTotals:
-    """A cgroup's wait, its causes and its culprits, summed over ticks."""
+class WaitTotals(Totals):
+    """Totals plus a cgroup's wait by cause and its culprits."""
 
     def __init__(self, coll, paths):
-        self.coll = coll
-        self.paths = paths
-        self.wait = dict.fromkeys(paths, 0.0)
-        self.cpu = dict.fromkeys(paths, 0.0)
+        super().__init__(coll, paths)
         self.cause = {p: dict.fromkeys(CAUSES, 0.0) for p in paths}
         self.by: dict[str, dict[str, float]] = {p: {} for p in paths}
         self.elapsed = 0.0           # seconds the ticks covered (a slow VM stretches a window)
 
     def tick(self):
-        snap = self.coll.tick()
+        snap = super().tick()
         self.elapsed += snap.dt
         assert snap.node["cpu.steal"] >= 0              # /proc/stat, a node column
         for p in self.paths:
             i = snap.cgroups.index(p)
             if i is None:
                 continue
-            self.wait[p] += snap.columns["runq.wait"][i] * snap.dt
-            self.cpu[p] += snap.columns["cpu.usage"][i] * snap.dt
             for c in CAUSES:
                 self.cause[p][c] += snap.columns[f"runq.wait.{c}"][i] * snap.dt
             demand = snap.columns["cpu.demand"][i]
@@ -82,16 +76,10 @@ class WaitTotals:
                 self.by[vp][cp] = self.by[vp].get(cp, 0.0) + wait * snap.dt
         return snap
 
-    def run(self, seconds, interval=0.5):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            time.sleep(interval)
-            self.tick()
-
     def report(self, p):
         parts = ", ".join(f"{c} {self.cause[p][c]:.4f}" for c in CAUSES)
         by = {k.rsplit("/", 1)[-1]: round(v, 4) for k, v in self.by[p].items()}
-        return f"{p}: over {self.elapsed:.2f}s cpu {self.cpu[p]:.3f}s wait {self.wait[p]:.4f}s = {parts}; by {by}"
+        return f"{p}: over {self.elapsed:.2f}s cpu {self.cpu_s[p]:.3f}s wait {self.wait_s[p]:.4f}s = {parts}; by {by}"
 
 
 def _set_weight(cg, weight: int):
@@ -130,15 +118,15 @@ def test_foreign_wait_is_charged_to_neighbours_by_their_cpu_use(collector, make_
     v = victim.path
     kernel_wait = thread_run_delays(pids) * 1e-9
     assert kernel_wait > 0.05, "the victim did not wait"
-    assert totals.wait[v] == pytest.approx(kernel_wait, rel=0.05)
+    assert totals.wait_s[v] == pytest.approx(kernel_wait, rel=0.05)
     # Every nanosecond charged once: the causes sum to the wait.
     for p in paths:
-        assert sum(totals.cause[p].values()) == pytest.approx(totals.wait[p], rel=0.02, abs=1e-4)
+        assert sum(totals.cause[p].values()) == pytest.approx(totals.wait_s[p], rel=0.02, abs=1e-4)
     # Its neighbours held the CPU: foreign, not self (it has one task) nor throttled (no quota).
-    assert totals.cause[v]["foreign"] > 0.5 * totals.wait[v]
+    assert totals.cause[v]["foreign"] > 0.5 * totals.wait_s[v]
     assert totals.cause[v]["throttled"] == 0.0
     # The culprits: charged by the wait they caused, ordered as their CPU use.
-    assert totals.cpu[busy.path] > 1.5 * totals.cpu[light.path] > 0.02
+    assert totals.cpu_s[busy.path] > 1.5 * totals.cpu_s[light.path] > 0.02
     by = totals.by[v]
     assert by.get(busy.path, 0.0) > by.get(light.path, 0.0) > 0.0
     # The top culprits are a part of the foreign wait, never more.
@@ -200,41 +188,26 @@ def _kill_throttled(cg):
 
 
 def _measure_a_capped_loop(collector, capped):
-    totals = WaitTotals(collector, [capped.path])
-    totals.tick()
-    totals.elapsed = 0.0
-    capped.spawn(["taskset", "-c", str(os.cpu_count() - 1)] + BUSY_LOOP)
-    wait_for(lambda: _nr_throttled(capped) >= 2, what="the quota to throttle")
-    totals.run(WINDOW)
-    # Stopped under its quota: a throttled task must run to stop (see _kill_throttled).
-    pids = capped.pids()
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    wait_for(lambda: all(is_stopped(pid) for pid in pids), timeout=60, what="the capped loop to stop")
-    totals.tick()
+    totals = _run_capped(collector, capped, BUSY_LOOP)
     p = capped.path
-    print(totals.report(p), "nr_throttled", _nr_throttled(capped),
-          "kernel throttled %.4fs" % _throttled_seconds(capped))
-
-    assert totals.cpu[p] == pytest.approx(QUOTA * totals.elapsed, rel=0.5)
-    assert sum(totals.cause[p].values()) == pytest.approx(totals.wait[p], rel=0.02)
+    assert totals.cpu_s[p] == pytest.approx(QUOTA * totals.elapsed, rel=0.5)
     # Runnable ~98% of the time, held back by its own quota: throttled, not
     # a neighbour.  After each unthrottle it may still wait behind whatever
     # else runs on that CPU (foreign, on a busy host some of it).
-    assert totals.wait[p] > 0.5 * totals.elapsed
+    assert totals.wait_s[p] > 0.5 * totals.elapsed
     cause = totals.cause[p]
     if _kernel_at_least(6, 8):
         # The throttle's end is the kernel's own throttled time (6.8+): the
         # two agree, whether the loop left the CPU at the throttle or blocked
         # as the quota ran out (a page fault) and woke into it.
         _assert_within_kernel_throttle(cause["throttled"], capped)
-        assert cause["throttled"] > 0.6 * totals.wait[p]
+        assert cause["throttled"] > 0.6 * totals.wait_s[p]
     else:
         # Before 6.8 a throttle is taken to last until the cgroup's next task
         # runs on that CPU, and an idle stretch the ring did not see it begin
         # is "other" (6.1 with the forced 5.15 programs: throttled 3.4 s,
         # other 2.3 s of 5.9 s): the quota is still the largest cause.
-        assert cause["throttled"] > max(cause["other"], cause["self"], 0.4 * totals.wait[p])
+        assert cause["throttled"] > max(cause["other"], cause["self"], 0.4 * totals.wait_s[p])
     assert cause["foreign"] < cause["throttled"] / 2
 
 
@@ -245,29 +218,34 @@ def test_a_sleeper_under_a_quota_is_charged_its_throttled_time(collector, make_c
     throttled time (6.8+); before, the largest part is throttled."""
     capped = make_cgroup("sleeper", controllers=("cpu",))
     _set_quota(capped, 0.05, period_us=100_000)
-    totals = WaitTotals(collector, [capped.path])
-    totals.tick()
-    totals.elapsed = 0.0
-    capped.spawn(["taskset", "-c", str(os.cpu_count() - 1)] + INTERACTIVE)
-    wait_for(lambda: _nr_throttled(capped) >= 2, what="the quota to throttle")
-    totals.run(WINDOW)
-    pids = capped.pids()
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: all(is_stopped(pid) for pid in pids), timeout=60, what="the sleeper to stop")
-        totals.tick()
-        p = capped.path
-        print(totals.report(p), "nr_throttled", _nr_throttled(capped),
-              "kernel throttled %.4fs" % _throttled_seconds(capped))
-        cause = totals.cause[p]
-        assert sum(cause.values()) == pytest.approx(totals.wait[p], rel=0.02)
+        totals = _run_capped(collector, capped, INTERACTIVE)
+        cause = totals.cause[capped.path]
         if _kernel_at_least(6, 8):
             _assert_within_kernel_throttle(cause["throttled"], capped)
         else:
-            assert cause["throttled"] > 0.4 * totals.wait[p]
+            assert cause["throttled"] > 0.4 * totals.wait_s[capped.path]
     finally:
         _kill_throttled(capped)
+
+
+def _run_capped(collector, capped, argv) -> WaitTotals:
+    """``argv`` on the last CPU in ``capped`` (its quota set) from before its
+    start until it is stopped, once the quota has bound twice; the four causes
+    sum to the wait."""
+    totals = WaitTotals(collector, [capped.path])
+    totals.tick()
+    totals.elapsed = 0.0
+    capped.spawn(["taskset", "-c", str(os.cpu_count() - 1)] + argv)
+    wait_for(lambda: _nr_throttled(capped) >= 2, what="the quota to throttle")
+    totals.run(WINDOW)
+    _stop_all([capped], timeout=60)       # a throttled task must run to stop
+    totals.tick()
+    p = capped.path
+    print(totals.report(p), "nr_throttled", _nr_throttled(capped),
+          "kernel throttled %.4fs" % _throttled_seconds(capped))
+    assert sum(totals.cause[p].values()) == pytest.approx(totals.wait_s[p], rel=0.02)
+    return totals
 
 
 def _assert_within_kernel_throttle(throttled: float, cg):
@@ -304,8 +282,8 @@ def test_tasks_of_one_cgroup_wait_behind_each_other_as_self(collector, make_cgro
     p = pair.path
     print(totals.report(p))
     c = totals.cause[p]
-    assert totals.wait[p] > 0.3 * totals.elapsed
-    assert sum(c.values()) == pytest.approx(totals.wait[p], rel=0.02)
+    assert totals.wait_s[p] > 0.3 * totals.elapsed
+    assert sum(c.values()) == pytest.approx(totals.wait_s[p], rel=0.02)
     assert c["throttled"] == 0.0
-    assert 0.2 * totals.cpu[p] < c["self"] < 1.02 * totals.cpu[p]
+    assert 0.2 * totals.cpu_s[p] < c["self"] < 1.02 * totals.cpu_s[p]
     assert p not in totals.by[p]                   # never its own culprit

@@ -85,13 +85,14 @@ def _usage_usec(cg) -> int:
     raise AssertionError("no usage_usec in cpu.stat")
 
 
-def _stop_all(cgs):
+def _stop_all(cgs, timeout=10.0):
     """SIGSTOP every task: each must run once more to stop, which closes its
-    last wait and slice in both the kernel's accounting and ours."""
+    last wait and slice in both the kernel's accounting and ours (a task
+    under a quota must wait for its unthrottle first: give it a timeout)."""
     pids = [pid for cg in cgs for pid in cg.pids()]
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
-    wait_for(lambda: all(is_stopped(pid) for pid in pids), what="workloads to stop")
+    wait_for(lambda: all(is_stopped(pid) for pid in pids), timeout=timeout, what="workloads to stop")
     return pids
 
 
