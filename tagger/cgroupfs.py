@@ -23,7 +23,7 @@ cpu.throttled_ cpu.stat nr_throttled (rate)             cpu/cpu.stat (same key)
   periods
 mem.current    memory.current                           memory.usage_in_bytes
 psi.*.some     {cpu,io,memory}.pressure "some total"    (v2 only)
-                 rate (avg10 on a first read)
+                 rate, at least avg10
 io.*           io.stat rbytes wbytes rios wios dios     blkio.throttle.io_service{_bytes,d}_recursive
 =============  =======================================  ===================================
 
@@ -393,9 +393,12 @@ class CgroupfsReader:
                 # The share of the time since the previous read that some task
                 # stalled (the total's rate): a new cgroup's stall shows within
                 # a tick, where avg10, a 10 s average the kernel updates every
-                # 2 s, takes seconds to rise.  avg10 until there are two reads.
-                share = rate(m + "_total")
-                cols[m] = np.where(np.isnan(share), raw[m], np.clip(share, 0.0, 1.0))
+                # 2 s, takes seconds to rise.  Never below avg10: over one tick
+                # the rate swings (0.56, 0.12, 0.23, 0.0 for a writer stalled
+                # steadily), and a tick that caught none must not erase a stall
+                # the 10 s average still shows.  avg10 until there are two reads.
+                share = np.clip(rate(m + "_total"), 0.0, 1.0)
+                cols[m] = np.where(np.isnan(share), raw[m], np.fmax(share, raw[m]))
             else:                                # gauges: mem.current, psi.*
                 cols[m] = raw[_NEEDS[m][0]].copy()
         return cols

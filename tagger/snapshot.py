@@ -62,9 +62,9 @@ METRICS: dict[str, Metric] = dict([
     _m("cpu.throttled_periods", "1/s", "CFS quota periods throttled per second (cpu.stat nr_throttled)",
        "cgroupfs"),
     _m("mem.current", "bytes", "memory charged to the cgroup", "cgroupfs"),
-    _m("psi.cpu.some", "fraction", "share of time some task stalled on CPU since the previous read (PSI total; avg10 on a first read)", "cgroupfs"),
-    _m("psi.io.some", "fraction", "share of time some task stalled on I/O since the previous read (PSI total; avg10 on a first read)", "cgroupfs"),
-    _m("psi.mem.some", "fraction", "share of time some task stalled on memory since the previous read (PSI total; avg10 on a first read)", "cgroupfs"),
+    _m("psi.cpu.some", "fraction", "share of time some task stalled on CPU since the previous read (PSI total), at least its avg10", "cgroupfs"),
+    _m("psi.io.some", "fraction", "share of time some task stalled on I/O since the previous read (PSI total), at least its avg10", "cgroupfs"),
+    _m("psi.mem.some", "fraction", "share of time some task stalled on memory since the previous read (PSI total), at least its avg10", "cgroupfs"),
 ])
 
 #: Node-level values (``node.<name>`` in rules).  Per-cgroup metrics summed or

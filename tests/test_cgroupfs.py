@@ -159,7 +159,8 @@ def hybrid_cgroup(root, rel, usage_ns, periods, throttled, read_b, write_b, ops_
 
 def test_psi_is_the_share_of_time_stalled_since_the_previous_read(v2_fs):
     """PSI "some total" (us) as a rate: a stall shows at the next read, where
-    avg10 (a 10 s average) would take seconds to rise; avg10 on a first read."""
+    avg10 (a 10 s average) would take seconds to rise; never below avg10;
+    avg10 on a first read."""
     fs, root = v2_fs
     reader = CgroupfsReader(Layout.detect(fs), metrics=("psi.io.some",))
     write(root, "/w", "io.pressure", "some avg10=1.00 avg60=0 avg300=0 total=1000000\n"
@@ -168,6 +169,10 @@ def test_psi_is_the_share_of_time_stalled_since_the_previous_read(v2_fs):
     write(root, "/w", "io.pressure", "some avg10=4.00 avg60=0 avg300=0 total=1600000\n"
                                      "full avg10=0.00 avg60=0 avg300=0 total=0\n")
     assert reader.read(["/w"], t=1.0)["psi.io.some"][0] == pytest.approx(0.6)
+    # A read interval with no growth of the total: the 10 s average still holds.
+    write(root, "/w", "io.pressure", "some avg10=20.00 avg60=0 avg300=0 total=1600000\n"
+                                     "full avg10=0.00 avg60=0 avg300=0 total=0\n")
+    assert reader.read(["/w"], t=2.0)["psi.io.some"][0] == pytest.approx(0.2)
 
 
 def test_hybrid_reads_v1_controllers(tmp_path):
@@ -191,7 +196,7 @@ def test_hybrid_reads_v1_controllers(tmp_path):
     assert cols["mem.current"][0] == 1048576
     assert cols["io.read_bytes"][0] == 2048 and cols["io.write_bytes"][0] == 4096
     assert cols["io.ops"][0] == 1.5
-    assert cols["psi.cpu.some"][0] == 0.0            # its total did not grow between the reads
+    assert cols["psi.cpu.some"][0] == pytest.approx(0.03)   # its total did not grow: avg10
     assert np.isnan(cols["psi.io.some"][0])          # io.pressure absent in this fixture
 
 
