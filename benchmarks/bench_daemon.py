@@ -1,8 +1,9 @@
 """Steady-state CPU of `tagger run` at a 1 s tick with 1,000 live cgroups.
 
-Runs the real command in a subprocess (dry run: it decides but writes no
-knobs) and reads its utime + stime from /proc/PID/stat (every thread) over the
-measurement window, twice in the same run:
+Runs the real command in a subprocess (benchmarks/agent.py; dry run: it
+decides but writes no knobs) and reads its CPU time from the scheduler's own
+per-thread counts (/proc/PID/task/*/schedstat) over the measurement window,
+twice in the same run:
 
   baseline   the machine's own cgroups only
   loaded     plus 1,000 cgroups under /tagger-bench-<pid>/ (v2, and the v1
@@ -23,8 +24,6 @@ import argparse
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tagger.api import ApiClient  # noqa: E402
+from benchmarks.agent import Agent as UserAgent  # noqa: E402
 from tests.cgroup_fixture import _rmdir_tree, v1_root, v2_root, wait_for  # noqa: E402
 
 RULES = """
@@ -56,14 +55,6 @@ rules:
       cpu: {max: 0.5}
 """
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process (all its threads), seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK     # fields 14 and 15 of proc(5)
 
 
 class BenchCgroups:
@@ -105,41 +96,15 @@ class BenchCgroups:
             _rmdir_tree(root / self.prefix)
 
 
-class Agent:
+class Agent(UserAgent):
+    """The agent with the benchmark's rules, its own CPU measured."""
+
     def __init__(self, workdir: Path, cgroupfs_only: bool, scrape: float = 0.0):
-        self.sock = str(workdir / "tagger.sock")
+        super().__init__(workdir, rules=RULES, extra=("--cgroupfs-only",) if cgroupfs_only else ())
         self.scrape = scrape
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.metrics_url = f"http://127.0.0.1:{s.getsockname()[1]}/metrics"
-        rules = workdir / "rules"
-        rules.mkdir(mode=0o755)
-        (rules / "10-bench.yaml").write_text(RULES)
-        os.chmod(rules / "10-bench.yaml", 0o644)
-        argv = [sys.executable, "-m", "tagger.cli.main", "run", "--rules", str(rules), "--interval", "1s",
-                "--socket", self.sock, "--metrics", self.metrics_url.split("/")[2], "--state-dir", str(workdir / "state"),
-                "--dry-run", "--log-level", "warning"]
-        if cgroupfs_only:
-            argv.append("--cgroupfs-only")
-        self.log = open(workdir / "agent.log", "w")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def health(self) -> dict:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"tagger run exited with {self.proc.returncode}")
-        try:
-            with ApiClient(self.sock, timeout=5) as c:
-                return c.request("health") or {}
-        except Exception:
-            return {}
-
-    def wait_ticks(self, n: int, timeout: float = 60):
-        start = self.health().get("ticks", 0) if os.path.exists(self.sock) else 0
-        wait_for(lambda: self.health().get("ticks", 0) >= start + n, timeout=timeout, interval=0.2,
-                 what=f"{n} ticks")
 
     def measure(self, seconds: float) -> dict:
-        h0, c0, t0 = self.health(), cpu_seconds(self.proc.pid), time.monotonic()
+        h0, c0, t0 = self.health(), self.cpu_seconds(), time.monotonic()
         tick_walls, stages = [], {}
         next_scrape = t0 + self.scrape if self.scrape else math.inf
         scrape_bytes = 0
@@ -153,22 +118,12 @@ class Agent:
             tick_walls.append(h.get("tick_seconds", float("nan")))
             for k, v in (h.get("tick_stage_seconds") or {}).items():
                 stages.setdefault(k, []).append(v)
-        h1, c1, t1 = self.health(), cpu_seconds(self.proc.pid), time.monotonic()
+        h1, c1, t1 = self.health(), self.cpu_seconds(), time.monotonic()
         return {"cpu_share": (c1 - c0) / (t1 - t0), "seconds": t1 - t0, "cgroups": h1.get("cgroups"),
                 "ticks": h1.get("ticks", 0) - h0.get("ticks", 0), "source": h1.get("source"),
                 "tick_seconds": sorted(tick_walls)[len(tick_walls) // 2] if tick_walls else float("nan"),
                 "jitter_max": h1.get("tick_jitter_max_seconds"), "overruns": h1.get("overruns"),
                 "stages": {k: sum(v) / len(v) for k, v in stages.items()}, "scrape_bytes": scrape_bytes}
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
 
 
 def report(name, m):
@@ -197,7 +152,7 @@ def main():
     agent = None
     try:
         agent = Agent(workdir, args.cgroupfs_only, args.scrape)
-        wait_for(lambda: agent.health().get("ticks", 0) >= 3, timeout=60, interval=0.2, what="agent up")
+        agent.wait_ready()
         base = agent.measure(args.baseline_seconds)
         report("baseline", base)
         t0 = time.monotonic()
@@ -216,7 +171,7 @@ def main():
         if agent is not None:
             agent.stop()
             if agent.proc.returncode not in (0, None):
-                print((workdir / "agent.log").read_text()[-3000:], file=sys.stderr)
+                print(agent.log_tail(), file=sys.stderr)
         cgroups.remove()
         shutil.rmtree(workdir, ignore_errors=True)
 

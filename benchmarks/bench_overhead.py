@@ -78,14 +78,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.agent import Agent, at_nice, task_cpu  # noqa: E402
 from benchmarks.scrape_byte_names import free_port  # noqa: E402
-from tagger.api import ApiClient, ApiError  # noqa: E402
 from tagger.native.probes import EmptyPrograms, bpf_stats_enabled  # noqa: E402
 
 CONDITIONS = ("none", "empty", "agent")
@@ -99,72 +98,12 @@ BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 PIPE_PAUSE = 0.15
 
 
-def at_nice(nice: int):
-    """A preexec_fn giving the child an absolute nice value."""
-    return lambda: os.setpriority(os.PRIO_PROCESS, 0, nice)
-
-
 def at_fifo(priority: int):
     """A preexec_fn putting the child in SCHED_FIFO at ``priority``."""
     return lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
 
 
 # --- the things a round starts ----------------------------------------------------------
-class Agent:
-    """`tagger run --dry-run` as a user would run it, ready once it has ticked."""
-
-    def __init__(self, workdir: Path, interval: str = "1s", nice: int = 0):
-        self.dir = Path(tempfile.mkdtemp(prefix="agent-", dir=workdir))
-        self.sock = str(self.dir / "tagger.sock")
-        self.port = free_port()
-        self.log_path = self.dir / "agent.log"
-        argv = [sys.executable, "-m", "tagger.cli.main", "run", "--dry-run", "--interval", interval,
-                "--metrics", f"127.0.0.1:{self.port}", "--socket", self.sock,
-                "--state-dir", str(self.dir / "state"), "--log-level", "warning"]
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=ROOT, preexec_fn=at_nice(nice))
-
-    def health(self) -> dict:
-        try:
-            with ApiClient(self.sock, timeout=2) as c:
-                return c.request("health") or {}
-        except (ApiError, OSError):
-            return {}
-
-    def wait_ready(self, ticks: int = 3, timeout: float = 60.0) -> dict:
-        """Its health once it has ticked ``ticks`` times (start-up is not what we measure)
-        and its exposition answers; raises if it exited or never got there."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tagger run exited with {self.proc.returncode}:\n"
-                                   + self.log_path.read_text()[-3000:])
-            h = self.health()
-            if h.get("ticks", 0) >= ticks:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
-                    r.read()
-                return h
-            time.sleep(0.2)
-        raise TimeoutError(f"tagger run did not tick {ticks} times in {timeout:.0f}s")
-
-    def cpu_seconds(self) -> float:
-        """CPU time of the agent so far (its own tick, not the BPF programs' time,
-        which is charged to the tasks that switch)."""
-        return task_cpu(self.proc.pid)
-
-    def close(self):
-        """SIGTERM (the agent undoes what it did; --dry-run did nothing), then wait."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 class RedisServer:
     """redis-server on 127.0.0.1:<free port>, data in a temp dir, no RDB and no AOF."""
 
@@ -249,18 +188,6 @@ def redis_run(server: "RedisServer", args, cpu: str | None, agent: Agent | None 
     return rps
 
 
-def task_cpu(pid: int) -> float:
-    """CPU seconds of all of a process's threads, from the scheduler's own ns counts
-    (/proc/PID/task/TID/schedstat), not the 10 ms ticks of /proc/PID/stat."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, IndexError, ValueError):     # a thread that just exited
-            pass
-    return total / 1e9
-
-
 def others_on_sched_switch() -> int:
     """BPF links on sched_switch now (other people's agents and tests on this shared
     host): each adds its own cost to every condition alike, and the first one already
@@ -341,7 +268,7 @@ def run(args, log=print) -> dict:
                     block_start = time.monotonic()
                     try:
                         if cond == "agent":
-                            agent = Agent(workdir, args.interval, args.nice + AGENT_NICE)
+                            agent = Agent(workdir, interval=args.interval, nice=args.nice + AGENT_NICE)
                             h = agent.wait_ready()
                             if h.get("source") not in (None, "bpf"):
                                 raise RuntimeError(f"the agent runs without BPF (source {h.get('source')!r})")
@@ -362,7 +289,7 @@ def run(args, log=print) -> dict:
                         if empty is not None:
                             empty.close()
                         if agent is not None:
-                            agent.close()
+                            agent.stop()
                 f = rnd[bench]
                 if bench == "pipe":
                     log(f"pipe round {i + 1}/{args.rounds} ({' '.join(rnd['order'])}): ops/s "
@@ -438,13 +365,13 @@ def account(args, workdir: Path, server: RedisServer, pipe_cpu, redis_client_cpu
     with bpf_stats_enabled():
         with EmptyPrograms(wakeup=False) as empty:
             empty_fig = measure(lambda: sum(t for t, _ in empty.prog_stats().values()))
-        agent = Agent(workdir, args.interval, args.nice + AGENT_NICE)
+        agent = Agent(workdir, interval=args.interval, nice=args.nice + AGENT_NICE)
         try:
             agent.wait_ready()
             ours = programs_held_by(agent.proc.pid)
             agent_fig = measure(lambda: sum(p.get("run_time_ns", 0) for i, p in tg_programs().items() if i in ours))
         finally:
-            agent.close()
+            agent.stop()
     out = {}
     for bench in ("pipe", "redis"):
         e, a = empty_fig[bench], agent_fig[bench]

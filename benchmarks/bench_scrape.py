@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.agent import Agent as UserAgent  # noqa: E402
 from tagger.api import ApiClient  # noqa: E402
 from tests.cgroup_fixture import _rmdir_tree, v1_root, v2_root, wait_for  # noqa: E402
 
@@ -115,36 +115,11 @@ class EmptyCgroups:
             _rmdir_tree(root / self.prefix)
 
 
-class Agent:
-    def __init__(self, workdir: Path):
-        self.sock = str(workdir / "tagger.sock")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.metrics_url = f"http://127.0.0.1:{s.getsockname()[1]}/metrics"
-        rules = workdir / "rules"
-        rules.mkdir(mode=0o755)
-        (rules / "10-bench.yaml").write_text(RULES)
-        os.chmod(rules / "10-bench.yaml", 0o644)
-        argv = [sys.executable, "-m", "tagger.cli.main", "run", "--rules", str(rules),
-                "--interval", f"{INTERVAL}s", "--socket", self.sock,
-                "--metrics", self.metrics_url.split("/")[2], "--state-dir", str(workdir / "state"),
-                "--dry-run", "--log-level", "warning"]
-        self.log = open(workdir / "agent.log", "w")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
-        self.client = None
+class Agent(UserAgent):
+    """The agent with the benchmark's rules, watched tick by tick."""
 
-    def health(self) -> dict:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"tagger run exited with {self.proc.returncode}")
-        try:
-            if self.client is None:
-                self.client = ApiClient(self.sock, timeout=10)
-            return self.client.request("health") or {}
-        except Exception:
-            if self.client is not None:
-                self.client.close()
-            self.client = None
-            return {}
+    def __init__(self, workdir: Path):
+        super().__init__(workdir, rules=RULES, interval=f"{INTERVAL}s")
 
     def ticks(self, seconds: float) -> dict:
         """Watch every tick for ``seconds``: the longest, how many, how many unseen."""
@@ -169,18 +144,6 @@ class Agent:
                 "overruns": h.get("overruns", 0) - start_over, "max_tick": max(walls, default=float("nan")),
                 "median_tick": sorted(walls)[len(walls) // 2] if walls else float("nan"),
                 "unseen": unseen, "cgroups": h.get("cgroups")}
-
-    def stop(self):
-        if self.client is not None:
-            self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()         # SIGTERM: the agent reverts and exits
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
 
 
 def scrape_phase(agent: Agent, scrapers: int, processes: int, seconds: float) -> dict:
@@ -372,10 +335,10 @@ def main():
         if agent is not None:
             agent.stop()
             if agent.proc.returncode not in (0, None):
-                print((workdir / "agent.log").read_text()[-3000:], file=sys.stderr)
+                print(agent.log_tail(), file=sys.stderr)
         cgroups.remove()
-        if args.keep_log:
-            shutil.copy(workdir / "agent.log", args.keep_log)
+        if args.keep_log and agent is not None:
+            shutil.copy(agent.log_path, args.keep_log)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
