@@ -16,7 +16,11 @@ Each tick:
    normalised by Σ_r importance(r) so it lies in [0, 1]: l's share of the load
    on the resources that hurt W, weighted by how much each hurts.  load is
    ``cpu.usage`` for cpu and read+write bytes/s for io; load(r) sums over the
-   protected and throttled cgroups.
+   protected and throttled cgroups.  Where the collector attributes W's
+   run-queue wait (``runq.wait.foreign`` known), the CPU's share is instead
+   l's share of W's foreign wait charged to it (``runq.wait.by``), and only a
+   cgroup charged at least CULPRIT_SHARE of it counts: the one that held the
+   CPU while W waited, not every cgroup that ran (:func:`charged`).
 4. If ``miss > 1``, each l with interference > 0 and no step under judgment
    takes one **step**: the next lever of the ladder for the resource that
    matters most to W (below), or, on a lever it keeps, a further cut by
@@ -53,9 +57,14 @@ A window that cannot finish (W stopped, l left, everything dropped) is
 *unjudged*.  The outcomes are counted in :attr:`LatencySlo.counts` and the
 recent ones kept in :attr:`LatencySlo.outcomes`.
 
-Demotions that helped are kept while there is anything to protect.  When no
-protected cgroup ran a task for ``hold`` ticks, nothing is left to protect and
-every limit is dropped at once rather than released step by step.
+Demotions that helped are kept while there is anything to protect and l
+goes on wanting the CPU.  A culprit that stops (its ``cpu.demand``, known
+where the run-queue wait is, under STOPPED times what it was at its first
+CPU step for ``hold`` ticks in a row) gets its CPU levers back at once: the
+next cgroup to hog the CPU is the next culprit, and the last one's light
+work must not wait behind it at the lowest weight.  When no protected cgroup
+ran a task for ``hold`` ticks, nothing is left to protect and every limit is
+dropped at once rather than released step by step.
 
 Two additions to the seed algorithm keep it from sitting on the target (the
 proportional throttle vanishes as miss -> 1 while each release adds β; a
@@ -103,6 +112,13 @@ CPUSET_HEADROOM = 1.5
 #: With wait attribution, neighbours are the CPU cause only when they hold at
 #: least this share of W's run-queue wait (the rest: its own tasks, the host).
 FOREIGN_SHARE = 0.5
+#: With wait attribution, a neighbour counts as a CPU culprit of W only when
+#: charged at least this share of W's foreign run-queue wait (runq.wait.by):
+#: a neighbour running light work is charged a little of it too.
+CULPRIT_SHARE = 0.2
+#: A culprit whose CPU demand fell under this share of its demand at its
+#: first CPU step, ``hold`` ticks in a row, has stopped: its CPU levers go.
+STOPPED = 0.5
 #: Step outcomes, as counted and exported.
 OUTCOMES = ("helped", "no_effect", "unjudged")
 #: Outcome records kept for ``tagger actions`` and the socket API.
@@ -129,7 +145,13 @@ class ControlState:
     missed: int = 0                    # misses in a row since l's last step or verdict
     io_scale: float | None = None      # fraction of io_base
     io_base: tuple[float, float] = (0.0, 0.0)   # read, write bytes/s when first throttled
+    demand: float = math.nan           # l's cpu.demand at its first CPU step (NaN: not known)
+    calm: int = 0                      # ticks in a row l wanted under STOPPED x demand
     trial: Trial | None = None
+
+    @property
+    def holds_cpu(self) -> bool:
+        return self.cpu is not None or bool(self.levers)
 
     @property
     def demoted(self) -> bool:
@@ -164,6 +186,8 @@ class SloStatus:
     interference: dict[str, float] = field(default_factory=dict)
     action: str = "idle"          # "throttle" | "hold" | "release" | "idle"
     cause: str = ""               # why the CPU levers were left alone ("own quota", "host steal")
+    charged: dict[str, float] = field(default_factory=dict)   # culprit -> W's wait charged to it, s/s
+    stopped: list[str] = field(default_factory=list)   # culprits whose CPU levers went: they stopped
     trials: dict[str, str] = field(default_factory=dict)   # culprit -> lever under judgment
 
 
@@ -209,6 +233,20 @@ def cpu_cause(snap: Snapshot, row: int) -> str | None:
     if wait is not None and wait[row] > 0 and foreign[row] < FOREIGN_SHARE * wait[row]:
         return "own tasks"
     return None
+
+
+def charged(snap: Snapshot, row: int) -> dict[int, float] | None:
+    """W's (``row``) run-queue wait charged to each other cgroup's row (s/s,
+    ``runq.wait.by``), or None where the collector does not attribute the wait
+    (``runq.wait.foreign`` unknown): then l's share of the load stands in."""
+    foreign = snap.columns.get("runq.wait.foreign")
+    if foreign is None or math.isnan(foreign[row]):
+        return None
+    out: dict[int, float] = {}
+    by = snap.culprits
+    for culprit, wait in zip(by["culprit"][by["victim"] == row], by["wait"][by["victim"] == row]):
+        out[int(culprit)] = out.get(int(culprit), 0.0) + float(wait)
+    return out
 
 
 class LatencySlo:
@@ -281,6 +319,7 @@ class LatencySlo:
             del self._cooled[key]
 
         status = SloStatus()
+        status.stopped = self._stopped(snapshot, now)
         lat = self._latency(snapshot, protect)
         misses = [(lat[i] / spec.target, i) for i in protect if not math.isnan(lat[i])]
         if misses:
@@ -324,6 +363,17 @@ class LatencySlo:
             loads = {r: self._load(snapshot, r) for r in spec.resources}
             rows = protect + throttle
             totals = {r: float(np.nansum(loads[r][rows])) for r in spec.resources}
+            by = charged(snapshot, w)
+            if by is not None and "cpu" in loads:
+                # The CPU's load is W's foreign wait charged to each culprit:
+                # who held the CPU while W waited, not who ran at all.
+                foreign = sum(by.values())
+                share = np.zeros(len(paths))
+                for row, wait in by.items():
+                    if foreign > 0 and wait >= CULPRIT_SHARE * foreign:
+                        share[row] = wait / foreign
+                loads["cpu"], totals["cpu"] = share, 1.0
+                status.charged = {paths[row]: wait for row, wait in by.items()}
             status.action = "throttle"
             size = (self._cpuset_size(snapshot, protect, cpus)
                     if any("cpuset" in rung for rung in self.ladder) else None)
@@ -348,6 +398,8 @@ class LatencySlo:
                 lever = self._next_step(snapshot, i, paths[w], st, importance, factor, size, ceiling, climb)
                 if lever is not None:
                     st.trial = Trial(lever, paths[w], now, before, self._baseline(paths[w]))
+                    if lever != "io" and not before.holds_cpu:
+                        st.demand, st.calm = float(snapshot.column("cpu.demand")[i]), 0
                     st.missed = 0
                     changed = True
         elif self.state and (self._met < self.hold or any(st.trial for st in self.state.values())):
@@ -432,6 +484,29 @@ class LatencySlo:
                             st.cpuset = size
                 return lever
         return None
+
+    def _stopped(self, snap: Snapshot, now: float) -> list[str]:
+        """Give back the CPU levers of culprits that stopped wanting the CPU
+        (``cpu.demand`` under STOPPED x what it was at their first CPU step,
+        ``hold`` ticks in a row); returns their paths.  Unknown demand (NaN:
+        a collector without run-queue wait) never counts as stopped."""
+        demand = snap.column("cpu.demand")
+        index = {p: k for k, p in enumerate(snap.cgroups.paths)}
+        out = []
+        for path, st in list(self.state.items()):
+            row = index.get(path)
+            if row is None or not st.holds_cpu or math.isnan(st.demand) or math.isnan(demand[row]):
+                continue
+            st.calm = st.calm + 1 if demand[row] < STOPPED * st.demand else 0
+            if st.calm < self.hold:
+                continue
+            if st.trial is not None and st.trial.lever != "io":
+                self._unjudged(path, st, now)
+            st.cpu, st.levers, st.cpuset, st.demand, st.calm, st.missed = None, frozenset(), None, math.nan, 0, 0
+            if st.io_scale is None and st.trial is None:
+                del self.state[path]
+            out.append(path)
+        return out
 
     def _judge(self, snap: Snapshot, now: float) -> tuple[set[str], bool]:
         """Give each trial this tick's sample of its victim; decide the ones
