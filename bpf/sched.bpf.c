@@ -322,10 +322,17 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 			 * a switch-in seen here.  Its slice began where the kernel
 			 * says (se.prev_sum_exec_runtime, set as it was picked),
 			 * or where we credited it when it last left this CPU. */
+			__u64 since_seen = now - cur->seg_start[cur->seg_head & (TG_SEGS - 1)];
+
 			g->switch_unseen++;
 			from = prev->se.prev_sum_exec_runtime;
 			if (cur->out_task == (__u64)prev && cur->out_sum > from)
 				from = cur->out_sum;
+			/* It ran after the last switch seen here, no longer (and an
+			 * RT task's prev_sum_exec_runtime is not reset as it is
+			 * picked). */
+			if (runtime > from && runtime - from > since_seen)
+				from = runtime - since_seen;
 			victim = 0;
 			lookup_slot(storage, prev->cgroups->dfl_cgrp, g, &victim);
 		} else if (cur->slot_gen != slot_generation) {
