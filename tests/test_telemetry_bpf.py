@@ -85,6 +85,12 @@ def _usage_usec(cg) -> int:
     raise AssertionError("no usage_usec in cpu.stat")
 
 
+def _ends_at_io_done(collector) -> bool:
+    from tagger.native import lib
+
+    return bool(collector.probes.features & lib.TG_FEAT_IO_DONE)
+
+
 def _stop_all(cgs, timeout=10.0):
     """SIGSTOP every task: each must run once more to stop, which closes its
     last wait and slice in both the kernel's accounting and ours (a task
@@ -270,8 +276,13 @@ def test_fio_direct_io_matches_fio_and_the_kernel(collector, make_cgroup):
             if others == 0:
                 break
         others, ours_lat, kernel_lat, kernel_time, ours_time = min(runs)
-        if others == 0:
+        if others == 0 and _ends_at_io_done(collector):
             assert ours_lat == pytest.approx(kernel_lat, rel=0.10)
+        elif others == 0:
+            # Ended at block_rq_complete (kernels before 6.5), before the bio
+            # completion callbacks that wake the reader: shorter than the
+            # kernel's span, by 12 of 55 us here with another benchmark running.
+            assert 0.7 * kernel_lat <= ours_lat <= 1.02 * kernel_lat
         else:
             # A few slow reads of another's can double the disk's mean: then
             # only the time is comparable -- ours is part of the disk's.
