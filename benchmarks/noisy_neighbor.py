@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from benchmarks.noisy import report as rp  # noqa: E402
+from benchmarks.noisy import unlabelled as nu  # noqa: E402
 from benchmarks.noisy.cgroups import Scenario  # noqa: E402
 from benchmarks.noisy.sampler import Sampler, proc_cpu_seconds  # noqa: E402
 from benchmarks.noisy.schedule import SineRate  # noqa: E402
@@ -713,13 +714,15 @@ class Run:
         if self.agent is not None:
             try:
                 self.agent.stop()
-                if self.scenario is not None:
-                    q = self.scenario["batch"].raw_quota()
+                for name, w in (self.scenario.workloads.items() if self.scenario is not None else ()):
+                    if name == "web":
+                        continue
+                    q = w.raw_quota()
                     if q.split()[0] not in ("-1", "max"):
-                        problems.append(f"batch quota {q} after the agent stopped")
-                    if self.scenario["batch"].demoted():
-                        problems.append("batch still demoted (cpu.idle, its weight or its cpuset) after the agent "
-                                        "stopped")
+                        problems.append(f"{name} quota {q} after the agent stopped")
+                    if w.demoted():
+                        problems.append(f"{name} still demoted (cpu.idle, its weight or its cpuset) after the "
+                                        "agent stopped")
             except Exception as err:
                 problems.append(f"stopping tagger run: {err}")
         for p in self.others:
@@ -737,9 +740,192 @@ class Run:
         return problems
 
 
+UNLABELLED_RULES = """\
+# Written by benchmarks/noisy_neighbor.py --scenario unlabelled: web is
+# latency-critical; its three neighbours carry no tag at all. The policy may
+# act on any of them (a path glob); the wait attribution (runq.wait.by) says
+# which one held the CPU while web waited, and only that one is acted on.
+rules:
+  - name: nn-web
+    description: The scenario's latency-critical workload.
+    match: {{cgroup: "{prefix}/web"}}
+    tags: {{priority: high, latency: critical}}
+policies:
+  - name: nn-web-slo
+    kind: latency-slo
+    protect: {{tags: {{latency: critical}}}}
+    slo: runq.p99 < {slo_us:.0f}us
+    throttle: {{cgroup: "{prefix}/n*"}}
+    resources: [cpu]
+    beta: {beta}
+    window: {window}
+    ladder: [{ladder}]
+"""
+#: The unlabelled scenario's neighbours; each hogs the CPU in its turn.
+NEIGHBOURS = ("n1", "n2", "n3")
+#: A neighbour's light steady work: one stress-ng worker busy this % of the time.
+LIGHT_LOAD = 20
+
+
+class UnlabelledRun(Run):
+    """web beside three untagged neighbours that hog the CPU in turn, with no
+    agent, with every neighbour at cpu.idle, and with tagger (issue 16 part 3)."""
+
+    def rules_text(self) -> str:
+        return UNLABELLED_RULES.format(prefix=self.scenario.prefix, slo_us=self.slo * 1e6, beta=self.args.beta,
+                                       window=self.args.window, ladder=ladder_yaml(ladder(self.args.ladder)))
+
+    def hog_argv(self, seconds: float, out: Path) -> list[str]:
+        return ["stress-ng", "--cpu", str(STRESS_CPUS), "--cpu-method", STRESS_METHOD, "-t", f"{int(round(seconds))}",
+                "--metrics-brief", "--yaml", str(out)]
+
+    def light_argv(self, seconds: float, out: Path) -> list[str]:
+        return ["stress-ng", "--cpu", "1", "--cpu-load", str(LIGHT_LOAD), "--cpu-method", STRESS_METHOD, "-t",
+                f"{int(round(seconds))}", "--metrics-brief", "--yaml", str(out)]
+
+    def neighbours_restored(self) -> tuple[bool, list[str]]:
+        bad = []
+        for n in NEIGHBOURS:
+            w = self.scenario[n]
+            if w.quota() is not None or w.idle() or w.shares() != self.args.batch_shares or w.confined():
+                bad.append(f"{n}: quota {w.raw_quota()}, cpu.idle {int(w.idle())}, cpu.shares {w.shares()}, "
+                           f"cpuset.cpus {w.cpuset()}")
+        return not bad, bad
+
+    def execute(self) -> dict:
+        a = self.args
+        self.scenario = Scenario(names=("web",) + NEIGHBOURS)
+        web = self.scenario["web"]
+        for d in (Path(web.dirs["cpu"]).parent, web.dirs["cpu"]):
+            if (d / "cpu.rt_runtime_us").exists():
+                (d / "cpu.rt_runtime_us").write_text("10000")
+        web.set_shares(a.web_shares)
+        for n in NEIGHBOURS:
+            self.scenario[n].set_shares(a.batch_shares)
+        self.sampler = Sampler(web, self.scenario[NEIGHBOURS[0]], interval=a.interval,
+                               watch={n: self.scenario[n] for n in NEIGHBOURS})
+        self.sampler.start()
+        load_before = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+        self.log(f"web alone for {a.alone:.0f}s (sets the SLO)")
+        self.start_web(a.alone + 5)
+        time.sleep(1.0)
+        t = time.monotonic()
+        time.sleep(a.alone)
+        alone = {"t0": t, "t1": time.monotonic()}
+        self.stop_web()
+        self.alone_p99 = self.window_figures(alone["t0"], alone["t1"], math.inf)["runq"]["p99"]
+        self.slo = a.slo * 1e-3 if a.slo else rp.choose_slo(self.alone_p99)
+        self.log(f"SLO: runq p99 <= {self.slo * 1e3:.1f} ms (alone: {self.alone_p99 * 1e3:.2f} ms)")
+
+        T = a.turn
+        turns, bogo, steps, restored = [], {}, [], None
+        for mode in nu.MODES:
+            self.log(f"{mode}: light work in every neighbour for {a.lead:.0f}s, then each hogs in turn, {T:.0f}s each")
+            if mode == "every neighbour demoted":
+                for n in NEIGHBOURS:
+                    self.scenario[n].set_idle(True)
+            if mode == "tagger":
+                self.agent = Agent(self.workdir, self.rules_text(), a.interval)
+                self.agent.wait_ready()
+                self.sampler.agent_pid = self.agent.pid
+            self.start_web(a.lead + 3 * (T + 3) + 10)
+            time.sleep(1.0)
+            lead = [self.scenario[n].spawn(self.light_argv(a.lead, self.workdir / f"lead-{n}.yaml"))
+                    for n in NEIGHBOURS]
+            time.sleep(a.lead)
+            for p in lead:
+                p.wait(timeout=30)
+            bogo[mode] = {}
+            for k, culprit in enumerate(NEIGHBOURS):
+                name = f"turn {k + 1}"
+                outs = {n: self.workdir / f"{mode.replace(' ', '-')}-{k}-{n}.yaml" for n in NEIGHBOURS}
+                t0 = time.monotonic()
+                procs = {n: self.scenario[n].spawn(self.hog_argv(T, outs[n]) if n == culprit else
+                                                   self.light_argv(T, outs[n])) for n in NEIGHBOURS}
+                time.sleep(T)
+                t1 = time.monotonic()
+                for p in procs.values():
+                    try:
+                        p.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        p.wait(timeout=5)
+                bogo[mode][name] = {}
+                for n, f in outs.items():
+                    try:
+                        bogo[mode][name][n] = rp.parse_stress_ng_yaml(f.read_text()).get("cpu", math.nan)
+                    except OSError:
+                        bogo[mode][name][n] = math.nan
+                        self.notes.append(f"{mode}, {name}: stress-ng in {n} wrote no metrics")
+                ss = [s for s in self.sampler.samples if t0 <= s.t - s.dt / 2 < t1]
+                turns.append({"mode": mode, "name": name, "culprit": culprit,
+                              "culprit_path": self.scenario[culprit].path, "t0": t0, "t1": t1,
+                              "demoted_s": {n: sum(bool(s.demoted.get(n)) for s in ss) for n in NEIGHBOURS},
+                              **self.window_figures(t0, t1, self.slo)})
+                self.log(f"  {name} ({culprit} hogs): runq p99 {turns[-1]['runq']['p99'] * 1e3:.2f} ms, "
+                         f"{turns[-1]['within'] * 100:.0f}% of ticks <= SLO, demoted: {turns[-1]['demoted_s']}")
+            self.stop_web()
+            for n in NEIGHBOURS:
+                self.scenario[n].procs = [p for p in self.scenario[n].procs if p.poll() is None]
+            if mode == "every neighbour demoted":
+                for n in NEIGHBOURS:
+                    self.scenario[n].set_idle(False)
+                    self.scenario[n].set_shares(a.batch_shares)   # the kernel reset it to 1024
+            if mode == "tagger":
+                steps = self.agent.health().get("policy_recent_steps") or []
+                self.agent.stop()
+                self.sampler.agent_pid = None
+                self.agent = None
+                restored, bad = self.neighbours_restored()
+                self.notes += [f"after tagger run stopped, {b}" for b in bad]
+        self.sampler.stop()
+        return self.unlabelled_results(turns, bogo, steps, restored, load_before)
+
+    def unlabelled_results(self, turns, bogo, steps, restored, load_before) -> dict:
+        a = self.args
+        samples = self.sampler.samples
+        times = [s.t - s.dt / 2 for s in samples]
+        p99 = [s.web_p99 for s in samples]
+        # The step's record carries the tick it was judged at, `judge` ticks after it was asked for.
+        asked = [{**s, "t": s["t"] - 3 * a.interval} for s in steps]
+        for t in turns:
+            if t["mode"] == "tagger":
+                t.update(nu.turn_figures(times, p99, t, self.slo, HOLD, asked))
+        mine = [t for t in turns if t["mode"] == "tagger"]
+        none = [t for t in turns if t["mode"] == "no agent"]
+        pre = (self.window_figures(none[0]["t0"], none[-1]["t1"], self.slo) if none
+               else {"runq": {"p99": math.nan}, "within": math.nan})
+        ratios = nu.innocent_ratios(bogo, {t["name"]: t["culprit"] for t in mine})
+        bars = nu.bars(mine, ratios, {"p99": pre["runq"]["p99"], "within": pre["within"]}, restored, self.slo)
+        first = mine[0]["t0"] if mine else 0.0
+        why = (f"Chosen from web alone at the start: its run-queue p99 was {self.alone_p99 * 1e3:.2f} ms, the SLO "
+               "twice that rounded to 0.5 ms, at least 1 ms (as the labelled scenario chooses it)."
+               if not a.slo else f"Given on the command line (--slo {a.slo}).")
+        uname = os.uname()
+        return {
+            "meta": {"command": "sudo .venv/bin/python benchmarks/noisy_neighbor.py" + ("" if not a.argv else " " + " ".join(a.argv)),
+                     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                     "kernel": uname.release, "cpus": int(self.args_cpus), "load_before": load_before,
+                     "neighbours": [f"`{n}`" for n in NEIGHBOURS], "turn_s": a.turn,
+                     "light": " ".join(self.light_argv(a.turn, Path("OUT"))[:8]),
+                     "hog": " ".join(self.hog_argv(a.turn, Path("OUT"))[:5])},
+            "slo": {"target": self.slo, "why": why}, "turns": turns, "ratios": ratios, "bars": bars,
+            "steps": [{**s, "t": s["t"] - first} for s in steps if s.get("culprit")], "notes": self.notes,
+        }
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line, checked, with --repeat's default chosen."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scenario", choices=("labelled", "unlabelled"), default="labelled",
+                    help="labelled: web beside batch (tagged priority=low), tagger against static settings; "
+                         "unlabelled: web beside three untagged neighbours that hog the CPU in turn, tagger against "
+                         "no agent and every neighbour demoted (writes noisy_neighbor_unlabelled.md)")
+    ap.add_argument("--turn", type=float, default=25.0, help="unlabelled: seconds each neighbour hogs the CPU")
+    ap.add_argument("--lead", type=float, default=10.0,
+                    help="unlabelled: seconds of light work in every neighbour before the first hog")
+    ap.add_argument("--alone", type=float, default=30.0, help="unlabelled: seconds of web alone (sets the SLO)")
     ap.add_argument("--phase", type=float, default=45.0, help="seconds per phase (alone, collocated, protected)")
     ap.add_argument("--release", type=float, default=20.0, help="seconds of the release phase")
     ap.add_argument("--interval", type=float, default=1.0, help="tagger's tick and the sampling period (s)")
@@ -797,10 +983,11 @@ def main(argv=None):
         if shutil.which(tool) is None:
             sys.exit(f"noisy_neighbor: {tool} is not installed (make deps)")
 
-    print(f"noisy_neighbor: {args.repeat} round(s), about {planned_seconds(args, args.repeat) / 60:.0f} min",
-          flush=True)
+    if args.scenario == "labelled":
+        print(f"noisy_neighbor: {args.repeat} round(s), about {planned_seconds(args, args.repeat) / 60:.0f} min",
+              flush=True)
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    run = Run(args)
+    run = UnlabelledRun(args) if args.scenario == "unlabelled" else Run(args)
     res = None
     t0 = time.monotonic()
     try:
@@ -824,14 +1011,20 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     res["meta"]["total_s"] = time.monotonic() - t0
     res["notes"].append(f"The whole run took {res['meta']['total_s']:.0f} s.")
-    rp.plot_latency(res, str(out / "noisy_neighbor_latency.png"))
-    rp.plot_batch(res, str(out / "noisy_neighbor_batch.png"))
-    (out / "noisy_neighbor.md").write_text(rp.build_markdown(res))
+    if args.scenario == "unlabelled":
+        report = out / "noisy_neighbor_unlabelled.md"
+        report.write_text(nu.build_markdown(res))
+    else:
+        report = out / "noisy_neighbor.md"
+        rp.plot_latency(res, str(out / "noisy_neighbor_latency.png"))
+        rp.plot_batch(res, str(out / "noisy_neighbor_batch.png"))
+        report.write_text(rp.build_markdown(res))
     print()
     for b in res["bars"]:
         met = "n/a" if b.met is None else ("MET" if b.met else "NOT MET")
         print(f"{met:8s} {b.name}: {b.measured} (wanted {b.wanted})")
-    print(f"\nwrote {out / 'noisy_neighbor.md'} and 2 plots in {res['meta']['total_s']:.0f} s")
+    print(f"\nwrote {report}" + ("" if args.scenario == "unlabelled" else " and 2 plots")
+          + f" in {res['meta']['total_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -290,3 +290,61 @@ def test_repeat_defaults_to_three_rounds_within_the_budget():
     for bad in (["--repeat", "0"], ["--ladder", "idle,nice"], ["--min-within", "80"]):
         with pytest.raises(SystemExit):
             nn.parse_args(bad)
+
+
+# --- the unlabelled scenario (issue 16 part 3) ----------------------------------------
+def test_turn_figures_time_to_the_slo_and_who_the_actions_log_names():
+    from benchmarks.noisy import unlabelled as nu
+    times = list(range(100, 130))
+    p99 = [0.5e-3] * 10 + [3e-3, 3e-3] + [0.5e-3] * 18            # the hog starts at 110, met again at 112
+    turn = {"t0": 110.0, "t1": 130.0, "culprit_path": "/nn/n2"}
+    steps = [{"t": 105.0, "culprit": "/nn/n1", "lever": "idle"},     # the last turn's culprit: not this turn's
+             {"t": 110.0, "culprit": "/nn/n2", "lever": "idle"}]
+    f = nu.turn_figures(times, p99, turn, slo=1e-3, hold=3, steps=steps)
+    assert f == {"recovery": 2.0, "named": ["/nn/n2"], "wrong": []}
+    f = nu.turn_figures(times, p99, turn, 1e-3, 3, steps + [{"t": 120.0, "culprit": "/nn/n3", "lever": "idle"}])
+    assert f["wrong"] == ["/nn/n3"]
+    assert nu.turn_figures(times, [3e-3] * 30, turn, 1e-3, 3)["recovery"] is None
+
+
+def test_innocent_ratios_leave_the_culprit_out():
+    from benchmarks.noisy import unlabelled as nu
+    bogo = {"no agent": {"turn 1": {"n1": 5000.0, "n2": 100.0, "n3": 100.0}},
+            "every neighbour demoted": {"turn 1": {"n1": 5000.0, "n2": 40.0, "n3": 50.0}},
+            "tagger": {"turn 1": {"n1": 4000.0, "n2": 95.0, "n3": 99.0}}}
+    r = nu.innocent_ratios(bogo, {"turn 1": "n1"})
+    assert [(x["neighbour"], x["tagger_share"], x["demoted_share"]) for x in r] == [
+        ("n2", pytest.approx(0.95), pytest.approx(0.4)), ("n3", pytest.approx(0.99), pytest.approx(0.5))]
+
+
+def test_unlabelled_bars_and_report():
+    from benchmarks.noisy import unlabelled as nu
+    turns = [{"name": f"turn {k}", "culprit": n, "recovery": 1.0 + k, "named": [f"/nn/{n}"], "wrong": []}
+             for k, n in enumerate(("n1", "n2", "n3"), start=1)]
+    ratios = [{"turn": "turn 1", "neighbour": "n2", "no_agent": 100.0, "tagger": 95.0, "demoted": 40.0,
+               "tagger_share": 0.95, "demoted_share": 0.4}]
+    bars = nu.bars(turns, ratios, {"p99": 3e-3, "within": 0.4}, True, slo=1e-3)
+    assert [b.met for b in bars] == [True, True, True, True, True]
+    assert bars[1].measured == "turn 1 (n1): 2.0 s; turn 2 (n2): 3.0 s; turn 3 (n3): 4.0 s"
+    assert bars[2].measured == "turn 1: n1; turn 2: n2; turn 3: n3"
+    slow = [dict(turns[0], recovery=6.0)] + turns[1:]
+    wrong = [dict(turns[0], named=["/nn/n1", "/nn/n2"], wrong=["/nn/n2"])] + turns[1:]
+    silent = [dict(turns[0], named=[])] + turns[1:]
+    poor = [dict(ratios[0], tagger_share=0.85)]
+    assert nu.bars(slow, ratios, {"p99": 3e-3, "within": 0.4}, True, 1e-3)[1].met is False
+    assert nu.bars(wrong, ratios, {"p99": 3e-3, "within": 0.4}, True, 1e-3)[2].met is False
+    assert nu.bars(silent, ratios, {"p99": 3e-3, "within": 0.4}, True, 1e-3)[2].met is False
+    assert nu.bars(turns, poor, {"p99": 3e-3, "within": 0.4}, True, 1e-3)[3].met is False
+    # web unharmed without an agent: the recovery bar proves nothing
+    assert nu.bars(turns, ratios, {"p99": 0.5e-3, "within": 1.0}, True, 1e-3)[1].met is None
+    lat = {"p99": 0.8e-3}
+    res = {"meta": {"command": "x", "date": "d", "kernel": "k", "cpus": 2, "load_before": "0 0 0",
+                    "neighbours": ["`n1`", "`n2`", "`n3`"], "turn_s": 25.0, "light": "stress-ng --cpu 1",
+                    "hog": "stress-ng --cpu 2"},
+           "slo": {"target": 1e-3, "why": "why"}, "bars": bars, "ratios": ratios,
+           "turns": [dict(t, mode="tagger", runq=lat, within=0.9, demoted_s={"n1": 20, "n2": 0}) for t in turns],
+           "steps": [{"t": 3.0, "culprit": "/nn/n1", "lever": "idle", "outcome": "helped"}], "notes": ["n"]}
+    md = nu.build_markdown(res)
+    assert "| tagger | turn 1 | n1 | 0.80 | 90% | 2.0 s | n1 | n1 20 |" in md
+    assert "| turn 1 | n2 | 100 | 40 | 95 | 95% | 40% |" in md
+    assert "| 3 | /nn/n1 | idle | helped |" in md

@@ -32,6 +32,8 @@ class Sample:
     batch_cpus: int | None = None     # CPUs batch's cpuset allows
     steal: float = math.nan           # s/s the hypervisor ran others on our vCPUs (all CPUs)
     agent_cpu: float | None = None    # seconds of CPU the agent has used so far
+    demoted: dict = field(default_factory=dict)   # watched workload -> demoted (the unlabelled scenario)
+    cpu: dict = field(default_factory=dict)       # watched workload -> CPUs it used
     web_hist: np.ndarray | None = field(default=None, repr=False)
 
 
@@ -58,10 +60,11 @@ def proc_cpu_seconds(pid: int) -> float | None:
 
 
 class Sampler(threading.Thread):
-    def __init__(self, web, batch, interval: float = 1.0):
+    def __init__(self, web, batch, interval: float = 1.0, watch=None):
         super().__init__(name="nn-sampler", daemon=True)
         from tagger.telemetry import open_collector
         self.web, self.batch = web, batch
+        self.watch = dict(watch or {})     # name -> Workload: its CPU and demotion every sample too
         self.interval = interval
         self.collector = open_collector(prefer_bpf=True)
         if getattr(self.collector, "source", "") != "bpf":
@@ -106,6 +109,14 @@ class Sampler(threading.Thread):
             s.batch_cpus = self.batch.allowed_cpus()
         except OSError:
             pass
+        usage = snap.column("cpu.usage")
+        for name, w in self.watch.items():
+            row = snap.cgroups.index(w.path)
+            s.cpu[name] = math.nan if row is None else float(usage[row])
+            try:
+                s.demoted[name] = w.demoted()
+            except OSError:
+                pass
         steal, self._steal = self._steal, steal_seconds()
         s.steal = (self._steal - steal) / s.dt if s.dt else math.nan
         if self.agent_pid is not None:

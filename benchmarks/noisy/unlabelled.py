@@ -1,0 +1,141 @@
+"""The pure half of the unlabelled scenario (issue 16 part 3): ``web``
+labelled latency-critical beside three neighbours nobody labelled, one of
+which hogs the CPU at a time, in turn, while the others run light steady
+work.  From recorded samples, the agent's judged steps and the neighbours'
+throughput per turn: the time until the SLO is met again after each change
+of culprit, which cgroups the actions log names, each innocent neighbour's
+throughput against a run with no agent and one with every neighbour
+demoted; the bars and the report.  No kernel, no processes: tested in
+tests/test_noisy_neighbor.py."""
+
+from __future__ import annotations
+
+import math
+
+from . import report as rp
+
+#: The run modes, in the order they run: the two static choices a user has
+#: instead of tagger, then tagger.
+MODES = ("no agent", "every neighbour demoted", "tagger")
+#: An innocent neighbour keeps at least this share of its no-agent throughput.
+INNOCENT_BAR = 0.90
+
+
+def turn_figures(times, web_p99, turn: dict, slo: float, hold: int, steps=()) -> dict:
+    """One turn (``turn``: name, culprit, t0, t1) of a run: seconds from the
+    change of culprit to ``hold`` ticks in a row within the SLO (None: not
+    within the turn), and the cgroups the policy stepped on (``steps``: its
+    judged steps, each with ``t``, ``culprit`` path and ``lever``) whose step
+    was asked for during the turn; ``wrong``: those that are not the turn's
+    culprit."""
+    rec = rp.recovery_time(times, web_p99, turn["t0"], slo, hold)
+    if rec is not None and rec > turn["t1"] - turn["t0"]:
+        rec = None
+    # A step's record carries the tick it was judged at; it was asked for
+    # ``judge`` ticks before, so a step counts in the turn its judgment ends in.
+    named = sorted({s["culprit"] for s in steps if turn["t0"] <= s["t"] < turn["t1"]})
+    return {"recovery": rec, "named": named, "wrong": [c for c in named if c != turn["culprit_path"]]}
+
+
+def innocent_ratios(bogo: dict, culprits: dict) -> list[dict]:
+    """Per turn and innocent neighbour (not the turn's culprit): its light
+    work's throughput under tagger and under every neighbour demoted, as a
+    share of the no-agent run's.  ``bogo``: mode -> turn -> neighbour ->
+    bogo-ops/s; ``culprits``: turn -> culprit neighbour."""
+    out = []
+    base = bogo.get("no agent", {})
+    for turn, culprit in culprits.items():
+        for name, ref in sorted(base.get(turn, {}).items()):
+            if name == culprit:
+                continue
+            mine = bogo.get("tagger", {}).get(turn, {}).get(name, math.nan)
+            demoted = bogo.get("every neighbour demoted", {}).get(turn, {}).get(name, math.nan)
+            ok = ref and not math.isnan(ref)
+            out.append({"turn": turn, "neighbour": name, "no_agent": ref, "tagger": mine, "demoted": demoted,
+                        "tagger_share": mine / ref if ok else math.nan,
+                        "demoted_share": demoted / ref if ok else math.nan})
+    return out
+
+
+def bars(turns: list[dict], ratios: list[dict], precondition: dict, restored: bool | None, slo: float) -> list:
+    """The unlabelled scenario's bars (issue 16): ``turns`` are tagger's
+    :func:`turn_figures` with the turn's name and culprit; ``precondition``
+    the no-agent run's runq p99 over the hog turns."""
+    out = []
+    hurts = bool(precondition["p99"] > slo)
+    out.append(rp.Bar("precondition: web misses the SLO beside the hog with no agent",
+                      f"runq p99 > {slo * 1e3:.1f} ms", f"{precondition['p99'] * 1e3:.2f} ms over the hog turns; "
+                      f"{precondition['within'] * 100:.0f}% of ticks ≤ SLO", hurts))
+    recs = [t["recovery"] for t in turns]
+    out.append(rp.Bar("unlabelled: SLO met again after each change of culprit", "≤ 5 s after every change",
+                      "; ".join(f"{t['name']} ({t['culprit']}): " + ("never" if t["recovery"] is None else
+                                                                     f"{t['recovery']:.1f} s") for t in turns),
+                      all(r is not None and r <= 5.0 for r in recs) if hurts and turns else None))
+    out.append(rp.Bar("unlabelled: the actions log names only the current culprit", "no other neighbour, every turn",
+                      "; ".join(f"{t['name']}: " + (", ".join(n.rsplit('/', 1)[-1] for n in t["named"]) or "none")
+                                for t in turns),
+                      bool(turns) and not any(t["wrong"] for t in turns) and all(t["named"] for t in turns)))
+    shares = [r["tagger_share"] for r in ratios]
+    worst = min(ratios, key=lambda r: r["tagger_share"], default=None)
+    if worst is None or any(math.isnan(x) for x in shares):
+        out.append(rp.Bar("unlabelled: innocent neighbours keep their throughput",
+                          f"≥ {INNOCENT_BAR * 100:.0f}% of no agent, more than every neighbour demoted",
+                          "not measured (a light worker wrote no metrics)", None))
+    else:
+        s = rp.spread(shares)
+        d = rp.spread(r["demoted_share"] for r in ratios)
+        better = all(r["tagger_share"] > r["demoted_share"] for r in ratios)
+        out.append(rp.Bar("unlabelled: innocent neighbours keep their throughput",
+                          f"≥ {INNOCENT_BAR * 100:.0f}% of no agent, more than every neighbour demoted",
+                          f"tagger {rp.fmt_spread(s, 100, '{:.0f}%')} of no agent (lowest: {worst['neighbour']} in "
+                          f"{worst['turn']}), every neighbour demoted {rp.fmt_spread(d, 100, '{:.0f}%')}; tagger "
+                          f"above it for {sum(r['tagger_share'] > r['demoted_share'] for r in ratios)} of "
+                          f"{len(ratios)}", bool(s["min"] >= INNOCENT_BAR and better)))
+    out.append(rp.Bar("unlabelled: every neighbour's knobs restored when tagger run stops (SIGTERM)",
+                      "cpu.idle 0, its own weight, no quota, its parent's CPUs", "yes" if restored else "no",
+                      restored))
+    return out
+
+
+def build_markdown(res: dict) -> str:
+    """benchmarks/results/noisy_neighbor_unlabelled.md from a run's results."""
+    m, slo = res["meta"], res["slo"]
+    out = ["# Noisy neighbour without labels: only the current culprit", "",
+           f"Generated by `{m['command']}` on {m['date']} — kernel {m['kernel']}, {m['cpus']} CPUs, load average "
+           f"before the run {m['load_before']}. Every figure below is from that one run.", "",
+           "`web` (tagged `latency=critical`): the labelled scenario's cyclictest and request/response probe. "
+           f"Three neighbours with no tag, {', '.join(m['neighbours'])}: each runs light steady work "
+           f"(`{m['light']}`) except the one whose turn it is, which runs a CPU hog (`{m['hog']}`), "
+           f"{m['turn_s']:.0f} s per turn, in turn. The policy protects `latency=critical` and may act on any "
+           "neighbour (a path glob, no tags): it must act only on the cgroup charged with web's foreign run-queue "
+           "wait (`runq.wait.by`) and give it back when it stops. The same rotation runs three times: with no "
+           "agent, with every neighbour demoted (`cpu.idle 1` on all three: what a user could set instead), and "
+           "with `tagger run`.", "",
+           f"**SLO: web's run-queue p99 ≤ {slo['target'] * 1e3:.1f} ms.** {slo['why']}", "",
+           "## Bars", "", "| bar | wanted | measured | met |", "|---|---|---|---|"]
+    for b in res["bars"]:
+        met = "n/a" if b.met is None else ("yes" if b.met else "**no**")
+        out.append(f"| {b.name} | {b.wanted} | {b.measured} | {met} |")
+    out += ["", "## Per turn", "",
+            "| mode | turn | culprit | runq p99 (ms) | ticks ≤ SLO | SLO met again after the change | cgroups the "
+            "actions log names | neighbours demoted (seconds) |", "|---|---|---|---|---|---|---|---|"]
+    for t in res["turns"]:
+        down = ", ".join(f"{k} {v}" for k, v in sorted(t.get("demoted_s", {}).items()) if v) or "none"
+        out.append(f"| {t['mode']} | {t['name']} | {t['culprit']} | {rp._ms(t['runq']['p99'])} "
+                   f"| {rp._num(t['within'] * 100, '{:.0f}%')} | {rp._num(t.get('recovery'), '{:.1f} s')} "
+                   f"| {', '.join(n.rsplit('/', 1)[-1] for n in t.get('named', ())) or '–'} | {down} |")
+    out += ["", "## Innocent neighbours' light work (stress-ng bogo-ops/s)", "",
+            "| turn | neighbour | no agent | every neighbour demoted | tagger | tagger / no agent "
+            "| demoted / no agent |", "|---|---|---|---|---|---|---|"]
+    for r in res["ratios"]:
+        out.append(f"| {r['turn']} | {r['neighbour']} | {rp._num(r['no_agent'])} | {rp._num(r['demoted'])} "
+                   f"| {rp._num(r['tagger'])} | {rp._num(r['tagger_share'] * 100, '{:.0f}%')} "
+                   f"| {rp._num(r['demoted_share'] * 100, '{:.0f}%')} |")
+    if res.get("steps"):
+        out += ["", "## The policy's judged steps (tagger mode)", "", "| t (s from the first turn) | culprit | lever | outcome |",
+                "|---|---|---|---|"]
+        for s in res["steps"]:
+            out.append(f"| {s['t']:.0f} | {s['culprit']} | {s['lever']} | {s['outcome']} |")
+    if res.get("notes"):
+        out += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
+    return "\n".join(out) + "\n"
