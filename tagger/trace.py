@@ -67,8 +67,6 @@ def snapshot_record(snap: Snapshot, previous_table: CgroupTable | None = None) -
     for name, h in snap.histograms.items():
         h = np.asarray(h)
         hist[name] = {"shape": list(h.shape), "data": _array_bytes(h, _F8)}
-    pre = np.asarray(snap.preemptions)
-    by = np.asarray(snap.culprits)
     return {
         "type": "snapshot",
         "seq": int(snap.seq),
@@ -80,17 +78,31 @@ def snapshot_record(snap: Snapshot, previous_table: CgroupTable | None = None) -
         "node": {k: float(v) for k, v in sorted(snap.node.items())},
         "histograms": hist,
         "hist_edges": _array_bytes(snap.hist_edges, _F8),
-        "preemptions": {
-            "victim": _array_bytes(pre["victim"], _I4) if len(pre) else b"",
-            "preemptor": _array_bytes(pre["preemptor"], _I4) if len(pre) else b"",
-            "count": _array_bytes(pre["count"], _F8) if len(pre) else b"",
-        },
-        "culprits": {
-            "victim": _array_bytes(by["victim"], _I4) if len(by) else b"",
-            "culprit": _array_bytes(by["culprit"], _I4) if len(by) else b"",
-            "wait": _array_bytes(by["wait"], _F8) if len(by) else b"",
-        },
+        "preemptions": _pairs_record(snap.preemptions),
+        "culprits": _pairs_record(snap.culprits),
     }
+
+
+def _pairs_record(pairs) -> dict:
+    """A (row, row, value) table (preemptions, culprits) as one column per field."""
+    pairs = np.asarray(pairs)
+    return {name: _array_bytes(pairs[name], _I4 if pairs.dtype[name].kind == "i" else _F8) if len(pairs) else b""
+            for name in pairs.dtype.names}
+
+
+def _pairs_from(rec: dict | None, dtype: np.dtype, what: str, n: int) -> np.ndarray:
+    """The inverse of _pairs_record, its row indexes checked against a table of
+    ``n`` cgroups.  A missing record is no pairs (traces written before
+    runq.wait.by have no culprits: none, not an error)."""
+    rec = rec or {}
+    cols = {name: _arr(rec.get(name, b""), _I4 if dtype[name].kind == "i" else _F8, what)
+            for name in dtype.names}
+    out = np.zeros(len(cols[dtype.names[0]]), dtype)
+    for name, col in cols.items():
+        out[name] = col
+        if dtype[name].kind == "i" and len(col) and (col.min() < 0 or col.max() >= n):
+            raise TraceError(f"{what}: a row index outside the table of {n} cgroups")
+    return out
 
 
 class TraceWriter:
@@ -183,23 +195,8 @@ def decode_snapshot(rec: dict, table: CgroupTable | None) -> Snapshot:
         for name, h in rec.get("histograms", {}).items():
             shape = tuple(int(x) for x in h["shape"])
             hist[str(name)] = _arr(h["data"], _F8, f"histogram {name}").reshape(shape)
-        p = rec.get("preemptions") or {}
-        victim = _arr(p.get("victim", b""), _I4, "preemptions")
-        pre = np.zeros(len(victim), PREEMPTION_DTYPE)
-        pre["victim"] = victim
-        pre["preemptor"] = _arr(p.get("preemptor", b""), _I4, "preemptions")
-        pre["count"] = _arr(p.get("count", b""), _F8, "preemptions")
-        # Traces written before runq.wait.by have no culprits: none, not an error.
-        c = rec.get("culprits") or {}
-        victim = _arr(c.get("victim", b""), _I4, "culprits")
-        by = np.zeros(len(victim), CULPRIT_DTYPE)
-        by["victim"] = victim
-        by["culprit"] = _arr(c.get("culprit", b""), _I4, "culprits")
-        by["wait"] = _arr(c.get("wait", b""), _F8, "culprits")
-        for name, rows in (("preemptions", pre["victim"]), ("preemptions", pre["preemptor"]),
-                           ("culprits", by["victim"]), ("culprits", by["culprit"])):
-            if len(rows) and (rows.min() < 0 or rows.max() >= n):
-                raise TraceError(f"{name}: a row index outside the table of {n} cgroups")
+        pre = _pairs_from(rec.get("preemptions"), PREEMPTION_DTYPE, "preemptions", n)
+        by = _pairs_from(rec.get("culprits"), CULPRIT_DTYPE, "culprits", n)
         return Snapshot(t=float(rec["t"]), dt=float(rec["dt"]), cgroups=table, columns=cols,
                         node={str(k): float(v) for k, v in rec.get("node", {}).items()},
                         histograms=hist, hist_edges=_arr(rec.get("hist_edges", b""), _F8, "edges"),
