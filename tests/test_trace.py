@@ -20,7 +20,8 @@ PATHS = ["/", "/kubepods/besteffort/p1/c", "/work/web", "/work/batch"]
 
 
 def synthetic_run(n=30, seed=1):
-    """A scripted run: batch goes busy and preempts web, which starves."""
+    """A scripted run: batch goes busy and web, which wakes often in short
+    bursts, waits behind it (runq.wait.foreign, charged to batch): it starves."""
     rng = np.random.default_rng(seed)
     table = CgroupTable.from_paths(PATHS, labels=[{}, {"pod": "p1"}, {}, {}], ids=[1, 2, 3, 4])
     out = []
@@ -29,15 +30,17 @@ def synthetic_run(n=30, seed=1):
         cols = {
             "cpu.usage": np.array([3.0, 0.1, 0.3, 2.9 if busy else 0.2]) + rng.uniform(0, .01, 4),
             "runq.events": np.array([900, 5, 500, 40.0]),
-            "runq.wait": np.array([0.5, 0, 0.3 if busy else 0.001, 0.01]),
+            "runq.wait": np.array([0.5, 0, 0.8 if busy else 0.001, 0.01]),
+            "runq.wait.foreign": np.array([0.1, 0, 0.75 if busy else 0.001, 0.005]),
+            "sched.switches": np.array([0, 2, 500, 0.0]),
             "runq.p99": np.array([0.01, np.nan, 0.012 if busy else 0.0002, 0.001]),
             "mem.current": np.array([8e9, 1e8, 3e9, 5e8]),
         }
         hist = {"runq.wakeup": rng.integers(0, 50, (4, 8)).astype(float)}
         pre = np.array([(2, 3, 400.0 if busy else 5.0), (2, 1, 10.0)], PREEMPTION_DTYPE)
-        by = np.array([(2, 3, 0.25 if busy else 0.001)], CULPRIT_DTYPE)
+        by = np.array([(2, 3, 0.7 if busy else 0.001)], CULPRIT_DTYPE)
         out.append(Snapshot(t=1000.0 + k, dt=1.0, cgroups=table, columns=cols,
-                            node={"cpus": 4.0, "cpu.usage": 3.2}, histograms=hist,
+                            node={"cpus": 4.0, "cpu.usage": 3.2, "cpu.steal": 0.0}, histograms=hist,
                             hist_edges=np.geomspace(1e-6, 1, 9), preemptions=pre, culprits=by, seq=k))
     # a cgroup appears near the end: the table changes mid-trace
     t2 = CgroupTable.from_paths(PATHS + ["/work/late"])
