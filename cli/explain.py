@@ -146,6 +146,15 @@ class _Explainer:
         return sorted(out, key=lambda x: -x[2])
 
 
+
+def _condition(ex_, src: str, tree) -> dict:
+    """A condition as explain shows it: its text, its value now, and each
+    macro and figure it reads with theirs."""
+    macros, figures = ex_.parts(tree)
+    return {"expr": src, "now": ex_.value(tree),
+            "macros": [{"name": m, "expr": s, "now": v} for m, s, v in macros],
+            "figures": dict(figures)}
+
 def explain_tags(ruleset, snap: Snapshot, tags: dict, path: str) -> dict:
     """Per tag of ``path``: rule, since, condition parts and values, what
     clears it.  ``tags``: the socket's ``tags`` reply, {path: {key: {value,
@@ -170,20 +179,12 @@ def explain_tags(ruleset, snap: Snapshot, tags: dict, path: str) -> dict:
         entry.update({"source": rule.source, "for": rule.for_, "keep_for": rule.keep_for,
                       "match": list(rule.match.cgroup)})
         if rule.when is not None:
-            tree = rule.when.tree
-            macros, figures = ex_.parts(tree)
-            entry["when"] = {"expr": rule.when_src, "now": ex_.value(tree),
-                             "macros": [{"name": m, "expr": s, "now": v} for m, s, v in macros],
-                             "figures": dict(figures)}
-            charged = ex_.charged_by(tree)
+            entry["when"] = _condition(ex_, rule.when_src, rule.when.tree)
+            charged = ex_.charged_by(rule.when.tree)
             if charged:
                 entry["charged_by"] = [{"victim": v, "tag": t, "wait": w} for v, t, w in charged]
         if rule.clear_when is not None:
-            tree = rule.clear_when.tree
-            macros, figures = ex_.parts(tree)
-            entry["clear_when"] = {"expr": rule.clear_when_src, "now": ex_.value(tree),
-                                   "macros": [{"name": m, "expr": s, "now": v} for m, s, v in macros],
-                                   "figures": dict(figures)}
+            entry["clear_when"] = _condition(ex_, rule.clear_when_src, rule.clear_when.tree)
         entry["clears"] = _clears(rule, entry)
         out[key] = entry
     return out

@@ -557,18 +557,11 @@ class Compiler:
                 args.append(c)
         if name == "tag":
             return _const("tag", args[0], n)
-        if name == "culprit_of_tagged":
+        if name in TAG_FUNCTIONS:
+            # Over the attribution of tagged cgroups: the context's method of that name.
             key, value = args
-            return Compiled("num", lambda ctx: ctx.culprit_of_tagged(key, value), tree=n)
-        if name == "culprit_most":
-            key, value = args
-            return Compiled("bool", lambda ctx: ctx.culprit_most(key, value), tree=n)
-        if name == "preempts_tagged":
-            key, value = args
-            return Compiled("num", lambda ctx: ctx.preempts_tagged(key, value), tree=n)
-        if name == "preempts_most":
-            key, value = args
-            return Compiled("bool", lambda ctx: ctx.preempts_most(key, value), tree=n)
+            method = name
+            return Compiled(FUNCTIONS[name][1], lambda ctx: getattr(ctx, method)(key, value), tree=n)
         if name == "abs":
             (x,) = args
             if x.is_const:
