@@ -193,7 +193,7 @@ def test_ten_thousand_cgroups_draw_only_the_screen_and_end_reaches_the_last():
 
 # -- detail pane ------------------------------------------------------------------------
 
-def test_detail_shows_histograms_sparklines_preemptions_tags_actions_events():
+def test_detail_shows_histograms_sparklines_culprits_tags_actions_events():
     edges = [1e-6, 1e-5, 1e-4, 1e-3]
     tags = {"/b": {"resource": TagInfo("resource", "cpu-intensive", "cpu-intensive", 95.0)}}
     actions = {"/b": [ActionInfo("/b", "cpu.max", "50000 100000", "max 100000", "cap-low-priority-hogs",
@@ -204,7 +204,7 @@ def test_detail_shows_histograms_sparklines_preemptions_tags_actions_events():
     async def go():
         app, source = scripted(make_frame(THREE, t=99.0))
         source.push(make_frame(THREE, t=100.0, tags=tags, actions=actions, events=events, edges=edges,
-                               histograms=hist, preemptions=[(1, 2, 120.0), (0, 1, 33.0)]))
+                               histograms=hist, culprits=[(1, 2, 0.12), (0, 1, 0.033)]))
         async with app.run_test(size=SIZE) as pilot:
             app.sample_now()
             app.sample_now()
@@ -216,8 +216,8 @@ def test_detail_shows_histograms_sparklines_preemptions_tags_actions_events():
             assert "run-queue latency" in body and "block I/O latency" in body
             assert "10us–100us" in body and "40" in body
             assert "last 2 ticks" in body and "2.00 CPUs" in body
-            assert "preempted most by" in body and "120/s  c" in body
-            assert "preempts most" in body and "33/s  a" in body
+            assert "waited most behind" in body and "120ms/s  c" in body
+            assert "held up most" in body and "33ms/s  a" in body
             assert "resource=cpu-intensive  rule cpu-intensive  since 5s" in body
             assert "cpu.max = 50000 100000" in body and "cap-low-priority-hogs" in body
             assert "dry-run" in body

@@ -14,13 +14,13 @@ from tagger.cli.top.model import (DEFAULT_THRESHOLDS, KEYS, ActionInfo, Frame, T
                                   TopModel, per_second, quota_cpus, thresholds_from_rules, tree_order,
                                   wait_fraction)
 from tagger.cli.top.sources import DemoSource, normalize_health, snapshot_from_plain
-from tagger.snapshot import PREEMPTION_DTYPE, Snapshot
+from tagger.snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, Snapshot
 
 NAN = math.nan
 
 
 def make_frame(rows: dict[str, dict[str, float]], *, t=100.0, tags=None, actions=None, events=(),
-               edges=None, histograms=None, preemptions=(), health=None, node=None) -> Frame:
+               edges=None, histograms=None, preemptions=(), culprits=(), health=None, node=None) -> Frame:
     """A Frame from {path: {metric: value}}; metrics missing for a row are NaN."""
     paths = list(rows)
     metrics = sorted({m for vals in rows.values() for m in vals})
@@ -32,6 +32,8 @@ def make_frame(rows: dict[str, dict[str, float]], *, t=100.0, tags=None, actions
         snap.histograms = {k: np.asarray(v, dtype=np.float64) for k, v in histograms.items()}
     if preemptions:
         snap.preemptions = np.array([tuple(p) for p in preemptions], dtype=PREEMPTION_DTYPE)
+    if culprits:
+        snap.culprits = np.array([tuple(c) for c in culprits], dtype=CULPRIT_DTYPE)
     return Frame.build(snap, tags or {}, actions or {}, list(events), health or {})
 
 
@@ -230,12 +232,12 @@ def test_detail_carries_histograms_history_preemptions_tags_actions_events():
         histograms={"runq.wakeup": [[1, 2, 0], [0, 0, 0], [0, 0, 0]],
                     "runq.preempt": [[0, 3, 4], [0, 0, 0], [0, 0, 0]],
                     "io.lat": [[0, 0, 7], [0, 0, 0], [0, 0, 0]]},
-        preemptions=[(0, 1, 50.0), (0, 2, 80.0), (2, 0, 10.0)]))
+        culprits=[(0, 1, 0.05), (0, 2, 0.08), (2, 0, 0.01)]))
     d = m.detail("/a")
     assert list(d.runq_hist) == [1, 5, 4]
     assert list(d.io_hist) == [0, 0, 7]
-    assert d.preempted_by == [("c", 80.0), ("b", 50.0)]
-    assert d.preempts == [("c", 10.0)]
+    assert d.waited_behind == [("c", 0.08), ("b", 0.05)]
+    assert d.held_up == [("c", 0.01)]
     assert [t.rule for t in d.tags] == ["latency-critical"]
     assert [e.key for e in d.events] == ["priority"]
     assert list(d.history["cpu"]) == [0.5, 0.5, 0.5]

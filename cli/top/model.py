@@ -471,8 +471,10 @@ class Detail:
     io_hist: np.ndarray
     hist_edges: np.ndarray
     history: dict[str, np.ndarray]      # "cpu", "runq", "io" -> last HISTORY_TICKS values, oldest first
-    preempted_by: list[tuple[str, float]]   # (name, preemptions/s), most first
-    preempts: list[tuple[str, float]]
+    # Run-queue wait by who held the CPU (Snapshot.culprits, runq.wait.by):
+    # (name, seconds of wait per second), most first.
+    waited_behind: list[tuple[str, float]]  # cgroups this one waited behind
+    held_up: list[tuple[str, float]]        # cgroups that waited behind this one
     tags: list[TagInfo]
     actions: list[ActionInfo]
     events: list[TagEventInfo]
@@ -605,13 +607,11 @@ class TopModel:
             return total
 
         names = snap.cgroups.names
-        pre = snap.preemptions
-        by = pre[pre["victim"] == i] if len(pre) else pre
-        on = pre[pre["preemptor"] == i] if len(pre) else pre
-        preempted_by = [(display(names[r["preemptor"]]), float(r["count"]))
-                        for r in np.sort(by, order="count")[::-1][:5] if 0 <= r["preemptor"] < len(names)]
-        preempts = [(display(names[r["victim"]]), float(r["count"]))
-                    for r in np.sort(on, order="count")[::-1][:5] if 0 <= r["victim"] < len(names)]
+        def ranked(mine: str, theirs: str) -> list[tuple[str, float]]:
+            by = snap.culprits
+            rows = by[by[mine] == i] if len(by) else by
+            return [(display(names[r[theirs]]), float(r["wait"]))
+                    for r in np.sort(rows, order="wait")[::-1][:5] if 0 <= r[theirs] < len(names)]
         tags = sorted(self.frame.tags.get(path, {}).values(), key=lambda t: t.key)
         events = [e for e in self.events if e.cgroup == path][-10:]
         return Detail(
@@ -620,7 +620,7 @@ class TopModel:
             values={m: float(snap.column(m)[i]) for m in DETAIL_METRICS},
             runq_hist=hist(("runq.wakeup", "runq.new", "runq.preempt")), io_hist=hist(("io.lat",)),
             hist_edges=np.asarray(snap.hist_edges), history=self.history(path),
-            preempted_by=preempted_by, preempts=preempts, tags=tags,
+            waited_behind=ranked("victim", "culprit"), held_up=ranked("culprit", "victim"), tags=tags,
             actions=list(self.frame.actions.get(path, ())), events=events, t=snap.t)
 
     # -- internals --------------------------------------------------------

@@ -240,8 +240,8 @@ def detail_renderable(detail: Detail | None, message: str = ""):
         spark.append(sparkline(series), "green")
         spark.append(f" {'-' if math.isnan(last) else fmt(last)}\n")
     who = Text()
-    who.append_text(_ranked("preempted most by", detail.preempted_by))
-    who.append_text(_ranked("preempts most", detail.preempts))
+    who.append_text(_ranked("waited most behind", detail.waited_behind))
+    who.append_text(_ranked("held up most", detail.held_up))
 
     tags = Text("tags\n", "bold")
     if not detail.tags:
@@ -281,11 +281,12 @@ def detail_renderable(detail: Detail | None, message: str = ""):
 
 
 def _ranked(title: str, items: list[tuple[str, float]]) -> Text:
+    """(name, seconds of run-queue wait per second), most first."""
     t = Text(title + "\n", "bold")
     if not items:
         t.append("  nobody this tick\n", STYLE_MISSING)
-    for name, count in items:
-        t.append(f"  {format_count(count):>6}/s  {name}\n")
+    for name, wait in items:
+        t.append(f"  {format_duration(wait):>8}/s  {name}\n")
     return t
 
 

@@ -230,15 +230,18 @@ class DemoSource:
         io_shape = np.exp(-0.5 * ((buckets[None, :] - io_centre[:, None]) / 1.2) ** 2)
         io_hist = np.where(self.has_io[:, None],
                            np.round(io_shape / io_shape.sum(1, keepdims=True) * np.nan_to_num(iops)[:, None]), 0)
-        # Preemptions: each guaranteed container is preempted by two noisy pods.
+        # Each guaranteed container preempted by, and waiting behind, two noisy pods.
         noisy_rows, victims = np.flatnonzero(self.noisy), np.flatnonzero(self.guaranteed)
-        pre = np.zeros(0, PREEMPTION_DTYPE)
+        pre, by = np.zeros(0, PREEMPTION_DTYPE), np.zeros(0, CULPRIT_DTYPE)
         if len(noisy_rows) and len(victims):
             v = np.repeat(victims, 2)
             pre = np.zeros(len(v), PREEMPTION_DTYPE)
             pre["victim"] = v
             pre["preemptor"] = rng.choice(noisy_rows, len(v))
             pre["count"] = rng.uniform(20, 400, len(v)) * swing
+            by = np.zeros(len(v), CULPRIT_DTYPE)
+            by["victim"], by["culprit"] = v, pre["preemptor"]
+            by["wait"] = pre["count"] * rng.uniform(2e-5, 2e-4, len(v))     # 20-200 us a preemption
         snap = Snapshot(
             t=self.t, dt=self.interval, cgroups=self.table, columns=cols,
             node={"cpus": float(self.cpus), "cpu.usage": float(cpu[0]),
@@ -246,7 +249,7 @@ class DemoSource:
                   "drops": 0.0, "cgroups": float(n)},
             histograms={"runq.wakeup": runq_hist * 0.7, "runq.preempt": runq_hist * 0.3,
                         "io.lat": io_hist},
-            hist_edges=DEMO_EDGES, preemptions=pre, source="demo", seq=self.seq)
+            hist_edges=DEMO_EDGES, preemptions=pre, culprits=by, source="demo", seq=self.seq)
         tags, events_out, actions = self._rules(snap)
         health = {"events_per_s": float(events.sum()), "drops": 0, "rules": 4,
                   "actions": sum(len(a) for a in actions.values()), "dry_run": True, "source": "demo"}
