@@ -873,7 +873,9 @@ class UnlabelledRun(Run):
                     self.scenario[n].set_idle(False)
                     self.scenario[n].set_shares(a.batch_shares)   # the kernel reset it to 1024
             if mode == "tagger":
-                steps = self.agent.health().get("policy_recent_steps") or []
+                # The socket gives each step's tick in epoch seconds: back to CLOCK_MONOTONIC, the turns' clock.
+                offset = time.time() - time.monotonic()
+                steps = [{**st, "t": st["t"] - offset} for st in self.agent.health().get("policy_recent_steps") or ()]
                 self.agent.stop()
                 self.sampler.agent_pid = None
                 self.agent = None
