@@ -628,3 +628,24 @@ def test_only_the_cgroup_charged_with_the_victims_wait_is_acted_on_and_released_
     assert [(o.culprit, o.lever, o.outcome) for o in slo.outcomes] == [(cg, "idle", "helped") for _, cg in turns]
     act.revert_all()
     assert all(_knobs(tmp_path, cg) == ORIGINAL for cg in host.NEIGHBOURS)
+
+
+def test_light_neighbours_charged_a_few_ms_are_not_culprits(tmp_path):
+    """web misses a tight SLO while its three unlabelled neighbours run only
+    light work, each charged 10 ms/s of its wait (a third of it): none is a
+    culprit (under CULPRIT_FLOOR), so none is touched -- demoting them would
+    be judged by chance and kept while web runs."""
+    layout = cgroup_v2_tree(tmp_path, cgroups=("/web", *UnlabelledHost.NEIGHBOURS))
+    store = TagStore()
+    store.set("/web", "latency", "critical", "static", 0.0)
+    act = Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False,
+                   safety=Safety())
+    slo = LatencySlo(LatencySloSpec(name="web-slo", protect=Selector(tags={"latency": "critical"}),
+                                    throttle=Selector(cgroup=("/n*",)), metric="runq.p99", target=0.3 * MS))
+    host = UnlabelledHost(tmp_path)
+    for t in range(20):
+        s = host.tick(t)
+        act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+        assert all(_knobs(tmp_path, cg) == ORIGINAL for cg in host.NEIGHBOURS), t
+    assert slo.status.miss > 1 and not slo.outcomes
+    assert slo.status.charged == {cg: pytest.approx(0.01) for cg in host.NEIGHBOURS}

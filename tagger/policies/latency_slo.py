@@ -19,8 +19,9 @@ Each tick:
    protected and throttled cgroups.  Where the collector attributes W's
    run-queue wait (``runq.wait.foreign`` known), the CPU's share is instead
    l's share of W's foreign wait charged to it (``runq.wait.by``), and only a
-   cgroup charged at least CULPRIT_SHARE of it counts: the one that held the
-   CPU while W waited, not every cgroup that ran (:func:`charged`).
+   cgroup charged at least CULPRIT_SHARE of it, and CULPRIT_FLOOR s/s, counts:
+   the one that held the CPU while W waited, not every cgroup that ran
+   (:func:`charged`).
 4. If ``miss > 1``, each l with interference > 0 and no step under judgment
    takes one **step**: the next lever of the ladder for the resource that
    matters most to W (below), or, on a lever it keeps, a further cut by
@@ -116,6 +117,12 @@ FOREIGN_SHARE = 0.5
 #: charged at least this share of W's foreign run-queue wait (runq.wait.by):
 #: a neighbour running light work is charged a little of it too.
 CULPRIT_SHARE = 0.2
+#: ... and at least this much of it, seconds per second: the floor of the
+#: packaged neighbour=noisy rule (rules/30-contention.yaml).  Neighbours running
+#: light work are each charged a few ms/s of W's wait, a sizeable *share* of a
+#: small total when W misses for reasons of its own or the host's; demoting
+#: them is judged "helped" by chance and kept for as long as W runs.
+CULPRIT_FLOOR = 0.05
 #: A culprit whose CPU demand fell under this share of its demand at its
 #: first CPU step, ``hold`` ticks in a row, has stopped: its CPU levers go.
 STOPPED = 0.5
@@ -370,7 +377,7 @@ class LatencySlo:
                 foreign = sum(by.values())
                 share = np.zeros(len(paths))
                 for row, wait in by.items():
-                    if foreign > 0 and wait >= CULPRIT_SHARE * foreign:
+                    if foreign > 0 and wait >= max(CULPRIT_SHARE * foreign, CULPRIT_FLOOR):
                         share[row] = wait / foreign
                 loads["cpu"], totals["cpu"] = share, 1.0
                 status.charged = {paths[row]: wait for row, wait in by.items()}
