@@ -592,20 +592,26 @@ class UnlabelledHost:
         return s
 
 
-def test_only_the_cgroup_charged_with_the_victims_wait_is_acted_on_and_released_when_it_stops(tmp_path):
-    """No neighbour carries a priority tag; the policy may throttle any of
-    them (a path glob).  Each turn it demotes the hog of the moment, and only
-    it: the light neighbours use CPU too (load share would have demoted them
-    as well) but are charged little of web's wait.  When the hog stops, its
-    cpu.idle goes within ``hold`` ticks, while web still runs."""
+def _unlabelled(tmp_path, target: float):
+    """UnlabelledHost's fixture tree, web tagged latency=critical, and a
+    latency-slo policy on web's runq p99 that may act on any neighbour."""
     layout = cgroup_v2_tree(tmp_path, cgroups=("/web", *UnlabelledHost.NEIGHBOURS))
     store = TagStore()
     store.set("/web", "latency", "critical", "static", 0.0)
     act = Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False,
                    safety=Safety())
     slo = LatencySlo(LatencySloSpec(name="web-slo", protect=Selector(tags={"latency": "critical"}),
-                                    throttle=Selector(cgroup=("/n*",)), metric="runq.p99", target=2 * MS))
-    host = UnlabelledHost(tmp_path)
+                                    throttle=Selector(cgroup=("/n*",)), metric="runq.p99", target=target))
+    return store, act, slo, UnlabelledHost(tmp_path)
+
+
+def test_only_the_cgroup_charged_with_the_victims_wait_is_acted_on_and_released_when_it_stops(tmp_path):
+    """No neighbour carries a priority tag; the policy may throttle any of
+    them (a path glob).  Each turn it demotes the hog of the moment, and only
+    it: the light neighbours use CPU too (load share would have demoted them
+    as well) but are charged little of web's wait.  When the hog stops, its
+    cpu.idle goes within ``hold`` ticks, while web still runs."""
+    store, act, slo, host = _unlabelled(tmp_path, target=2 * MS)
     START, TURN = 3, 15
     turns = [(START + k * TURN, cg) for k, cg in enumerate(host.NEIGHBOURS)]
     END = turns[-1][0] + TURN
@@ -635,14 +641,7 @@ def test_light_neighbours_charged_a_few_ms_are_not_culprits(tmp_path):
     light work, each charged 10 ms/s of its wait (a third of it): none is a
     culprit (under CULPRIT_FLOOR), so none is touched -- demoting them would
     be judged by chance and kept while web runs."""
-    layout = cgroup_v2_tree(tmp_path, cgroups=("/web", *UnlabelledHost.NEIGHBOURS))
-    store = TagStore()
-    store.set("/web", "latency", "critical", "static", 0.0)
-    act = Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False,
-                   safety=Safety())
-    slo = LatencySlo(LatencySloSpec(name="web-slo", protect=Selector(tags={"latency": "critical"}),
-                                    throttle=Selector(cgroup=("/n*",)), metric="runq.p99", target=0.3 * MS))
-    host = UnlabelledHost(tmp_path)
+    store, act, slo, host = _unlabelled(tmp_path, target=0.3 * MS)
     for t in range(20):
         s = host.tick(t)
         act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
