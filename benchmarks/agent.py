@@ -37,6 +37,18 @@ def task_cpu(pid: int) -> float:
     return total / 1e9
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM (so it cleans up after itself), SIGKILL if it has not exited
+    within ``timeout`` seconds; waits either way."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def at_nice(nice: int | None):
     """A preexec_fn giving the child an absolute nice value (None: inherit)."""
     return None if nice is None else (lambda: os.setpriority(os.PRIO_PROCESS, 0, nice))
@@ -117,10 +129,4 @@ class Agent:
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc)

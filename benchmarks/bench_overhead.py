@@ -83,7 +83,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.agent import Agent, at_nice, task_cpu  # noqa: E402
+from benchmarks.agent import Agent, at_nice, task_cpu, terminate  # noqa: E402
 from benchmarks.scrape_byte_names import free_port  # noqa: E402
 from tagger.native.probes import EmptyPrograms, bpf_stats_enabled  # noqa: E402
 
@@ -135,13 +135,7 @@ class RedisServer:
         raise TimeoutError("redis-server did not answer PING")
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc, timeout=20)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
