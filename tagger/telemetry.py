@@ -586,31 +586,28 @@ class BpfCollector(Collector):
 
     def _preemptions(self, pairs, dt):
         """Pairs of rows (victim, preemptor) with preemptions per second, merged over CPUs."""
-        if len(pairs) == 0:
-            return np.zeros(0, PREEMPTION_DTYPE)
-        victim = self._slot_row[np.minimum(pairs["victim"], self.max_slots - 1)]
-        preemptor = self._slot_row[np.minimum(pairs["preemptor"], self.max_slots - 1)]
-        keep = (victim >= 0) & (preemptor >= 0) & (victim != preemptor)
-        keys, where = np.unique(np.stack([victim[keep], preemptor[keep]], axis=1), axis=0, return_inverse=True)
-        counts = np.bincount(where.ravel(), weights=pairs["count"][keep].astype(np.float64), minlength=len(keys))
-        out = np.zeros(len(keys), PREEMPTION_DTYPE)
-        out["victim"], out["preemptor"] = keys[:, 0], keys[:, 1]
-        out["count"] = counts / dt
-        return out
+        return self._merge_pairs(pairs, "preemptor", "count", PREEMPTION_DTYPE, 1 / dt)
 
     def _culprits(self, pairs, dt):
         """runq.wait.by: pairs of rows (victim, culprit) with the victim's wait
         (s/s) while the culprit held the CPU, merged over CPUs."""
+        return self._merge_pairs(pairs, "culprit", "wait_ns", CULPRIT_DTYPE, 1e-9 / dt)
+
+    def _merge_pairs(self, pairs, other: str, value: str, dtype: np.dtype, scale: float) -> np.ndarray:
+        """Per-CPU (victim slot, ``other`` slot, ``value``) entries as rows of
+        the table, summed per pair (a cgroup is never its own), times ``scale``,
+        in ``dtype`` (victim, other, value)."""
         if len(pairs) == 0:
-            return np.zeros(0, CULPRIT_DTYPE)
+            return np.zeros(0, dtype)
         victim = self._slot_row[np.minimum(pairs["victim"], self.max_slots - 1)]
-        culprit = self._slot_row[np.minimum(pairs["culprit"], self.max_slots - 1)]
-        keep = (victim >= 0) & (culprit >= 0) & (victim != culprit)
-        keys, where = np.unique(np.stack([victim[keep], culprit[keep]], axis=1), axis=0, return_inverse=True)
-        ns = np.bincount(where.ravel(), weights=pairs["wait_ns"][keep].astype(np.float64), minlength=len(keys))
-        out = np.zeros(len(keys), CULPRIT_DTYPE)
-        out["victim"], out["culprit"] = keys[:, 0], keys[:, 1]
-        out["wait"] = ns * 1e-9 / dt
+        them = self._slot_row[np.minimum(pairs[other], self.max_slots - 1)]
+        keep = (victim >= 0) & (them >= 0) & (victim != them)
+        keys, where = np.unique(np.stack([victim[keep], them[keep]], axis=1), axis=0, return_inverse=True)
+        sums = np.bincount(where.ravel(), weights=pairs[value][keep].astype(np.float64), minlength=len(keys))
+        out = np.zeros(len(keys), dtype)
+        names = dtype.names
+        out[names[0]], out[names[1]] = keys[:, 0], keys[:, 1]
+        out[names[2]] = sums * scale
         return out
 
     def _cgroupfs_columns(self, table: CgroupTable) -> dict[str, np.ndarray]:
