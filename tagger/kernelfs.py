@@ -14,11 +14,30 @@ from pathlib import Path
 from . import errors
 
 
+#: The kernel's list of online CPUs ("0-3,6").
+ONLINE_CPUS = "/sys/devices/system/cpu/online"
+
+
+def _count_cpulist(text: str) -> int:
+    """CPUs in a kernel CPU list ("0-3,6" -> 5); 0 when it does not parse."""
+    count = 0
+    try:
+        for part in text.strip().split(","):
+            if not part:
+                continue
+            lo, _, hi = part.partition("-")
+            count += (int(hi) if hi else int(lo)) - int(lo) + 1
+    except ValueError:
+        return 0
+    return count
+
+
 class KernelFS:
     """Kernel files under ``root`` ("/" on a real host)."""
 
     def __init__(self, root: str | os.PathLike = "/"):
         self.root = Path(root)
+        self._online_cpus: int | None = None
 
     def __repr__(self):
         return f"KernelFS({str(self.root)!r})"
@@ -73,6 +92,21 @@ class KernelFS:
             kind, *fields = line.split()
             out[kind] = {k: float(v) for k, v in (f.split("=") for f in fields)}
         return out
+
+    # --- facts of the machine --------------------------------------------
+    def online_cpus(self) -> int:
+        """How many CPUs are online: the one CPU count every module uses.
+
+        Read once per KernelFS from /sys/devices/system/cpu/online (a CPU
+        list such as "0-3,6"); a tree without that file (a fixture) or an
+        unreadable one falls back to os.cpu_count(), which glibc takes from
+        the same file on a real host.
+        """
+        if self._online_cpus is None:
+            text = self.read_optional(ONLINE_CPUS)
+            count = _count_cpulist(text) if text else 0
+            self._online_cpus = count or os.cpu_count() or 1
+        return self._online_cpus
 
     def exists(self, p) -> bool:
         return self.path(p).exists()
