@@ -34,7 +34,7 @@ from .kernelfs import HOST, KernelFS
 from .names import from_kernel
 from .slots import SlotLedger
 from .procstat import CpuRates
-from .snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, CgroupTable, Snapshot, derive
+from .snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, CgroupTable, Snapshot, derive, hist_edges, hist_percentiles
 
 log = logging.getLogger(__name__)
 
@@ -45,43 +45,6 @@ CGROUPFS_EXTRAS = ("cpu.throttled", "cpu.periods", "cpu.throttled_periods", "mem
 #: lost lifecycle event (see BpfCollector._reconcile).
 RESCAN_EVERY = 30
 
-
-
-def hist_edges(buckets: int, shift: int = 10) -> np.ndarray:
-    """Bucket edges in seconds of the kernel's log2 histograms, whose unit is
-    2^shift ns: bucket 0 holds [0, 2) units, bucket k >= 1 [2^k, 2^(k+1))."""
-    return np.concatenate([[0.0], 2.0 ** np.arange(1, buckets + 1)]) * (2 ** shift) * 1e-9
-
-
-def hist_percentiles(hist: np.ndarray, edges: np.ndarray, qs: Iterable[float],
-                     cap: np.ndarray | None = None) -> np.ndarray:
-    """Percentiles per row of ``hist`` (n, B) counts, interpolating linearly
-    inside the bucket that holds each rank; NaN for rows with no events.
-    ``cap`` (n,) bounds each row by its observed maximum.  Returns (n, len(qs))."""
-    qs = list(qs)
-    hist = np.asarray(hist)
-    n = hist.shape[0]
-    out = np.full((n, len(qs)), np.nan)
-    if n == 0:
-        return out
-    # Only rows with events: on a large host most cgroups are idle each tick.
-    rows = np.nonzero(hist.any(axis=1))[0]
-    if rows.size == 0:
-        return out
-    h = hist[rows].astype(np.float64)
-    cum = np.cumsum(h, axis=1)
-    total = cum[:, -1]
-    for j, q in enumerate(qs):
-        rank = q * total
-        idx = np.minimum((cum < rank[:, None]).sum(axis=1), h.shape[1] - 1)
-        before = np.where(idx > 0, cum[np.arange(len(rows)), idx - 1], 0.0)
-        inside = h[np.arange(len(rows)), idx]
-        frac = np.clip((rank - before) / np.where(inside > 0, inside, 1.0), 0.0, 1.0)
-        out[rows, j] = edges[idx] + frac * (edges[idx + 1] - edges[idx])
-    if cap is not None:
-        with np.errstate(invalid="ignore"):
-            out = np.fmin(out, np.asarray(cap, dtype=np.float64)[:, None])
-    return out
 
 
 def _safe_div(num, den):

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from tagger.snapshot import METRICS, CgroupTable, Snapshot
-from tagger.telemetry import hist_edges
+from tagger.snapshot import hist_edges
 
 BUCKETS = 24
 

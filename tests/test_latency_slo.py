@@ -337,7 +337,7 @@ def _hist_snap(t, slow, fast=1500, batch_cpu=1.5):
     zero = np.zeros(6, np.int64)
     hists = {"runq.wakeup": np.stack([zero, web, zero, zero]),
              "runq.new": np.zeros((4, 6), np.int64), "runq.preempt": np.zeros((4, 6), np.int64)}
-    from tagger.telemetry import hist_percentiles
+    from tagger.snapshot import hist_percentiles
     p99 = hist_percentiles(hists["runq.wakeup"], edges, (0.99,))[:, 0]
     s = Snapshot.synthetic(PATHS, {"runq.p99": p99, "runq.slowdown": [math.nan, 3.0, 1.0, 1.0],
                                    "cpu.usage": [2.0, 0.5, batch_cpu, 0.0]}, t=t, node={"cpus": 2.0})

@@ -19,7 +19,7 @@ from tagger.publish.prometheus import HEALTH, MetricsServer, TaggerCollector, me
 from tagger.snapshot import CgroupTable, Snapshot
 from tagger.actions.actuator import AppliedAction
 from tagger.tags import Tag
-from tagger.telemetry import hist_edges
+from tagger.snapshot import hist_edges
 
 
 def snapshot(paths, usage, labels=None, ids=None, dt=1.0, hist=None, t=1.0):

@@ -3,7 +3,7 @@ over the exposition agrees with tagger's own figures and the kernel's.
 
 - ``histogram_quantile(0.99, rate(tagger_cgroup_runq_latency_seconds_bucket[1m]))``
   within one log2 bucket (a factor of 2) of tagger's own p99 of the same
-  events (tagger.telemetry.hist_percentiles over the same minute);
+  events (tagger.snapshot.hist_percentiles over the same minute);
 - ``rate(tagger_cgroup_cpu_seconds_total[~1m])`` within 2% of cgroup
   ``cpu.stat``'s usage over the same minute (a range laid on samples, which
   carry their tick's time: see the test for Prometheus's extrapolation).
@@ -86,7 +86,7 @@ scrape_configs:
 
 def test_promql_over_the_exposition_agrees_with_tagger_and_the_kernel(make_cgroup, tmp_path):
     from tagger.daemon import Config, Daemon
-    from tagger.telemetry import hist_percentiles
+    from tagger.snapshot import hist_percentiles
 
     cg = make_cgroup("promql")
     rules = tmp_path / "rules"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tagger.telemetry import hist_edges, hist_percentiles
+from tagger.snapshot import hist_edges, hist_percentiles
 
 B = 27
 SHIFT = 10

@@ -95,7 +95,7 @@ def in_window(rows: np.ndarray, t0: float, t1: float) -> np.ndarray:
 def hist_summary(hists, edges, maxima=()) -> dict[str, float]:
     """p50/p99 of run-queue latency from per-tick log2 histograms summed over a
     window (tagger's own percentile code), and the largest per-tick max."""
-    from tagger.telemetry import hist_percentiles
+    from tagger.snapshot import hist_percentiles
     hists = [h for h in hists if h is not None]
     mx = [m for m in maxima if not math.isnan(m)]
     if not hists or edges is None:

@@ -101,7 +101,7 @@ from tagger.actions.cpu import WEIGHT_MIN
 from tagger.actions.spec import ActionSet, CpuSpec, IoSpec
 from tagger.rules.selectors import PathSelector
 from tagger.snapshot import Snapshot
-from tagger.telemetry import hist_percentiles
+from tagger.snapshot import hist_percentiles
 
 from .spec import LatencySloSpec, Selector
 
