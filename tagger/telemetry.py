@@ -29,6 +29,7 @@ import numpy as np
 
 from . import errors
 from .cgroupfs import CgroupfsReader
+from .clock import Ticker
 from .cgroups import Layout, Registry, WorkloadNames, names_workload, normalize
 from .kernelfs import HOST, KernelFS
 from .names import from_kernel
@@ -55,20 +56,18 @@ def _safe_div(num, den):
 
 
 def stream_ticks(collector, interval: float, count: int | None) -> Iterator[Snapshot]:
-    """A Snapshot every ``interval`` seconds on a fixed schedule (no drift; a
-    late tick does not make the next ones burst to catch up)."""
-    if interval <= 0:
+    """A Snapshot every ``interval`` seconds on a fixed schedule (tagger.clock.Ticker:
+    no drift; a late tick does not make the next ones burst to catch up).  The
+    first comes one interval after the call: a tick's rates need that long."""
+    if not interval > 0:
         raise errors.ConfigError(f"interval must be positive, not {interval}")
-    deadline = time.monotonic()
+    ticker = Ticker(interval, first=time.monotonic() + interval)
     done = 0
     while count is None or done < count:
-        deadline += interval
-        pause = deadline - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
-        else:
-            deadline = time.monotonic()
+        ticker.sleep()
+        ticker.begin()
         yield collector.tick()
+        ticker.end()
         done += 1
 
 
