@@ -10,7 +10,8 @@ import pytest
 from tagger import errors
 from tagger.actions.actuator import Actuator
 from tagger.actions.control import Safety
-from tagger.actions.cpu import CpuMax, CpuQuota
+from tagger.actions.cpu import CpuQuota
+from tagger.knobs import CpuMax
 from tagger.actions.refusal import ActionRefused
 from tagger.actions.spec import ActionSet, CpuSpec
 from tagger.cgroups import Layout

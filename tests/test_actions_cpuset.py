@@ -8,7 +8,7 @@ import pytest
 
 from tagger.actions.actuator import Actuator
 from tagger.actions.control import Safety
-from tagger.actions.cpuset import format_cpulist, parse_cpulist
+from tagger.knobs import format_cpulist, parse_cpulist
 from tagger.actions.spec import ActionSet, CpuSpec
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST

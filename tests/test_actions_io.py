@@ -9,9 +9,10 @@ import pytest
 
 from tagger.actions.actuator import Actuator
 from tagger.actions.control import Safety
-from tagger.actions.io import IoLimit, parse_limits, resolve_devices
+from tagger.actions.io import IoLimit, resolve_devices
 from tagger.actions.refusal import ActionRefused
 from tagger.actions.spec import ActionSet, CpuSpec, IoSpec
+from tagger.knobs import parse_io_limits
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST, KernelFS
 from tests.actuator_helpers import FREE, tick
@@ -74,12 +75,12 @@ def test_v1_limits_restore_the_previous_rule(make_cgroup, tmp_path):
     # Someone (an operator) had a write limit already: it must come back as it was.
     (cg.dir("blkio") / "blkio.throttle.write_bps_device").write_text(f"{dev} 5000000")
     cp = IoLimit(HOST, cg.path, str(cg.dir("blkio")), 1, dev)
-    assert parse_limits(cp.read()) == {"rbps": None, "wbps": 5000000, "riops": None, "wiops": None}
+    assert parse_io_limits(cp.read()) == {"rbps": None, "wbps": 5000000, "riops": None, "wiops": None}
     with Actuator(Layout.detect(HOST), state_dir=tmp_path / "s", safety=FREE) as act:
         act.apply(tick(0), {cg.path: [ActionSet("r", io=IoSpec(device=dev, write_bps=1_000_000,
                                                                read_iops=50))]})
-        assert parse_limits(cp.read()) == {"rbps": None, "wbps": 1000000, "riops": 50, "wiops": None}
-    assert parse_limits(cp.read()) == {"rbps": None, "wbps": 5000000, "riops": None, "wiops": None}
+        assert parse_io_limits(cp.read()) == {"rbps": None, "wbps": 1000000, "riops": 50, "wiops": None}
+    assert parse_io_limits(cp.read()) == {"rbps": None, "wbps": 5000000, "riops": None, "wiops": None}
 
 
 def test_device_names_resolve_through_sysfs(tmp_path):

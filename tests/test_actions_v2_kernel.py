@@ -18,9 +18,9 @@ import time
 import pytest
 
 from tagger.actions.actuator import Actuator
-from tagger.actions.cpuset import parse_cpulist
 from tagger.actions.journal import JOURNAL_NAME, read_entries
 from tagger.actions.spec import ActionSet, CpuSpec, IoSpec
+from tagger.knobs import parse_cpulist
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST
 from tests.actuator_helpers import (BUSY, FREE, cpus_allowed, cpus_used, data_disk, start_driver, tick,

@@ -12,8 +12,8 @@ import pytest
 
 from tagger.actions.actuator import Actuator
 from tagger.actions.control import Safety
-from tagger.actions.cpu import CpuMax
 from tagger.kernelfs import KernelFS
+from tagger.knobs import CpuMax
 from tagger.policies.latency_slo import LatencySlo
 from tagger.policies.spec import LatencySloSpec, Selector
 from tagger.snapshot import CULPRIT_DTYPE, Snapshot

@@ -38,11 +38,12 @@ from tagger import errors
 from tagger.cgroupglob import GlobSet
 from tagger.cgroups import Layout, normalize
 from tagger.kernelfs import HOST, KernelFS
+from tagger.knobs import CpuMax, format_io_limits, parse_cpulist
 
 from .control import ControlPoint, Safety
-from .cpu import CpuIdle, CpuMax, CpuQuota, CpuWeight
-from .cpuset import CpuSet, parse_cpulist
-from .io import IoLimit, format_limits, resolve_devices, spec_limits
+from .cpu import CpuIdle, CpuQuota, CpuWeight
+from .cpuset import CpuSet
+from .io import IoLimit, resolve_devices, spec_limits
 from .journal import DEFAULT_STATE_DIR, Contents, Entry, Journal, JournalError, entry_key, read_journal
 from .rdt import PRESENT, RESCTRL, Resctrl, RdtGroup, RdtSchemata, RdtTasks
 from .refusal import ActionRefused
@@ -267,7 +268,7 @@ class Actuator:
                 per_device[dev] = (merged, rule)
         for dev, (limits, rule) in per_device.items():
             cp = self.control_point(path, f"io.max {dev}")
-            wants[entry_key(path, cp.knob)] = (cp, format_limits(limits), rule)
+            wants[entry_key(path, cp.knob)] = (cp, format_io_limits(limits), rule)
 
     def _want_rdt(self, wants, path, sets, info):
         s = sets[0]

@@ -5,7 +5,7 @@ cgroup v2: ``cpu.max`` ("$QUOTA $PERIOD" or "max $PERIOD", microseconds) and
 (-1 = unlimited), ``cpu.cfs_period_us`` and ``cpu.shares`` at the same relative
 path in the cpu hierarchy.
 
-The kernel's limits (kernel/sched/core.c ``tg_set_cfs_bandwidth`` and
+The kernel's limits (tagger.knobs; kernel/sched/core.c ``tg_set_cfs_bandwidth`` and
 ``tg_cfs_schedulable_down``, Documentation/scheduler/sched-bwc.rst) are checked
 before writing, so a refusal names the limit instead of a bare EINVAL:
 quota >= 1ms, 1ms <= period <= 1s, burst <= quota, and on v1 only a child's
@@ -21,56 +21,14 @@ CPU idle, which is why latency-slo reaches for it first.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from tagger import errors
 from tagger.kernelfs import KernelFS
+from tagger.knobs import (MAX_PERIOD_US, MAX_QUOTA_US, MIN_PERIOD_US, MIN_QUOTA_US, WEIGHT_MAX, WEIGHT_MIN,
+                          CpuMax, cfs_ratio, weight_to_shares)
 
 from .control import ControlPoint, Safety
 from .refusal import ActionRefused
-
-MIN_QUOTA_US = 1_000          # min_cfs_quota_period: 1ms
-MIN_PERIOD_US = 1_000
-MAX_PERIOD_US = 1_000_000     # max_cfs_quota_period: 1s
-BW_SHIFT = 20
-MAX_QUOTA_US = (1 << (64 - BW_SHIFT)) - 1   # max_cfs_runtime, in us (MAX_BW)
-
-
-def _ratio(quota_us: int, period_us: int) -> int:
-    """The kernel's to_ratio(): fixed-point quota/period, compared exactly as it does."""
-    return ((quota_us * 1000) << BW_SHIFT) // (period_us * 1000)
-
-
-@dataclass(frozen=True)
-class CpuMax:
-    """A CFS bandwidth limit.  ``quota_us`` None is unlimited ("max", v1 -1)."""
-    quota_us: int | None
-    period_us: int = 100_000
-
-    @classmethod
-    def parse(cls, text: str) -> "CpuMax":
-        parts = text.split()
-        quota = None if parts[0] in ("max", "-1") else int(parts[0])
-        period = int(parts[1]) if len(parts) > 1 else 100_000
-        return cls(quota, period)
-
-    @classmethod
-    def from_cpus(cls, cpus: float | None, period_s: float = 0.1) -> "CpuMax":
-        period = int(round(period_s * 1e6))
-        if cpus is None or math.isinf(cpus):
-            return cls(None, period)
-        return cls(int(round(cpus * period)), period)
-
-    @property
-    def cpus(self) -> float:
-        return math.inf if self.quota_us is None else self.quota_us / self.period_us
-
-    def text(self) -> str:
-        return f"{'max' if self.quota_us is None else self.quota_us} {self.period_us}"
-
-    def __str__(self):
-        return self.text()
-
 
 class CpuQuota(ControlPoint):
     """``cpu.max`` (v2) or ``cpu.cfs_quota_us`` + ``cpu.cfs_period_us`` (v1)."""
@@ -122,7 +80,7 @@ class CpuQuota(ControlPoint):
     def _check_v1_hierarchy(self, value: CpuMax) -> None:
         # v1 only: tg_cfs_schedulable_down() refuses a child whose ratio exceeds its
         # nearest limited ancestor's (v2 takes the minimum instead, no refusal).
-        mine = _ratio(value.quota_us, value.period_us)
+        mine = cfs_ratio(value.quota_us, value.period_us)
         parts = self.dir.rstrip("/").split("/")
         for depth in range(len(parts) - 1, 0, -1):
             parent = "/".join(parts[:depth])
@@ -131,14 +89,14 @@ class CpuQuota(ControlPoint):
             pq = self.fs.read_int(parent + "/cpu.cfs_quota_us")
             if pq >= 0:
                 pp = self.fs.read_int(parent + "/cpu.cfs_period_us")
-                if mine > _ratio(pq, pp):
+                if mine > cfs_ratio(pq, pp):
                     raise ActionRefused(
                         f"{self.cgroup}: quota {value.cpus:.3g} CPUs exceeds the parent's "
                         f"{pq / pp:.3g} CPUs ({parent}): on cgroup v1 a child may not exceed its parent",
                         "v1 child <= parent", self.dir)
                 break
         for child_dir, cq, cp in self._limited_descendants(self.dir):
-            if _ratio(cq, cp) > mine:
+            if cfs_ratio(cq, cp) > mine:
                 raise ActionRefused(
                     f"{self.cgroup}: quota {value.cpus:.3g} CPUs is below a child's {cq / cp:.3g} CPUs "
                     f"({child_dir}): on cgroup v1 a child may not exceed its parent",
@@ -212,17 +170,6 @@ class CpuQuota(ControlPoint):
 
     def tighter(self, old: str, new: str) -> bool:
         return CpuMax.parse(new).cpus < CpuMax.parse(old).cpus
-
-
-#: cgroup v2 cpu.weight range and default (Documentation/admin-guide/cgroup-v2.rst).
-WEIGHT_MIN, WEIGHT_MAX, WEIGHT_DEFAULT = 1, 10_000, 100
-#: cgroup v1 cpu.shares range (MIN_SHARES, MAX_SHARES in kernel/sched/sched.h).
-SHARES_MIN, SHARES_MAX = 2, 1 << 18
-
-
-def weight_to_shares(weight: int) -> int:
-    """cpu.weight -> cpu.shares, as the kernel converts (weight 100 = 1024 shares)."""
-    return max(SHARES_MIN, min(SHARES_MAX, round(weight * 1024 / WEIGHT_DEFAULT)))
 
 
 class CpuWeight(ControlPoint):

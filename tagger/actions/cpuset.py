@@ -25,45 +25,12 @@ import logging
 import math
 
 from tagger import errors
+from tagger.knobs import format_cpulist, parse_cpulist
 
 from .control import ControlPoint, Safety
 from .refusal import ActionRefused
 
 log = logging.getLogger(__name__)
-
-
-def parse_cpulist(text: str) -> list[int]:
-    """The kernel's CPU list format ("0-3,8,10-11") -> sorted CPU numbers.
-    ValueError on anything else."""
-    cpus: set[int] = set()
-    for part in text.strip().split(","):
-        if not part:
-            if text.strip():
-                raise ValueError(f"empty item in CPU list {text!r}")
-            continue
-        lo, sep, hi = part.partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
-            raise ValueError(f"bad CPU range {part!r} in {text.strip()!r}")
-        a, b = int(lo), int(hi) if sep else int(lo)
-        if b < a:
-            raise ValueError(f"bad CPU range {part!r} in {text!r}")
-        cpus.update(range(a, b + 1))
-    return sorted(cpus)
-
-
-def format_cpulist(cpus) -> str:
-    """Sorted CPU numbers -> the kernel's compact list ("0-3,8")."""
-    out, run = [], []
-    for c in sorted(set(cpus)):
-        if run and c == run[-1] + 1:
-            run.append(c)
-            continue
-        if run:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [c]
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(out)
 
 
 class CpuSet(ControlPoint):

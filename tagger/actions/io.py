@@ -15,42 +15,23 @@ import os
 
 from tagger import errors
 from tagger.kernelfs import KernelFS
+from tagger.knobs import (IO_KEYS, IO_LIMIT_MIN, IO_V1_FILES, format_io_limits, format_io_max_line, io_max_device,
+                          parse_io_limits)
 
 from .control import ControlPoint, Safety
 from .refusal import ActionRefused
 from .spec import IoSpec
 
-KEYS = ("rbps", "wbps", "riops", "wiops")
-V1_FILES = {
-    "rbps": "blkio.throttle.read_bps_device",
-    "wbps": "blkio.throttle.write_bps_device",
-    "riops": "blkio.throttle.read_iops_device",
-    "wiops": "blkio.throttle.write_iops_device",
-}
-UNLIMITED = " ".join(f"{k}=max" for k in KEYS)
 #: Devices that are not disks worth throttling when a rule names none.
 _SKIP_DISKS = ("loop", "ram", "zram", "nbd", "sr", "fd")
 
-
-def parse_limits(text: str) -> dict[str, int | None]:
-    """``"rbps=1048576 wbps=max"`` -> {"rbps": 1048576, "wbps": None, ...}; absent keys are None."""
-    out: dict[str, int | None] = {k: None for k in KEYS}
-    for field in text.split():
-        if "=" in field:
-            k, v = field.split("=", 1)
-            if k in out:
-                out[k] = None if v == "max" else int(v)
-    return out
-
-
-def format_limits(limits: dict[str, int | None]) -> str:
-    return " ".join(f"{k}={'max' if limits.get(k) is None else int(limits[k])}" for k in KEYS)
+parse_limits, format_limits = parse_io_limits, format_io_limits  # SHIM-14 (prometheus, until H4 imports tagger.knobs)
 
 
 def spec_limits(spec: IoSpec) -> dict[str, int | None]:
     out = {"rbps": spec.read_bps, "wbps": spec.write_bps, "riops": spec.read_iops, "wiops": spec.write_iops}
     for k, v in out.items():
-        if v is not None and v < 1:
+        if v is not None and v < IO_LIMIT_MIN:
             # v1 reads 0 as "no rule" and a stopped disk is never what a rule means.
             raise ActionRefused(f"io {k}={v}: a limit must be at least 1 per second", f"{k} >= 1")
     return {k: None if v is None else int(v) for k, v in out.items()}
@@ -82,32 +63,25 @@ class IoLimit(ControlPoint):
         self.device = device
         self.knob = f"io.max {device}"
 
-    def _device_value(self, text: str) -> str | None:
-        for line in text.splitlines():
-            parts = line.split(None, 1)
-            if parts and parts[0] == self.device:
-                return parts[1] if len(parts) > 1 else ""
-        return None
-
     def read(self) -> str:
         if self.version == 2:
             # No io.max: the parent does not delegate io, and the kernel charges
             # this cgroup's I/O to an ancestor (named in the refusal).
-            rest = self._device_value(self.read_knob("io.max", "io", 2))
-            return format_limits(parse_limits(rest or ""))
+            rest = io_max_device(self.read_knob("io.max", "io", 2), self.device)
+            return format_io_limits(parse_io_limits(rest or ""))
         limits: dict[str, int | None] = {}
-        for k, f in V1_FILES.items():
-            v = self._device_value(self.fs.read_text(f"{self.dir}/{f}"))
+        for k, f in IO_V1_FILES.items():
+            v = io_max_device(self.fs.read_text(f"{self.dir}/{f}"), self.device)
             limits[k] = int(v) if v and int(v) > 0 else None
-        return format_limits(limits)
+        return format_io_limits(limits)
 
     def write(self, text: str) -> None:
-        limits = parse_limits(text)
+        limits = parse_io_limits(text)
         try:
             if self.version == 2:
-                self.fs.write_text(f"{self.dir}/io.max", f"{self.device} {format_limits(limits)}")
+                self.fs.write_text(f"{self.dir}/io.max", format_io_max_line(self.device, limits))
                 return
-            for k, f in V1_FILES.items():
+            for k, f in IO_V1_FILES.items():
                 v = limits[k]
                 self.fs.write_text(f"{self.dir}/{f}", f"{self.device} {0 if v is None else v}")
         except errors.KernelRefused as err:
@@ -115,17 +89,17 @@ class IoLimit(ControlPoint):
                                 f"devices and malformed limits)", "kernel refused", err.path) from err
 
     def tighter(self, old: str, new: str) -> bool:
-        cur, want = parse_limits(old), parse_limits(new)
+        cur, want = parse_io_limits(old), parse_io_limits(new)
         return any(w is not None and (c is None or w < c) for c, w in zip(cur.values(), want.values()))
 
     def paced(self, current: str, wanted: str, safety: Safety, held_for: float | None) -> str:
-        cur, want = parse_limits(current), parse_limits(wanted)
+        cur, want = parse_io_limits(current), parse_io_limits(wanted)
         if self.tighter(current, wanted) and held_for is not None and held_for < safety.cooldown:
             return current
         if safety.max_step is not None:
-            for k in KEYS:
+            for k in IO_KEYS:
                 c, w = cur[k], want[k]
                 # From "no limit" there is no rate to step from: the first limit goes straight in.
                 if c is not None and w is not None and w < c:
                     want[k] = max(w, int(c * (1 - safety.max_step)))
-        return format_limits(want)
+        return format_io_limits(want)

@@ -97,7 +97,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from tagger.actions.cpu import WEIGHT_MIN
+from tagger.knobs import WEIGHT_MIN
 from tagger.actions.spec import ActionSet, CpuSpec, IoSpec
 from tagger.rules.selectors import PathSelector
 from tagger.snapshot import Snapshot
