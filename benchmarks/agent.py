@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.scrape_byte_names import free_port
-from tagger.api import ApiClient, ApiError
+from tagger.client import ApiClient, ApiError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,7 +22,7 @@ import re
 import statistics
 import time
 
-from tagger.api import MAX_GLOB_CHARS
+from tagger.publish.socket import MAX_GLOB_CHARS
 from tagger.cgroupglob import CgroupGlob
 
 BAR_SECONDS = 0.010

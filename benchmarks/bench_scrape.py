@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.agent import Agent as UserAgent  # noqa: E402
-from tagger.api import ApiClient  # noqa: E402
+from tagger.client import ApiClient  # noqa: E402
 from tests.cgroup_fixture import _rmdir_tree, v1_root, v2_root, wait_for  # noqa: E402
 
 INTERVAL = 1.0

@@ -150,7 +150,7 @@ class Agent:
     """``tagger run`` in a subprocess with a rules directory of its own."""
 
     def __init__(self, workdir: Path, rules_text: str, interval: float):
-        from tagger.api import ApiClient
+        from tagger.client import ApiClient
         self._client = ApiClient
         self.dir = Path(tempfile.mkdtemp(prefix="agent-", dir=workdir))
         os.chmod(self.dir, 0o755)

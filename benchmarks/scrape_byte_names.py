@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from tagger.api import ApiClient, ApiError, wait_for_socket  # noqa: E402
+from tagger.client import ApiClient, ApiError, wait_for_socket  # noqa: E402
 from tagger.names import display, parse  # noqa: E402
 from tagger.trace import read_trace  # noqa: E402
 from tests.cgroup_fixture import _rmdir_tree, v2_root, wait_for  # noqa: E402

@@ -288,7 +288,7 @@ class Agent:
                                      stderr=subprocess.STDOUT, cwd=ROOT)
 
     def wait_ready(self, timeout: float = 60.0):
-        from tagger.api import ApiClient, ApiError
+        from tagger.client import ApiClient, ApiError
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -328,7 +328,7 @@ class Watcher(threading.Thread):
 
     def __init__(self, sock: str, prefix: str):
         super().__init__(daemon=True, name="watcher")
-        from tagger.api import ApiClient
+        from tagger.client import ApiClient
         self.client = ApiClient(sock, timeout=1.0)
         reply = self.client.subscribe(("tags", "snapshots"), cgroup=f"{prefix}/**")
         self.tags = {p: {k: v["value"] for k, v in ts.items()} for p, ts in (reply.get("tags") or {}).items()}
@@ -339,7 +339,7 @@ class Watcher(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self):
-        from tagger.api import ApiError
+        from tagger.client import ApiError
         try:
             while not self.stopping.is_set():
                 try:

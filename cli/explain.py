@@ -18,9 +18,9 @@ import time
 import click
 import numpy as np
 
-from tagger.api import DEFAULT_SOCKET, ApiClient, ApiError
+from tagger.client import DEFAULT_SOCKET, ApiClient, ApiError
 from tagger.errors import RulesError
-from tagger.publish import json_safe
+from tagger.publish.wire import json_safe
 from tagger.rules import expr as ex
 from tagger.rules import load_directory
 from tagger.rules.engine import context_for

@@ -8,8 +8,8 @@ import time
 
 import click
 
-from tagger.api import DEFAULT_SOCKET, ApiClient, ApiError
-from tagger.publish import json_safe, to_plain
+from tagger.client import DEFAULT_SOCKET, ApiClient, ApiError
+from tagger.publish.wire import json_safe, to_plain
 
 
 def _print_table(tags: dict):

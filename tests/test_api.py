@@ -16,11 +16,14 @@ import time
 import msgpack
 import pytest
 
-from tagger.api import HEADER, ApiClient, ApiError, ApiServer, encode_frame
+from tagger.client import ApiClient, ApiError
+from tagger.publish.report import Health, TickReport
+from tagger.publish.socket import ApiServer
+from tagger.publish.wire import HEADER, encode_frame
 from tagger.clock import epoch
 from tagger.snapshot import Snapshot
 from tagger.actions.actuator import AppliedAction
-from tagger.tags import Tag, TagEvent
+from tagger.tags import Tag, TagEvent, TagStore
 from tests.cgroup_fixture import wait_for
 
 
@@ -38,7 +41,7 @@ def publish_tick(srv, t=1.0, busy="/a"):
     tags = {busy: {"resource": Tag("resource", "cpu-intensive", "cpu-intensive", t)}}
     events = [TagEvent(t, busy, "resource", "cpu-intensive", None, "cpu-intensive", "added")]
     acts = [AppliedAction(busy, "cpu.max", 0.5, "max", "cap", t, False)]
-    srv.publish(snap, tags, events, acts, {"ticks": 1, "tick_seconds": 0.003})
+    srv.publish(TickReport(snap, tags, events, acts, Health(ticks=1, tick_seconds=0.003)))
 
 
 def raw_connect(path):
@@ -63,6 +66,20 @@ def read_frame(sock):
             return None
         body += chunk
     return msgpack.unpackb(body, raw=False)
+
+
+def test_history_is_the_tag_stores(tmp_path):
+    """The agent's TagStore is the one tag history: the server reads it, it keeps none of its own."""
+    store = TagStore(history=3)
+    store.set("/a", "resource", "cpu-intensive", "cpu", 1.0)
+    with ApiServer(str(tmp_path / "t.sock"), store=store) as srv, ApiClient(srv.path) as c:
+        [ev] = c.request("history")
+        assert (ev["cgroup"], ev["kind"], ev["t"]) == ("/a", "added", epoch(1.0))
+        srv.publish(TickReport(events=[TagEvent(2.0, "/b", "k", "v", None, "r", "added")]))
+        store.set("/b", "k", "v", "r", 3.0)
+        wait_for(lambda: len(c.request("history")) == 2, timeout=5, what="the store's second event")
+        assert [e["cgroup"] for e in c.request("history", since=epoch(1.5))] == ["/b"]
+        assert [e["t"] for e in c.request("history", limit=1)] == [epoch(3.0)]
 
 
 def test_socket_is_0600(server):
@@ -201,7 +218,7 @@ def test_slow_subscriber_is_dropped_not_waited_for(tmp_path):
         snap = Snapshot.synthetic(paths, {"cpu.usage": [0.5] * len(paths)})
         t0 = time.monotonic()
         for i in range(200):                       # the slow client never reads
-            srv.publish(snap, {}, [], [], {})
+            srv.publish(TickReport(snap, {}, [], [], Health()))
         publish_cost = time.monotonic() - t0
         wait_for(lambda: srv.stats["dropped"] >= 1, timeout=10, what="slow subscriber dropped")
         assert publish_cost < 2.0                  # publish never waited for the client

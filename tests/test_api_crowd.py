@@ -12,7 +12,9 @@ import textwrap
 
 import pytest
 
-from tagger.api import ApiClient, ApiServer
+from tagger.client import ApiClient
+from tagger.publish.report import Health, TickReport
+from tagger.publish.socket import ApiServer
 from tagger.clock import epoch
 from tagger.snapshot import Snapshot
 from tagger.tags import Tag
@@ -25,7 +27,7 @@ TAGS = {"/a": {"resource": {"value": "cpu-intensive", "rule": "cpu-intensive", "
 def publish_tags(srv):
     snap = Snapshot.synthetic(["/a"], {"cpu.usage": [1.5]}, t=1.0)
     tags = {"/a": {"resource": Tag("resource", "cpu-intensive", "cpu-intensive", 1.0)}}
-    srv.publish(snap, tags, [], [], {"ticks": 1})
+    srv.publish(TickReport(snap, tags, [], [], Health(ticks=1)))
 
 
 def connect(path) -> socket.socket:

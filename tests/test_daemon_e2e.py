@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from tagger.api import ApiClient
-from tagger.daemon import Config, Daemon
+from tagger.client import ApiClient
+from tagger.agent.config import Config
+from tagger.agent.daemon import Daemon
 from tests.cgroup_fixture import wait_for
 
 INTERVAL = 1.0

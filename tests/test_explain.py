@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tagger.api import ApiServer
+from tagger.publish.socket import ApiServer
 from tagger.cli.explain import explain
-from tagger.daemon import rules_summary
+from tagger.agent.rules_state import rules_summary
 from tagger.rules import Engine, load_directory
 from tagger.snapshot import CULPRIT_DTYPE, Snapshot
 from tests.cgroup_fixture import wait_for

@@ -13,10 +13,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tagger.actions.actuator import Protection
-from tagger.api import MAX_GLOB_CHARS, ApiClient, ApiError, ApiServer
+from tagger.client import ApiClient, ApiError
+from tagger.publish.socket import MAX_GLOB_CHARS, ApiServer
 from tagger.cgroupglob import CgroupGlob, GlobError, GlobSet
 from tagger.errors import ConfigError
-from tagger.fallback import FallbackCollector
+from tagger.telemetry.fallback import FallbackCollector
 from tagger.kernelfs import HOST
 from tagger.policies.spec import Selector
 from tagger.publish.prometheus import TaggerCollector

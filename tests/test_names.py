@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tagger.actions.actuator import AppliedAction
-from tagger.api import ApiClient, ApiServer
+from tagger.client import ApiClient
+from tagger.publish.socket import ApiServer
 from tagger.cgroups import Layout, Registry
 from tagger.cli.top import render
 from tagger.cli.top.model import Frame, TopModel
@@ -30,7 +31,7 @@ from tagger.publish.prometheus import MetricsServer, TaggerCollector
 from tagger.publish.redis import RedisPublisher
 from tagger.snapshot import Snapshot
 from tagger.tags import Tag, TagEvent
-from tagger.telemetry import _c_string
+from tagger.telemetry.events import c_string as _c_string
 from tagger.trace import read_trace, record
 from tests.cgroup_fixture import wait_for
 

@@ -270,7 +270,7 @@ def test_frame_build_accepts_the_sockets_plain_dicts():
 
 
 def test_snapshot_round_trips_through_the_publishers_plain_form():
-    from tagger.publish import snapshot_to_plain
+    from tagger.publish.wire import snapshot_to_plain
     snap = DemoSource(30, seed=3).next_frame().snapshot
     back = snapshot_from_plain(snapshot_to_plain(snap))
     assert back.cgroups.paths == snap.cgroups.paths
@@ -281,7 +281,7 @@ def test_snapshot_round_trips_through_the_publishers_plain_form():
 def test_preemptions_and_culprits_round_trip_in_detail():
     """runq.wait.by travels like the preemptions: [victim, culprit, wait]
     rows of the reply's table, pairs with a row filtered out dropped."""
-    from tagger.publish import snapshot_to_plain
+    from tagger.publish.wire import snapshot_to_plain
     from tagger.snapshot import CULPRIT_DTYPE
     snap = Snapshot.synthetic(["/a", "/b", "/c"], {"cpu.usage": [1.0, 0.5, 0.1]})
     snap.preemptions = np.array([(0, 1, 30.0)], PREEMPTION_DTYPE)

@@ -187,7 +187,7 @@ def test_bad_interval_is_refused():
 # -- the socket source against a real agent socket ---------------------------------------------
 
 def test_socket_source_reads_snapshot_tags_actions_and_events(tmp_path):
-    from tagger.api import ApiServer
+    from tagger.publish.socket import ApiServer
     from tagger.cli.top.sources import DemoSource
     from tagger.tags import Tag, TagEvent
 
@@ -264,7 +264,8 @@ def test_standalone_shows_a_busy_cgroup_on_the_real_kernel(make_cgroup):
 
 
 def test_socket_source_reconnects_after_the_agent_restarts(tmp_path):
-    from tagger.api import ApiError, ApiServer
+    from tagger.client import ApiError
+    from tagger.publish.socket import ApiServer
     from tagger.cli.top.sources import DemoSource
 
     demo = DemoSource(10, seed=4)

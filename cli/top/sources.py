@@ -24,6 +24,7 @@ import numpy as np
 
 from tagger.errors import TaggerError
 from tagger.names import parse
+from tagger.publish.wire import from_display as _parsed, snapshot_from_plain  # noqa: F401  SHIM-14 (moved to the wire codec)
 from tagger.snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, CgroupTable, Snapshot
 
 from .model import ActionInfo, Frame, TagEventInfo, TagInfo
@@ -410,9 +411,9 @@ class SocketSource:
 
     def __init__(self, path: str, timeout: float = 5.0):
         try:
-            from tagger.api import ApiClient, ApiError
+            from tagger.client import ApiClient, ApiError
         except ImportError as err:
-            raise SourceUnavailable(f"--connect needs tagger.api, which this build lacks ({err})") from None
+            raise SourceUnavailable(f"--connect needs tagger.client, which this build lacks ({err})") from None
         self._connect = lambda: ApiClient(path, timeout=timeout)
         self.path = path
         self.name = f"socket {path}"
@@ -464,41 +465,3 @@ class SocketSource:
         if self._client is not None:
             self._client.close()
             self._client = None
-
-
-def _parsed(obj):
-    """The socket's plain values with every string back in internal form
-    (tagger.names): the inverse of the display form the agent sends."""
-    if isinstance(obj, str):
-        return parse(obj)
-    if isinstance(obj, dict):
-        return {_parsed(k): _parsed(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_parsed(v) for v in obj]
-    return obj
-
-
-def snapshot_from_plain(d: dict) -> Snapshot:
-    """The inverse of :func:`tagger.publish.snapshot_to_plain`; histograms and
-    preemptions are used when the agent sends them (``histograms``,
-    ``hist_edges``, ``preemptions`` as [victim, preemptor, count] rows,
-    ``culprits`` as [victim, culprit, wait] rows)."""
-    cg = d.get("cgroups") or {}
-    paths = [parse(p) for p in cg.get("paths") or ()]
-    names = [parse(n) for n in cg["names"]] if cg.get("names") is not None else None
-    labels = _parsed(cg["labels"]) if cg.get("labels") is not None else None
-    table = CgroupTable.from_paths(paths, names, labels, cg.get("ids"))
-    cols = {k: np.asarray(v, dtype=np.float64) for k, v in (d.get("columns") or {}).items()}
-    hists = {k: np.asarray(v, dtype=np.float64) for k, v in (d.get("histograms") or {}).items()}
-    pre_rows = d.get("preemptions") or ()
-    pre = np.zeros(len(pre_rows), PREEMPTION_DTYPE)
-    for j, row in enumerate(pre_rows):
-        pre[j] = tuple(row) if not isinstance(row, dict) else (row["victim"], row["preemptor"], row["count"])
-    by_rows = d.get("culprits") or ()
-    by = np.zeros(len(by_rows), CULPRIT_DTYPE)
-    for j, row in enumerate(by_rows):
-        by[j] = tuple(row) if not isinstance(row, dict) else (row["victim"], row["culprit"], row["wait"])
-    return Snapshot(t=float(d.get("t", 0.0)), dt=float(d.get("dt", 0.0)), cgroups=table, columns=cols,
-                    node={k: float(v) for k, v in (d.get("node") or {}).items()},
-                    histograms=hists, hist_edges=np.asarray(d.get("hist_edges") or (), dtype=np.float64),
-                    preemptions=pre, culprits=by, source=str(d.get("source", "socket")), seq=int(d.get("seq", 0)))

@@ -26,7 +26,7 @@ import threading
 import time
 
 from tagger.names import display
-from tagger.publish import event_plain
+from tagger.publish.wire import event_plain
 
 log = logging.getLogger(__name__)
 
