@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -446,30 +445,26 @@ class Registry:
         return Change(frozenset(added | recreated), frozenset(removed | recreated))
 
     def _walk(self, root: str, ids: bool) -> dict[str, int]:
-        real_root = self.fs.path(root)
-        try:
-            root_id = os.stat(real_root).st_ino if ids else 0
-        except OSError as err:
-            raise errors.from_oserror(err, root) from err
+        root_id = self.fs.stat(root).st_ino if ids else 0
         found: dict[str, int] = {}
+        base = root.rstrip("/")
         # Depth-first, children pushed in reverse name order: rows come out
         # parents before children, siblings in name order (a stable row order).
-        stack = [(str(real_root), "/", root_id)]
+        stack = [("/", root_id)]
         while stack:
-            real, rel, ino = stack.pop()
+            rel, ino = stack.pop()
             found[rel] = ino
+            prefix = "" if rel == "/" else rel
             try:
-                with os.scandir(real) as it:
-                    children = [(e.name, e.inode(), e.path) for e in it if e.is_dir(follow_symlinks=False)]
-            except (FileNotFoundError, NotADirectoryError):
+                children = self.fs.subdirs(base + prefix)
+            except errors.NotFound:
                 continue              # the cgroup went away mid-walk: a normal race
-            except PermissionError as err:
-                log.debug("cannot list %s: %s", real, err)
+            except errors.PermissionDenied as err:
+                log.debug("cannot list %s: %s", base + prefix, err)
                 continue
             children.sort(reverse=True)
-            prefix = "" if rel == "/" else rel
-            for name, child_ino, child_real in children:
-                stack.append((child_real, f"{prefix}/{name}", child_ino if ids else 0))
+            for name, child_ino in children:
+                stack.append((f"{prefix}/{name}", child_ino if ids else 0))
         return found
 
     # --- events from the BPF cgroup mkdir/rmdir ring buffer -------------------

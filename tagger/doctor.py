@@ -28,6 +28,7 @@ import struct
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
+from . import errors
 from .kernelfs import HOST, KernelFS
 
 BASE, BPF, OPTIONAL = "base", "bpf", "optional"
@@ -118,9 +119,8 @@ def _errno_text(ret: int) -> str:
 def vmlinux_btf_type_id(name: str, kind: int = 8, path="/sys/kernel/btf/vmlinux", fs: KernelFS = HOST) -> int | None:
     """The id of BTF type ``name`` (default kind 8, TYPEDEF) in the kernel's BTF."""
     try:
-        with open(fs.path(path), "rb") as f:
-            data = f.read()
-    except OSError:
+        data = fs.read_bytes(path)
+    except errors.TaggerError:
         return None
     magic, _ver, _flags, hdr_len, type_off, type_len, str_off, _str_len = struct.unpack_from("=HBBIIIII", data)
     if magic != 0xEB9F:

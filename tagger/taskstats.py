@@ -54,22 +54,22 @@ class SchedstatSource:
 
     def read(self, tgids: Iterable[int]) -> dict[int, ProcDelay]:
         out = {}
-        proc = str(self.fs.path("/proc"))
         for tgid in tgids:
-            task_dir = f"{proc}/{tgid}/task"
+            task_dir = f"/proc/{tgid}/task"
             try:
-                tids = os.listdir(task_dir)
-            except OSError:
+                tids = self.fs.listdir(task_dir)
+            except errors.Vanished:
                 continue                # the process exited: a normal race
             total = 0
             seen = False
-            for tid in tids:
+            for text in self.fs.read_small_many([f"{task_dir}/{tid}/schedstat" for tid in tids]):
+                if text is None:
+                    continue            # the thread exited since the listing
                 try:
-                    with open(f"{task_dir}/{tid}/schedstat", "rb") as f:
-                        total += int(f.read().split()[1])
-                    seen = True
-                except (OSError, ValueError, IndexError):
+                    total += int(text.split()[1])
+                except (ValueError, IndexError):
                     continue
+                seen = True
             if seen:
                 out[tgid] = ProcDelay(total)
         return out
@@ -117,12 +117,10 @@ class TaskstatsSource:
             msg["attrs"].append(["TASKSTATS_CMD_ATTR_TGID", int(tgid)])
             try:
                 reply = list(self._sock.nlm_request(msg, self._sock.prid, msg_flags=self._flags))
-            except NetlinkError as err:
-                if strict or err.code != errno.ESRCH:
-                    if err.code in (errno.EPERM, errno.EACCES):
-                        raise errors.PermissionDenied(err.code, "taskstats: needs CAP_NET_ADMIN") from err
-                    if strict:
-                        raise
+            except (NetlinkError, OSError) as err:
+                mapped = _netlink_error(err, tgid)
+                if strict or not isinstance(mapped, errors.Vanished):
+                    raise mapped from err
                 continue                # the process exited: a normal race
             for m in reply:
                 aggr = m.get_attr("TASKSTATS_TYPE_AGGR_TGID")
@@ -138,6 +136,15 @@ class TaskstatsSource:
 
     def close(self):
         self._sock.close()
+
+
+def _netlink_error(err: Exception, tgid: int) -> errors.TaggerError:
+    """A taskstats request's failure as the domain error the kernel's errno
+    means (the one mapping, tagger.errors): ESRCH is a process that exited."""
+    code = getattr(err, "code", None) or getattr(err, "errno", None) or errno.EIO
+    if code in (errno.EPERM, errno.EACCES):
+        return errors.PermissionDenied(code, "taskstats: needs CAP_NET_ADMIN")
+    return errors.from_oserror(OSError(code, os.strerror(code)), f"taskstats TGID {tgid}")
 
 
 def open_delay_source(fs: KernelFS = HOST, prefer: str = "auto"):

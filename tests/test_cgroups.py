@@ -347,18 +347,3 @@ def test_registry_real_blkio_ids(make_cgroup):
     assert reg.path_of(ino, controller="io") == cg.path
     assert reg.path_of(cg.id) == cg.path
 
-
-# --- the one CPU count -----------------------------------------------------
-def test_online_cpus_from_the_kernels_list(tmp_path):
-    (tmp_path / "sys/devices/system/cpu").mkdir(parents=True)
-    (tmp_path / "sys/devices/system/cpu/online").write_text("0-3,6\n")
-    assert KernelFS(tmp_path).online_cpus() == 5
-
-
-def test_online_cpus_without_the_file_is_os_cpu_count(tmp_path):
-    assert KernelFS(tmp_path).online_cpus() == (os.cpu_count() or 1)
-
-
-def test_online_cpus_real_host_matches_sysconf():
-    # glibc's _SC_NPROCESSORS_ONLN reads the same list: both must agree.
-    assert HOST.online_cpus() == os.sysconf("SC_NPROCESSORS_ONLN")
