@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from tagger.client import ApiClient, ApiError, wait_for_socket  # noqa: E402
 from tagger.names import display, parse  # noqa: E402
-from tagger.trace import read_trace  # noqa: E402
+from tagger.publish.trace import read_trace  # noqa: E402
 from tests.cgroup_fixture import _rmdir_tree, v2_root, wait_for  # noqa: E402
 
 RULES = """

@@ -39,7 +39,7 @@ def record(output, duration, interval, cgroupfs_only, quiet):
     """
     from tagger.kubelet import KubeletLogs
     from tagger.telemetry import open_collector
-    from tagger.trace import record as write_trace
+    from tagger.publish.trace import record as write_trace
 
     count = max(1, math.ceil(duration / interval - 1e-9))
 
@@ -104,7 +104,7 @@ def replay(trace, rules_dir, as_json):
     from tagger.default_rules import DIRECTORY
     from tagger.rules import Engine, load_directory
     from tagger.tags import TagStore
-    from tagger.trace import TraceReader, TraceTruncated
+    from tagger.publish.trace import TraceReader, TraceTruncated
 
     rules_dir = rules_dir or str(DIRECTORY)
     try:

@@ -32,7 +32,7 @@ from tagger.publish.redis import RedisPublisher
 from tagger.snapshot import Snapshot
 from tagger.tags import Tag, TagEvent
 from tagger.telemetry.events import c_string as _c_string
-from tagger.trace import read_trace, record
+from tagger.publish.trace import read_trace, record
 from tests.cgroup_fixture import wait_for
 
 # Bytes that make the rule's edge cases likely: undecodable bytes, control

@@ -40,3 +40,12 @@ def test_health_plain_round_trip_and_optional_parts_left_out():
 def test_tick_report_defaults_mean_unchanged():
     r = TickReport()
     assert r.snapshot is None and r.tags is None and r.events == [] and r.actions is None and r.health is None
+
+
+def test_every_exported_health_key_is_a_field():
+    """Prometheus reads health keys by name: each must be one Health or CollectorHealth spells."""
+    import dataclasses
+
+    from tagger.publish.prometheus import HEALTH, HEALTH_SCALE
+    fields = {f.name for f in dataclasses.fields(Health)} | {f.name for f in dataclasses.fields(CollectorHealth)}
+    assert set(HEALTH) | set(HEALTH_SCALE) <= fields

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tagger.publish.redis import RedisPublisher
+from tagger.publish.report import TickReport
 from tagger.tags import Tag, TagEvent
 from tests.cgroup_fixture import wait_for
 
@@ -76,14 +77,14 @@ def test_hashes_and_stream(redis_server):
     pub = RedisPublisher(f"redis://127.0.0.1:{redis_server.port}/0", host="node1").start()
     try:
         tags = {"/a": {"resource": Tag("resource", "cpu-intensive", "cpu", 1.0)}}
-        pub.publish(tags, [TagEvent(1.0, "/a", "resource", "cpu-intensive", None, "cpu", "added")])
+        pub.publish(TickReport(tags=tags, events=[TagEvent(1.0, "/a", "resource", "cpu-intensive", None, "cpu", "added")]))
         wait_for(lambda: r.hgetall("tagger:node1:tags:/a"), timeout=5, what="hash written")
         assert r.hgetall("tagger:node1:tags:/a") == {"resource": "cpu-intensive"}
         assert r.smembers("tagger:node1:cgroups") == {"/a"}
         [(_, fields)] = r.xrange("tagger:events")
         assert fields["host"] == "node1" and fields["kind"] == "added" and fields["old"] == ""
 
-        pub.publish({}, [TagEvent(2.0, "/a", "resource", None, "cpu-intensive", "cpu", "removed")])
+        pub.publish(TickReport(tags={}, events=[TagEvent(2.0, "/a", "resource", None, "cpu-intensive", "cpu", "removed")]))
         wait_for(lambda: not r.exists("tagger:node1:tags:/a"), timeout=5, what="hash removed")
         assert r.smembers("tagger:node1:cgroups") == set()
         assert r.xlen("tagger:events") == 2
@@ -96,8 +97,8 @@ def test_stream_is_capped(redis_server):
     pub = RedisPublisher(f"redis://127.0.0.1:{redis_server.port}", host="n", stream_maxlen=100).start()
     try:
         for i in range(30):
-            pub.publish({}, [TagEvent(float(i * 100 + j), "/x", "k", "v", None, "r", "added")
-                             for j in range(100)])
+            pub.publish(TickReport(tags={}, events=[TagEvent(float(i * 100 + j), "/x", "k", "v", None, "r", "added")
+                             for j in range(100)]))
         wait_for(lambda: pub.stats["published"] == 3000, timeout=10, what="all events written")
         # "~" trims by whole macro nodes: at most one node above the cap.
         assert r.xlen("tagger:events") < 300
@@ -110,15 +111,14 @@ def test_outage_never_stalls_and_recovers(redis_server):
     pub = RedisPublisher(f"redis://127.0.0.1:{redis_server.port}", host="n", queue_size=50,
                          backoff=(0.05, 0.2), timeout=0.5).start()
     try:
-        pub.publish(tagset(**{"/old": {"k": "v"}}), [TagEvent(0.0, "/old", "k", "v", None, "r", "added")])
+        pub.publish(TickReport(tags=tagset(**{"/old": {"k": "v"}}), events=[TagEvent(0.0, "/old", "k", "v", None, "r", "added")]))
         wait_for(lambda: r.exists("tagger:n:tags:/old"), timeout=5, what="first write")
 
         redis_server.stop()                                   # outage
         worst = 0.0
         for i in range(200):
             t0 = time.perf_counter()
-            pub.publish(tagset(**{"/new": {"k": str(i)}}),
-                        [TagEvent(float(i + 1), "/new", "k", str(i), None, "r", "changed")])
+            pub.publish(TickReport(tags=tagset(**{"/new": {"k": str(i)}}), events=[TagEvent(float(i + 1), "/new", "k", str(i), None, "r", "changed")]))
             worst = max(worst, time.perf_counter() - t0)
         assert worst < 0.05, f"publish blocked {worst:.3f}s during the outage"
         wait_for(lambda: pub.stats["connected"] == 0, timeout=5, what="outage noticed")
@@ -139,7 +139,7 @@ def test_unreachable_at_start_is_not_fatal():
     pub = RedisPublisher(f"redis://127.0.0.1:{free_port()}", backoff=(0.05, 0.1), timeout=0.2).start()
     try:
         t0 = time.perf_counter()
-        pub.publish(tagset(**{"/a": {"k": "v"}}), [])
+        pub.publish(TickReport(tags=tagset(**{"/a": {"k": "v"}}), events=[]))
         assert time.perf_counter() - t0 < 0.05
         time.sleep(0.2)
         assert pub.stats["connected"] == 0

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from tagger.cli.trace import replay
 from tagger.snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, CgroupTable, Snapshot
-from tagger.trace import (VERSION, TraceError, TraceReader, TraceTruncated, TraceWriter, read_trace,
-                          record, snapshot_record)
+from tagger.publish.report import TickReport
+from tagger.publish.trace import (VERSION, TraceError, TraceReader, TraceTruncated, TraceWriter, read_trace,
+                                  record, snapshot_record)
 
 PATHS = ["/", "/kubepods/besteffort/p1/c", "/work/web", "/work/batch"]
 
@@ -49,6 +50,20 @@ def synthetic_run(n=30, seed=1):
                         columns={k: np.append(v, 0.5) for k, v in last.columns.items()},
                         node=last.node, seq=n))
     return out
+
+
+def test_writer_as_a_publisher_records_each_ticks_snapshot():
+    """The agent's --record: ticks as TickReports; one without a snapshot records nothing."""
+    snaps = synthetic_run(3)
+    buf = io.BytesIO()
+    w = TraceWriter(buf)
+    for snap in snaps:
+        w.publish(TickReport(snapshot=snap))
+        w.publish(TickReport(tags={}))
+    assert w.count == len(snaps) == 4
+    buf.seek(0)
+    for a, b in zip(read_trace(buf), snaps, strict=True):
+        assert_same(a, b)
 
 
 def assert_same(a: Snapshot, b: Snapshot):

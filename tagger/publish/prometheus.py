@@ -36,9 +36,11 @@ from prometheus_client.utils import floatToGoString
 from tagger import __version__
 from tagger.cgroupglob import GlobError, GlobSet
 from tagger.errors import ConfigError
+from tagger.knobs import cpu_max_cpus, parse_cpulist, parse_io_limits
 from tagger.names import display, parse
 from tagger.publish.cumulative import COUNTERS, HISTOGRAMS, Accumulator, Totals
 from tagger.publish.export import DEFAULT_CAP, DEFAULT_TOP, RANK_BY, ExportPolicy
+from tagger.publish.report import Health, TickReport
 from tagger.snapshot import METRICS, NODE_METRICS
 
 log = logging.getLogger(__name__)
@@ -97,8 +99,9 @@ UNIT_SUFFIXES = (".service", ".scope")
 #: them stay in the Snapshot: rules, the socket API and ``tagger top``.
 LEVEL_METRICS = ("mem.current",)
 
-#: health key -> (metric name, "gauge" | "counter", help).  The daemon fills
-#: the health dict; keys it does not have are left out of the exposition.
+#: health key (a field of tagger.publish.report.Health or CollectorHealth) ->
+#: (metric name, "gauge" | "counter", help).  Keys a tick's health lacks are
+#: left out of the exposition.
 HEALTH = {
     "tick_seconds": ("tagger_tick_seconds", "gauge", "Wall time the last tick's work took"),
     "tick_cpu_seconds": ("tagger_tick_cpu_seconds", "gauge", "CPU time the last tick's work took"),
@@ -128,8 +131,6 @@ HEALTH = {
     "reloads": ("tagger_rule_reloads", "counter", "Successful reloads of the rules directory"),
     "reload_failures": ("tagger_rule_reload_failures", "counter",
                         "Reloads refused because the rules directory had errors"),
-    "tags": ("tagger_tags_current", "gauge", "Tags currently set, over all cgroups"),
-    "actions": ("tagger_actions_current", "gauge", "Actions currently applied"),
     "api_clients": ("tagger_api_clients", "gauge", "Connected socket API clients"),
     "api_dropped": ("tagger_api_subscribers_dropped", "counter",
                     "Socket subscribers dropped for reading too slowly"),
@@ -174,21 +175,18 @@ def knob_values(knob: str, value) -> list[tuple[str, str, dict, float]]:
     kind, _, arg = str(knob).partition(" ")
     try:
         if kind == "cpu.max":
-            from tagger.actions.cpu import CpuMax
-            cpus = CpuMax.parse(str(value)).cpus if not isinstance(value, (int, float)) else float(value)
+            cpus = cpu_max_cpus(str(value)) if not isinstance(value, (int, float)) else float(value)
             return [] if math.isinf(cpus) else [(*CPU_MAX, {}, cpus)]
         if kind == "cpu.weight":
             return [(*CPU_WEIGHT, {}, float(value))]
         if kind == "cpu.idle":
             return [(*CPU_IDLE, {}, 1.0 if str(value).split(" ", 1)[0] == "1" else 0.0)]
         if kind == "cpuset.cpus":
-            from tagger.actions.cpuset import parse_cpulist
             cpus = parse_cpulist(str(value))
             return [(*CPUSET, {}, float(len(cpus)))] if cpus else []
         if kind == "io.max":
-            from tagger.actions.io import parse_limits
             return [(*IO_MAX[k], {"device": arg}, float(v))
-                    for k, v in parse_limits(str(value)).items() if v is not None and k in IO_MAX]
+                    for k, v in parse_io_limits(str(value)).items() if v is not None and k in IO_MAX]
     except (ValueError, IndexError, TypeError):
         log.debug("no number in %s=%r", knob, value)
     return []
@@ -223,11 +221,31 @@ class TaggerCollector:
         self.listeners: list = []
         self._prefix_cache = None        # (key, prefixes) of cgroup_text
 
-    def update(self, snapshot=None, tags=None, actions=None, health=None):
-        """Publish one tick.  ``tags``: {path: {key: Tag}}; ``actions``: list of
-        AppliedAction; ``health``: the daemon's health dict (keys in HEALTH).
-        The objects must not be changed afterwards (the tick loop makes new ones)."""
-        totals = self._accumulator.add(snapshot) if snapshot is not None else self._accumulator.totals
+    name = "prometheus"
+
+    def publish(self, report: TickReport) -> None:
+        """Publish one tick (a :class:`~tagger.publish.report.Publisher`): the
+        parts the report leaves None keep their last value.  The objects must
+        not be changed afterwards (the tick loop makes new ones)."""
+        _, (snapshot, tags, actions, health, _totals) = self.latest()
+        self.update(snapshot if report.snapshot is None else report.snapshot,
+                    tags if report.tags is None else report.tags,
+                    actions if report.actions is None else report.actions,
+                    health if report.health is None else report.health,
+                    accumulate=report.snapshot is not None)
+
+    def close(self) -> None:
+        """Nothing to release: the endpoint is the :class:`MetricsServer`'s."""
+
+    def update(self, snapshot=None, tags=None, actions=None, health=None, *, accumulate: bool = True):
+        """Replace the whole published tick.  ``tags``: {path: {key: Tag}};
+        ``actions``: list of AppliedAction; ``health``: a Health or its plain
+        dict (keys in HEALTH).  ``accumulate=False``: ``snapshot`` was
+        counted already (a tick that brought none)."""
+        if isinstance(health, Health):
+            health = health.to_plain()
+        totals = self._accumulator.add(snapshot) if snapshot is not None and accumulate \
+            else self._accumulator.totals
         with self._lock:
             self._latest = latest = (snapshot, tags or {}, list(actions or ()), dict(health or {}), totals)
             self.generation += 1

@@ -25,30 +25,28 @@ import socket
 import threading
 import time
 
+import redis as _redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from tagger.names import display
+from tagger.publish.report import TickReport
 from tagger.publish.wire import event_plain
 
 log = logging.getLogger(__name__)
 
 #: Errors that mean "Redis is not there right now"; anything else is a bug and logged as such.
-try:
-    import redis as _redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-    _OUTAGE = (_redis.ConnectionError, _redis.TimeoutError, OSError)
-except ImportError:    # pragma: no cover - redis is a dependency; degrade with a clear error
-    _redis = None
-    _OUTAGE = (OSError,)
+_OUTAGE = (_redis.ConnectionError, _redis.TimeoutError, OSError)
 
 
 class RedisPublisher:
     """Publish tags and tag events to Redis from a background thread."""
 
+    name = "redis"
+
     def __init__(self, url: str, *, host: str | None = None, prefix: str = "tagger",
                  stream_maxlen: int = 100_000, queue_size: int = 10_000,
                  backoff: tuple[float, float] = (0.1, 10.0), timeout: float = 2.0):
-        if _redis is None:
-            raise RuntimeError("the redis package is not installed (pip install redis)")
         self.url = url
         self.host = host or socket.gethostname()
         self.prefix = prefix
@@ -103,9 +101,14 @@ class RedisPublisher:
         return bool(self._events) or self._written_version != self._tags_version
 
     # --- tick loop side (never blocks on Redis) ---------------------------------
-    def publish(self, tags: dict | None, events=()):
-        """``tags``: the current {path: {key: Tag}} (not changed afterwards);
-        ``events``: this tick's TagEvents."""
+    def publish(self, report, events=()):
+        """Queue one tick's tags and tag events (a :class:`~tagger.publish.report.Publisher`):
+        ``report.tags`` the current {path: {key: Tag}} (not changed afterwards,
+        None: unchanged), ``report.events`` this tick's TagEvents."""
+        if isinstance(report, TickReport):
+            tags, events = report.tags, report.events or ()
+        else:                                  # SHIM-14: the old publish(tags, events)
+            tags = report
         # Tags change with events; a cgroup that vanished may drop out without one.
         changed = tags is not None and (bool(events) or tags.keys() != self._latest_tags.keys())
         with self._lock:

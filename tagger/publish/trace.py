@@ -22,6 +22,7 @@ import numpy as np
 from tagger import __version__
 from tagger.errors import TaggerError
 from tagger.names import display, parse
+from tagger.publish.report import TickReport
 from tagger.snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, CgroupTable, Snapshot
 
 MAGIC = "tagger-trace"
@@ -106,7 +107,10 @@ def _pairs_from(rec: dict | None, dtype: np.dtype, what: str, n: int) -> np.ndar
 
 
 class TraceWriter:
-    """Write a trace: ``with TraceWriter(path) as w: w.write(snap)``."""
+    """Write a trace: ``with TraceWriter(path) as w: w.write(snap)``; the
+    agent's ``--record`` hands it ticks as a :class:`~tagger.publish.report.Publisher`."""
+
+    name = "trace"
 
     def __init__(self, path: str | os.PathLike | BinaryIO, meta: dict | None = None):
         if hasattr(path, "write"):
@@ -130,6 +134,11 @@ class TraceWriter:
         self._emit(snapshot_record(snap, self._table))
         self._table = snap.cgroups
         self.count += 1
+
+    def publish(self, report: TickReport) -> None:
+        """Record the tick's Snapshot (a report without one records nothing)."""
+        if report.snapshot is not None:
+            self.write(report.snapshot)
 
     def close(self) -> None:
         if self._owned and not self._f.closed:
