@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tagger.cgroupfs import CGROUPFS_METRICS, CgroupfsReader, plan, read_columns, read_raw
+from tagger.telemetry.cgroupfs import CGROUPFS_METRICS, CgroupfsReader, plan, read_columns, read_raw
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST, KernelFS
 from tests.test_cgroups import MOUNTS_HYBRID, MOUNTS_V2, make_tree

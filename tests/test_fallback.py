@@ -14,7 +14,7 @@ import pytest
 
 from tagger import errors
 from tagger.cgroups import Layout
-from tagger.fallback import FallbackCollector, _compact
+from tagger.telemetry.fallback import FallbackCollector, _compact
 from tagger.kernelfs import HOST, KernelFS
 from tagger.snapshot import METRICS
 from tests.bpf_helpers import is_stopped
@@ -52,9 +52,9 @@ def tree(tmp_path):
 
 def test_fixture_tick_fills_what_it_can(tree, caplog):
     fs, tmp = tree
-    with caplog.at_level(logging.WARNING, logger="tagger.fallback"):
+    with caplog.at_level(logging.WARNING, logger="tagger.telemetry.fallback"):
         coll = FallbackCollector(fs=fs, reason="no BTF", rundelay="schedstat")
-    warnings = [r for r in caplog.records if r.name == "tagger.fallback"]
+    warnings = [r for r in caplog.records if r.name == "tagger.telemetry.fallback"]
     assert len(warnings) == 1
     assert "no BTF" in warnings[0].message and "runq.{avg,p50,p95,p99,max,events}" in warnings[0].message
     with coll:
@@ -221,7 +221,7 @@ def test_real_delayacct_untouched_by_default():
 
 
 def test_include_glob_semantics():
-    from tagger.fallback import _as_predicate
+    from tagger.telemetry.fallback import _as_predicate
     under = _as_predicate("/kubepods/**")
     assert under("/kubepods") and under("/kubepods/a/b") and not under("/kubepodsx")
     one = _as_predicate("/system.slice/*")

@@ -206,7 +206,7 @@ def test_cgroups_appear_and_vanish_between_ticks(collector, make_cgroup):
         d.rmdir()
     snap = collector.tick()
     assert snap.cgroups.index(cg.path) is None
-    assert slot not in collector.slot_path             # recycled
+    assert slot not in collector.slotmap.slot_path             # recycled
 
 
 def _fio(args, cg=None) -> dict:
@@ -303,10 +303,10 @@ def test_rescan_keeps_a_remade_cgroups_slot(collector, make_cgroup):
     cg.v2.mkdir()
     collector.tick()                       # rmdir + mkdir events
     new_slot = collector.path_slot[cg.path]
-    collector._rescan()
+    collector.slotmap.rescan()
     assert collector.path_slot[cg.path] == new_slot
-    assert int(collector.slot_id[new_slot]) == cg.id
-    assert old_slot not in collector.slot_path or old_slot == new_slot
+    assert int(collector.slotmap.slot_id[new_slot]) == cg.id
+    assert old_slot not in collector.slotmap.slot_path or old_slot == new_slot
     cg.spawn(BUSY_LOOP)
     collector.tick()
     time.sleep(0.5)

@@ -62,7 +62,7 @@ def test_wrapped_uint32_deltas_still_count():
 
 def test_event_strings_end_at_the_first_nul():
     """Ring-buffer records are not zeroed: bytes after the NUL are garbage."""
-    from tagger.telemetry import _c_string
+    from tagger.telemetry.events import c_string as _c_string
 
     assert _c_string(b"/tagger-bench-1/c0399\x00\x00garbage/tagger-bench-1") == "/tagger-bench-1/c0399"
     assert _c_string(b"\x00junk") == ""
@@ -82,7 +82,7 @@ def test_open_collector_falls_back_with_the_reason(monkeypatch, tmp_path):
             made["reason"] = reason
 
     monkeypatch.setattr(telemetry, "BpfCollector", refuse)
-    monkeypatch.setattr("tagger.fallback.FallbackCollector", FakeFallback)
+    monkeypatch.setattr("tagger.telemetry.FallbackCollector", FakeFallback)
     coll = telemetry.open_collector()
     assert isinstance(coll, FakeFallback)
     assert "CAP_BPF" in made["reason"]

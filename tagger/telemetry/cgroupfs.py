@@ -1,7 +1,7 @@
 """Per-cgroup figures the kernel already keeps in cgroupfs, as Snapshot columns.
 
-Used by the BPF collector (cpu.throttled, mem.current, psi.*) and by the
-fallback collector (all of :data:`CGROUPFS_METRICS`).  Only the files the
+Used by the BPF collector (cpu.throttled, mem.current, psi.*: a
+:class:`PeriodicReader`) and by the fallback collector (all of :data:`CGROUPFS_METRICS`).  Only the files the
 requested metrics need are read, once per cgroup per tick, each with one
 open/read/close.  A file that is absent (controller not there, v2 root without
 io.stat, kernel without PSI) or a cgroup that vanished between the scan and the
@@ -37,16 +37,15 @@ the cpu.throttled figures stay hierarchical, as the kernel defines them.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import errors
-from .cgroups import Layout, normalize
-from .kernelfs import KernelFS
+from ..cgroups import Layout, normalize
+from ..kernelfs import KernelFS
+from .derive import load
 
 #: The Snapshot metrics this module can fill.
 CGROUPFS_METRICS = (
@@ -259,23 +258,6 @@ def plan(layout: Layout, metrics: Iterable[str]) -> tuple[list[FileRead], set[st
     return out, missing
 
 
-def _read_small(real: str) -> bytes | None:
-    """One open/read/close; None when the file or its cgroup is gone.  Kernel
-    files here are far below 64 KiB (io.stat grows with devices: one line each)."""
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
-    except PermissionError as err:
-        raise errors.from_oserror(err, real) from err
-    except OSError:
-        return None      # ENOENT, ENODEV: the file is optional here or the cgroup vanished
-    try:
-        return os.read(fd, 65536)
-    except OSError:
-        return None      # ENODEV: the cgroup was removed after the open
-    finally:
-        os.close(fd)
-
-
 def read_raw(layout: Layout, paths: Sequence[str], metrics: Iterable[str] = CGROUPFS_METRICS,
              fs: KernelFS | None = None, _plan=None) -> dict[str, np.ndarray]:
     """Raw per-cgroup values (cumulative counters and gauges) for ``metrics``,
@@ -286,12 +268,13 @@ def read_raw(layout: Layout, paths: Sequence[str], metrics: Iterable[str] = CGRO
     raw = {f: np.full(n, np.nan) for r in reads for f in r.fields}
     for f in missing:
         raw[f] = np.full(n, np.nan)
-    rels = [normalize(p) for p in paths]
+    rels = ["" if p == "/" else p for p in (normalize(p) for p in paths)]
     for r in reads:
-        base = str(fs.path(r.root)).rstrip("/")
+        base = r.root.rstrip("/")
         cols = [raw[f] for f in r.fields]
-        for i, rel in enumerate(rels):
-            text = _read_small(f"{base}{'' if rel == '/' else rel}/{r.name}")
+        # One open/read/close per file; None when it or its cgroup is gone.
+        texts = fs.read_small_many([f"{base}{rel}/{r.name}" for rel in rels])
+        for i, text in enumerate(texts):
             if text is None:
                 continue
             try:
@@ -316,7 +299,7 @@ class CgroupfsReader:
         self.fs = fs if fs is not None else layout.fs
         self.metrics = tuple(metrics)
         self.plan = plan(layout, self.metrics)
-        self.ncpus = ncpus or os.cpu_count() or 1
+        self.ncpus = ncpus or self.fs.online_cpus()
         self.exclusive = exclusive
         self._prev: dict[str, dict[str, float]] = {}      # path -> raw counters
         self._prev_t: dict[str, float] = {}               # path -> when they were read
@@ -371,7 +354,7 @@ class CgroupfsReader:
             if m == "cpu.usage":
                 cols[m] = rate("cpu.usage_s")
             elif m == "cpu.share":
-                cols[m] = rate("cpu.usage_s") / self.ncpus
+                cols[m] = load(rate("cpu.usage_s"), self.ncpus)
             elif m == "cpu.throttled":
                 periods, throttled = deltas["cpu.nr_periods"], deltas["cpu.nr_throttled"]
                 with np.errstate(invalid="ignore", divide="ignore"):
@@ -425,6 +408,66 @@ class CgroupfsReader:
             # usec, each read a moment apart) must not make a negative share.
             own[own < 0] = 0.0
             deltas[f] = own
+
+
+class PeriodicReader:
+    """A :class:`CgroupfsReader` read every ``every`` ticks (the first tick
+    included), its figures carried over by path in between: what the BPF
+    collector adds to its own columns.
+
+    A cgroup seen since the last full read is read at once and every tick
+    for its first ``every`` ticks (a rate needs two reads, and its workload
+    may start a moment after the mkdir): what it does when it starts is
+    known within a tick or two, not at the next full read.  Each cgroup
+    costs at most that many extra reads in its life, so the cost per tick
+    follows the rate of new cgroups, not their number."""
+
+    def __init__(self, reader: CgroupfsReader, every: int = 1):
+        self.reader = reader
+        self.every = max(1, int(every))
+        self._cols: dict[str, np.ndarray] = {}
+        self._paths: list[str] | None = None
+        self._young: dict[str, int] = {}        # path -> reads left at every tick
+
+    def columns(self, table, seq: int) -> dict[str, np.ndarray]:
+        """Columns for ``table``'s rows (a CgroupTable) at tick ``seq``."""
+        every = self.every
+        if self._paths is None or seq % every == 0:
+            if self._paths is not None and self._paths is not table.paths:
+                before = set(self._paths)
+                for p in table.paths:
+                    if p not in before:
+                        self._young.setdefault(p, every)
+            self._cols = self.reader.read(table.paths)
+            self._paths = table.paths
+            self._young = {p: n - 1 for p, n in self._young.items() if n > 1 and table.index(p) is not None}
+            return dict(self._cols)
+        if self._paths is table.paths and not self._young:
+            return dict(self._cols)
+        # Rows changed since the last read: values follow their path; new rows
+        # and young ones are read now.
+        index = {p: i for i, p in enumerate(self._paths)}
+        take = np.array([index.get(p, -1) for p in table.paths], dtype=np.int64)
+        for i in np.flatnonzero(take < 0).tolist():
+            self._young.setdefault(table.paths[i], every)
+        young = [(i, p) for i, p in enumerate(table.paths) if p in self._young]
+        fresh = self.reader.read([p for _, p in young], partial=True) if young else {}
+        rows = np.array([i for i, _ in young], dtype=np.int64)
+        known = take >= 0
+        out = {}
+        for metric, col in self._cols.items():
+            values = np.full(len(table), np.nan)
+            values[known] = col[take[known]]
+            if young:
+                values[rows] = fresh[metric]
+            out[metric] = values
+        for _, p in young:
+            left = self._young[p] - 1
+            if left > 0:
+                self._young[p] = left
+            else:
+                del self._young[p]
+        return out
 
 
 def read_columns(layout: Layout, paths: Sequence[str], metrics: Iterable[str] = CGROUPFS_METRICS,

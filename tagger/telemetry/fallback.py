@@ -1,7 +1,7 @@
 """The collector used when the BPF programs cannot load (no BTF, no CAP_BPF, an
 old kernel): the same Snapshot, filled from what the kernel already counts.
 
-* cgroupfs (:mod:`tagger.cgroupfs`): cpu.usage, cpu.share, cpu.throttled (and its periods),
+* cgroupfs (:mod:`tagger.telemetry.cgroupfs`): cpu.usage, cpu.share, cpu.throttled (and its periods),
   mem.current, psi.*, io.ops, io.read_bytes, io.write_bytes;
 * per-process run delay (:mod:`tagger.taskstats`, taskstats over netlink or
   /proc/PID/task/*/schedstat), summed over each cgroup's ``cgroup.procs``:
@@ -28,21 +28,21 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from typing import Callable
 
 import numpy as np
 
-from . import errors
+from .. import errors
+from ..cgroupglob import GlobSet
+from ..cgroups import Layout, Registry, WorkloadNames
+from ..kernelfs import HOST, KernelFS
+from ..procstat import CpuRates
+from ..snapshot import METRICS, Snapshot, derive
+from ..taskstats import DelayAcctSwitch, open_delay_source
+from .base import Collector
 from .cgroupfs import CGROUPFS_METRICS, CgroupfsReader
-from .cgroupglob import GlobSet
-from .cgroups import Layout, Registry, WorkloadNames
-from .kernelfs import HOST, KernelFS
-from .procstat import CpuRates
-from .snapshot import METRICS, Snapshot, derive
-from .telemetry import Collector
-from .taskstats import DelayAcctSwitch, open_delay_source
+from .derive import slowdown
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class FallbackCollector(Collector):
                 self._delayacct = DelayAcctSwitch(fs)
             if rundelay is not None:
                 self._rundelay = open_delay_source(fs, rundelay)
-            self.ncpus = _online_cpus(fs)
+            self.ncpus = fs.online_cpus()
             self._cgroupfs = CgroupfsReader(self.layout, CGROUPFS_METRICS, fs, ncpus=self.ncpus, exclusive=True)
             self.filled = self._filled_metrics()
             self.missing = [m for m in METRICS if m not in self.filled]
@@ -192,15 +192,10 @@ class FallbackCollector(Collector):
     # --- run delay --------------------------------------------------------------------------
     def _procs(self, paths: list[str]) -> list[list[int]]:
         """Each cgroup's own processes (cgroup.procs lists tgids, not descendants')."""
-        base = str(self.fs.path(self.layout.walk_root)).rstrip("/")
-        out = []
-        for p in paths:
-            try:
-                with open(f"{base}{'' if p == '/' else p}/cgroup.procs", "rb") as f:
-                    out.append([int(x) for x in f.read().split()])
-            except OSError:
-                out.append([])          # vanished since the scan
-        return out
+        base = self.layout.walk_root.rstrip("/")
+        texts = self.fs.read_small_many([f"{base}{'' if p == '/' else p}/cgroup.procs" for p in paths])
+        # None: the cgroup vanished since the scan.
+        return [[int(x) for x in text.split()] if text is not None else [] for text in texts]
 
     def _read_delays(self, procs: list[list[int]]) -> dict[int, tuple]:
         tgids = {pid for ps in procs for pid in ps}
@@ -238,10 +233,7 @@ class FallbackCollector(Collector):
         columns["runq.wait"] = wait / 1e9 / dt
         usage = columns.get("cpu.usage")
         if usage is not None:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                slow = (columns["runq.wait"] + usage) / usage
-            slow[~(usage > 0)] = np.nan          # no run time: slowdown undefined
-            columns["runq.slowdown"] = slow
+            columns["runq.slowdown"] = slowdown(columns["runq.wait"], usage)
         if self._rundelay.name == "taskstats":
             columns["sched.switches"] = vol / dt
             columns["sched.preempted"] = invol / dt
@@ -267,17 +259,6 @@ def _as_predicate(include):
     if include is None or callable(include):
         return include
     return GlobSet(include).match
-
-
-def _online_cpus(fs: KernelFS) -> int:
-    text = fs.read_optional("/sys/devices/system/cpu/online")
-    if not text:
-        return os.cpu_count() or 1
-    n = 0
-    for part in text.strip().split(","):
-        lo, _, hi = part.partition("-")
-        n += (int(hi) - int(lo) + 1) if hi else 1
-    return n
 
 
 def _compact(names: list[str]) -> str:
