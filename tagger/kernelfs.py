@@ -38,6 +38,9 @@ class KernelFS:
     def __init__(self, root: str | os.PathLike = "/"):
         self.root = Path(root)
         self._online_cpus: int | None = None
+        # Kernel paths are absolute: the real one is this prefix + the path
+        # (string concatenation, no Path objects, in the per-tick fast paths).
+        self._prefix = "" if self.is_real else str(self.root).rstrip("/")
 
     def __repr__(self):
         return f"KernelFS({str(self.root)!r})"
@@ -92,6 +95,26 @@ class KernelFS:
             kind, *fields = line.split()
             out[kind] = {k: float(v) for k, v in (f.split("=") for f in fields)}
         return out
+
+    def read_bytes(self, p) -> bytes:
+        """A whole (binary) kernel file, e.g. /sys/kernel/btf/vmlinux."""
+        try:
+            with open(self.path(p), "rb") as f:
+                return f.read()
+        except OSError as err:
+            raise errors.from_oserror(err, p) from err
+
+    # --- fast paths (cgroups, taskstats) -------------------------------------
+    def subdirs(self, p) -> list[tuple[str, int]]:
+        """(name, inode) of each directory directly in directory ``p``: one
+        getdents, no stat (a cgroup v2 id is its directory's inode, which the
+        directory entry carries).  Names decode as os.scandir's (see
+        :mod:`tagger.names`).  A directory gone mid-walk raises Vanished."""
+        try:
+            with os.scandir(self._prefix + p) as it:
+                return [(e.name, e.inode()) for e in it if e.is_dir(follow_symlinks=False)]
+        except OSError as err:
+            raise errors.from_oserror(err, p) from err
 
     # --- facts of the machine --------------------------------------------
     def online_cpus(self) -> int:
@@ -161,22 +184,22 @@ class KernelFS:
         paths ("/sys/fs/cgroup/unified/a/cpu.stat").  None for a file that is
         absent here or whose cgroup vanished (ENOENT, ENODEV: a normal race);
         a refused read raises (a set-up error, not a race)."""
-        prefix = "" if self.is_real else str(self.root).rstrip("/")
+        prefix = self._prefix
         out: list[bytes | None] = []
         for p in paths:
             try:
                 fd = os.open(prefix + p, os.O_RDONLY | os.O_CLOEXEC)
-            except PermissionError as err:
-                raise errors.from_oserror(err, p) from err
-            except OSError:
+                try:
+                    out.append(os.read(fd, 65536))
+                finally:
+                    os.close(fd)
+            except OSError as err:
+                # The one errno mapping: gone (ENOENT, ENODEV after a cgroup's
+                # rmdir, ENOTDIR, ESRCH) reads as None, anything else raises.
+                mapped = errors.from_oserror(err, p)
+                if not isinstance(mapped, errors.Vanished):
+                    raise mapped from err
                 out.append(None)
-                continue
-            try:
-                out.append(os.read(fd, 65536))
-            except OSError:
-                out.append(None)        # ENODEV: the cgroup was removed after the open
-            finally:
-                os.close(fd)
         return out
 
 
