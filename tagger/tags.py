@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 ADDED, CHANGED, REMOVED = "added", "changed", "removed"
 
@@ -89,13 +89,17 @@ class TagStore:
         with self._lock:
             return list(self._tags)
 
-    def history(self, since: float | None = None, limit: int | None = None) -> list[TagEvent]:
-        """Events oldest first; only those with ``t > since`` when given, and only
-        the newest ``limit`` of them when given."""
+    def history(self, since: float | None = None, limit: int | None = None,
+                cgroup: Callable[[str], bool] | None = None) -> list[TagEvent]:
+        """Events oldest first; only those with ``t > since`` when given, only
+        those whose cgroup path ``cgroup(path)`` accepts when given (e.g. a
+        cgroup glob's match), and of those only the newest ``limit``."""
         with self._lock:
             events = list(self._history)
         if since is not None:
             events = [e for e in events if e.t > since]
+        if cgroup is not None:
+            events = [e for e in events if cgroup(e.cgroup)]
         if limit is not None:
             events = events[-limit:] if limit > 0 else []
         return events

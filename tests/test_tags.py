@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from tagger.cgroupglob import compile_glob
 from tagger.tags import Tag, TagEvent, TagStore
 
 
@@ -52,6 +53,17 @@ def test_history_is_bounded_and_filters_by_time_and_limit():
     assert s.history(limit=0) == []
     with pytest.raises(ValueError):
         TagStore(history=-1)
+
+
+def test_history_per_cgroup_before_the_limit():
+    s = TagStore()
+    for i, path in enumerate(["/k/a", "/b", "/k/c", "/b", "/k/a/x"]):
+        s.set(path, "n", str(i), "r", float(i))
+    under_k = compile_glob("/k/**").match
+    assert [e.cgroup for e in s.history(cgroup=under_k)] == ["/k/a", "/k/c", "/k/a/x"]
+    # The filter comes first: the newest one of /k's, not the newest event if it is /k's.
+    assert [e.value for e in s.history(cgroup=lambda p: p == "/b", limit=1)] == ["3"]
+    assert [e.value for e in s.history(since=1.0, cgroup=under_k)] == ["2", "4"]
 
 
 def test_current_is_a_copy():
