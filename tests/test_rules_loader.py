@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tagger.actions.spec import ActionSet, CpuSpec, IoSpec, RdtSpec
 from tagger.default_rules import DIRECTORY as DEFAULT_RULES
 from tagger.errors import RulesError
-from tagger.policies.spec import LatencySloSpec, Selector
 from tagger.rules import RuleSet, RulesLoadError, load_directory, load_text
+from tagger.rules.spec import ActionSet, CpuSpec, IoSpec, LatencySloSpec, RdtSpec, Selector
 
 HERE = Path(__file__).parent
 BAD = HERE / "rules" / "bad"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tagger.policies.spec import Selector
 from tagger.rules.selectors import GlobError, PathSelector, SelectorCache, literal_prefix
+from tagger.rules.spec import Selector
 
 
 def matches(glob, path, exclude=(), names=(), name=None):

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tagger.actions.spec import ActionSet
 from tagger.snapshot import Snapshot
 from tagger.tags import ADDED, CHANGED, REMOVED, TagEvent, TagStore, make_event
 
 from .model import Rule, RuleSet
 from .selectors import PathSelector, SelectorCache
+from .spec import ActionSet
 
 #: Tolerance on `for`/`keep_for` comparisons, as a fraction of the tick: ticks
 #: arrive with jitter, and a tick 0.5 ms early must not cost a whole tick.  A

@@ -4,25 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tagger.actions.spec import ActionSet
 from tagger.errors import RulesError
-from tagger.policies.spec import LatencySloSpec, Selector
 
 from .expr import Compiled
-
-
-class FrozenTags(dict):
-    """The ``tags`` of a loaded Selector: a dict that cannot change and so can be
-    hashed, which keeps the frozen Selector/LatencySloSpec hashable (the daemon
-    keys policy controllers by their spec across reloads)."""
-
-    def __hash__(self):
-        return hash(tuple(sorted(self.items())))
-
-    def _readonly(self, *a, **kw):
-        raise TypeError("a loaded selector's tags are read-only")
-
-    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore
+from .spec import ActionSet, LatencySloSpec, Selector
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import re
 import numpy as np
 
 from tagger.cgroupglob import GlobError, GlobSet, compile_glob, literal_prefix
-from tagger.policies.spec import Selector
+
+from .spec import Selector
 
 
 def check_glob(glob: str) -> None:
