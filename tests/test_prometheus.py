@@ -385,3 +385,28 @@ def test_policy_steps_are_a_counter_by_policy_lever_and_outcome():
     assert got == {("web-slo", "idle", "no_effect"): 2.0, ("web-slo", "weight", "helped"): 1.0}
     col.update(None, {}, [], {})
     assert samples(exposition(col)[0], "tagger_policy_steps_total") == []     # no policy: no family
+
+
+def test_publish_report_is_update_and_keeps_what_it_leaves_out():
+    """TaggerCollector as a Publisher: a TickReport gives the exposition update() gives
+    (Health read through its plain form); parts left None keep their last value."""
+    from tagger.publish.report import CollectorHealth, Health, TickReport
+    snap = snapshot(["/a", "/b"], [1.5, 0.25])
+    tags = {"/a": {"resource": Tag("resource", "cpu-intensive", "cpu-intensive", 0.5)}}
+    acts = [AppliedAction("/a", "cpu.max", "50000 100000", "max 100000", "cap-hogs", 1.0, False)]
+    health = Health(interval_seconds=1.0, ticks=7, tick_stage_seconds={"collect": 0.003},
+                    collector=CollectorHealth.from_collector({"source": "bpf", "bpf_ns_per_event": 80.0}))
+    by_update, by_publish = TaggerCollector(), TaggerCollector()
+    by_update.update(snap, tags, acts, health.to_plain())
+    by_publish.publish(TickReport(snap, tags, [], acts, health))
+    assert exposition(by_publish)[1] == exposition(by_update)[1]
+    assert "tagger_bpf_seconds_per_event 8e-08" in exposition(by_publish)[1]
+    # a tick that only brings health: the snapshot, tags and actions stay, counted once
+    health.ticks = 8
+    by_publish.publish(TickReport(health=health))
+    fams, text = exposition(by_publish)
+    assert samples(fams, "tagger_ticks_total")[0].value == 8
+    assert {s.labels["cgroup"]: s.value for s in samples(fams, "tagger_cgroup_cpu_seconds_total")} == \
+        {"/a": 1.5, "/b": 0.25}
+    assert [s.labels["cgroup"] for s in samples(fams, "tagger_tag")] == ["/a"]
+    assert samples(fams, "tagger_cpu_max_cpus")[0].value == 0.5
