@@ -63,7 +63,9 @@ def run(ctx, rules, interval, dry_run, state_dir, metrics, export, export_top, e
     # Installed when tagger.cli was imported; here too for callers that came
     # another way (tests invoking the command).  A stop while starting is kept.
     early = install_early_stop()
-    from tagger.daemon import Config, Daemon, read_config_file, setup_logging
+    from tagger.agent.config import Config, read_config_file
+    from tagger.agent.daemon import Daemon
+    from tagger.agent.logging import setup_logging
 
     setup_logging(getattr(logging, log_level.upper()))
     settings = read_config_file(config_file) if config_file else {}

@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tagger.actions.actuator import AppliedAction
 from tagger.api import ApiClient
 from tagger.clock import epoch
-from tagger.daemon import Config, Daemon, check_rules_ownership, read_config_file
+from tagger.agent.config import Config, check_rules_ownership, read_config_file
+from tagger.agent.daemon import Daemon
 from tagger.errors import ConfigError
 from tagger.sdnotify import Notifier
 from tagger.snapshot import Snapshot
@@ -335,7 +336,7 @@ class FailingCollector(FakeCollector):
 def test_failing_ticks_are_counted_and_visible(tmp_path, rules_dir):
     run = Running(tmp_path, rules_dir, {"/hog": 1.5})
     run.collector = FailingCollector({"/hog": 1.5})
-    run.daemon._collector = run.collector
+    run.daemon.collector = run.collector
     with run:
         with ApiClient(run.daemon.config.socket) as client:
             wait_for(lambda: client.request("health")["tick_errors"] >= 3, timeout=5,
@@ -378,7 +379,8 @@ def test_tags_watch_streams_changes(tmp_path, rules_dir):
 def test_run_command_merges_config_file_and_flags(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    import tagger.daemon
+    import tagger.agent.daemon
+    import tagger.agent.logging
     from tagger.cli.run import run as run_command
     seen = {}
 
@@ -389,8 +391,8 @@ def test_run_command_merges_config_file_and_flags(tmp_path, monkeypatch):
         def run(self):
             return 0
 
-    monkeypatch.setattr(tagger.daemon, "Daemon", CapturingDaemon)
-    monkeypatch.setattr(tagger.daemon, "setup_logging", lambda level: None)
+    monkeypatch.setattr(tagger.agent.daemon, "Daemon", CapturingDaemon)
+    monkeypatch.setattr(tagger.agent.logging, "setup_logging", lambda level: None)
     cfg = tmp_path / "tagger.yaml"
     cfg.write_text("interval: 250ms\nmetrics: off\nredis: redis://r:6379\nrules: /etc/tagger/rules\n")
     res = CliRunner().invoke(run_command, ["--config", str(cfg), "--rules", str(tmp_path), "--dry-run"])
@@ -444,7 +446,7 @@ def test_policy_step_outcomes_reach_health_metrics_and_the_step_log(tmp_path):
     os.chmod(d / "10-slo.yaml", 0o644)
     (tmp_path / "state").mkdir(mode=0o700)
     run = Running(tmp_path, d, {"/web": 0.5, "/batch": 1.5})
-    run.collector = run.daemon._collector = StolenCollector(run.collector.usage)
+    run.collector = run.daemon.collector = StolenCollector(run.collector.usage)
     with run:
         with ApiClient(run.daemon.config.socket) as client:
             # idle (3 ticks, undone), then weight (3 ticks, undone): both judged no help.

@@ -240,7 +240,8 @@ def fill(directory):
 @pytest.mark.root
 def test_full_state_filesystem_keeps_tagging_changes_nothing_and_exports_the_failures(
         tmp_path, full_tmpfs, caplog):
-    from tagger.daemon import Config, Daemon
+    from tagger.agent.config import Config
+    from tagger.agent.daemon import Daemon
     from tests.test_daemon import FakeCollector
 
     cgroup_v2_tree(tmp_path, cgroups=("/hog",))
@@ -296,7 +297,8 @@ def test_dry_run_after_a_crash_names_the_leftovers_says_how_and_marks_its_export
     import threading
 
     from tagger.actions.journal import Entry, Journal
-    from tagger.daemon import Config, Daemon
+    from tagger.agent.config import Config
+    from tagger.agent.daemon import Daemon
     from tests.test_daemon import FakeCollector
 
     cgroup_v2_tree(tmp_path, cgroups=("/hog", "/left"))

@@ -141,7 +141,8 @@ def test_labels_follow_the_log_layout(tmp_path):
     ("hybrid", "systemd", "crio"),
 ])
 def test_agent_labels_and_tags_every_pod_and_container(tmp_path, layout, driver, runtime):
-    from tagger.daemon import Config, Daemon
+    from tagger.agent.config import Config
+    from tagger.agent.daemon import Daemon
     from tests.test_daemon import RecordingActuator
 
     fs, _, expected = _fixture_node(tmp_path, layout, driver, runtime)

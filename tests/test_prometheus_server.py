@@ -85,7 +85,8 @@ scrape_configs:
 
 
 def test_promql_over_the_exposition_agrees_with_tagger_and_the_kernel(make_cgroup, tmp_path):
-    from tagger.daemon import Config, Daemon
+    from tagger.agent.config import Config
+    from tagger.agent.daemon import Daemon
     from tagger.snapshot import hist_percentiles
 
     cg = make_cgroup("promql")

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.rules import rules as rules_cli
-from tagger.daemon import check_rules_ownership
+from tagger.agent.config import check_rules_ownership
 from tagger.errors import ConfigError
 from tagger.rules import RulesLoadError, load_directory
 from tagger.rules import loader

@@ -139,7 +139,7 @@ def test_daemon_never_loads_a_half_written_file(tmp_path):
 
 
 def test_settle_time_is_a_config_duration(tmp_path):
-    from tagger.daemon import read_config_file
+    from tagger.agent.config import read_config_file
     cfg = tmp_path / "tagger.yaml"
     cfg.write_text("rules-settle: 2500ms\n")
     assert read_config_file(str(cfg)) == {"rules_settle": 2.5}

@@ -20,7 +20,8 @@ import time
 import numpy as np
 import pytest
 
-from tagger.daemon import Config, Daemon
+from tagger.agent.config import Config
+from tagger.agent.daemon import Daemon
 from tagger.sdnotify import Notifier
 from tagger.snapshot import Snapshot
 from tests.cgroup_fixture import wait_for
