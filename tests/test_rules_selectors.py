@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tagger.rules.selectors import GlobError, PathSelector, SelectorCache, literal_prefix
+from tagger.cgroupglob import GlobError, literal_prefix
+from tagger.rules.selectors import PathSelector, SelectorCache
 from tagger.rules.spec import Selector
 
 

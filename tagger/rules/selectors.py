@@ -13,14 +13,9 @@ import re
 
 import numpy as np
 
-from tagger.cgroupglob import GlobError, GlobSet, compile_glob, literal_prefix
+from tagger.cgroupglob import GlobSet
 
 from .spec import Selector
-
-
-def check_glob(glob: str) -> None:
-    """Raise GlobError if ``glob`` is not a cgroup path glob (``rules check``)."""
-    compile_glob(glob)
 
 
 class PathSelector:
@@ -90,7 +85,3 @@ class SelectorCache:
 
     def mask(self, key: tuple) -> np.ndarray:
         return self._masks[key]
-
-
-# GlobError and literal_prefix are the loader's too (rules check reports and warns with them).
-__all__ = ["GlobError", "PathSelector", "SelectorCache", "check_glob", "literal_prefix"]

@@ -3,9 +3,10 @@ setting one tag key on cgroups that may overlap (the later wins)."""
 
 from __future__ import annotations
 
+from tagger.cgroupglob import literal_prefix
+
 from .. import expr as ex
 from ..model import Rule
-from ..selectors import literal_prefix
 from ..spec import Selector
 from .rules import RuleDef
 from .selector import TagRef

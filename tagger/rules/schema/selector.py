@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from ..selectors import GlobError, check_glob
+from tagger.cgroupglob import GlobError, compile_glob
+
 from ..spec import FrozenTags, Selector
 from ..yamlnode import Invalid, Reader
 
@@ -36,7 +37,7 @@ def read_selector(reader: Reader, node, what: str, tag_refs: list[TagRef]) -> Se
             items = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
             for g, item in zip(globs[key], items):
                 try:
-                    check_glob(g)
+                    compile_glob(g)
                 except GlobError as err:
                     reader.error(item, str(err))
                     bad = True
