@@ -120,7 +120,6 @@ class _Legacy:
         self.obj.close()
 
     def publish(self, r):
-        from tagger.publish.report import TickReport  # noqa: F401
         plain = r.health.to_plain() if r.health is not None else None
         if self.name == "socket API":
             self.obj.publish(r.snapshot, r.tags, r.events, r.actions, plain)

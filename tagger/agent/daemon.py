@@ -24,9 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import select
-import signal
 import time
 
 from tagger import __version__
@@ -39,6 +36,7 @@ from . import build
 from .config import Config
 from .pipeline import Pipeline, TickCost
 from .rules_state import RulesState
+from .signals import Signals
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +64,7 @@ class Daemon:
         self.rules: RulesState | None = None
         self.pipeline: Pipeline | None = None
         self.publishers: build.Publishers | None = None
-        self._stop = False
-        self._reload_requested = False
-        self._wake_r = self._wake_w = None
+        self.signals = Signals()
         self.ready = False
         self._reverted = False
 
@@ -93,22 +89,17 @@ class Daemon:
     # --- public ---------------------------------------------------------------
     def stop(self):
         """Ask the loop to end after the current tick (thread- and signal-safe)."""
-        self._stop = True
-        self._wake()
+        self.signals.request_stop()
 
     def request_reload(self):
-        self._reload_requested = True
-        self._wake()
+        self.signals.request_reload()
 
     def run(self) -> int:
         """Set up, loop until stopped, tear down.  0 on a clean stop."""
         with contextlib.ExitStack() as stack:
-            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            stack.callback(os.close, self._wake_r)
-            stack.callback(os.close, self._wake_w)
             # Handlers first: SIGTERM while BPF loads must still revert what a
             # crashed run left (issue 13); until the loop runs, setup checks the flag.
-            stack.enter_context(self._signals())
+            stack.enter_context(self.signals)
             try:
                 self._setup(stack)
             except _StoppedDuringSetup:
@@ -174,7 +165,7 @@ class Daemon:
         return {**self.rules.health(), **self.publishers.health()}
 
     def _stop_point(self):
-        if self._stop:
+        if self.signals.stop:
             raise _StoppedDuringSetup()
 
     def _revert_actions(self):
@@ -188,53 +179,17 @@ class Daemon:
             log.exception("reverting actions failed; the journal in %s restores them on next start",
                           self.config.state_dir)
 
-    # --- signals --------------------------------------------------------------
-    @contextlib.contextmanager
-    def _signals(self):
-        """SIGTERM/SIGINT stop, SIGHUP reloads; the wake-up fd ends a wait at once."""
-        handlers = {signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop,
-                    signal.SIGHUP: self._on_hup}
-        old = {}
-        try:
-            old_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        except ValueError:        # not the main thread (tests driving run() from a thread)
-            yield
-            return
-        try:
-            for sig, handler in handlers.items():
-                old[sig] = signal.signal(sig, handler)
-            yield
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-            signal.set_wakeup_fd(old_fd)
-
-    def _on_stop(self, signum, frame):
-        if self._stop:            # a second signal while reverting: say we heard it
-            log.warning("%s again: still reverting actions, please wait", signal.Signals(signum).name)
-        self._stop = True
-
-    def _on_hup(self, signum, frame):
-        self._reload_requested = True
-
-    def _wake(self):
-        if self._wake_w is not None:
-            try:
-                os.write(self._wake_w, b"\0")
-            except OSError:
-                pass
-
     # --- the loop -------------------------------------------------------------
     def _loop(self):
         ticker = self.cost.ticker
         ticker.next = self.clock()          # the first tick is due now
         last_watchdog = -math.inf
         fed_at_ticks = 0            # cost.ticks when the watchdog was last fed
-        while not self._stop:
+        while not self.signals.stop:
             wait = ticker.due_in()
             if wait > 0:
-                self._wait(wait)
-                if self._reload_requested:
+                self.signals.wait(wait)
+                if self.signals.reload:
                     self._reload(forced=True)
                 continue
             now = ticker.begin()
@@ -243,9 +198,9 @@ class Daemon:
                 # READY=1 once the first tick went through (systemd's "started").
                 self.notifier.ready(f"tagging {len(self.pipeline.last_snapshot or ())} cgroups every "
                                     f"{self.config.interval:g}s")
-            if self._stop:
+            if self.signals.stop:
                 break
-            self._reload(forced=self._reload_requested)
+            self._reload(forced=self.signals.reload)
             # WATCHDOG=1 only for a healthy loop: a tick completed since the last
             # ping.  A stuck tick or one failing every time lets WatchdogSec= lapse
             # and systemd restart the agent (its stop reverts what is journaled).
@@ -255,21 +210,9 @@ class Daemon:
                 last_watchdog, fed_at_ticks = now, self.cost.ticks
             ticker.end()            # an overrun skips the slots it missed, never bursts
 
-    def _wait(self, seconds):
-        try:
-            ready, _, _ = select.select([self._wake_r], [], [], max(seconds, 0))
-        except InterruptedError:
-            return
-        if ready:
-            try:
-                while os.read(self._wake_r, 512):
-                    pass
-            except BlockingIOError:
-                pass
-
     def _reload(self, forced: bool):
         """SIGHUP, or a settled change (tagger.agent.rules_state)."""
-        self._reload_requested = False
+        self.signals.reload = False
         self.rules.poll(forced)
 
     def _rules_changed(self):
