@@ -75,6 +75,18 @@ def _fmt_event(ev, t0: float) -> str:
     return display(f"+{rel:9.3f}s  {ev.kind:<7}  {ev.cgroup}  {what}{rule}")
 
 
+class _Replayed:
+    """The pipeline's collector in a replay: the trace's snapshot it is handed."""
+
+    snapshot = None
+
+    def tick(self):
+        return self.snapshot
+
+    def health(self) -> dict:
+        return {"source": "trace"}
+
+
 class _Out:
     """stdout through click (so tests capture it), one write per line."""
 
@@ -101,10 +113,11 @@ def replay(trace, rules_dir, as_json):
     Times are seconds since the first snapshot.  A truncated trace replays up
     to its last whole snapshot, with a warning on stderr.
     """
+    from tagger.agent.pipeline import Pipeline
     from tagger.default_rules import DIRECTORY
     from tagger.rules import Engine, load_directory
     from tagger.tags import TagStore
-    from tagger.publish.trace import TraceReader, TraceTruncated
+    from tagger.trace import TraceReader, TraceTruncated
 
     rules_dir = rules_dir or str(DIRECTORY)
     try:
@@ -112,8 +125,10 @@ def replay(trace, rules_dir, as_json):
     except RulesError as err:
         raise click.ClickException(f"rules {rules_dir} do not load:\n{err}") from None
     store = TagStore(history=0)
-    engine = Engine(ruleset, store)
     reader = TraceReader(trace)
+    replayed = _Replayed()
+    # The agent's own pipeline, with the trace for a collector and nothing to act or publish.
+    pipeline = Pipeline(replayed, Engine(ruleset, store), store)
     t0 = None
     n_events = 0
     out = _Out()
@@ -125,8 +140,12 @@ def replay(trace, rules_dir, as_json):
         for snap in reader:
             if t0 is None:
                 t0 = snap.t
-            result = engine.evaluate(snap)
-            for ev in result.events:
+            replayed.snapshot = snap
+            report = pipeline.tick()
+            if report.snapshot is None:
+                raise click.ClickException(f"replay failed at snapshot {reader.records} "
+                                           f"(t +{snap.t - t0:.3f}s): the error is logged above")
+            for ev in report.events:
                 n_events += 1
                 if as_json:
                     d = ev.as_dict()
