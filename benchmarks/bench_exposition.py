@@ -4,7 +4,7 @@ cgroup in the same run (the baseline: what tagger exported before the policy).
 
 The node is tests/exposition_fixture.py's (services, pods, idle cgroups; 15%
 busy).  A render is what the tick loop does once per tick; a scrape is then
-the cached bytes (tagger.publish.prometheus.Exposition), timed here over HTTP.
+the cached bytes (tagger.publish.exposition.Exposition), timed here over HTTP.
 
     .venv/bin/python benchmarks/bench_exposition.py [--cgroups 3000]
 """
@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tagger.publish.prometheus import MetricsServer, TaggerCollector  # noqa: E402
+from tagger.publish.exposition import MetricsServer  # noqa: E402
+from tagger.publish.prometheus import TaggerCollector  # noqa: E402
 from tests.exposition_fixture import node_ticks  # noqa: E402
 
 

@@ -27,7 +27,8 @@ from tagger.cli.top.model import Frame, TopModel
 from tagger.cli.top.sources import SocketSource
 from tagger.kernelfs import KernelFS
 from tagger.names import display, from_kernel, parse
-from tagger.publish.prometheus import MetricsServer, TaggerCollector
+from tagger.publish.exposition import MetricsServer
+from tagger.publish.prometheus import TaggerCollector
 from tagger.publish.redis import RedisPublisher
 from tagger.snapshot import Snapshot
 from tagger.tags import Tag, TagEvent

@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tagger.names import display, parse
-from tagger.publish.prometheus import HEALTH, MetricsServer, TaggerCollector, metric_name, parse_addr
+from tagger.publish.exposition import MetricsServer, parse_addr
+from tagger.publish.prometheus import HEALTH, TaggerCollector, metric_name
 from tagger.snapshot import CgroupTable, Snapshot
 from tagger.actions.actuator import AppliedAction
 from tagger.tags import Tag
@@ -349,7 +350,7 @@ def test_default_exposition_of_a_3000_cgroup_node_is_small():
     """Issue 17's bar: <= 300 kB by default with 3,000 cgroups (every cgroup: ~3 MB)."""
     from prometheus_client import CollectorRegistry
 
-    from tagger.publish.prometheus import Exposition
+    from tagger.publish.exposition import Exposition
     from tests.exposition_fixture import node_ticks
 
     col, everything = TaggerCollector(), TaggerCollector(export=["/**"], cap=3000)

@@ -198,7 +198,8 @@ def test_cached_exposition_carries_what_generate_latest_does():
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tagger.publish.prometheus import Exposition, TaggerCollector
+    from tagger.publish.exposition import Exposition
+    from tagger.publish.prometheus import TaggerCollector
     from tagger.snapshot import CgroupTable
 
     paths = ["/a", '/q"uote', "/back\\slash", "/new\nline", "/kubepods/pod1/c1",
@@ -232,7 +233,8 @@ def test_a_stuck_loop_still_has_its_last_tick_served():
     from prometheus_client import CollectorRegistry
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tagger.publish.prometheus import Exposition, TaggerCollector
+    from tagger.publish.exposition import Exposition
+    from tagger.publish.prometheus import TaggerCollector
 
     now = [0.0]
     collector = TaggerCollector()
@@ -275,7 +277,8 @@ def test_a_scrape_while_scraped_lately_is_served_at_once():
 
     from prometheus_client import CollectorRegistry
 
-    from tagger.publish.prometheus import Exposition, TaggerCollector
+    from tagger.publish.exposition import Exposition
+    from tagger.publish.prometheus import TaggerCollector
 
     now = [0.0]
     collector = TaggerCollector()
