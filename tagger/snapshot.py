@@ -5,7 +5,7 @@ and one float64 column per metric, aligned by row.  A metric that cannot be
 known for a cgroup is NaN, never 0.  Node-level values live in ``node`` (keys
 without the ``node.`` prefix).  Units are SI: seconds, bytes, fractions.
 
-Producers: :mod:`tagger.telemetry` (live), :mod:`tagger.trace` (replay).
+Producers: :mod:`tagger.telemetry` (live), :mod:`tagger.publish.trace` (replay).
 Consumers: rules, tags, actions, policies, publishers, the live view.
 """
 
