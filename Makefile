@@ -39,7 +39,7 @@ APT_PACKAGES := clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config \
 BPF_PROBES  := sched blkio cgroup
 BPF_OBJS    := $(patsubst %,bpf/%.bpf.o,$(BPF_PROBES))
 BPF_HEADERS := $(filter-out bpf/vmlinux.h %.skel.h,$(wildcard bpf/*.h))
-NATIVE_SRC  := tagger/native/build.py tagger/native/native.c tagger/native/native.h
+NATIVE_SRC  := tagger/native/build.py tagger/native/native.c tagger/native/native.h tagger/native/prog_stats.h
 
 # The kernel matrix: qemu (TCG: KVM does not work on these machines), kmod for
 # virtme-ng's depmod, busybox for its guest init; virtme-ng boots a kernel
@@ -49,7 +49,7 @@ VIRTME_NG       := virtme-ng==1.42
 KERNELS_DIR     := .kernels
 KERNELS         ?=
 
-.PHONY: help deps venv bpf install run test test-kernels bench clean install-system uninstall-system man \
+.PHONY: help deps venv bpf install run test test-kernels bench bench-native clean install-system uninstall-system man \
         image image-check
 
 help:
@@ -84,7 +84,7 @@ deps: .stamp-apt
 	$(Q)touch $@
 
 # --- kernel side ---------------------------------------------------------------
-bpf: bpf/tagger.skel.h bpf/empty.skel.h
+bpf: bpf/tagger.skel.h
 
 bpf/vmlinux.h: | .stamp-apt
 	$(Q)echo "  BTF     $@"
@@ -102,7 +102,8 @@ bpf/tagger.skel.h: bpf/tagger.bpf.o
 	$(Q)echo "  SKEL    $@"
 	$(Q)$(BPFTOOL) gen skeleton $< name tagger_bpf > $@
 
-# Empty programs on the same hooks: the benchmarks' baseline.
+# Empty programs on the same hooks: the benchmarks' baseline (benchmarks/baseline,
+# an extension of their own: tagger's does not carry them).
 bpf/empty.skel.h: bpf/empty.bpf.o
 	$(Q)echo "  SKEL    $@"
 	$(Q)$(BPFTOOL) gen skeleton $< name empty_bpf > $@
@@ -114,7 +115,7 @@ $(VPY): | .stamp-apt
 	$(Q)$(VPY) -m pip install -q --upgrade pip setuptools wheel
 
 install: .stamp-install
-.stamp-install: $(VPY) bpf/tagger.skel.h bpf/empty.skel.h pyproject.toml setup.py $(NATIVE_SRC)
+.stamp-install: $(VPY) bpf/tagger.skel.h pyproject.toml setup.py $(NATIVE_SRC)
 	$(Q)echo "  PIP     tagger (editable, with tests)"
 	$(Q)$(VPY) -m pip install -q -e '.[test,bench]'
 	$(Q)touch $@
@@ -134,7 +135,16 @@ test-kernels: install .stamp-vm
 	$(Q)tests/kernels/fetch.sh $(KERNELS_DIR)
 	$(Q)$(VPY) tests/kernels/run.py --kernels $(KERNELS_DIR) $(KERNELS)
 
-bench: install
+# The benchmarks' baseline extension (empty BPF programs), never installed.
+BENCH_NATIVE_SRC := benchmarks/baseline/build.py benchmarks/baseline/empty.c benchmarks/baseline/empty.h \
+                    tagger/native/prog_stats.h tagger/native/native.h
+bench-native: .stamp-bench-native
+.stamp-bench-native: bpf/empty.skel.h $(BENCH_NATIVE_SRC) | $(VPY)
+	$(Q)echo "  CFFI    benchmarks/baseline/_empty"
+	$(Q)$(VPY) benchmarks/baseline/build.py
+	$(Q)touch $@
+
+bench: install bench-native
 	$(Q)for b in benchmarks/bench_*.py; do echo "== $$b"; $(VPY) $$b || exit 1; done
 
 # --- system install ------------------------------------------------------------
@@ -201,5 +211,5 @@ image-check: .stamp-image-apt
 	$(Q)deploy/image/check.sh $(IMAGE) $(if $(ARGS),$(ARGS),doctor)
 
 clean:
-	rm -rf build *.egg-info tagger/native/_native*.so tagger/native/_native.c \
-	       bpf/*.o bpf/*.skel.h bpf/vmlinux.h .stamp-install
+	rm -rf build *.egg-info tagger/native/_native*.so tagger/native/_native.c benchmarks/baseline/_empty*.so \
+	       bpf/*.o bpf/*.skel.h bpf/vmlinux.h .stamp-install .stamp-bench-native

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from tagger.native import lib  # noqa: E402
-from tagger.native.probes import EmptyPrograms, bpf_stats_enabled  # noqa: E402
+from benchmarks.baseline import EmptyPrograms  # noqa: E402
+from tagger.native.probes import bpf_stats_enabled  # noqa: E402
 from tagger.native.variants import describe  # noqa: E402
 from tagger.telemetry import BpfCollector  # noqa: E402
 from tests.cgroup_fixture import _rmdir_tree, v2_root  # noqa: E402

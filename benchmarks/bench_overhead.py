@@ -8,7 +8,7 @@ alike):
 
   none    nothing of ours attached;
   empty   an empty tp_btf program on sched_switch, the hook tagger uses
-          (tagger.native.probes.EmptyPrograms): the cost of tracing that hook;
+          (benchmarks.baseline.EmptyPrograms): the cost of tracing that hook;
   agent   `tagger run --dry-run` with the packaged rules, a 1 s tick, metrics on
           a free loopback port, its socket and state in a temp dir, measured
           from its third tick on.
@@ -85,7 +85,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.agent import Agent, at_nice, task_cpu, terminate  # noqa: E402
 from benchmarks.scrape_byte_names import free_port  # noqa: E402
-from tagger.native.probes import EmptyPrograms, bpf_stats_enabled  # noqa: E402
+from benchmarks.baseline import EmptyPrograms  # noqa: E402
+from tagger.native.probes import bpf_stats_enabled  # noqa: E402
 
 CONDITIONS = ("none", "empty", "agent")
 PIPE_BAR_POINTS = 2.0      # tagger above the empty program, percentage points

@@ -454,7 +454,7 @@ class Run:
     def overhead(self) -> dict:
         """perf bench sched pipe and stress-ng --switch, A (no agent) / B (agent) / E (an empty
         BPF program on sched_switch, no agent: the floor of tracing that hook) interleaved."""
-        from tagger.native.probes import EmptyPrograms
+        from benchmarks.baseline import EmptyPrograms
         a = self.args
         self.log(f"overhead: {a.overhead_rounds} rounds of A/B")
         rules = self.rules_text()

@@ -20,7 +20,7 @@
 #include "tagger.h"
 #include "native.h"
 #include "tagger.skel.h"
-#include "empty.skel.h"
+#include "prog_stats.h"
 
 struct tg_handle {
 	struct tagger_bpf *skel;
@@ -34,10 +34,6 @@ struct tg_handle {
 	/* tg_drain's target while ring_buffer__consume runs */
 	struct tg_event *drain_out;
 	uint32_t drain_cap, drain_n;
-};
-
-struct tg_empty {
-	struct empty_bpf *skel;
 };
 
 const char *tg_version(void)
@@ -548,71 +544,7 @@ int tg_enable_stats(void)
 	return fd < 0 ? -errno : fd;
 }
 
-static int object_prog_stats(struct bpf_object *obj, struct tg_prog_stat *out, uint32_t cap)
-{
-	struct bpf_program *prog;
-	uint32_t n = 0;
-
-	bpf_object__for_each_program(prog, obj) {
-		struct bpf_prog_info info = {};
-		uint32_t len = sizeof(info);
-
-		if (n == cap)
-			break;
-		if (bpf_program__fd(prog) < 0)
-			continue;        /* a variant not loaded on this kernel */
-		if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len))
-			return -errno;
-		snprintf(out[n].name, sizeof(out[n].name), "%s", bpf_program__name(prog));
-		out[n].run_time_ns = info.run_time_ns;
-		out[n].run_cnt = info.run_cnt;
-		n++;
-	}
-	return (int)n;
-}
-
 int tg_prog_stats(struct tg_handle *h, struct tg_prog_stat *out, uint32_t cap)
 {
 	return object_prog_stats(h->skel->obj, out, cap);
-}
-
-/* The empty programs on the hooks asked for (TG_EMPTY_*): tagger itself
- * traces only sched_switch, so its overhead floor is the switch alone. */
-int tg_empty_open(struct tg_empty **out, unsigned int hooks)
-{
-	struct tg_empty *e = calloc(1, sizeof(*e));
-	int err;
-
-	if (!e)
-		return -ENOMEM;
-	libbpf_set_print(libbpf_print);
-	e->skel = empty_bpf__open_and_load();
-	if (!e->skel) {
-		err = -errno;
-		free(e);
-		return err;
-	}
-	bpf_program__set_autoattach(e->skel->progs.empty_sched_switch, hooks & TG_EMPTY_SWITCH);
-	bpf_program__set_autoattach(e->skel->progs.empty_sched_wakeup, hooks & TG_EMPTY_WAKEUP);
-	err = empty_bpf__attach(e->skel);
-	if (err) {
-		empty_bpf__destroy(e->skel);
-		free(e);
-		return err;
-	}
-	*out = e;
-	return 0;
-}
-
-int tg_empty_prog_stats(struct tg_empty *e, struct tg_prog_stat *out, uint32_t cap)
-{
-	return object_prog_stats(e->skel->obj, out, cap);
-}
-
-void tg_empty_close(struct tg_empty *e)
-{
-	if (!e)
-		return;
-	empty_bpf__destroy(e->skel);
-	free(e);
 }

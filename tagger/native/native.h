@@ -22,7 +22,6 @@ struct tg_prog_stat {
 };
 
 struct tg_handle;
-struct tg_empty;
 
 const char *tg_version(void);
 
@@ -50,9 +49,3 @@ int tg_map_blkcg(struct tg_handle *h, uint64_t cgroup_id, uint32_t slot);
 
 int tg_enable_stats(void);
 int tg_prog_stats(struct tg_handle *h, struct tg_prog_stat *out, uint32_t cap);
-
-#define TG_EMPTY_SWITCH 1
-#define TG_EMPTY_WAKEUP 2
-int tg_empty_open(struct tg_empty **out, unsigned int hooks);
-int tg_empty_prog_stats(struct tg_empty *e, struct tg_prog_stat *out, uint32_t cap);
-void tg_empty_close(struct tg_empty *e);

@@ -172,13 +172,16 @@ class Probes:
     # --- self-measurement ---------------------------------------------------------
     def prog_stats(self) -> dict[str, tuple[int, int]]:
         """program name -> (run_time_ns, run_cnt); counts only while stats are on."""
-        return _prog_stats(lambda out, cap: lib.tg_prog_stats(self._h, out, cap))
+        return prog_stats_of(ffi, lambda out, cap: lib.tg_prog_stats(self._h, out, cap))
 
 
-def _prog_stats(fill) -> dict[str, tuple[int, int]]:
-    out = ffi.new("struct tg_prog_stat[]", 32)
+def prog_stats_of(ffi_, fill) -> dict[str, tuple[int, int]]:
+    """program name -> (run_time_ns, run_cnt) from ``fill(out, cap)`` over the
+    struct tg_prog_stat array of ``ffi_`` (this extension's, or the
+    benchmarks' baseline extension's)."""
+    out = ffi_.new("struct tg_prog_stat[]", 32)
     n = check(fill(out, 32), "reading program statistics")
-    return {ffi.string(out[i].name).decode(): (out[i].run_time_ns, out[i].run_cnt) for i in range(n)}
+    return {ffi_.string(out[i].name).decode(): (out[i].run_time_ns, out[i].run_cnt) for i in range(n)}
 
 
 @contextmanager
@@ -192,28 +195,3 @@ def bpf_stats_enabled():
         yield
     finally:
         os.close(fd)
-
-
-class EmptyPrograms:
-    """Empty programs on sched_switch and (``wakeup=True``) sched_wakeup: the cost baseline."""
-
-    def __init__(self, wakeup: bool = True):
-        require()
-        out = ffi.new("struct tg_empty **")
-        hooks = lib.TG_EMPTY_SWITCH | (lib.TG_EMPTY_WAKEUP if wakeup else 0)
-        check(lib.tg_empty_open(out, hooks), "loading the empty baseline programs")
-        self._handle = out[0]
-        self._finalizer = weakref.finalize(self, lib.tg_empty_close, self._handle)
-
-    def prog_stats(self) -> dict[str, tuple[int, int]]:
-        return _prog_stats(lambda out, cap: lib.tg_empty_prog_stats(self._handle, out, cap))
-
-    def close(self):
-        if self._finalizer.alive:
-            self._finalizer()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
