@@ -411,3 +411,11 @@ def test_publish_report_is_update_and_keeps_what_it_leaves_out():
         {"/a": 1.5, "/b": 0.25}
     assert [s.labels["cgroup"] for s in samples(fams, "tagger_tag")] == ["/a"]
     assert samples(fams, "tagger_cpu_max_cpus")[0].value == 0.5
+    # the pipeline's two reports a tick: tags first (held back), then actions and health
+    generation = by_publish.generation
+    by_publish.publish(TickReport(snapshot(["/c"], [2.0]), {}, []))
+    assert by_publish.generation == generation                # one exposition per tick, not two
+    by_publish.publish(TickReport(actions=[], health=health))
+    fams, _ = exposition(by_publish)
+    assert {s.labels["cgroup"]: s.value for s in samples(fams, "tagger_cgroup_cpu_seconds_total")} == {"/c": 2.0}
+    assert samples(fams, "tagger_tag") == [] and samples(fams, "tagger_cpu_max_cpus") == []

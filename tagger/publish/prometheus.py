@@ -175,19 +175,28 @@ class TaggerCollector:
         #: called as fn(generation, latest) after every update, in the updating thread
         self.listeners: list = []
         self._prefix_cache = None        # (key, prefixes) of cgroup_text
+        self._staged: dict = {}          # parts of this tick's reports until its health comes
 
     name = "prometheus"
 
     def publish(self, report: TickReport) -> None:
-        """Publish one tick (a :class:`~tagger.publish.report.Publisher`): the
-        parts the report leaves None keep their last value.  The objects must
-        not be changed afterwards (the tick loop makes new ones)."""
-        _, (snapshot, tags, actions, health, _totals) = self.latest()
-        self.update(snapshot if report.snapshot is None else report.snapshot,
-                    tags if report.tags is None else report.tags,
-                    actions if report.actions is None else report.actions,
-                    health if report.health is None else report.health,
-                    accumulate=report.snapshot is not None)
+        """Publish one tick (a :class:`~tagger.publish.report.Publisher`).
+        An exposition is of whole ticks: the parts of a report without health
+        (the pipeline hands tags out early, for the socket and Redis) wait for
+        the tick's report that has it, and are published with it, once;
+        parts no report of the tick brought keep their last value.  The
+        objects must not be changed afterwards (the tick loop makes new ones)."""
+        staged = self._staged
+        for part in ("snapshot", "tags", "actions"):
+            value = getattr(report, part)
+            if value is not None:
+                staged[part] = value
+        if report.health is None:
+            return
+        self._staged = {}
+        _, (snapshot, tags, actions, _health, _totals) = self.latest()
+        self.update(staged.get("snapshot", snapshot), staged.get("tags", tags), staged.get("actions", actions),
+                    report.health, accumulate="snapshot" in staged)
 
     def close(self) -> None:
         """Nothing to release: the endpoint is the :class:`MetricsServer`'s."""
