@@ -13,9 +13,9 @@ from tagger.actions.control import Safety
 from tagger.actions.cpu import CpuQuota
 from tagger.knobs import CpuMax
 from tagger.actions.refusal import ActionRefused
-from tagger.actions.spec import ActionSet, CpuSpec
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST
+from tagger.rules.spec import ActionSet, CpuSpec
 from tests.actuator_helpers import BUSY, FREE, act_on_tree, tick
 from tests.cgroup_fixture import wait_for
 from tests.fixtures.kernel_trees import cgroup_v2_tree
@@ -279,7 +279,10 @@ def test_floor_step_and_cooldown(v2):
 
 def test_protected_cgroups_are_never_touched(v2):
     tmp_path, layout = v2
-    act = act_on_tree(tmp_path, layout, protected=("/keep/*",))
+    # tagger's own cgroups count in every hierarchy: a v1 line puts it in /keep/me for cpu.
+    with open(tmp_path / "proc/self/cgroup", "a") as f:
+        f.write("4:cpu,cpuacct:/keep/me\n")
+    act = act_on_tree(tmp_path, layout)
     spec = [ActionSet("r", cpu=CpuSpec(max=0.2))]
     paths = ["/", "/init.scope", "/system.slice/tagger.service", "/system.slice", "/keep/me"]
     assert act.apply(tick(0), {p: spec for p in paths}) == []
@@ -330,7 +333,7 @@ def test_a_knob_changed_behind_our_back_is_set_again(v2, caplog):
 def test_one_refused_control_point_does_not_cost_the_others(v2):
     tmp_path, layout = v2
     act = act_on_tree(tmp_path, layout)
-    from tagger.actions.spec import IoSpec, RdtSpec
+    from tagger.rules.spec import IoSpec, RdtSpec
     sets = [ActionSet("r", cpu=CpuSpec(max=0.5), io=IoSpec(device="/dev/sdz", read_bps=1e6),
                       rdt=RdtSpec("g", l3="0xf"))]
     applied = act.apply(tick(0), {"/batch/a": sets})

@@ -9,9 +9,9 @@ import pytest
 from tagger.actions.actuator import Actuator
 from tagger.actions.control import Safety
 from tagger.knobs import format_cpulist, parse_cpulist
-from tagger.actions.spec import ActionSet, CpuSpec
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST
+from tagger.rules.spec import ActionSet, CpuSpec
 from tests.actuator_helpers import BUSY, FREE, act_on_tree, cpus_used, tick
 from tests.cgroup_fixture import wait_for
 from tests.fixtures.kernel_trees import cgroup_v2_tree

@@ -11,10 +11,10 @@ from tagger.actions.actuator import Actuator
 from tagger.actions.control import Safety
 from tagger.actions.io import IoLimit, resolve_devices
 from tagger.actions.refusal import ActionRefused
-from tagger.actions.spec import ActionSet, CpuSpec, IoSpec
 from tagger.knobs import parse_io_limits
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST, KernelFS
+from tagger.rules.spec import ActionSet, CpuSpec, IoSpec
 from tests.actuator_helpers import FREE, tick
 from tests.cgroup_fixture import wait_for
 from tests.fixtures.kernel_trees import cgroup_v2_tree

@@ -19,10 +19,10 @@ import pytest
 
 from tagger.actions.actuator import Actuator
 from tagger.actions.journal import JOURNAL_NAME, read_entries
-from tagger.actions.spec import ActionSet, CpuSpec, IoSpec
 from tagger.knobs import parse_cpulist
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST
+from tagger.rules.spec import ActionSet, CpuSpec, IoSpec
 from tests.actuator_helpers import (BUSY, FREE, cpus_allowed, cpus_used, data_disk, start_driver, tick,
                                     v2_cpu_stat, v2_cpus, wait_line)
 from tests.cgroup_fixture import spawn_in, wait_for

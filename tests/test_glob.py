@@ -12,16 +12,14 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tagger.actions.actuator import Protection
 from tagger.client import ApiClient, ApiError
 from tagger.publish.socket import MAX_GLOB_CHARS, ApiServer
 from tagger.cgroupglob import CgroupGlob, GlobError, GlobSet
 from tagger.errors import ConfigError
 from tagger.telemetry.fallback import FallbackCollector
-from tagger.kernelfs import HOST
-from tagger.policies.spec import Selector
 from tagger.publish.prometheus import TaggerCollector
 from tagger.rules.selectors import PathSelector
+from tagger.rules.spec import Selector
 from tagger.snapshot import Snapshot
 from tests.cgroup_fixture import wait_for
 
@@ -90,8 +88,6 @@ def test_bad_globs_are_refused_everywhere(glob, message):
         GlobSet([glob])
     with pytest.raises(GlobError, match=message):
         PathSelector(Selector(cgroup=(glob,)))
-    with pytest.raises(GlobError, match=message):
-        Protection(HOST, [glob])
     if isinstance(glob, str):
         with pytest.raises(ConfigError, match=message):
             TaggerCollector(export=[glob])
@@ -174,9 +170,10 @@ def test_one_glob_selects_the_same_cgroups_everywhere(make_cgroup, tmp_path):
                 assert socket == want, glob
                 assert exported_cgroups(glob, snap) == want, glob
 
-                protection = Protection(HOST, [glob])
+                # A glob over a subtree (what it matches and everything below).
+                subtree = GlobSet([glob])
                 ancestors = (lambda p: [p.rsplit("/", i)[0] or "/" for i in range(p.count("/") + 1)])
-                assert {p for p in paths if protection.protects(p)} == \
+                assert {p for p in paths if subtree.match_subtree(p)} == \
                     {p for p in paths if any(rules.match_one(a, "") for a in ancestors(p))}, glob
 
                 with FallbackCollector(include=glob, rundelay=None, warn=False) as coll:

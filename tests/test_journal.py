@@ -15,9 +15,9 @@ import pytest
 from tagger.actions.actuator import Actuator
 from tagger.actions.control import Safety
 from tagger.actions.journal import JOURNAL_NAME, Entry, Journal, read_entries, read_journal
-from tagger.actions.spec import ActionSet, CpuSpec, IoSpec
 from tagger.errors import ConfigError
 from tagger.kernelfs import KernelFS
+from tagger.rules.spec import ActionSet, CpuSpec, IoSpec
 from tagger.snapshot import Snapshot
 from tests.fixtures.kernel_trees import cgroup_v2_tree
 

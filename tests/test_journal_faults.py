@@ -21,9 +21,9 @@ from tagger.actions import journal as journal_module
 from tagger.actions.actuator import Actuator
 from tagger.actions.control import Safety
 from tagger.actions.journal import JOURNAL_NAME, read_journal
-from tagger.actions.spec import ActionSet, CpuSpec
 from tagger.cgroups import Layout
 from tagger.kernelfs import KernelFS
+from tagger.rules.spec import ActionSet, CpuSpec
 from tagger.snapshot import Snapshot
 from tests.cgroup_fixture import wait_for
 from tests.fixtures.kernel_trees import cgroup_v2_tree

@@ -11,8 +11,8 @@ from tagger.actions.actuator import Actuator
 from tagger.actions.control import Safety
 from tagger.actions.rdt import CacheInfo, MbInfo, Resctrl, parse_cbm, validate_mb
 from tagger.actions.refusal import ActionRefused
-from tagger.actions.spec import ActionSet, RdtSpec
 from tagger.kernelfs import KernelFS
+from tagger.rules.spec import ActionSet, RdtSpec
 from tagger.snapshot import Snapshot
 from tests.fixtures.kernel_trees import ResctrlKernel, add_v2_cgroup, cgroup_v2_tree, resctrl_tree
 

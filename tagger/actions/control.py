@@ -92,3 +92,21 @@ class ControlPoint:
     def tighter(self, old: str, new: str) -> bool:
         """``new`` gives the cgroup less than ``old`` (starts a cool-down)."""
         return False
+
+
+class Tightenings:
+    """When tagger last tightened each knob (by journal key): how long that
+    tightening has held, which :attr:`Safety.cooldown` is compared with."""
+
+    def __init__(self):
+        self._at: dict[str, float] = {}
+
+    def held_for(self, key: str, now: float) -> float | None:
+        """Seconds since ``key`` was last tightened; None: never (or since restored)."""
+        return now - self._at[key] if key in self._at else None
+
+    def tightened(self, key: str, now: float) -> None:
+        self._at[key] = now
+
+    def forget(self, key: str) -> None:
+        self._at.pop(key, None)

@@ -17,15 +17,13 @@ from tagger import errors
 from tagger.kernelfs import KernelFS
 from tagger.knobs import (IO_KEYS, IO_LIMIT_MIN, IO_V1_FILES, format_io_limits, format_io_max_line, io_max_device,
                           parse_io_limits)
+from tagger.rules.spec import IoSpec
 
 from .control import ControlPoint, Safety
 from .refusal import ActionRefused
-from .spec import IoSpec
 
 #: Devices that are not disks worth throttling when a rule names none.
 _SKIP_DISKS = ("loop", "ram", "zram", "nbd", "sr", "fd")
-
-parse_limits, format_limits = parse_io_limits, format_io_limits  # SHIM-14 (prometheus, until H4 imports tagger.knobs)
 
 
 def spec_limits(spec: IoSpec) -> dict[str, int | None]:

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 from tagger import errors
 from tagger.kernelfs import HOST, KernelFS
+from tagger.rules.spec import RdtSpec
 
 from .control import ControlPoint
 from .refusal import ActionRefused
-from .spec import RdtSpec
 
 RESCTRL = "/sys/fs/resctrl"
 

@@ -1,6 +1,9 @@
-"""The one exception an action raises when a value cannot be applied."""
+"""The one exception an action raises when a value cannot be applied, and the
+notices that report refusals once."""
 
 from __future__ import annotations
+
+import logging
 
 from tagger.errors import TaggerError
 
@@ -16,3 +19,25 @@ class ActionRefused(TaggerError, ValueError):
         super().__init__(message)
         self.limit = limit
         self.path = path
+
+
+class Notices:
+    """What could not be done, each said once in the log: refusals by journal
+    key (kept until the knob is applied again, for :meth:`Actuator.refusals`)
+    and one-off warnings by a key of the caller's choosing."""
+
+    def __init__(self, log: logging.Logger):
+        self.log = log
+        self.refused: dict[str, str] = {}
+        self._warned: set[str] = set()
+
+    def refuse(self, key: str, err: Exception | str) -> None:
+        msg = str(err)
+        if self.refused.get(key) != msg:
+            self.log.warning("action refused: %s", msg)
+        self.refused[key] = msg
+
+    def warn_once(self, key: str, fmt: str, *args) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.log.warning(fmt, *args)
