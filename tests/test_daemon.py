@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tagger.actions.actuator import AppliedAction
-from tagger.api import ApiClient
+from tagger.client import ApiClient
 from tagger.clock import epoch
 from tagger.agent.config import Config, check_rules_ownership, read_config_file
 from tagger.agent.daemon import Daemon
@@ -346,7 +346,7 @@ def test_failing_ticks_are_counted_and_visible(tmp_path, rules_dir):
 
 
 def test_record_writes_a_readable_trace(tmp_path, rules_dir):
-    from tagger.trace import read_trace
+    from tagger.publish.trace import read_trace
     trace = tmp_path / "run.trace"
     with Running(tmp_path, rules_dir, {"/hog": 1.5, "/b": 0.2}, record=str(trace)) as run:
         wait_for(lambda: run.daemon.cost.ticks >= 3, timeout=5, what="3 ticks")

@@ -65,7 +65,8 @@ class Publishers:
     name for their counters in health and the socket's rules summary."""
 
     def __init__(self, config: Config, stack: contextlib.ExitStack, store):
-        from tagger.publish.prometheus import MetricsServer, TaggerCollector
+        from tagger.publish.exposition import MetricsServer
+        from tagger.publish.prometheus import TaggerCollector
         self.all: list = []
         self.metrics = self.api = self.redis = None
         self.prometheus = TaggerCollector(export=config.export, top=config.export_top, cap=config.export_cap)
@@ -85,7 +86,7 @@ class Publishers:
             stack.callback(close_quietly, self.redis, "redis publisher")
             self.all.append(_publisher("redis", self.redis))
         if config.record:
-            from tagger.trace import TraceWriter
+            from tagger.publish.trace import TraceWriter
             trace = TraceWriter(config.record)
             stack.callback(close_quietly, trace, "trace")
             self.all.append(_publisher("trace", trace))

@@ -467,5 +467,3 @@ def _escape_label(value: str) -> str:
 def _get(obj, name):
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
-
-from tagger.publish.exposition import DEFAULT_ADDR, Exposition, MetricsServer, parse_addr  # noqa: E402,F401  SHIM-14
