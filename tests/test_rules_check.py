@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from cli.rules import rules as rules_cli
 from tagger.agent.config import check_rules_ownership
 from tagger.errors import ConfigError
+from tagger.kernelfs import KernelFS
 from tagger.rules import RulesLoadError, load_directory
 from tagger.rules import loader
 from tagger.rules.node import NodeFacts
@@ -130,6 +131,33 @@ def test_a_partition_is_an_error(tmp_path):
     d = _dir(tmp_path, _action(f'io: {{device: "{parts[0]}", read_bps: 10MiB}}'))
     res = _check("--no-ownership", d)
     assert res.exit_code == 1 and "is a partition" in res.output
+
+
+def _block_tree(root: Path) -> Path:
+    """A sysfs tree with one disk (vda, 254:0) and its partition (vda1, 254:1)."""
+    for name, dev, partition in (("vda", "254:0", False), ("vda1", "254:1", True)):
+        for d in (root / "sys/class/block" / name, root / "sys/dev/block" / dev):
+            d.mkdir(parents=True)
+            (d / "dev").write_text(dev + "\n")
+            if partition:
+                (d / "partition").write_text("1\n")
+    return root
+
+
+@pytest.mark.parametrize("device", ["vda1", "/dev/vda1", "254:1"])
+def test_a_partition_is_an_error_on_a_tree(tmp_path, device):
+    # This host has no partition (test_a_partition_is_an_error skips): the same check
+    # on a sysfs tree that has one, by name, /dev path and MAJ:MIN.
+    node = NodeFacts(KernelFS(_block_tree(tmp_path / "fs")))
+    d = _dir(tmp_path, _action(f'io: {{device: "{device}", read_bps: 10MiB}}'))
+    with pytest.raises(RulesLoadError) as err:
+        load_directory(d, node=node)
+    assert str(err.value).splitlines()[1:] == [
+        f'{d}/10-r.yaml:6:20: rule "batch": io device {device!r} is a partition; blk-throttle '
+        f"limits whole disks, name the disk instead"]
+    for disk in ("vda", "/dev/vda", "254:0"):
+        d = _dir(tmp_path / disk.replace("/", "_"), _action(f'io: {{device: "{disk}", read_bps: 10MiB}}'))
+        assert load_directory(d, node=node).rules[0].actions.io.device == disk
 
 
 def test_cpu_the_node_lacks_is_an_error(tmp_path):
