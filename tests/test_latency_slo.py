@@ -15,7 +15,7 @@ from tagger.actions.control import Safety
 from tagger.kernelfs import KernelFS
 from tagger.knobs import CpuMax
 from tagger.policies.latency_slo import LatencySlo
-from tagger.policies.spec import LatencySloSpec, Selector
+from tagger.rules.spec import LatencySloSpec, Selector
 from tagger.snapshot import CULPRIT_DTYPE, Snapshot
 from tagger.tags import TagStore
 from tests.fixtures.kernel_trees import cgroup_v2_tree
@@ -499,7 +499,7 @@ def test_judge_gain_and_cooldown_are_the_specs():
 
 
 def test_cpu_cause_reads_the_attribution_columns_where_they_exist():
-    from tagger.policies.latency_slo import cpu_cause
+    from tagger.policies.culprits import cpu_cause
     base = {"runq.p99": [math.nan, 4 * MS], "cpu.usage": [1.0, 0.5]}
     s = Snapshot.synthetic(["/", "/web"], base)
     assert cpu_cause(s, 1) is None                         # nothing known: neighbours may be the cause

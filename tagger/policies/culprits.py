@@ -1,0 +1,135 @@
+"""Who is to blame: how much each resource hurts the worst-off protected
+cgroup W (importance), whether CPU levers on neighbours can help at all
+(:func:`cpu_cause`), and each throttled cgroup's share of the harm
+(interference), from the wait the collector charges it where it can."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tagger.snapshot import Snapshot
+
+#: With wait attribution, neighbours are the CPU cause only when they hold at
+#: least this share of W's run-queue wait (the rest: its own tasks, the host).
+FOREIGN_SHARE = 0.5
+#: With wait attribution, a neighbour counts as a CPU culprit of W only when
+#: charged at least this share of W's foreign run-queue wait (runq.wait.by):
+#: a neighbour running light work is charged a little of it too.
+CULPRIT_SHARE = 0.2
+#: ... and at least this much of it, seconds per second: the floor of the
+#: packaged neighbour=noisy rule (rules/30-contention.yaml).  Neighbours running
+#: light work are each charged a few ms/s of W's wait, a sizeable *share* of a
+#: small total when W misses for reasons of its own or the host's; demoting
+#: them is judged "helped" by chance and kept for as long as W runs.
+CULPRIT_FLOOR = 0.05
+
+SLOWDOWN = {"cpu": "runq.slowdown", "io": "io.slowdown"}
+
+
+def _resource_latency_metric(slo_metric: str, resource: str) -> str:
+    if resource == "cpu":
+        return slo_metric if slo_metric.startswith("runq.") else "runq.p99"
+    return slo_metric if slo_metric.startswith("io.lat.") else "io.lat.p99"
+
+
+def cpu_cause(snap: Snapshot, row: int) -> str | None:
+    """Why CPU levers on neighbours cannot help the protected cgroup at ``row``,
+    or None when they can.  The one place that decides it, so that the wait
+    attribution columns refine it where a collector has them:
+
+    * "own quota": the victim's own CFS quota throttles it (``cpu.throttled`` >
+      0, or ``runq.wait.throttled`` > 0): the neighbours do not hold its CPU.
+    * "host steal": the node's ``steal`` (s/s) exceeds the wait neighbours
+      cause it (``runq.wait.foreign``).
+    * "own tasks": neighbours cause less than FOREIGN_SHARE of its run-queue wait.
+
+    Without the attribution columns only the first can be told; an unknown
+    figure (NaN) never vetoes."""
+    cols = snap.columns
+    for name in ("cpu.throttled", "runq.wait.throttled"):
+        col = cols.get(name)
+        if col is not None and col[row] > 0:
+            return "own quota"
+    foreign = cols.get("runq.wait.foreign")
+    if foreign is None or math.isnan(foreign[row]):
+        return None
+    steal = float(snap.node.get("steal", math.nan))
+    if steal > foreign[row]:
+        return "host steal"
+    wait = cols.get("runq.wait")
+    if wait is not None and wait[row] > 0 and foreign[row] < FOREIGN_SHARE * wait[row]:
+        return "own tasks"
+    return None
+
+
+def charged(snap: Snapshot, row: int) -> dict[int, float] | None:
+    """W's (``row``) run-queue wait charged to each other cgroup's row (s/s,
+    ``runq.wait.by``), or None where the collector does not attribute the wait
+    (``runq.wait.foreign`` unknown): then l's share of the load stands in."""
+    foreign = snap.columns.get("runq.wait.foreign")
+    if foreign is None or math.isnan(foreign[row]):
+        return None
+    out: dict[int, float] = {}
+    by = snap.culprits
+    for culprit, wait in zip(by["culprit"][by["victim"] == row], by["wait"][by["victim"] == row]):
+        out[int(culprit)] = out.get(int(culprit), 0.0) + float(wait)
+    return out
+
+
+def importance(snap: Snapshot, w: int, metric: str, resources) -> tuple[dict[str, float], str]:
+    """Per resource r: ``latency(W, r) * log(slowdown(W, r))``, and why the CPU's
+    was zeroed ("" when it was not): never spend a neighbour's CPU on what it
+    does not cause."""
+    out = {}
+    for r in resources:
+        latency = snap.column(_resource_latency_metric(metric, r))[w]
+        slowdown = snap.column(SLOWDOWN[r])[w]
+        value = latency * math.log(slowdown) if slowdown > 1 else 0.0
+        out[r] = 0.0 if math.isnan(value) else float(value)
+    cause = cpu_cause(snap, w)
+    if cause is not None and out.get("cpu", 0) > 0:
+        out["cpu"] = 0.0
+        return out, cause
+    return out, ""
+
+
+def _load(snap: Snapshot, resource: str) -> np.ndarray:
+    if resource == "cpu":
+        return snap.column("cpu.usage")
+    return np.nan_to_num(snap.column("io.read_bytes")) + np.nan_to_num(snap.column("io.write_bytes"))
+
+
+class Interference:
+    """Each cgroup's share of the harm to W: ``Σ_r importance(r) * load(l, r) /
+    load(r)``, normalised by ``Σ_r importance(r)`` so it lies in [0, 1]."""
+
+    def __init__(self, snap: Snapshot, w: int, rows: list[int], importance: dict[str, float]):
+        self.importance = importance
+        self.total = sum(importance.values())
+        resources = list(importance)
+        self.loads = {r: _load(snap, r) for r in resources}
+        self.totals = {r: float(np.nansum(self.loads[r][rows])) for r in resources}
+        #: culprit path -> W's wait charged to it, s/s (empty without wait attribution)
+        self.charged: dict[str, float] = {}
+        by = charged(snap, w)
+        if by is not None and "cpu" in self.loads:
+            # The CPU's load is W's foreign wait charged to each culprit:
+            # who held the CPU while W waited, not who ran at all.
+            paths = snap.cgroups.paths
+            foreign = sum(by.values())
+            share = np.zeros(len(paths))
+            for row, wait in by.items():
+                if foreign > 0 and wait >= max(CULPRIT_SHARE * foreign, CULPRIT_FLOOR):
+                    share[row] = wait / foreign
+            self.loads["cpu"], self.totals["cpu"] = share, 1.0
+            self.charged = {paths[row]: wait for row, wait in by.items()}
+
+    def of(self, i: int) -> float:
+        """Row ``i``'s interference with W, 0..1."""
+        if self.total <= 0:
+            return 0.0
+        return sum(self.importance[r] * self.loads[r][i] / self.totals[r]
+                   for r in self.importance
+                   if self.totals[r] > 0 and not math.isnan(self.loads[r][i])) / self.total

@@ -1,0 +1,84 @@
+"""Judging steps: each step's window of W's samples decides whether it helped
+(kept) or not (undone, and its lever cooled on that victim/culprit pair)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+
+from tagger.rules.spec import LatencySloSpec
+from tagger.snapshot import Snapshot
+
+from .figures import SloFigures, aggregate
+from .state import ControlState, StepOutcome
+
+#: Outcome records kept for ``tagger actions`` and the socket API.
+RECENT_OUTCOMES = 50
+
+
+class Verdicts:
+    """The outcomes of one policy's steps, and the levers cooling after one
+    that did not help."""
+
+    def __init__(self, spec: LatencySloSpec):
+        self.spec = spec
+        #: (lever, outcome) -> steps, since start
+        self.counts: Counter = Counter()
+        #: the latest StepOutcomes, oldest first
+        self.outcomes: deque = deque(maxlen=RECENT_OUTCOMES)
+        self.cooled: dict[tuple[str, str, str], float] = {}   # (victim, culprit, lever) -> until
+
+    def expire(self, now: float) -> None:
+        for key in [k for k, until in self.cooled.items() if until <= now]:
+            del self.cooled[key]
+
+    def cooling(self, now: float) -> dict[tuple[str, str, str], float]:
+        """(victim, culprit, lever) -> seconds left of its cool-down."""
+        return {k: until - now for k, until in self.cooled.items() if until > now}
+
+    def judge(self, state: dict[str, ControlState], snap: Snapshot, figures: SloFigures,
+              now: float) -> tuple[set[str], bool]:
+        """Give each trial this tick's sample of its victim; decide the ones
+        whose window is full.  Returns the culprits judged this tick, and
+        whether a step was undone."""
+        judged, undone = set(), False
+        index = {p: k for k, p in enumerate(snap.cgroups.paths)}
+        for culprit, st in state.items():
+            trial = st.trial
+            if trial is None or trial.t >= now:
+                continue
+            row = index.get(trial.victim)
+            if row is not None:
+                trial.samples.append(figures.sample(snap, row))
+            if len(trial.samples) < self.spec.judge:
+                continue
+            after = aggregate(trial.samples)
+            if math.isnan(after):
+                outcome = "unjudged"
+            elif after <= self.spec.target or after <= (1 - self.spec.gain) * trial.baseline:
+                outcome = "helped"
+            else:
+                outcome = "no_effect"
+            self._count(StepOutcome(now, trial.victim, culprit, trial.lever, outcome, trial.baseline, after))
+            if outcome == "no_effect":
+                # Undo: ask for l's settings before the step; the actuator
+                # restores the journaled originals of what is no longer asked for.
+                previous = trial.before
+                st.cpu, st.levers, st.cpuset = previous.cpu, previous.levers, previous.cpuset
+                st.io_scale, st.io_base = previous.io_scale, previous.io_base
+                self.cooled[(trial.victim, culprit, trial.lever)] = now + self.spec.cooldown
+                undone = True
+            st.trial, st.missed = None, 0
+            judged.add(culprit)
+        return judged, undone
+
+    def unjudged(self, culprit: str, st: ControlState, now: float) -> None:
+        """A step whose window cannot finish (W stopped, l left, everything dropped)."""
+        if st.trial is not None:
+            t = st.trial
+            self._count(StepOutcome(now, t.victim, culprit, t.lever, "unjudged", t.baseline, math.nan))
+            st.trial = None
+
+    def _count(self, outcome: StepOutcome) -> None:
+        self.counts[(outcome.lever, outcome.outcome)] += 1
+        self.outcomes.append(outcome)
