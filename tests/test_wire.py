@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from tagger.clock import epoch
-from tagger.publish.wire import (HEADER, FrameTooLarge, decode_body, encode_frame, from_display,
+from tagger.publish.wire import (HEADER, FrameTooLarge, current_tags_from_plain, current_tags_plain,
+                                 decode_body, encode_frame, event_from_plain, event_plain, from_display,
                                  snapshot_from_plain, snapshot_to_plain, take_frame, to_plain)
 from tagger.snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, CgroupTable, Snapshot
+from tagger.tags import Tag, TagEvent
 
 ODD = "/weird\udcff.slice"          # a cgroup name that is not UTF-8 (tagger.names internal form)
 
@@ -73,3 +75,24 @@ def test_frames_whole_partial_and_too_large():
     big = bytearray(HEADER.pack(2048) + b"x")
     with pytest.raises(FrameTooLarge, match="2048 bytes exceeds 1024"):
         take_frame(big, 1024)
+
+
+def wire(obj):
+    return decode_body(take_frame(bytearray(encode_frame(obj)), 1 << 20), strict_map_key=False)
+
+
+def test_tag_event_round_trip():
+    for ev in (TagEvent(5.0, ODD, "resource", "cpu-intensive", None, "cpu", "added"),
+               TagEvent(6.0, "/a", "resource", None, "cpu-intensive", "cpu", "removed")):
+        back = event_from_plain(wire(event_plain(ev)))
+        assert back == TagEvent(epoch(ev.t), *[getattr(ev, f) for f in ("cgroup", "key", "value", "old",
+                                                                          "rule", "kind")])
+
+
+def test_current_tags_round_trip():
+    current = {ODD: {"resource": Tag("resource", "cpu-intensive", "cpu", 5.0)},
+               "/a": {"owner": Tag("owner", ODD, "", 2.0), "k": Tag("k", "v", "r", 1.0)}}
+    back = current_tags_from_plain(wire(current_tags_plain(current)))
+    assert back == {path: {key: Tag(t.key, t.value, t.rule, epoch(t.since)) for key, t in tags.items()}
+                    for path, tags in current.items()}
+    assert current_tags_from_plain(wire(current_tags_plain(current, ["/a"]))).keys() == {"/a"}

@@ -9,7 +9,8 @@ tagger's records, each encoder beside its decoder.
   display form (:mod:`tagger.names`): a cgroup name that is not UTF-8 would
   make every encoder raise; :func:`from_display` turns them back.
 * Snapshots: :func:`snapshot_to_plain` / :func:`snapshot_from_plain`; tag
-  events: :func:`event_plain`; current tags: :func:`current_tags_plain`.
+  events: :func:`event_plain` / :func:`event_from_plain`; current tags:
+  :func:`current_tags_plain` / :func:`current_tags_from_plain`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tagger.cgroupglob import GlobSet
 from tagger.clock import epoch
 from tagger.names import display, parse
 from tagger.snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, CgroupTable, Snapshot
+from tagger.tags import Tag, TagEvent
 
 # --- frames -------------------------------------------------------------------------
 
@@ -225,6 +227,13 @@ def event_plain(ev) -> dict:
     return plain
 
 
+def event_from_plain(d: dict) -> TagEvent:
+    """The inverse of :func:`event_plain` (``t`` stays in epoch seconds)."""
+    d = from_display(d)
+    return TagEvent(float(d["t"]), d["cgroup"], d["key"], d.get("value"), d.get("old"), d.get("rule") or "",
+                    d["kind"])
+
+
 def current_tags_plain(current: dict, patterns=None) -> dict:
     """``TagStore.current()`` ({path: {key: Tag}}) as {path: {key: {value, rule, since}}},
     ``since`` in epoch seconds (tagger.clock), optionally only the paths that
@@ -237,6 +246,15 @@ def current_tags_plain(current: dict, patterns=None) -> dict:
                                                   "since": _epoch_or_none(_attr(tag, "since"))}
                               for key, tag in tags.items()}
     return out
+
+
+def current_tags_from_plain(d: dict) -> dict:
+    """The inverse of :func:`current_tags_plain`: {path: {key: Tag}}, ``since``
+    in epoch seconds (NaN when the agent sent none)."""
+    return {path: {key: Tag(key, tag.get("value"), tag.get("rule") or "",
+                            math.nan if tag.get("since") is None else float(tag["since"]))
+                   for key, tag in tags.items()}
+            for path, tags in from_display(d).items()}
 
 
 def _epoch_or_none(t):
