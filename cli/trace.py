@@ -142,9 +142,9 @@ def replay(trace, rules_dir, as_json):
                 t0 = snap.t
             replayed.snapshot = snap
             report = pipeline.tick()
-            if report.snapshot is None:
+            if pipeline.last_error is not None:
                 raise click.ClickException(f"replay failed at snapshot {reader.records} "
-                                           f"(t +{snap.t - t0:.3f}s): the error is logged above")
+                                           f"(t +{snap.t - t0:.3f}s): {pipeline.last_error}")
             for ev in report.events:
                 n_events += 1
                 if as_json:

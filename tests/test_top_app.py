@@ -12,9 +12,10 @@ import pytest
 from rich.console import Console
 
 from tagger.cli.top.app import TopApp
-from tagger.cli.top.model import KEYS, ActionInfo, TagEventInfo, TagInfo
+from tagger.cli.top.model import KEYS, ActionInfo
 from tagger.cli.top.sources import DemoSource, FakeSource
 from tagger.cli.top.widgets import CgroupTable
+from tagger.tags import Tag, TagEvent
 from tests.test_top_model import THREE, make_frame
 
 SIZE = (140, 40)
@@ -107,7 +108,7 @@ def test_footer_lists_the_key_table():
 # -- filter -----------------------------------------------------------------------
 
 def test_filter_by_name_and_by_tag_then_escape_clears():
-    tags = {"/c": {"priority": TagInfo("priority", "low", "best-effort", 90.0)}}
+    tags = {"/c": {"priority": Tag("priority", "low", "best-effort", 90.0)}}
 
     async def go():
         app, _ = scripted(make_frame(THREE, tags=tags))
@@ -195,10 +196,10 @@ def test_ten_thousand_cgroups_draw_only_the_screen_and_end_reaches_the_last():
 
 def test_detail_shows_histograms_sparklines_culprits_tags_actions_events():
     edges = [1e-6, 1e-5, 1e-4, 1e-3]
-    tags = {"/b": {"resource": TagInfo("resource", "cpu-intensive", "cpu-intensive", 95.0)}}
+    tags = {"/b": {"resource": Tag("resource", "cpu-intensive", "cpu-intensive", 95.0)}}
     actions = {"/b": [ActionInfo("/b", "cpu.max", "50000 100000", "max 100000", "cap-low-priority-hogs",
                                  96.0, dry_run=True)]}
-    events = [TagEventInfo(95.0, "/b", "resource", "cpu-intensive", None, "cpu-intensive", "added")]
+    events = [TagEvent(95.0, "/b", "resource", "cpu-intensive", None, "cpu-intensive", "added")]
     hist = {"runq.wakeup": [[0, 0, 0], [5, 40, 2], [0, 0, 0]], "io.lat": [[0, 0, 0], [0, 3, 9], [0, 0, 0]]}
 
     async def go():

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from tagger.cli.top import render
-from tagger.cli.top.model import (DEFAULT_THRESHOLDS, KEYS, ActionInfo, Frame, TagEventInfo, TagInfo,
-                                  TopModel, per_second, quota_cpus, thresholds_from_rules, tree_order,
-                                  wait_fraction)
-from tagger.cli.top.sources import DemoSource, normalize_health, snapshot_from_plain
+from tagger.cli.top.model import (DEFAULT_THRESHOLDS, KEYS, ActionInfo, Frame, TopModel, per_second,
+                                  quota_cpus, thresholds_from_rules, tree_order, wait_fraction)
+from tagger.cli.top.sources import DemoSource, header_health
+from tagger.publish.report import Health
+from tagger.publish.wire import snapshot_from_plain
 from tagger.snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, Snapshot
+from tagger.tags import Tag, TagEvent
 
 NAN = math.nan
 
@@ -106,7 +108,7 @@ def test_unknown_sort_key_is_refused_with_the_known_ones():
 
 
 def test_filter_matches_name_path_and_tags_case_insensitively():
-    tags = {"/c": {"priority": TagInfo("priority", "low", "r1", 1.0)}}
+    tags = {"/c": {"priority": Tag("priority", "low", "r1", 1.0)}}
     m = TopModel()
     m.apply_frame(make_frame(THREE, tags=tags))
     m.set_filter("priority=LOW")
@@ -198,12 +200,13 @@ def test_tree_mode_in_the_model_keeps_the_filter():
 # -- thresholds ------------------------------------------------------------------
 
 def test_thresholds_come_from_the_lowest_rule_comparison(tmp_path):
+    # From the loaded rules (tagger.rules), so every file must load: a rule tags.
     (tmp_path / "10-base.yaml").write_text(
         "macros:\n  busy: cpu.usage > 0.9 and node.runq.p99 > 1us\n"
         "rules:\n  - name: starved\n    when: runq.p99 > 4ms\n    tags: {latency: starved}\n")
     (tmp_path / "20-more.yaml").write_text(
-        "rules:\n  - name: very-starved\n    when: runq.p99 >= 2500us or io.lat.p99 > 20ms\n")
-    (tmp_path / "30-broken.yaml").write_text("rules: [unclosed\n")
+        "rules:\n  - name: very-starved\n    when: runq.p99 >= 2500us or io.lat.p99 > 20ms\n"
+        "    tags: {latency: very-starved}\n")
     th = thresholds_from_rules(tmp_path)
     assert th["cpu.usage"] == pytest.approx(0.9)
     assert th["runq.p99"] == pytest.approx(2.5e-3)      # node.runq.p99 > 1us is not a cgroup's
@@ -214,16 +217,21 @@ def test_thresholds_come_from_the_lowest_rule_comparison(tmp_path):
 def test_thresholds_without_rules_are_the_defaults(tmp_path):
     assert thresholds_from_rules(None) == DEFAULT_THRESHOLDS
     assert thresholds_from_rules(tmp_path / "absent") == DEFAULT_THRESHOLDS
+    # A directory that does not load only costs the colours (the view still starts).
+    (tmp_path / "10-base.yaml").write_text("rules:\n  - name: starved\n    when: runq.p99 > 4ms\n"
+                                           "    tags: {latency: starved}\n")
+    (tmp_path / "30-broken.yaml").write_text("rules: [unclosed\n")
+    assert thresholds_from_rules(tmp_path) == DEFAULT_THRESHOLDS
 
 
 # -- detail -------------------------------------------------------------------
 
 def test_detail_carries_histograms_history_preemptions_tags_actions_events():
     edges = [1e-6, 1e-5, 1e-4, 1e-3]
-    tags = {"/a": {"priority": TagInfo("priority", "high", "latency-critical", 90.0)}}
+    tags = {"/a": {"priority": Tag("priority", "high", "latency-critical", 90.0)}}
     actions = {"/b": [ActionInfo("/b", "cpu.max", "50000 100000", "max 100000", "cap-hogs", 95.0)]}
-    events = [TagEventInfo(99.0, "/a", "priority", "high", None, "latency-critical", "added"),
-              TagEventInfo(99.0, "/b", "resource", "cpu-intensive", None, "cpu-intensive", "added")]
+    events = [TagEvent(99.0, "/a", "priority", "high", None, "latency-critical", "added"),
+              TagEvent(99.0, "/b", "resource", "cpu-intensive", None, "cpu-intensive", "added")]
     m = TopModel()
     for t in (98.0, 99.0):
         m.apply_frame(make_frame(THREE, t=t))
@@ -264,7 +272,7 @@ def test_frame_build_accepts_the_sockets_plain_dicts():
                   "since": 6.0, "dry_run": True}],
         events=[{"t": 7.0, "cgroup": "/a", "key": "priority", "value": "low", "old": None,
                  "rule": "r", "kind": "added"}])
-    assert frame.tags["/a"]["priority"] == TagInfo("priority", "low", "r", 5.0)
+    assert frame.tags["/a"]["priority"] == Tag("priority", "low", "r", 5.0)
     assert frame.actions["/a"][0].dry_run is True
     assert frame.events[0].kind == "added"
 
@@ -294,8 +302,8 @@ def test_preemptions_and_culprits_round_trip_in_detail():
 
 
 def test_health_keys_of_the_daemon_are_mapped():
-    h = normalize_health({"events_per_second": 1200.0, "ringbuf_drops": 2, "map_full": 1,
-                          "rules_loaded": 7, "actions": 3, "dry_run": False, "source": "bpf"})
+    h = header_health(Health.from_plain({"events_per_second": 1200.0, "ringbuf_drops": 2, "map_full": 1,
+                                         "rules_loaded": 7, "dry_run": False, "source": "bpf"}), actions=3)
     assert h == {"events_per_s": 1200.0, "drops": 3, "rules": 7, "actions": 3, "dry_run": False,
                  "source": "bpf"}
 

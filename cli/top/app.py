@@ -30,7 +30,7 @@ from textual.widgets import Footer, Input, Static
 from tagger.errors import RulesError, TaggerError
 from tagger.cli.params import duration
 
-from .model import KEYS, Frame, TopModel, thresholds_from_rules
+from .model import KEYS, Frame, TopModel, thresholds_from_rules, thresholds_from_ruleset
 from .render import detail_renderable, header_text, status_text
 from .sources import DemoSource, FrameSource, LocalSource, SocketSource, SourceUnavailable
 from .widgets import CgroupTable
@@ -288,10 +288,7 @@ def top(socket_path, interval, rules_dir, demo):
     attaches to a running agent.  Keys are listed in the footer.
     """
     if rules_dir is None:
-        try:
-            from tagger.default_rules import DIRECTORY as rules_dir
-        except ImportError:
-            rules_dir = None
+        from tagger.default_rules import DIRECTORY as rules_dir
     # Open the source before Textual takes the terminal, so "needs root" and
     # rules errors print as plain lines.
     try:
@@ -306,7 +303,10 @@ def top(socket_path, interval, rules_dir, demo):
         raise click.ClickException("rules directory has errors:\n" + "\n".join(map(str, problems)))
     except (SourceUnavailable, TaggerError) as err:
         raise click.ClickException(str(err))
-    app = TopApp(source, interval=interval, thresholds=thresholds_from_rules(rules_dir))
+    # Standalone, the colours come from the rules the source runs (loaded once).
+    thresholds = (thresholds_from_ruleset(source.ruleset) if isinstance(source, LocalSource)
+                  else thresholds_from_rules(rules_dir))
+    app = TopApp(source, interval=interval, thresholds=thresholds)
     try:
         app.run()
     finally:

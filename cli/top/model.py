@@ -14,20 +14,20 @@ step in :mod:`.render`).
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
 from tagger.cli.figures import wait_fraction
+from tagger.knobs import CpuMax
 from tagger.names import display
 from tagger.snapshot import Snapshot
 from tagger.tags import Tag, TagEvent
-from tagger.units import UNIT_FACTORS, format_count, format_duration, parse_quantity
+from tagger.units import format_count, format_duration
 
 #: Sparklines in the detail pane cover this many ticks.
 HISTORY_TICKS = 60
@@ -39,10 +39,6 @@ EVENT_HISTORY = 1000
 # What sources hand over: the engine's own Tag and TagEvent (tagger.tags),
 # AppliedAction (tagger.actions); the socket sends plain dicts, which the
 # coerce_* functions turn into the same classes.
-
-TagInfo = Tag
-TagEventInfo = TagEvent
-
 
 @dataclass(frozen=True)
 class ActionInfo:
@@ -61,19 +57,19 @@ def _get(obj, name, default=None):
     return getattr(obj, name, default)
 
 
-def coerce_tag(obj, key: str | None = None) -> TagInfo:
-    if isinstance(obj, TagInfo):
+def coerce_tag(obj, key: str | None = None) -> Tag:
+    if isinstance(obj, Tag):
         return obj
     if isinstance(obj, str):            # {key: value} maps without provenance
-        return TagInfo(key or "", obj, "", math.nan)
-    return TagInfo(str(_get(obj, "key", key or "")), str(_get(obj, "value", "")),
+        return Tag(key or "", obj, "", math.nan)
+    return Tag(str(_get(obj, "key", key or "")), str(_get(obj, "value", "")),
                    str(_get(obj, "rule", "") or ""), _float(_get(obj, "since")))
 
 
-def coerce_event(obj) -> TagEventInfo:
-    if isinstance(obj, TagEventInfo):
+def coerce_event(obj) -> TagEvent:
+    if isinstance(obj, TagEvent):
         return obj
-    return TagEventInfo(_float(_get(obj, "t")), str(_get(obj, "cgroup", "")),
+    return TagEvent(_float(_get(obj, "t")), str(_get(obj, "cgroup", "")),
                         str(_get(obj, "key", "")), _get(obj, "value"), _get(obj, "old"),
                         str(_get(obj, "rule", "") or ""), str(_get(obj, "kind", "")))
 
@@ -100,9 +96,9 @@ class Frame:
     ``drops``, ``rules``, ``actions``, ``dry_run``, ``source``, ``note``."""
 
     snapshot: Snapshot
-    tags: dict[str, dict[str, TagInfo]] = field(default_factory=dict)
+    tags: dict[str, dict[str, Tag]] = field(default_factory=dict)
     actions: dict[str, list[ActionInfo]] = field(default_factory=dict)
-    events: list[TagEventInfo] = field(default_factory=list)
+    events: list[TagEvent] = field(default_factory=list)
     health: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -143,24 +139,19 @@ def quota_cpus(value) -> float:
     if isinstance(value, dict):          # {"max": CPUs} from an ActionSet-like dict
         return quota_cpus(value.get("max"))
     if isinstance(value, (tuple, list)) and len(value) == 2:
-        quota, period = value
+        text = f"{value[0]} {value[1]}"
     else:
-        parts = str(value).strip().removesuffix("CPUs").removesuffix("CPU").split()
-        if len(parts) == 1:
-            try:
-                return float(parts[0])
-            except ValueError:
-                return math.nan
-        if len(parts) != 2:
+        text = str(value).strip().removesuffix("CPUs").removesuffix("CPU").strip()
+    if len(text.split()) == 1:
+        try:
+            return float(text)
+        except ValueError:
             return math.nan
-        quota, period = parts
-    if str(quota) == "max":
-        return math.nan
     try:
-        quota, period = float(quota), float(period)
-    except ValueError:
+        cpus = CpuMax.parse(text).cpus           # tagger.knobs: cpu.max's own text
+    except (ValueError, IndexError, ZeroDivisionError):
         return math.nan
-    return quota / period if period > 0 else math.nan
+    return cpus if math.isfinite(cpus) and cpus >= 0 else math.nan
 
 
 # ---------------------------------------------------------------------------
@@ -259,51 +250,38 @@ KEYS: tuple[Key, ...] = (
     Key("ctrl+c", "quit", "quit", show=False),
 )
 
-_COMPARISON = re.compile(
-    r"(?<![\w.])(%s)\s*(>=|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?:%s)?)(?![\w%%])"
-    % ("|".join(re.escape(m) for m in DEFAULT_THRESHOLDS if "." in m),
-       "|".join(re.escape(u) for u in sorted(UNIT_FACTORS, key=len, reverse=True))))
-
-
-def thresholds_from_rules(directory: str | Path | None) -> dict[str, float]:
-    """Colour thresholds: for each shown metric, the lowest ``metric > N`` any
-    rule or macro in ``directory`` compares against, else the default.
-
-    This reads the YAML text rather than the compiled rules on purpose: it only
-    picks colours, and must keep working whatever shape the rules engine's
-    objects take.  Unreadable files are skipped (``tagger rules check`` is the
-    place to report them)."""
+def thresholds_from_ruleset(ruleset) -> dict[str, float]:
+    """Colour thresholds: for each shown metric, the lowest ``metric > N`` (or
+    ``>=``) any rule's ``when`` or any macro of ``ruleset`` compares against,
+    else the default.  Read from the rules' own parse trees (tagger.rules.expr)."""
+    from tagger.rules.expr import parse
     found: dict[str, float] = {}
-    if directory is not None:
-        try:
-            import yaml
-            files = sorted(Path(directory).glob("*.yaml")) + sorted(Path(directory).glob("*.yml"))
-        except (ImportError, OSError):
-            files = []
-        for path in files:
-            try:
-                doc = yaml.safe_load(path.read_text()) or {}
-            except Exception:          # a broken rules file must not stop the view
+    sources = [r.when_src for r in ruleset.rules if r.when_src] + list(ruleset.macros.values())
+    for src in sources:
+        stack = [parse(src)]
+        while stack:
+            node = stack.pop()
+            stack.extend(node.args)
+            if node.kind != "cmp" or node.value not in (">", ">="):
                 continue
-            for text in _expressions(doc):
-                for metric, _op, quantity in _COMPARISON.findall(text):
-                    try:
-                        value = parse_quantity(quantity.strip())
-                    except ValueError:
-                        continue
-                    found[metric] = min(value, found.get(metric, math.inf))
+            metric, bound = node.args
+            if metric.kind == "name" and metric.value in DEFAULT_THRESHOLDS and bound.kind == "num":
+                found[metric.value] = min(float(bound.value), found.get(metric.value, math.inf))
     return {**DEFAULT_THRESHOLDS, **found}
 
 
-def _expressions(doc) -> Iterable[str]:
-    if not isinstance(doc, dict):
-        return
-    for body in (doc.get("macros") or {}).values():
-        if isinstance(body, str):
-            yield body
-    for rule in doc.get("rules") or ():
-        if isinstance(rule, dict) and isinstance(rule.get("when"), str):
-            yield rule["when"]
+def thresholds_from_rules(directory: str | Path | None) -> dict[str, float]:
+    """:func:`thresholds_from_ruleset` of the rules in ``directory``; the defaults
+    when there is none or it does not load (colours must not stop the view:
+    ``tagger rules check`` is the place to report its errors)."""
+    from tagger.errors import RulesError
+    from tagger.rules import load_directory
+    if directory is None:
+        return dict(DEFAULT_THRESHOLDS)
+    try:
+        return thresholds_from_ruleset(load_directory(directory))
+    except (RulesError, OSError):
+        return dict(DEFAULT_THRESHOLDS)
 
 
 # ---------------------------------------------------------------------------
@@ -475,9 +453,9 @@ class Detail:
     # (name, seconds of wait per second), most first.
     waited_behind: list[tuple[str, float]]  # cgroups this one waited behind
     held_up: list[tuple[str, float]]        # cgroups that waited behind this one
-    tags: list[TagInfo]
+    tags: list[Tag]
     actions: list[ActionInfo]
-    events: list[TagEventInfo]
+    events: list[TagEvent]
     t: float
 
 
@@ -499,7 +477,7 @@ class TopModel:
         self.order = np.zeros(0, np.int64)     # shown rows, top to bottom
         self.depth = np.zeros(0, np.int32)     # per row, tree mode only
         self._history: deque = deque(maxlen=HISTORY_TICKS)
-        self.events: deque[TagEventInfo] = deque(maxlen=EVENT_HISTORY)
+        self.events: deque[TagEvent] = deque(maxlen=EVENT_HISTORY)
         self.generation = 0                    # bumps whenever what is shown may change
         self._parents: tuple[list[str], np.ndarray] | None = None
 

@@ -23,11 +23,12 @@ from typing import Protocol
 import numpy as np
 
 from tagger.errors import TaggerError
-from tagger.names import parse
-from tagger.publish.wire import from_display as _parsed, snapshot_from_plain  # noqa: F401  SHIM-14 (moved to the wire codec)
+from tagger.publish.report import CollectorHealth, Health
+from tagger.publish.wire import from_display, snapshot_from_plain
 from tagger.snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, CgroupTable, Snapshot
+from tagger.tags import Tag, TagEvent
 
-from .model import ActionInfo, Frame, TagEventInfo, TagInfo
+from .model import ActionInfo, Frame
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +46,16 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
-def normalize_health(raw: dict | None, **extra) -> dict:
-    """The header's health keys from a collector's or the daemon's health dict
-    (their key names differ: ``events_per_second`` vs ``events/s``...)."""
-    raw = dict(raw or {})
-
-    def first(*keys):
-        for k in keys:
-            if raw.get(k) is not None:
-                return raw[k]
-        return None
-
-    out = {
-        "events_per_s": first("events_per_s", "events_per_second", "events/s"),
-        "drops": first("drops", "drops_per_s"),
-        "rules": first("rules", "rules_loaded"),
-        "actions": first("actions", "actions_applied"),
-        "dry_run": first("dry_run", "dry-run"),
-        "source": first("source"),
-    }
-    if out["drops"] is None and (raw.get("ringbuf_drops") is not None or raw.get("map_full") is not None):
-        out["drops"] = (raw.get("ringbuf_drops") or 0) + (raw.get("map_full") or 0)
+def header_health(health: Health, **extra) -> dict:
+    """The header's figures (``events_per_s``, ``drops``, ``rules``, ``actions``,
+    ``dry_run``, ``source``) from the agent's :class:`Health`; ``extra`` adds
+    or overrides (the source's own ``actions`` count, a ``note``)."""
+    coll = health.collector or CollectorHealth()
+    drops = None
+    if coll.ringbuf_drops is not None or coll.map_full is not None:
+        drops = (coll.ringbuf_drops or 0) + (coll.map_full or 0)
+    out = {"events_per_s": coll.events_per_second, "drops": drops, "rules": health.rules_loaded,
+           "dry_run": health.dry_run, "source": coll.source}
     out.update(extra)
     return {k: v for k, v in out.items() if v is not None}
 
@@ -145,7 +135,7 @@ class DemoSource:
         self.depth = np.array([0 if p == "/" else p.count("/") for p in paths])
         self.seq = 0
         self.t = 1000.0
-        self.tags: dict[str, dict[str, TagInfo]] = {}
+        self.tags: dict[str, dict[str, Tag]] = {}
         self.closed = False
 
     def _layout(self, count):
@@ -259,7 +249,7 @@ class DemoSource:
     def _rules(self, snap):
         """The demo's stand-in for the rules engine (same shapes, four rules)."""
         cpu, p99 = snap.columns["cpu.usage"], snap.columns["runq.p99"]
-        new: dict[str, dict[str, TagInfo]] = {}
+        new: dict[str, dict[str, Tag]] = {}
         for i, path in enumerate(snap.cgroups.paths):
             lab = snap.cgroups.labels[i]
             want = {}
@@ -274,7 +264,7 @@ class DemoSource:
             if want:
                 old = self.tags.get(path, {})
                 new[path] = {k: (old[k] if k in old and old[k].value == v else
-                                 TagInfo(k, v, rule, self.t)) for k, (v, rule) in want.items()}
+                                 Tag(k, v, rule, self.t)) for k, (v, rule) in want.items()}
         events = []
         for path in set(self.tags) | set(new):
             before, after = self.tags.get(path, {}), new.get(path, {})
@@ -283,12 +273,12 @@ class DemoSource:
                 if b == a:
                     continue
                 kind = "added" if b is None else "removed" if a is None else "changed"
-                events.append(TagEventInfo(self.t, path, k, a.value if a else None,
+                events.append(TagEvent(self.t, path, k, a.value if a else None,
                                            b.value if b else None, (a or b).rule, kind))
         self.tags = new
         actions = {}
         for path, tags in new.items():
-            if tags.get("priority", TagInfo("", "", "", math.nan)).value == "low" and "resource" in tags:
+            if tags.get("priority", Tag("", "", "", math.nan)).value == "low" and "resource" in tags:
                 since = max(tags["priority"].since, tags["resource"].since)
                 actions[path] = [ActionInfo(path, "cpu.max", "50000 100000", "max 100000",
                                             "cap-low-priority-hogs", since, dry_run=True)]
@@ -306,99 +296,59 @@ NEEDS_ROOT = ("standalone `tagger top` loads tagger's BPF programs and needs roo
 
 
 class LocalSource:
-    """Standalone: measure with :func:`tagger.telemetry.open_collector` and run
-    the rules over each tick without acting (the actions shown are what the
-    rules *would* do: dry-run).  Without the rules engine (not built yet, or
-    missing) it shows no tags and says so in the status line."""
+    """Standalone: the agent's own :class:`~tagger.agent.pipeline.Pipeline` over
+    :func:`tagger.telemetry.open_collector`, with a dry-run actuator and no
+    publishers: the tags are the agent's, the actions what the rules *would*
+    do.  ``ruleset``: the rules loaded (for the colour thresholds too)."""
 
     name = "local"
 
     def __init__(self, rules_dir=None):
-        try:
-            from tagger.telemetry import open_collector
-        except ImportError as err:
-            raise SourceUnavailable(
-                f"standalone `tagger top` needs tagger.telemetry, which this build lacks ({err}); "
-                "use --connect SOCKET or --demo") from None
+        from tagger.agent.dryrun import DryRunActuator
+        from tagger.agent.pipeline import Pipeline
+        from tagger.rules import Engine, load_directory
+        from tagger.tags import TagStore
+
         if os.geteuid() != 0:
             raise SourceUnavailable(NEEDS_ROOT)
-        self._events: deque = deque(maxlen=1000)
         self.note = ""
-        self._engine = self._store = None
-        self._rules_count = None
-        self._since: dict[tuple[str, str, str], float] = {}
-        self._load_rules(rules_dir)
+        if rules_dir is None:
+            from tagger.default_rules import DIRECTORY as rules_dir
+        self.ruleset = load_directory(rules_dir)  # RulesError lists every problem; the CLI prints it
+        self._cm = self._open_collector()
+        store = TagStore(history=1000)
+        # No policies: they judge each step by what the applied limit changed,
+        # and a dry run applies none.
+        self._pipeline = Pipeline(self._cm.__enter__(), Engine(self.ruleset, store), store,
+                                  DryRunActuator(), dry_run=True, health_parts=self._rules_health)
+
+    @staticmethod
+    def _open_collector():
+        from tagger.kubelet import KubeletLogs
+        from tagger.telemetry import open_collector
         try:
-            from tagger.kubelet import KubeletLogs
-            self._cm = open_collector(prefer_bpf=True, workload_names=KubeletLogs())   # pod names
-            self._coll = self._cm.__enter__()
+            return open_collector(prefer_bpf=True, workload_names=KubeletLogs())   # pod names
         except PermissionError as err:          # tagger.errors.PermissionDenied subclasses it
             raise SourceUnavailable(f"{err}\n{NEEDS_ROOT}") from None
 
-    def _load_rules(self, rules_dir):
-        try:
-            from tagger.rules import Engine, load_directory
-            from tagger.tags import TagStore
-        except ImportError:
-            self.note = "rules engine not in this build: no tags"
-            return
-        if rules_dir is None:
-            from tagger.default_rules import DIRECTORY as rules_dir
-        ruleset = load_directory(rules_dir)      # RulesError lists every problem; the CLI prints it
-        self._store = TagStore(history=1000)
-        self._engine = Engine(ruleset, self._store)
-        self._rules_count = len(getattr(ruleset, "rules", ()) or ())
+    def _rules_health(self) -> dict:
+        return {"rules_loaded": len(self.ruleset.rules)}
 
     def next_frame(self) -> Frame:
-        snap = self._coll.tick()
-        tags, actions, events = {}, {}, []
-        if self._engine is not None:
-            result = self._engine.evaluate(snap)
-            events = list(result.events)
-            tags = self._store.current()
-            since = {}
-            for path, sets in (result.actions or {}).items():
-                wanted = [(knob, value, aset.rule) for aset in sets for knob, value in _desired(aset)]
-                for knob, value, rule in wanted:
-                    key = (path, knob, rule)
-                    since[key] = self._since.get(key, snap.t)   # first tick the rules wanted it
-                    actions.setdefault(path, []).append(
-                        ActionInfo(path, knob, value, None, rule, since[key], dry_run=True))
-            self._since = since
-        raw = self._coll.health() if hasattr(self._coll, "health") else {}
-        health = normalize_health(raw, rules=self._rules_count, dry_run=True,
-                                  actions=sum(len(a) for a in actions.values()))
-        if raw.get("source") == "cgroupfs" or snap.source == "cgroupfs":
+        report = self._pipeline.tick()
+        if self._pipeline.last_error is not None:      # the view shows why
+            raise self._pipeline.last_error
+        health = header_health(report.health, actions=len(report.actions))
+        if report.snapshot.source == "cgroupfs" or health.get("source") == "cgroupfs":
             self.note = "no BPF: cgroupfs figures only (no run-queue or I/O latency)"
         if self.note:
             health["note"] = self.note
-        return Frame.build(snap, tags, actions, events, health)
+        return Frame.build(report.snapshot, report.tags, report.actions, report.events, health)
 
     def close(self) -> None:
-        cm, self._cm = getattr(self, "_cm", None), None
+        cm, self._cm = self._cm, None
         if cm is not None:
             cm.__exit__(None, None, None)       # detaches the BPF programs
-
-
-def _desired(aset):
-    """(knob, value) pairs an ActionSet asks for, named as the actuator names them."""
-    cpu, io, rdt = getattr(aset, "cpu", None), getattr(aset, "io", None), getattr(aset, "rdt", None)
-    if cpu is not None and cpu.max is not None:
-        period_us = int(round((cpu.period or 0.1) * 1e6))
-        yield "cpu.max", f"{int(round(cpu.max * period_us))} {period_us}"
-    if cpu is not None and cpu.weight is not None:
-        yield "cpu.weight", str(cpu.weight)
-    if cpu is not None and cpu.idle is not None:
-        yield "cpu.idle", "1" if cpu.idle else "0"
-    if cpu is not None and cpu.cpuset is not None:
-        # A number is "that many CPUs" (a policy's); the actuator picks which.
-        yield "cpuset.cpus", f"{cpu.cpuset} CPUs" if isinstance(cpu.cpuset, int) else cpu.cpuset
-    if io is not None:
-        limits = {k: getattr(io, k) for k in ("read_bps", "write_bps", "read_iops", "write_iops")}
-        yield f"io.max {io.device or '*'}", " ".join(f"{k}={v:g}" for k, v in limits.items() if v is not None)
-    if rdt is not None:
-        yield f"rdt.schemata {rdt.group}", " ".join(
-            f"{k}={v}" for k, v in (("l3", rdt.l3), ("mb", rdt.mb)) if v is not None)
 
 
 # ---------------------------------------------------------------------------
@@ -410,10 +360,7 @@ class SocketSource:
     rhythm; a Unix-socket round trip is far below a tick."""
 
     def __init__(self, path: str, timeout: float = 5.0):
-        try:
-            from tagger.client import ApiClient, ApiError
-        except ImportError as err:
-            raise SourceUnavailable(f"--connect needs tagger.client, which this build lacks ({err})") from None
+        from tagger.client import ApiClient, ApiError
         self._connect = lambda: ApiClient(path, timeout=timeout)
         self.path = path
         self.name = f"socket {path}"
@@ -446,19 +393,20 @@ class SocketSource:
         if snap.seq and snap.seq == self._last_seq:
             return None                      # polled faster than the agent ticks
         self._last_seq = snap.seq
-        tags = _parsed(c.request("tags") or {})
-        actions = _parsed(c.request("actions") or [])
+        tags = from_display(c.request("tags") or {})
+        actions = from_display(c.request("actions") or [])
         health = c.request("health") or {}
         since = self._last_t
-        events = _parsed(c.request("history", since=since, limit=200) if since is not None else
+        events = from_display(c.request("history", since=since, limit=200) if since is not None else
                          c.request("history", limit=200))
         if events:
             self._last_t = max(e.get("t", 0) for e in events)
         elif self._last_t is None:
             self._last_t = snap.t
-        info = normalize_health(health, source=health.get("source") or snap.source)
-        if "actions" not in info:            # the agent's health may not count them
-            info["actions"] = sum(1 for a in actions if not (isinstance(a, dict) and a.get("dry_run")))
+        info = header_health(Health.from_plain(health))
+        info.setdefault("source", snap.source)
+        # The agent's health does not count its actions.
+        info["actions"] = sum(1 for a in actions if not (isinstance(a, dict) and a.get("dry_run")))
         return Frame.build(snap, tags, actions, events or (), info)
 
     def close(self) -> None:

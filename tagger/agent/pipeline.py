@@ -71,6 +71,7 @@ class Pipeline:
         self.cost = cost or TickCost()
         self.cost.ticker = ticker
         self.last_snapshot = None
+        self.last_error: Exception | None = None     # why the last tick failed (None: it did not)
         self._steps_written = 0
         self._log_suppressed: dict[str, int] = {}
 
@@ -109,8 +110,10 @@ class Pipeline:
                                 health=self.health())
             self._publish(TickReport(actions=actions, health=report.health))
             stages["publish"] += time.perf_counter() - mark
+            self.last_error = None
             return report
-        except Exception:
+        except Exception as err:
+            self.last_error = err
             self.cost.errors += 1
             self._log_once("tick", "tick failed (the loop carries on)")
             # A failing loop must still be visible.
