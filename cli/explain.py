@@ -20,31 +20,13 @@ import numpy as np
 
 from tagger.client import DEFAULT_SOCKET, ApiClient, ApiError
 from tagger.errors import RulesError
-from tagger.publish.wire import json_safe
+from tagger.names import display, parse
+from tagger.publish.wire import from_display, json_safe, snapshot_from_plain
 from tagger.rules import expr as ex
 from tagger.rules import load_directory
 from tagger.rules.engine import context_for
-from tagger.snapshot import CULPRIT_DTYPE, METRICS, NODE_METRICS, PREEMPTION_DTYPE, CgroupTable, Snapshot
+from tagger.snapshot import METRICS, NODE_METRICS, Snapshot
 from tagger.units import format_bytes, format_count, format_duration, format_percent
-
-
-def snapshot_from_plain(plain: dict) -> Snapshot:
-    """The socket's ``snapshot`` reply (``detail``) back into a Snapshot."""
-    cg = plain["cgroups"]
-    table = CgroupTable.from_paths(cg["paths"], cg.get("names"), cg.get("labels"), cg.get("ids"))
-    n = len(table)
-    cols = {}
-    for name, values in (plain.get("columns") or {}).items():
-        col = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-        if len(col) == n:
-            cols[name] = col
-    snap = Snapshot(t=float(plain.get("t") or 0.0), dt=float(plain.get("dt") or 1.0), cgroups=table,
-                    columns=cols, node={k: (np.nan if v is None else float(v))
-                                        for k, v in (plain.get("node") or {}).items()},
-                    source=plain.get("source", "bpf"), seq=int(plain.get("seq") or 0))
-    snap.culprits = np.array([tuple(r) for r in plain.get("culprits") or []], CULPRIT_DTYPE)
-    snap.preemptions = np.array([tuple(r) for r in plain.get("preemptions") or []], PREEMPTION_DTYPE)
-    return snap
 
 
 def fmt_value(name: str, v) -> str:
@@ -142,7 +124,7 @@ class _Explainer:
             tagged = self.ctx.tag_is(key, value)
             for victim, culprit, wait in self.snap.culprits:
                 if culprit == self.row and victim != culprit and tagged[victim]:
-                    out.append((paths[victim], f"{key}={value}", float(wait)))
+                    out.append((display(paths[victim]), f"{key}={value}", float(wait)))
         return sorted(out, key=lambda x: -x[2])
 
 
@@ -274,13 +256,15 @@ def explain(cgroup, rules_dir, as_json, socket_path):
         ruleset = load_directory(directory)
     except RulesError as err:
         raise click.ClickException(f"{directory}: {err}") from None
+    # The socket sends names in display form (tagger.names); the snapshot and
+    # tags come back in the internal form the rules match.
     snap = snapshot_from_plain(plain)
     path = cgroup if cgroup == "/" else "/" + cgroup.strip("/")
-    if snap.cgroups.index(path) is None:
+    if snap.cgroups.index(parse(path)) is None:
         raise click.ClickException(f"{path}: no such cgroup in the agent's latest snapshot "
                                    "(see `tagger tags` or `tagger stat`)")
     now = time.time()
-    out = explain_tags(ruleset, snap, tags_plain or {}, path)
+    out = explain_tags(ruleset, snap, from_display(tags_plain or {}), parse(path))
     if as_json:
         click.echo(json.dumps(json_safe({"cgroup": path, "t": snap.t, "tags": out}), indent=2, sort_keys=True,
                               default=lambda o: bool(o) if isinstance(o, np.bool_) else float(o)))
