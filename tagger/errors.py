@@ -4,7 +4,6 @@ Each class also subclasses the builtin a caller would naturally catch
 (pyca/cryptography style), so ``except FileNotFoundError`` keeps working.
 """
 
-import errno as _errno
 import os
 
 
@@ -60,21 +59,3 @@ class RulesError(TaggerError, ValueError):
 
 class ConfigError(TaggerError, ValueError):
     """A bad command-line value or configuration setting."""
-
-
-_GONE = (_errno.ENODEV, _errno.ENOTDIR, _errno.ESRCH)
-
-
-def from_oserror(err: OSError, path, value=None) -> TaggerError:
-    """Map an OSError from a kernel file to the domain exception for it."""
-    if err.errno == _errno.ENOENT:
-        return Vanished(_errno.ENOENT, f"{path}: no such file (vanished?)")
-    if value is None and err.errno in _GONE:
-        # A read of what was there a moment ago: a cgroup removed after the
-        # open (ENODEV), a directory replaced (ENOTDIR), a process reaped (ESRCH).
-        return Vanished(err.errno, f"{path}: {err.strerror} (vanished?)")
-    if err.errno in (_errno.EACCES, _errno.EPERM):
-        return PermissionDenied(err.errno, f"{path}: permission denied (run as root?)")
-    if value is not None:
-        return KernelRefused(err.errno, path, value)
-    return TaggerError(f"{path}: {err.strerror}")

@@ -3,15 +3,39 @@
 Every read and write of a kernel file goes through a :class:`KernelFS`, whose
 root tests point at a temporary directory (a fixture tree for what this machine
 lacks: resctrl, the cpu controller on cgroup v2).  errno becomes a domain
-exception here (see :mod:`tagger.errors`); optional files read as ``None``.
+exception here, in :func:`from_oserror` (the types are in :mod:`tagger.errors`);
+optional files read as ``None``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 from . import errors
+
+
+# --- the one errno mapping ------------------------------------------------------
+#: errno of a read whose file, cgroup or process was there a moment ago: a
+#: cgroup removed after the open (ENODEV), a directory replaced (ENOTDIR), a
+#: process reaped (ESRCH).  ENOENT is always so.
+_GONE = (errno.ENODEV, errno.ENOTDIR, errno.ESRCH)
+
+
+def from_oserror(err: OSError, path, value=None) -> errors.TaggerError:
+    """The domain exception for an OSError on kernel path ``path`` (``value``:
+    what was being written, None for a read).  The only errno mapping: every
+    reader of kernel files goes through KernelFS, which applies it."""
+    if err.errno == errno.ENOENT:
+        return errors.Vanished(errno.ENOENT, f"{path}: no such file (vanished?)")
+    if value is None and err.errno in _GONE:
+        return errors.Vanished(err.errno, f"{path}: {err.strerror} (vanished?)")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return errors.PermissionDenied(err.errno, f"{path}: permission denied (run as root?)")
+    if value is not None:
+        return errors.KernelRefused(err.errno, path, value)
+    return errors.TaggerError(f"{path}: {err.strerror}")
 
 
 #: The kernel's list of online CPUs ("0-3,6").
@@ -61,7 +85,7 @@ class KernelFS:
             with open(real, "r") as f:
                 return f.read()
         except OSError as err:
-            raise errors.from_oserror(err, p) from err
+            raise from_oserror(err, p) from err
 
     def read_optional(self, p) -> str | None:
         """Contents, or None when the file does not exist (an optional feature)."""
@@ -102,7 +126,7 @@ class KernelFS:
             with open(self.path(p), "rb") as f:
                 return f.read()
         except OSError as err:
-            raise errors.from_oserror(err, p) from err
+            raise from_oserror(err, p) from err
 
     # --- fast paths (cgroups, taskstats) -------------------------------------
     def subdirs(self, p) -> list[tuple[str, int]]:
@@ -114,7 +138,7 @@ class KernelFS:
             with os.scandir(self._prefix + p) as it:
                 return [(e.name, e.inode()) for e in it if e.is_dir(follow_symlinks=False)]
         except OSError as err:
-            raise errors.from_oserror(err, p) from err
+            raise from_oserror(err, p) from err
 
     # --- facts of the machine --------------------------------------------
     def online_cpus(self) -> int:
@@ -141,13 +165,13 @@ class KernelFS:
         try:
             return sorted(os.listdir(self.path(p)))
         except OSError as err:
-            raise errors.from_oserror(err, p) from err
+            raise from_oserror(err, p) from err
 
     def stat(self, p) -> os.stat_result:
         try:
             return os.stat(self.path(p))
         except OSError as err:
-            raise errors.from_oserror(err, p) from err
+            raise from_oserror(err, p) from err
 
     # --- writes -----------------------------------------------------------
     def write_text(self, p, value: str) -> None:
@@ -162,19 +186,19 @@ class KernelFS:
             finally:
                 os.close(fd)
         except OSError as err:
-            raise errors.from_oserror(err, p, value) from err
+            raise from_oserror(err, p, value) from err
 
     def mkdir(self, p, exist_ok=True) -> None:
         try:
             os.makedirs(self.path(p), exist_ok=exist_ok)
         except OSError as err:
-            raise errors.from_oserror(err, p, "mkdir") from err
+            raise from_oserror(err, p, "mkdir") from err
 
     def rmdir(self, p) -> None:
         try:
             os.rmdir(self.path(p))
         except OSError as err:
-            raise errors.from_oserror(err, p, "rmdir") from err
+            raise from_oserror(err, p, "rmdir") from err
 
     # --- fast path: many small files (telemetry, issue 14) ------------------
     def read_small_many(self, paths) -> list[bytes | None]:
@@ -196,7 +220,7 @@ class KernelFS:
             except OSError as err:
                 # The one errno mapping: gone (ENOENT, ENODEV after a cgroup's
                 # rmdir, ENOTDIR, ESRCH) reads as None, anything else raises.
-                mapped = errors.from_oserror(err, p)
+                mapped = from_oserror(err, p)
                 if not isinstance(mapped, errors.Vanished):
                     raise mapped from err
                 out.append(None)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from . import errors
-from .kernelfs import HOST, KernelFS
+from .kernelfs import HOST, KernelFS, from_oserror
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def _netlink_error(err: Exception, tgid: int) -> errors.TaggerError:
     code = getattr(err, "code", None) or getattr(err, "errno", None) or errno.EIO
     if code in (errno.EPERM, errno.EACCES):
         return errors.PermissionDenied(code, "taskstats: needs CAP_NET_ADMIN")
-    return errors.from_oserror(OSError(code, os.strerror(code)), f"taskstats TGID {tgid}")
+    return from_oserror(OSError(code, os.strerror(code)), f"taskstats TGID {tgid}")
 
 
 def open_delay_source(fs: KernelFS = HOST, prefer: str = "auto"):

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from tagger import errors
-from tagger.kernelfs import HOST, KernelFS
+from tagger.kernelfs import HOST, KernelFS, from_oserror
 from tagger.taskstats import SchedstatSource, _netlink_error
 
 
@@ -82,11 +82,11 @@ def test_read_bytes(tmp_path):
 # --- the one errno mapping ----------------------------------------------------------
 @pytest.mark.parametrize("code", [errno.ENOENT, errno.ENODEV, errno.ENOTDIR, errno.ESRCH])
 def test_gone_on_read_is_vanished(code):
-    assert isinstance(errors.from_oserror(OSError(code, os.strerror(code)), "/proc/1/stat"), errors.Vanished)
+    assert isinstance(from_oserror(OSError(code, os.strerror(code)), "/proc/1/stat"), errors.Vanished)
 
 
 def test_enodev_on_write_is_the_kernel_refusing():
-    err = errors.from_oserror(OSError(errno.ENODEV, "x"), "/sys/fs/cgroup/a/cpu.max", "max")
+    err = from_oserror(OSError(errno.ENODEV, "x"), "/sys/fs/cgroup/a/cpu.max", "max")
     assert isinstance(err, errors.KernelRefused) and err.errno == errno.ENODEV
 
 
