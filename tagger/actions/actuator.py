@@ -190,7 +190,7 @@ class Actuator:
                                     f"{cp.knob.split(' ')[0]} ({cp.dir})", "cgroup exists", cp.dir)
             original = cp.read()
             value = cp.paced(original, wanted, self.safety, None)
-            if value == original and not getattr(cp, "sync_each_tick", False):
+            if value == original and not cp.sync_each_tick:
                 return False
             entry = Entry(cp.cgroup, cp.knob, original, original, rule,
                           made=cp.knob.startswith("rdt.group") and original != PRESENT)
@@ -201,7 +201,7 @@ class Actuator:
             value = cp.paced(entry.value, wanted, self.safety, self.tightenings.held_for(key, now))
         changed = value != entry.value or entry.rule != rule
         drifted = False
-        if not self.dry_run and not changed and not getattr(cp, "sync_each_tick", False):
+        if not self.dry_run and not changed and not cp.sync_each_tick:
             # Someone else (an operator, another agent) wrote the knob while we
             # hold it: the rule still wants our value, so put it back, and say so.
             actual = cp.read()
@@ -209,7 +209,7 @@ class Actuator:
                 drifted = True
                 self.notices.warn_once(f"drift {key} {actual}", "%s %s: changed behind tagger's back to %r; "
                                        "setting %r again (rule %s)", cp.cgroup, cp.knob, actual, value, rule)
-        if value != entry.value or drifted or getattr(cp, "sync_each_tick", False):
+        if value != entry.value or drifted or cp.sync_each_tick:
             if not self.dry_run:
                 cp.write(value)
             if cp.tighter(entry.value, value):

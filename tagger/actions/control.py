@@ -37,6 +37,9 @@ class ControlPoint:
 
     #: journal name, e.g. "cpu.max" or "io.max 254:0"
     knob: str = ""
+    #: written every tick, not only when its value changes (resctrl task
+    #: lists: new threads of the cgroup must follow).
+    sync_each_tick: bool = False
 
     def __init__(self, fs: KernelFS, cgroup: str, directory: str):
         self.fs = fs

@@ -98,7 +98,7 @@ import math
 from dataclasses import replace
 
 from tagger.kernelfs import HOST
-from tagger.knobs import WEIGHT_MIN
+from tagger.knobs import WEIGHT_MIN, CpuMax
 from tagger.rules.selectors import PathSelector
 from tagger.rules.spec import ActionSet, CpuSpec, IoSpec, LatencySloSpec, Selector
 from tagger.snapshot import Snapshot
@@ -314,9 +314,9 @@ class LatencySlo:
             st = self.state.get(a.cgroup)
             if st is None or a.rule != self.rule or a.knob != "cpu.max" or st.cpu is None:
                 continue
-            quota, _, period = a.value.partition(" ")
-            if quota != "max":
-                st.cpu = int(quota) / int(period)
+            limit = CpuMax.parse(a.value)
+            if limit.quota_us is not None:
+                st.cpu = limit.cpus
 
     def _actions(self) -> dict[str, ActionSet]:
         out = {}
