@@ -1,1 +1,0 @@
-from tagger.rules.spec import *  # SHIM-14
