@@ -44,7 +44,7 @@ from benchmarks.noisy import unlabelled as nu  # noqa: E402
 from benchmarks.noisy.cgroups import Scenario  # noqa: E402
 from benchmarks.noisy.sampler import Sampler, proc_cpu_seconds  # noqa: E402
 from benchmarks.noisy.schedule import SineRate  # noqa: E402
-from tagger.policies.spec import CPU_LEVERS, DEFAULT_LADDER as SPEC_LADDER  # noqa: E402
+from tagger.rules.spec import CPU_LEVERS, DEFAULT_LADDER as SPEC_LADDER  # noqa: E402
 
 PY = sys.executable
 STRESS_CPUS = 2
@@ -94,7 +94,7 @@ policies:
 #: What each lever does, for the rules' comment and the report.
 LEVER_TEXT = {"idle": "cpu.idle", "weight": "the lowest weight", "quota": "a CPU quota",
               "cpuset": "the CPUs web does not need, as koordlet's CPU suppress"}
-#: The policy's own ladder (tagger.policies.spec.DEFAULT_LADDER): the benchmark's default.
+#: The policy's own ladder (tagger.rules.spec.DEFAULT_LADDER): the benchmark's default.
 DEFAULT_LADDER = ",".join("+".join(rung) for rung in SPEC_LADDER)
 #: Issue 16: tagger's batch throughput at least this share of the best static
 #: setting that meets the same SLO judgment.

@@ -264,7 +264,7 @@ def test_the_rules_tagger_run_gets_load_with_the_ladder_asked_for():
     from types import SimpleNamespace
 
     from benchmarks.noisy_neighbor import DEFAULT_LADDER, Run
-    from tagger.policies.spec import DEFAULT_LADDER as POLICY_LADDER
+    from tagger.rules.spec import DEFAULT_LADDER as POLICY_LADDER
     from tagger.rules import load_text
     fake = SimpleNamespace(args=SimpleNamespace(ladder=DEFAULT_LADDER, beta=0.2, window=5),
                            scenario=SimpleNamespace(prefix="/tagger-nn-1"), slo=1e-3)

@@ -373,7 +373,7 @@ def test_policy_steps_are_a_counter_by_policy_lever_and_outcome():
     """The latency-slo policy's judged steps (the daemon's health["policy_steps"],
     from LatencySlo.step_counts) as tagger_policy_steps_total."""
     from tagger.policies.latency_slo import LatencySlo
-    from tagger.policies.spec import LatencySloSpec, Selector
+    from tagger.rules.spec import LatencySloSpec, Selector
     slo = LatencySlo(LatencySloSpec(name="web-slo", protect=Selector(), throttle=Selector(),
                                     metric="runq.p99", target=1e-3))
     slo.counts.update({("idle", "no_effect"): 2, ("weight", "helped"): 1})

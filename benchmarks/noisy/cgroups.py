@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tagger.actions.cpu import weight_to_shares
+from tagger.knobs import weight_to_shares
 from tests.cgroup_fixture import _rmdir_tree, inherit_cpuset, spawn_in, v1_root, v2_root, wait_for
 
 CONTROLLERS = ("cpu", "cpuacct", "blkio", "cpuset")
@@ -129,7 +129,7 @@ class Workload:
 
     def allowed_cpus(self) -> int:
         """How many CPUs the cgroup may run on (its cpuset; all where there is none)."""
-        from tagger.actions.cpuset import parse_cpulist
+        from tagger.knobs import parse_cpulist
         return len(parse_cpulist(self.cpuset())) or (os.cpu_count() or 1)
 
     def confined(self) -> bool:
