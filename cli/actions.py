@@ -13,6 +13,7 @@ import click
 
 from tagger.actions.journal import DEFAULT_STATE_DIR, JOURNAL_NAME, LOCK_NAME, read_journal
 from tagger.errors import ConfigError
+from tagger.knobs import CpuMax, parse_io_limits
 from tagger.names import display
 from tagger.policies.steplog import read_steps
 
@@ -41,26 +42,21 @@ def human(knob: str, value: str) -> str:
     kind = knob.split(" ", 1)[0]
     try:
         if kind == "cpu.max":
-            quota, _, period = value.partition(" ")
-            if quota == "max":
+            limit = CpuMax.parse(value)
+            if limit.quota_us is None:
                 return "unlimited"
-            return f"{int(quota) / int(period):.3g} CPU per {int(period) / 1000:g}ms"
+            return f"{limit.cpus:.3g} CPU per {limit.period_us / 1000:g}ms"
         if kind == "io.max":
             names = {"rbps": "read", "wbps": "write", "riops": "read", "wiops": "write"}
-            parts = []
-            for field in value.split():
-                k, _, v = field.partition("=")
-                if v != "max":
-                    n = int(v)
-                    parts.append(f"{names[k]} {format_bytes(n, per_second=True)}" if k.endswith("bps")
-                                 else f"{names[k]} {n} IOPS")
+            parts = [f"{names[k]} {format_bytes(n, per_second=True)}" if k.endswith("bps")
+                     else f"{names[k]} {n} IOPS" for k, n in parse_io_limits(value).items() if n is not None]
             return ", ".join(parts) or "unlimited"
         if kind == "cpu.idle":
             idle, _, weight = value.partition(" ")
             return "SCHED_IDLE" if idle == "1" else f"not idle, weight {weight or '?'}"
         if kind == "cpuset.cpus":
             return f"CPUs {value}" if value else "the parent's CPUs"
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, IndexError, ZeroDivisionError):
         pass
     return value.strip().replace("\n", " ") or "-"
 
