@@ -54,11 +54,11 @@ def _exported(coll) -> dict[str, float]:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tagger.daemon import _collector_health
+    from tagger.publish.report import CollectorHealth
     from tagger.publish.prometheus import TaggerCollector
 
     col = TaggerCollector()
-    col.update(health=_collector_health(coll))
+    col.update(health=CollectorHealth.from_collector(coll.health()).to_plain())
     reg = CollectorRegistry(auto_describe=False)
     reg.register(col)
     return {f.name: f.samples[0].value for f in text_string_to_metric_families(generate_latest(reg).decode())
