@@ -49,6 +49,15 @@ def _changed(before, cgs):
     return {(cg.path, f) for cg in cgs for f, v in knobs(cg).items() if v != before[cg.path][f]}
 
 
+def _assert_all_restored(before, cgs, changed, state, how):
+    """Every knob back to what it was, and the journal gone with nothing left to restore."""
+    after = {cg.path: knobs(cg) for cg in cgs}
+    restored = sum(after[p][f] == before[p][f] for p, f in changed)
+    print(f"\n{how}: {restored}/{len(changed)} changed knobs restored")
+    assert after == before
+    assert not (state / JOURNAL_NAME).exists()
+
+
 @pytest.mark.root
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.cgroup_v1
@@ -66,11 +75,7 @@ def test_sigterm_restores_every_knob(workloads, tmp_path, sig):
     finally:
         if proc.poll() is None:
             proc.kill()
-    after = {cg.path: knobs(cg) for cg in cgs}
-    restored = sum(after[p][f] == before[p][f] for p, f in changed)
-    print(f"\n{sig.name}: {restored}/{len(changed)} changed knobs restored")
-    assert after == before
-    assert not (tmp_path / "state" / JOURNAL_NAME).exists()
+    _assert_all_restored(before, cgs, changed, tmp_path / "state", sig.name)
 
 
 @pytest.mark.root
@@ -95,11 +100,7 @@ def test_sigkill_then_recover_restores_every_knob(workloads, tmp_path):
     proc = start_driver(tmp_path / "state", doc, "--recover-only")
     assert wait_line(proc, "recovered").split() == ["recovered", str(len(entries))]
     assert proc.wait(timeout=20) == 0
-    after = {cg.path: knobs(cg) for cg in cgs}
-    restored = sum(after[p][f] == before[p][f] for p, f in changed)
-    print(f"\nSIGKILL + recover: {restored}/{len(changed)} changed knobs restored")
-    assert after == before
-    assert not (tmp_path / "state" / JOURNAL_NAME).exists()
+    _assert_all_restored(before, cgs, changed, tmp_path / "state", "SIGKILL + recover")
 
 
 @pytest.mark.root

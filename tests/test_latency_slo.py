@@ -247,13 +247,20 @@ class SimHost:
             t=float(t), node={"cpus": self.CPUS})
 
 
-def test_closed_loop_converges_under_the_slo_and_releases(tmp_path):
+def _fixture_host(tmp_path):
+    """/web (priority=high) and /batch (priority=low) on a v2 fixture tree, and an
+    Actuator on it with the Safety defaults."""
     layout = cgroup_v2_tree(tmp_path, cgroups=("/web", "/batch"))
     store = TagStore()
     store.set("/web", "priority", "high", "static", 0.0)
     store.set("/batch", "priority", "low", "static", 0.0)
     act = Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False,
-                   safety=Safety())                        # the defaults: floor, step, cool-down
+                   safety=Safety())
+    return store, act
+
+
+def test_closed_loop_converges_under_the_slo_and_releases(tmp_path):
+    store, act = _fixture_host(tmp_path)                  # the Safety defaults: floor, step, cool-down
     slo = LatencySlo(spec(demote=()))                     # α 0.5, β 0.1, floor 0.1, no ceiling
     host = SimHost(tmp_path)
     START, STOP, END = 10, 50, 80
@@ -301,12 +308,7 @@ class DemotionAwareHost(SimHost):
 
 @pytest.mark.parametrize("how", ["weight", "idle"])
 def test_closed_loop_demoted_keeps_the_slo_without_a_quota(tmp_path, how):
-    layout = cgroup_v2_tree(tmp_path, cgroups=("/web", "/batch"))
-    store = TagStore()
-    store.set("/web", "priority", "high", "static", 0.0)
-    store.set("/batch", "priority", "low", "static", 0.0)
-    act = Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False,
-                   safety=Safety())
+    store, act = _fixture_host(tmp_path)
     slo = LatencySlo(spec(demote=(how,)))
     host = DemotionAwareHost(tmp_path)
     START, STOP, END = 5, 30, 45
@@ -365,14 +367,6 @@ def test_window_judges_the_slo_over_the_last_ticks(store):
 
 # --- every step verified: the bar's tests (issue 16) ------------------------------
 
-def _fixture_host(tmp_path):
-    layout = cgroup_v2_tree(tmp_path, cgroups=("/web", "/batch"))
-    store = TagStore()
-    store.set("/web", "priority", "high", "static", 0.0)
-    store.set("/batch", "priority", "low", "static", 0.0)
-    act = Actuator(layout, fs=KernelFS(tmp_path), state_dir=tmp_path / "state", durable=False,
-                   safety=Safety())
-    return store, act
 
 
 class StealHost(SimHost):
