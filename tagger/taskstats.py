@@ -140,7 +140,7 @@ class TaskstatsSource:
 
 def _netlink_error(err: Exception, tgid: int) -> errors.TaggerError:
     """A taskstats request's failure as the domain error the kernel's errno
-    means (the one mapping, tagger.errors): ESRCH is a process that exited."""
+    means (the one mapping, kernelfs.from_oserror): ESRCH is a process that exited."""
     code = getattr(err, "code", None) or getattr(err, "errno", None) or errno.EIO
     if code in (errno.EPERM, errno.EACCES):
         return errors.PermissionDenied(code, "taskstats: needs CAP_NET_ADMIN")
