@@ -9,6 +9,7 @@ import logging
 import os
 
 from tagger.kernelfs import KernelFS
+from tagger.publish.report import Publisher
 
 from .config import Config
 
@@ -67,10 +68,10 @@ class Publishers:
     def __init__(self, config: Config, stack: contextlib.ExitStack, store):
         from tagger.publish.exposition import MetricsServer
         from tagger.publish.prometheus import TaggerCollector
-        self.all: list = []
+        self.all: list[Publisher] = []
         self.metrics = self.api = self.redis = None
         self.prometheus = TaggerCollector(export=config.export, top=config.export_top, cap=config.export_cap)
-        self.all.append(_publisher("prometheus", self.prometheus))
+        self.all.append(self.prometheus)
         if config.metrics:
             self.metrics = MetricsServer(self.prometheus, config.metrics)
             stack.callback(close_quietly, self.metrics, "metrics server")
@@ -79,17 +80,17 @@ class Publishers:
             from tagger.publish.socket import ApiServer
             self.api = ApiServer(config.socket, store=store, history=config.history).start()
             stack.callback(close_quietly, self.api, "socket API")
-            self.all.append(_publisher("socket API", self.api))
+            self.all.append(self.api)
         if config.redis:
             from tagger.publish.redis import RedisPublisher
             self.redis = RedisPublisher(config.redis).start()
             stack.callback(close_quietly, self.redis, "redis publisher")
-            self.all.append(_publisher("redis", self.redis))
+            self.all.append(self.redis)
         if config.record:
             from tagger.publish.trace import TraceWriter
             trace = TraceWriter(config.record)
             stack.callback(close_quietly, trace, "trace")
-            self.all.append(_publisher("trace", trace))
+            self.all.append(trace)
             log.info("recording snapshots to %s", config.record)
 
     def health(self) -> dict:
@@ -109,35 +110,3 @@ def close_quietly(obj, what):
     except Exception:
         log.exception("closing the %s failed", what)
 
-
-# SHIM-14: until tagger.publish's servers implement Publisher (publish(TickReport)),
-# their old call shapes behind one.
-class _Legacy:
-    def __init__(self, name, obj):
-        self.name, self.obj = name, obj
-        self.snapshot = self.tags = self.actions = None
-
-    def close(self):
-        self.obj.close()
-
-    def publish(self, r):
-        plain = r.health.to_plain() if r.health is not None else None
-        if self.name == "socket API":
-            self.obj.publish(r.snapshot, r.tags, r.events, r.actions, plain)
-        elif self.name == "redis":
-            if r.tags is not None:
-                self.obj.publish(r.tags, r.events)
-        elif self.name == "trace":
-            if r.snapshot is not None:
-                self.obj.write(r.snapshot)
-        else:
-            if r.snapshot is not None:
-                self.snapshot, self.tags = r.snapshot, r.tags
-            if r.actions is not None:
-                self.actions = r.actions
-            if plain is not None:
-                self.obj.update(self.snapshot, self.tags, self.actions, plain)
-
-
-def _publisher(name, obj):
-    return obj if getattr(type(obj), "name", None) else _Legacy(name, obj)
