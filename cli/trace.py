@@ -117,7 +117,7 @@ def replay(trace, rules_dir, as_json):
     from tagger.default_rules import DIRECTORY
     from tagger.rules import Engine, load_directory
     from tagger.tags import TagStore
-    from tagger.trace import TraceReader, TraceTruncated
+    from tagger.publish.trace import TraceReader, TraceTruncated
 
     rules_dir = rules_dir or str(DIRECTORY)
     try:
