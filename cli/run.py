@@ -66,6 +66,7 @@ def run(ctx, rules, interval, dry_run, state_dir, metrics, export, export_top, e
     from tagger.agent.config import Config, read_config_file
     from tagger.agent.daemon import Daemon
     from tagger.agent.logging import setup_logging
+    from tagger.rules import RulesLoadError
 
     setup_logging(getattr(logging, log_level.upper()))
     settings = read_config_file(config_file) if config_file else {}
@@ -93,7 +94,7 @@ def run(ctx, rules, interval, dry_run, state_dir, metrics, export, export_top, e
     except RulesError as err:
         # every problem was logged already, one per line
         raise click.ClickException(f"the rules directory has errors; nothing was started "
-                                   f"({len(getattr(err, 'errors', []) or [err])} errors)") from None
+                                   f"({len(err.errors) if isinstance(err, RulesLoadError) else 1} errors)") from None
     except ConfigError as err:
         raise click.ClickException(str(err)) from None
     sys.exit(code)

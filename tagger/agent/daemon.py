@@ -174,7 +174,7 @@ class Daemon:
         self._reverted = True
         try:
             # close(): revert_all() and release the state directory's lock.
-            (getattr(self.actuator, "close", None) or self.actuator.revert_all)()
+            self.actuator.close()
         except Exception:
             log.exception("reverting actions failed; the journal in %s restores them on next start",
                           self.config.state_dir)

@@ -13,9 +13,6 @@ from __future__ import annotations
 from tagger.actions.actuator import AppliedAction
 from tagger.knobs import DEFAULT_PERIOD_US, CpuMax, format_io_limits
 
-_IO_KEYS = {"rbps": "read_bps", "wbps": "write_bps", "riops": "read_iops", "wiops": "write_iops"}
-
-
 def planned_knobs(aset):
     """(knob, value) pairs an ActionSet asks for, named as the actuator names
     them; a device or RDT group stays as the rule wrote it (resolving it needs
@@ -31,7 +28,8 @@ def planned_knobs(aset):
         # A number is "that many CPUs" (a policy's); the actuator picks which.
         yield "cpuset.cpus", f"{cpu.cpuset} CPUs" if isinstance(cpu.cpuset, int) else cpu.cpuset
     if io is not None:
-        yield f"io.max {io.device or '*'}", format_io_limits({k: getattr(io, f) for k, f in _IO_KEYS.items()})
+        limits = {"rbps": io.read_bps, "wbps": io.write_bps, "riops": io.read_iops, "wiops": io.write_iops}
+        yield f"io.max {io.device or '*'}", format_io_limits(limits)
     if rdt is not None:
         yield f"rdt.schemata {rdt.group}", " ".join(
             f"{k}={v}" for k, v in (("l3", rdt.l3), ("mb", rdt.mb)) if v is not None)

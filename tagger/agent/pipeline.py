@@ -14,6 +14,7 @@ import logging
 import time
 
 from tagger import __version__
+from tagger.actions.actuator import Actuator
 from tagger.publish.report import CollectorHealth, Health, Publisher, TickReport
 
 log = logging.getLogger(__name__)
@@ -187,13 +188,12 @@ class Pipeline:
             cpu_seconds=time.process_time(), policies_loaded=len(self.policies),
             cgroups=len(self.last_snapshot) if self.last_snapshot is not None else 0,
             dry_run=self.dry_run, collector=self._collector_health())
-        journal = getattr(self.actuator, "journal", None)        # a dry-run or test actuator has none
-        if journal is not None:
+        if isinstance(self.actuator, Actuator):      # a journal (top's dry run and tests' stand-ins keep none)
+            journal, left = self.actuator.journal, self.actuator.leftovers
             h.journal_write_failures = journal.write_failures
             h.journal_damaged_records = len(journal.damaged)
-        left = getattr(self.actuator, "leftovers", None)
-        if self.dry_run and left is not None:
-            h.journal_leftovers = len(left.entries) + len(left.damaged)
+            if self.dry_run:
+                h.journal_leftovers = len(left.entries) + len(left.damaged)
         if self.policies:
             # Each policy step's outcome (helped / no_effect / unjudged): counts
             # for tagger_policy_steps_total, the latest with the victim's figures.

@@ -14,7 +14,7 @@ import os
 import time
 
 from tagger.errors import ConfigError, RulesError
-from tagger.rules import load_directory
+from tagger.rules import RulesLoadError, load_directory
 from tagger.rules.model import RuleSet
 from tagger.rules.watch import RulesWatcher
 from tagger.sdnotify import Notifier
@@ -92,7 +92,7 @@ class RulesState:
         try:
             ruleset = load_directory(self.directory)
         except RulesError as err:
-            for problem in getattr(err, "problems", None) or [err]:
+            for problem in err.problems if isinstance(err, RulesLoadError) else [err]:
                 log.error("%s", problem)
             raise
         self.watcher.loaded(before)     # moved under the load: the watcher reloads it settled
@@ -125,7 +125,7 @@ class RulesState:
                 return PUT_OFF
         except (RulesError, ConfigError, OSError) as err:
             self.watcher.loaded(sig)     # refused: not again until it changes
-            problems = list(getattr(err, "errors", None) or getattr(err, "problems", None) or [err])
+            problems = list(err.errors or err.problems) if isinstance(err, RulesLoadError) else [err]
             log.error("reload (%s) refused, the previous rules stay in force; %d error%s:",
                       why, len(problems), "" if len(problems) == 1 else "s")
             for problem in problems:
