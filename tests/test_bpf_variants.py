@@ -68,28 +68,20 @@ def test_the_forced_variant_is_loaded_and_named(forced):
     assert forced.health()["bpf_variant"] == describe(forced.probes.features)
 
 
-def test_cpu_time_and_runq_wait_match_the_kernel(forced, make_cgroup):
-    base.test_cpu_time_and_runq_wait_match_the_kernel(forced, make_cgroup)
+#: The accuracy tests of the kernel's own variant, run again on each forced one.
+ACCURACY = [
+    base.test_cpu_time_and_runq_wait_match_the_kernel,
+    base.test_cgroups_appear_and_vanish_between_ticks,
+    base.test_fio_direct_io_matches_fio_and_the_kernel,
+    attribution.test_foreign_wait_is_charged_to_neighbours_by_their_cpu_use,
+    attribution.test_a_quota_charges_the_wait_to_throttled,
+    attribution.test_tasks_of_one_cgroup_wait_behind_each_other_as_self,
+]
 
 
-def test_cgroups_appear_and_vanish_between_ticks(forced, make_cgroup):
-    base.test_cgroups_appear_and_vanish_between_ticks(forced, make_cgroup)
-
-
-def test_fio_direct_io_matches_fio_and_the_kernel(forced, make_cgroup):
-    base.test_fio_direct_io_matches_fio_and_the_kernel(forced, make_cgroup)
-
-
-def test_foreign_wait_is_charged_to_neighbours_by_their_cpu_use(forced, make_cgroup):
-    attribution.test_foreign_wait_is_charged_to_neighbours_by_their_cpu_use(forced, make_cgroup)
-
-
-def test_a_quota_charges_the_wait_to_throttled(forced, make_cgroup):
-    attribution.test_a_quota_charges_the_wait_to_throttled(forced, make_cgroup)
-
-
-def test_tasks_of_one_cgroup_wait_behind_each_other_as_self(forced, make_cgroup):
-    attribution.test_tasks_of_one_cgroup_wait_behind_each_other_as_self(forced, make_cgroup)
+@pytest.mark.parametrize("accuracy", ACCURACY, ids=[t.__name__.removeprefix("test_") for t in ACCURACY])
+def test_the_forced_variant_is_as_accurate(forced, make_cgroup, accuracy):
+    accuracy(forced, make_cgroup)
 
 
 def _btf_dump() -> str:

@@ -26,7 +26,7 @@ import pytest
 
 from tests.bpf_helpers import BUSY_LOOP, thread_run_delays
 from tests.cgroup_fixture import wait_for
-from tests.test_telemetry_bpf import Totals, _stop_all, collector  # noqa: F401 (the fixture)
+from tests.test_telemetry_bpf import Totals, _stop_all, add_pairs, collector  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.bpf
 
@@ -69,11 +69,7 @@ class WaitTotals(Totals):
                 self.cause[p][c] += snap.columns[f"runq.wait.{c}"][i] * snap.dt
             demand = snap.columns["cpu.demand"][i]
             assert demand == pytest.approx(snap.columns["cpu.usage"][i] + snap.columns["runq.wait"][i])
-        for victim, culprit, wait in snap.culprits:
-            vp = snap.cgroups.paths[victim]
-            if vp in self.by:
-                cp = snap.cgroups.paths[culprit]
-                self.by[vp][cp] = self.by[vp].get(cp, 0.0) + wait * snap.dt
+        add_pairs(snap, snap.culprits, self.by)
         return snap
 
     def report(self, p):

@@ -63,11 +63,7 @@ class Totals:
             self.io_ops[p] += ops
             if ops > 0:
                 self.io_lat_sum[p] += c["io.lat.avg"][i] * ops
-        for victim, preemptor, count in snap.preemptions:
-            vp = snap.cgroups.paths[victim]
-            if vp in self.preempted_by:
-                who = snap.cgroups.paths[preemptor]
-                self.preempted_by[vp][who] = self.preempted_by[vp].get(who, 0) + count * snap.dt
+        add_pairs(snap, snap.preemptions, self.preempted_by)
         return snap
 
     def run(self, seconds, interval=0.5):
@@ -75,6 +71,17 @@ class Totals:
         while time.monotonic() < deadline:
             time.sleep(interval)
             self.tick()
+
+
+def add_pairs(snap, pairs, into: dict) -> None:
+    """Sum a tick's (victim row, other row, per second) pairs -- preemptions,
+    culprits -- into ``into[victim path][other path]``, over the tick, for
+    the victims ``into`` follows."""
+    for victim, other, value in pairs:
+        vp = snap.cgroups.paths[victim]
+        if vp in into:
+            op = snap.cgroups.paths[other]
+            into[vp][op] = into[vp].get(op, 0.0) + value * snap.dt
 
 
 def _usage_usec(cg) -> int:
