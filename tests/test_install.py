@@ -98,3 +98,15 @@ def test_man_pages_cover_every_command(tmp_path):
     assert "--duration" in (tmp_path / "tagger-record.1").read_text()
     committed = {p.name for p in (REPO / "docs/man").glob("*.1")}
     assert committed == pages, "docs/man is stale: run `make man`"
+
+
+def test_every_package_is_installed():
+    """Each package directory under tagger/ (and cli/) is in pyproject's
+    ``packages``: a package missing there is left out of a real install, which
+    the editable one in the checkout never shows."""
+    import tomllib
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "tagger").rglob("__init__.py")
+             if "__pycache__" not in p.parts}
+    found |= {"tagger." + ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "cli").rglob("__init__.py")}
+    assert found - listed == set()
