@@ -31,6 +31,10 @@ def from_oserror(err: OSError, path, value=None) -> errors.TaggerError:
         return errors.Vanished(errno.ENOENT, f"{path}: no such file (vanished?)")
     if value is None and err.errno in _GONE:
         return errors.Vanished(err.errno, f"{path}: {err.strerror} (vanished?)")
+    if value is None and err.errno == errno.EOPNOTSUPP:
+        # The file is there but this kernel keeps nothing in it: PSI files
+        # with psi=0 (or CONFIG_PSI_DEFAULT_DISABLED).  Absent, like a missing file.
+        return errors.NotFound(err.errno, f"{path}: not supported by this kernel")
     if err.errno in (errno.EACCES, errno.EPERM):
         return errors.PermissionDenied(err.errno, f"{path}: permission denied (run as root?)")
     if value is not None:
@@ -206,8 +210,9 @@ class KernelFS:
         below 64 KiB), one open/read/close each and no Path objects on the way:
         the cgroupfs collectors read thousands per tick.  ``paths`` are kernel
         paths ("/sys/fs/cgroup/unified/a/cpu.stat").  None for a file that is
-        absent here or whose cgroup vanished (ENOENT, ENODEV: a normal race);
-        a refused read raises (a set-up error, not a race)."""
+        absent here (ENOENT, EOPNOTSUPP) or whose cgroup or process vanished
+        (ENODEV, ENOTDIR, ESRCH: a normal race); anything else raises (a
+        refused read is a set-up error, not a race)."""
         prefix = self._prefix
         out: list[bytes | None] = []
         for p in paths:
@@ -218,10 +223,11 @@ class KernelFS:
                 finally:
                     os.close(fd)
             except OSError as err:
-                # The one errno mapping: gone (ENOENT, ENODEV after a cgroup's
-                # rmdir, ENOTDIR, ESRCH) reads as None, anything else raises.
+                # The one errno mapping: absent or gone (ENOENT, ENODEV after a
+                # cgroup's rmdir, ENOTDIR, ESRCH, EOPNOTSUPP) reads as None,
+                # anything else raises.
                 mapped = from_oserror(err, p)
-                if not isinstance(mapped, errors.Vanished):
+                if not isinstance(mapped, errors.NotFound):
                     raise mapped from err
                 out.append(None)
         return out

@@ -85,6 +85,12 @@ def test_gone_on_read_is_vanished(code):
     assert isinstance(from_oserror(OSError(code, os.strerror(code)), "/proc/1/stat"), errors.Vanished)
 
 
+def test_unsupported_on_read_is_absent_not_vanished():
+    # PSI files with psi=0: there, but the kernel keeps nothing in them.
+    err = from_oserror(OSError(errno.EOPNOTSUPP, "x"), "/sys/fs/cgroup/a/cpu.pressure")
+    assert isinstance(err, errors.NotFound) and not isinstance(err, errors.Vanished)
+
+
 def test_enodev_on_write_is_the_kernel_refusing():
     err = from_oserror(OSError(errno.ENODEV, "x"), "/sys/fs/cgroup/a/cpu.max", "max")
     assert isinstance(err, errors.KernelRefused) and err.errno == errno.ENODEV
