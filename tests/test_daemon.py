@@ -135,13 +135,18 @@ class Running:
         assert not self.thread.is_alive(), "daemon did not stop"
 
 
-@pytest.fixture
-def rules_dir(tmp_path):
+def make_rules_dir(tmp_path):
+    """tmp_path/rules holding RULES, with the modes the ownership check wants."""
     d = tmp_path / "rules"
     d.mkdir(mode=0o755)
     (d / "10-cpu.yaml").write_text(RULES)
     os.chmod(d / "10-cpu.yaml", 0o644)
     return d
+
+
+@pytest.fixture
+def rules_dir(tmp_path):
+    return make_rules_dir(tmp_path)
 
 
 def test_tick_flows_to_socket_metrics_and_actions(tmp_path, rules_dir):

@@ -10,21 +10,14 @@ import threading
 from tagger.rules import load_directory
 from tagger.rules.watch import RulesWatcher
 from tests.cgroup_fixture import wait_for
-from tests.test_daemon import RULES, Running
+from tests.test_daemon import Running
+from tests.test_daemon import make_rules_dir as _rules_dir
 
 RULE = """  - name: r{i}
     match: {{cgroup: "/r{i}/**"}}
     tags: {{piece: p{i}}}
 """
 PIECES = ["rules:\n"] + [RULE.format(i=i) for i in range(6)]
-
-
-def _rules_dir(tmp_path):
-    d = tmp_path / "rules"
-    d.mkdir(mode=0o755)
-    (d / "10-cpu.yaml").write_text(RULES)
-    os.chmod(d / "10-cpu.yaml", 0o644)
-    return d
 
 
 class PollClock:
