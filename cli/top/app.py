@@ -28,6 +28,7 @@ from textual.message import Message
 from textual.widgets import Footer, Input, Static
 
 from tagger.errors import RulesError, TaggerError
+from tagger.rules import RulesLoadError
 from tagger.cli.params import duration
 
 from .model import KEYS, Frame, TopModel, thresholds_from_rules, thresholds_from_ruleset
@@ -299,7 +300,7 @@ def top(socket_path, interval, rules_dir, demo):
         else:
             source = LocalSource(rules_dir)
     except RulesError as err:
-        problems = getattr(err, "problems", None) or [str(err)]
+        problems = err.problems if isinstance(err, RulesLoadError) else [str(err)]
         raise click.ClickException("rules directory has errors:\n" + "\n".join(map(str, problems)))
     except (SourceUnavailable, TaggerError) as err:
         raise click.ClickException(str(err))
