@@ -49,7 +49,9 @@ class Daemon:
     """Build with a Config; :meth:`run` blocks until SIGTERM/SIGINT (or :meth:`stop`).
 
     The rooms can be injected (tests, benchmarks): ``collector`` (an object
-    with ``tick()``, ``health()``, ``close()``), ``actuator``, ``layout``."""
+    with ``tick()``, ``health()``, ``close()``), ``actuator`` (``recover()``,
+    ``apply()``, ``current()``, ``close()``), ``layout``.  Each is kept in one
+    attribute, whether injected or opened here."""
 
     def __init__(self, config: Config, *, fs: KernelFS = HOST, collector=None, actuator=None,
                  layout=None, notifier: Notifier | None = None, clock=time.monotonic):
@@ -83,7 +85,7 @@ class Daemon:
     redis = property(lambda self: self.publishers.redis)
 
     def health(self) -> dict:
-        """The health the publishers got last, in its wire form."""
+        """The agent's health now, in its wire form (the socket's ``health`` reply)."""
         return self.pipeline.health().to_plain()
 
     # --- public ---------------------------------------------------------------
