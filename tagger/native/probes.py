@@ -134,18 +134,17 @@ class Probes:
         check(lib.tg_slot_push(self._h, slot), f"freeing slot {slot}")
 
     def pop_slot(self) -> int | None:
-        ret = lib.tg_slot_pop(self._h, self._u32)
-        if ret == -errno.ENOENT:
-            return None
-        check(ret, "taking a free slot")
-        return int(self._u32[0])
+        """Take the free queue's head (None: the queue is empty)."""
+        return self._queued_slot(lib.tg_slot_pop(self._h, self._u32), "taking a free slot")
 
     def peek_slot(self) -> int | None:
         """The free queue's head, left in place (None: the queue is empty)."""
-        ret = lib.tg_slot_peek(self._h, self._u32)
+        return self._queued_slot(lib.tg_slot_peek(self._h, self._u32), "reading the free queue's head")
+
+    def _queued_slot(self, ret: int, what: str) -> int | None:
         if ret == -errno.ENOENT:
-            return None
-        check(ret, "reading the free queue's head")
+            return None               # the queue is empty
+        check(ret, what)
         return int(self._u32[0])
 
     def lifecycle_drops(self) -> int:
