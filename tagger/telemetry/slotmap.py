@@ -56,7 +56,7 @@ class SlotMap:
         self._unslotted = False             # a cgroup found no free slot: try again next tick
         self._warned_full = False
         self._dirty = True
-        self._described: dict[str, tuple[str, dict]] = {}     # the last table's rows: path -> (name, labels)
+        self._table: CgroupTable | None = None
         self.slot_row = np.full(max_slots, -1, np.int64)
 
     def start(self):
@@ -218,29 +218,30 @@ class SlotMap:
     def rows(self) -> tuple[np.ndarray, CgroupTable]:
         """The table's rows (paths in tree order) and each row's slot;
         ``slot_row`` maps back.  Names and labels are the registry's."""
+        last = self._table
         if self.registry.refresh_names():   # a pod's names came (or went): label its rows again
-            self._described = {}
-            self._dirty = True
+            self._dirty, last = True, None
         if self._dirty:
             paths = sorted(self.path_slot, key=lambda p: p.split("/"))
             self._row_slots = np.array([self.path_slot[p] for p in paths], dtype=np.int64)
             self.slot_row = np.full(self.max_slots, -1, np.int64)
             self.slot_row[self._row_slots] = np.arange(len(paths))
-            # A row of the last table keeps its description: under churn the
-            # rows change every tick, and asking the registry again for each
-            # of thousands of paths would cost more than the rest of the tick.
-            last, registry = self._described, self.registry
-            described = [last.get(p) or _own(registry.describe(p)) for p in paths]
-            self._described = dict(zip(paths, described))
-            self._table = CgroupTable(self.slot_id[self._row_slots].copy(), paths,
-                                      [d[0] for d in described], [d[1] for d in described])
+            names, labels = [], []
+            for p in paths:
+                # A row of the last table keeps its name and labels: under churn
+                # the rows change every tick, and asking the registry again for
+                # thousands of paths would cost more than the rest of the tick.
+                i = last.index(p) if last is not None else None
+                if i is not None:
+                    names.append(last.names[i])
+                    labels.append(last.labels[i])
+                else:
+                    name, got = self.registry.describe(p)
+                    names.append(name)
+                    labels.append(dict(got))      # the table's own
+            self._table = CgroupTable(self.slot_id[self._row_slots].copy(), paths, names, labels)
             self._dirty = False
         return self._row_slots, self._table
-
-
-def _own(described: tuple[str, dict]) -> tuple[str, dict]:
-    """The registry's (name, labels) with labels of the table's own."""
-    return described[0], dict(described[1])
 
 
 def _hierarchy_id(fs: KernelFS, controller: str) -> int | None:
