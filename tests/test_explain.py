@@ -17,6 +17,7 @@ from tagger.cli.explain import explain
 from tagger.agent.rules_state import rules_summary
 from tagger.rules import Engine, load_directory
 from tagger.snapshot import CULPRIT_DTYPE, Snapshot
+from tagger.publish.report import Health, TickReport
 from tests.cgroup_fixture import wait_for
 
 RULES = Path(__file__).resolve().parent.parent / "rules"
@@ -43,7 +44,7 @@ def agent(tmp_path):
         engine.evaluate(snap)
     srv = ApiServer(str(tmp_path / "tagger.sock")).start()
     srv.set_rules(rules_summary(ruleset, str(RULES)))
-    srv.publish(snap, engine.store.current(), [], [], {"ticks": 12})
+    srv.publish(TickReport(snap, engine.store.current(), [], [], Health.from_plain({"ticks": 12})))
     try:
         yield srv
     finally:

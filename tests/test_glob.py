@@ -21,6 +21,7 @@ from tagger.publish.prometheus import TaggerCollector
 from tagger.rules.selectors import PathSelector
 from tagger.rules.spec import Selector
 from tagger.snapshot import Snapshot
+from tagger.publish.report import Health, TickReport
 from tests.cgroup_fixture import wait_for
 
 
@@ -156,7 +157,7 @@ def test_one_glob_selects_the_same_cgroups_everywhere(make_cgroup, tmp_path):
     snap = Snapshot.synthetic(paths, {"cpu.usage": [0.5] * len(paths)}, t=1.0)
     srv = ApiServer(str(tmp_path / "tagger.sock")).start()
     try:
-        srv.publish(snap, {}, [], [], {"ticks": 1})
+        srv.publish(TickReport(snap, {}, [], [], Health.from_plain({"ticks": 1})))
         with ApiClient(srv.path) as client:
             wait_for(lambda: client.request("snapshot"), timeout=5, what="the snapshot to arrive")
             for template in GLOBS:

@@ -34,6 +34,7 @@ from tagger.snapshot import Snapshot
 from tagger.tags import Tag, TagEvent
 from tagger.telemetry.events import c_string as _c_string
 from tagger.publish.trace import read_trace, record
+from tagger.publish.report import Health, TickReport
 from tests.cgroup_fixture import wait_for
 
 # Bytes that make the rule's edge cases likely: undecodable bytes, control
@@ -173,7 +174,7 @@ def test_byte_names_reach_every_reader_intact(readers, tmp_path_factory, raw):
 
     # The socket: snapshot and tags replies, a glob naming one cgroup as the
     # client sees it, and top --connect reading it all back.
-    readers.api.publish(snap, tags, events, actions, {"ticks": seq})
+    readers.api.publish(TickReport(snap, tags, events, actions, Health.from_plain({"ticks": seq})))
     with ApiClient(readers.api.path) as c:
         wait_for(lambda: (c.request("snapshot") or {}).get("seq") == seq, timeout=5, what="the tick")
         got = c.request("snapshot")
@@ -217,7 +218,7 @@ def test_byte_names_reach_every_reader_intact(readers, tmp_path_factory, raw):
     host = f"names{seq}"
     pub = RedisPublisher(readers.redis_url, host=host).start()
     try:
-        pub.publish(tags, events)
+        pub.publish(TickReport(tags=tags, events=events))
         index = f"tagger:{host}:cgroups"
         wait_for(lambda: len(readers.redis.smembers(index)) == len(paths), timeout=5,
                  what="every cgroup's hash")

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from tagger.cli.top.app import top
 from tagger.cli.top.sources import LocalSource, SocketSource, SourceUnavailable
+from tagger.publish.report import Health, TickReport
 
 ALT_SCREEN_ON, ALT_SCREEN_OFF, CURSOR_ON = b"\x1b[?1049h", b"\x1b[?1049l", b"\x1b[?25h"
 
@@ -203,7 +204,7 @@ def test_socket_source_reads_snapshot_tags_actions_and_events(tmp_path):
     with ApiServer(str(tmp_path / "tagger.sock"), allowed_uids={os.geteuid()}) as server:
         source = SocketSource(server.path)
         try:
-            server.publish(snap, tags, [event], [action], health)
+            server.publish(TickReport(snap, tags, [event], [action], Health.from_plain(health)))
             got = None
             deadline = time.monotonic() + 10
             while got is None and time.monotonic() < deadline:   # the server thread applies it
@@ -282,7 +283,7 @@ def test_socket_source_reconnects_after_the_agent_restarts(tmp_path):
     server = ApiServer(path, allowed_uids={os.geteuid()}).start()
     source = SocketSource(path)
     try:
-        server.publish(demo.next_frame().snapshot, {}, [], [], {})
+        server.publish(TickReport(demo.next_frame().snapshot, {}, [], [], Health()))
         assert first_frame(source).snapshot.seq == 1
         server.close()
         with pytest.raises((ApiError, OSError)):
@@ -290,7 +291,7 @@ def test_socket_source_reconnects_after_the_agent_restarts(tmp_path):
         with pytest.raises(ApiError, match="no such socket"):
             source.next_frame()                   # still down: the error says so
         server = ApiServer(path, allowed_uids={os.geteuid()}).start()
-        server.publish(demo.next_frame().snapshot, {}, [], [], {})
+        server.publish(TickReport(demo.next_frame().snapshot, {}, [], [], Health()))
         assert first_frame(source).snapshot.seq == 2
     finally:
         source.close()

@@ -101,14 +101,11 @@ class RedisPublisher:
         return bool(self._events) or self._written_version != self._tags_version
 
     # --- tick loop side (never blocks on Redis) ---------------------------------
-    def publish(self, report, events=()):
+    def publish(self, report: TickReport):
         """Queue one tick's tags and tag events (a :class:`~tagger.publish.report.Publisher`):
         ``report.tags`` the current {path: {key: Tag}} (not changed afterwards,
         None: unchanged), ``report.events`` this tick's TagEvents."""
-        if isinstance(report, TickReport):
-            tags, events = report.tags, report.events or ()
-        else:                                  # SHIM-14: the old publish(tags, events)
-            tags = report
+        tags, events = report.tags, report.events or ()
         # Tags change with events; a cgroup that vanished may drop out without one.
         changed = tags is not None and (bool(events) or tags.keys() != self._latest_tags.keys())
         with self._lock:

@@ -23,7 +23,7 @@ from tagger.cgroupglob import GlobError, GlobSet
 from tagger.clock import epoch
 from tagger.names import parse
 from tagger.publish.connections import Connection, Connections
-from tagger.publish.report import Health, TickReport
+from tagger.publish.report import TickReport
 from tagger.publish.wire import (API_VERSIONS, DEFAULT_SOCKET, decode_body, encode_frame, event_plain,
                                  current_tags_plain, path_matches, snapshot_to_plain, to_plain)
 from tagger.tags import TagStore
@@ -106,13 +106,10 @@ class ApiServer:
         self.close()
 
     # --- called from the tick loop (never blocks) ------------------------------
-    def publish(self, report=None, *args, **kwargs):
+    def publish(self, report: TickReport):
         """Hand one tick to the server thread: a TickReport whose parts are
         None when unchanged.  Its objects must not be changed afterwards."""
-        if not isinstance(report, TickReport):      # SHIM-14: the old (snapshot, tags, events, actions, health)
-            report = _old_publish_args(*args, **kwargs) if "snapshot" in kwargs else \
-                _old_publish_args(report, *args, **kwargs)
-        health = report.health.to_plain() if isinstance(report.health, Health) else report.health
+        health = None if report.health is None else report.health.to_plain()
         self._pending.append(("tick", report.snapshot, report.tags, list(report.events or ()),
                               report.actions, health))
         self.conns.wake()
@@ -236,11 +233,6 @@ class ApiServer:
                     frame = encoded_snap[key] = encode_frame(
                         {"event": "snapshot", "data": snapshot_to_plain(snapshot, conn.cgroup)})
                 self.conns.send_frame(conn, frame)
-
-
-def _old_publish_args(snapshot=None, tags=None, events=(), actions=None, health=None) -> TickReport:
-    """SHIM-14: the pre-TickReport call ``publish(snapshot, tags, events, actions, health)``."""
-    return TickReport(snapshot, tags, list(events or ()), actions, health)
 
 
 class _BadArgs(Exception):
