@@ -11,9 +11,8 @@ Limits apply to whole disks; blk-throttle has no per-partition rules.
 
 from __future__ import annotations
 
-import os
 
-from tagger import errors
+from tagger import blockdev, errors
 from tagger.kernelfs import KernelFS
 from tagger.knobs import (IO_KEYS, IO_LIMIT_MIN, IO_V1_FILES, format_io_limits, format_io_max_line, io_max_device,
                           parse_io_limits)
@@ -21,10 +20,6 @@ from tagger.rules.spec import IoSpec
 
 from .control import ControlPoint, Safety
 from .refusal import ActionRefused
-
-#: Devices that are not disks worth throttling when a rule names none.
-_SKIP_DISKS = ("loop", "ram", "zram", "nbd", "sr", "fd")
-
 
 def spec_limits(spec: IoSpec) -> dict[str, int | None]:
     out = {"rbps": spec.read_bps, "wbps": spec.write_bps, "riops": spec.read_iops, "wiops": spec.write_iops}
@@ -37,19 +32,10 @@ def spec_limits(spec: IoSpec) -> dict[str, int | None]:
 
 def resolve_devices(fs: KernelFS, device: str | None) -> list[str]:
     """``"254:0"``, ``"/dev/vda"`` or ``"vda"`` -> ["254:0"]; None -> every whole disk."""
-    if device is None:
-        disks = [d for d in fs.listdir("/sys/block") if not d.startswith(_SKIP_DISKS)]
-        return [fs.read_text(f"/sys/block/{d}/dev").strip() for d in disks]
-    if ":" in device and all(p.isdigit() for p in device.split(":")):
-        return [device]
-    name = os.path.basename(device.rstrip("/"))
-    base = f"/sys/class/block/{name}"
-    if not fs.exists(base + "/dev"):
-        raise ActionRefused(f"io device {device!r}: no such block device ({base})", "device exists")
-    if fs.exists(base + "/partition"):
-        raise ActionRefused(f"io device {device!r} is a partition; blk-throttle limits whole "
-                            f"disks, name the disk instead", "whole disk")
-    return [fs.read_text(base + "/dev").strip()]
+    found = None if device is None else blockdev.problem(fs, device)
+    if found is not None:
+        raise ActionRefused(*found)
+    return blockdev.numbers(fs, device)
 
 
 class IoLimit(ControlPoint):

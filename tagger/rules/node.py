@@ -5,20 +5,17 @@ per cgroup when it applies it (the actuator's ActionRefused); ``tagger rules
 check`` runs the same tests at load time, against the node it runs on, so a
 rule that could never apply here is an error before it is deployed.  The
 CPU list is parsed by :mod:`tagger.knobs`, as the control points parse it; a
-device is looked up in sysfs as ``tagger.actions.io.resolve_devices`` looks it
-up when it applies the limit, with the same messages.
+device is looked up by :mod:`tagger.blockdev`, as the actuator looks it up
+when it applies the limit, with the same messages.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from functools import cached_property
 
+from tagger import blockdev
 from tagger.kernelfs import HOST, KernelFS
 from tagger.knobs import format_cpulist, parse_cpulist
-
-_MAJ_MIN = re.compile(r"^\d+:\d+$")
 
 
 class NodeFacts:
@@ -48,18 +45,5 @@ class NodeFacts:
 
     def device_problem(self, device: str) -> str | None:
         """Why an io limit on ``device`` ("MAJ:MIN", "/dev/vda", "vda") cannot apply here, or None."""
-        if _MAJ_MIN.match(device):
-            # The actuator passes MAJ:MIN through; the kernel's io.max then says ENODEV.
-            base = f"/sys/dev/block/{device}"
-            if not self.fs.exists(base):
-                return f"io device {device!r}: no block device {device} on this node (/sys/dev/block)"
-        elif ":" in device and all(p.isdigit() for p in device.split(":")):
-            return None         # passed through as it is, like MAJ:MIN
-        else:
-            base = f"/sys/class/block/{os.path.basename(device.rstrip('/'))}"
-            if not self.fs.exists(base + "/dev"):
-                return f"io device {device!r}: no such block device ({base})"
-        if self.fs.exists(base + "/partition"):
-            return (f"io device {device!r} is a partition; blk-throttle limits whole disks, "
-                    f"name the disk instead")
-        return None
+        found = blockdev.problem(self.fs, device, check_numbers=True)
+        return None if found is None else found[0]
