@@ -1,11 +1,8 @@
 """Actions: control points tags drive (cpu quota, I/O limits, RDT masks), journaled and reversible.
 
-``from tagger.actions import Actuator, AppliedAction, Safety``: see
-:mod:`tagger.actions.actuator` for what a caller may rely on.
+- :mod:`.actuator`: ``Actuator`` and ``AppliedAction`` (what a caller may rely on);
+- :mod:`.cpu`, :mod:`.cpuset`, :mod:`.io`, :mod:`.rdt`: the control points;
+- :mod:`.journal`: the write-ahead journal of originals (``tagger actions`` reads
+  only this, so the package imports nothing here: a CLI command that lists the
+  journal does not load the rules engine and numpy).
 """
-
-from .actuator import DEFAULT_STATE_DIR, Actuator, AppliedAction, raise_on_termination
-from .control import Safety
-from .refusal import ActionRefused
-
-__all__ = ["Actuator", "AppliedAction", "Safety", "DEFAULT_STATE_DIR", "raise_on_termination", "ActionRefused"]

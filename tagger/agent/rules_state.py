@@ -42,7 +42,7 @@ def make_policies(ruleset: RuleSet, previous=()) -> list:
     """A controller for each policy of ``ruleset``.  An unchanged spec keeps its
     controller (and its limits' history) across a reload; a changed one keeps
     its name's step counts (counters do not go back)."""
-    from tagger.policies import LatencySlo
+    from tagger.policies.latency_slo import LatencySlo
     by_spec = {p.spec: p for p in previous}
     by_name = {p.name: p for p in previous}
     out = []
