@@ -157,7 +157,7 @@ class GlobSet:
     def __bool__(self):
         return bool(self.globs)
 
-    def __eq__(self, other):     # equal sets share one encoded frame (tagger.api)
+    def __eq__(self, other):     # equal sets share one encoded frame (the socket API)
         return isinstance(other, GlobSet) and other.globs == self.globs
 
     def __hash__(self):

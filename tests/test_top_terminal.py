@@ -1,7 +1,7 @@
 """tagger top as a real process on a pseudo-terminal: every way out (q,
 Ctrl+C, SIGTERM, SIGHUP... as far as a pty can tell) leaves the terminal as it
 found it; sources that cannot run say why before the terminal is taken; the
-socket source reads a real agent socket (tagger.api)."""
+socket source reads a real agent socket (tagger.publish.socket)."""
 
 from __future__ import annotations
 
