@@ -23,7 +23,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-# --- the rooms (contracts.md) ------------------------------------------------
+# --- the rooms, lowest first (docs/interfaces.md) -----------------------------
 RANKS = {
     "errors": 0, "units": 0, "clock": 0, "names": 0, "kernelfs": 0, "knobs": 0,
     "snapshot": 0, "cgroupglob": 0, "slots": 0, "sdnotify": 0, "native": 0,

@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 
 import tagger
+from tests.test_architecture import RANKS
 
 RULES = Path(tagger.__file__).parent / "rules"
-#: What the rules may use: the base (rank 0) and the readers and tag store (rank 1).
-ALLOWED = ("tagger.rules", "tagger.errors", "tagger.units", "tagger.clock", "tagger.names",
-           "tagger.kernelfs", "tagger.knobs", "tagger.snapshot", "tagger.cgroupglob", "tagger.slots",
-           "tagger.native", "tagger.cgroups", "tagger.kubelet", "tagger.procstat", "tagger.taskstats",
-           "tagger.tags")
+#: What the rules may use: the rooms below them (tests/test_architecture.py's
+#: ranks, the one list of rooms), never telemetry beside them.
+ALLOWED = tuple(f"tagger.{room}" for room, rank in RANKS.items() if rank < RANKS["rules"]) + ("tagger.rules",)
 
 
 def _imports(path: Path):
