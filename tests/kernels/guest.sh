@@ -32,6 +32,29 @@ else
   echo "scratch disk: unusable, data files go to /var/tmp"
 fi
 
+# TCG and live code patching: the first probe on a tracepoint flips its static
+# key, rewriting a 5-byte NOP (in __schedule, for sched_switch) while the other
+# vCPU may be running it.  Under multi-threaded TCG a vCPU can still execute the
+# patch's int3 after the patch is done, and the guest panics (6.12 in CI:
+# "RIP: __schedule+0x34e", "Code: ... 0f <1f> 44 00 00").  The tests attach and
+# detach tagger's programs hundreds of times; an ftrace event on each hook,
+# with tracing off, holds every key on for the whole run, so no attach patches
+# kernel text.  The events record nothing (tracing_on 0).
+tr=/sys/kernel/tracing
+[ -e $tr/tracing_on ] || mount -t tracefs nodev $tr 2>/dev/null
+if [ -w $tr/tracing_on ]; then
+  echo 0 > $tr/tracing_on
+  held=""
+  for e in sched/sched_switch sched/sched_wakeup sched/sched_wakeup_new \
+           block/block_rq_insert block/block_rq_issue block/block_rq_complete block/block_io_done \
+           cgroup/cgroup_mkdir cgroup/cgroup_rmdir cgroup/cgroup_attach_task; do
+    [ -e $tr/events/$e/enable ] && echo 1 > $tr/events/$e/enable && held="$held ${e#*/}"
+  done
+  echo "tracepoint keys held on:$held"
+else
+  echo "tracefs not writable: tracepoint keys not held (TCG text-patching panics possible)"
+fi
+
 export PATH="$PWD/.venv/bin:$PATH" PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hypothesis
 # -p no:cacheprovider: the checkout is read-only in here; -v: a line per test
 # as it ends, for the host to stream.

@@ -1,6 +1,8 @@
 """Boot each kernel of the matrix under qemu (virtme-ng, TCG) and run the bpf
 and root tests inside it (tests/kernels/guest.sh); exit non-zero if any kernel
-fails or its guest dies without a result.
+fails or its guest dies without a result.  A guest whose kernel panics is
+booted once more (TCG's code-patching races can kill a healthy run; see
+guest.sh); both attempts are reported.
 
     python tests/kernels/run.py [--kernels DIR] [--timeout S] [VERSION-PREFIX ...]
 
@@ -70,8 +72,8 @@ class Tail:
             print(self.prefix + line, flush=True)
 
 
-def run_kernel(vmlinuz: Path, results: Path, timeout: float) -> tuple[bool, str]:
-    """Boot one kernel, run the tests; (passed, one-line verdict)."""
+def run_kernel(vmlinuz: Path, results: Path, timeout: float) -> tuple[bool, str, bool]:
+    """Boot one kernel, run the tests; (passed, one-line verdict, kernel panicked)."""
     ver = vmlinuz.name.removeprefix("vmlinuz-")
     scratch = Path(tempfile.mkdtemp(prefix=f"run-{ver}-", dir=results.parent))
     out = scratch / "out"
@@ -119,10 +121,13 @@ def run_kernel(vmlinuz: Path, results: Path, timeout: float) -> tuple[bool, str]
         shutil.copy(console, results / ver / "console.log")
         rc = (out / "rc").read_text().strip() if (out / "rc").exists() else None
         if rc is None:
+            text = console.read_text(errors="replace")
             print(f"== {ver}: the guest left no exit code; last console lines:")
-            print("\n".join(console.read_text(errors="replace").splitlines()[-30:]))
-            return False, f"{ver}: no result (guest died or timed out) after {wall:.0f}s"
-        return rc == "0", f"{ver}: pytest exit code {rc}, {wall:.0f}s"
+            print("\n".join(text.splitlines()[-30:]))
+            panicked = "Kernel panic" in text
+            why = "kernel panic" if panicked else "guest died or timed out"
+            return False, f"{ver}: no result ({why}) after {wall:.0f}s", panicked
+        return rc == "0", f"{ver}: pytest exit code {rc}, {wall:.0f}s", False
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -143,9 +148,20 @@ def main(argv=None) -> int:
         return 2
     verdicts = []
     for vmlinuz in chosen:
-        print(f"== {vmlinuz.name.removeprefix('vmlinuz-')}: booting", flush=True)
-        verdicts.append(run_kernel(vmlinuz, args.kernels / "results", args.timeout))
-        print(f"== {verdicts[-1][1]}", flush=True)
+        ver = vmlinuz.name.removeprefix("vmlinuz-")
+        print(f"== {ver}: booting", flush=True)
+        ok, line, panicked = run_kernel(vmlinuz, args.kernels / "results", args.timeout)
+        print(f"== {line}", flush=True)
+        if panicked:
+            # The first console is kept: the second attempt's logs replace it.
+            results = args.kernels / "results"
+            shutil.copy(results / ver / "console.log", results / f"{ver}.panic-console.log")
+            print(f"== {ver}: the guest kernel panicked; booting it once more", flush=True)
+            first = line
+            ok, line, _ = run_kernel(vmlinuz, results, args.timeout)
+            print(f"== {line}", flush=True)
+            line = f"{line} (second boot; the first: {first})"
+        verdicts.append((ok, line))
     print("\nkernel matrix:")
     for ok, line in verdicts:
         print(f"  {'PASS' if ok else 'FAIL'}  {line}")
