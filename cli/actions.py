@@ -82,7 +82,9 @@ def actions(as_json, state_dir: Path, restore):
     the journal with its original value until it is put back.  Below it, the
     latency-slo policies' latest steps: the lever, the victim and the culprit,
     and the judgment (helped: kept; no effect: undone), with the victim's SLO
-    metric before the step and over its judgment window.  If no agent is
+    metric before the step and over its judgment window; and each kept
+    demotion given back on trial once the SLO held (released, or still needed
+    and put back).  If no agent is
     running and knobs are listed, the last one stopped without restoring them
     (crash, SIGKILL): the next `tagger run` restores them, or use --restore.
     """
@@ -146,7 +148,8 @@ def actions(as_json, state_dir: Path, restore):
 
 
 #: How ``tagger actions`` words a step's outcome.
-OUTCOME_TEXT = {"helped": "helped: kept", "no_effect": "no effect: undone", "unjudged": "not judged"}
+OUTCOME_TEXT = {"helped": "helped: kept", "no_effect": "no effect: undone", "unjudged": "not judged",
+                "released": "given back: released", "needed": "given back: still needed, put back"}
 
 
 def _ms(seconds) -> str:

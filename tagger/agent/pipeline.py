@@ -195,7 +195,7 @@ class Pipeline:
             if self.dry_run:
                 h.journal_leftovers = len(left.entries) + len(left.damaged)
         if self.policies:
-            # Each policy step's outcome (helped / no_effect / unjudged): counts
+            # Each policy step's outcome (policies.state.OUTCOMES): counts
             # for tagger_policy_steps_total, the latest with the victim's figures.
             h.policy_steps = [s for p in self.policies for s in p.step_counts()]
             h.policy_recent_steps = self.recent_steps()

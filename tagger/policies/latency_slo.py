@@ -58,8 +58,13 @@ A window that cannot finish (W stopped, l left, everything dropped) is
 *unjudged*.  The outcomes are counted in :attr:`LatencySlo.counts` and the
 recent ones kept in :attr:`LatencySlo.outcomes`.
 
-Demotions that helped are kept while there is anything to protect and l
-goes on wanting the CPU.  A culprit that stops (its ``cpu.demand``, known
+Demotions that helped are kept while they are needed.  Once the SLO has held
+``hold`` ticks and no step is judged, a demotion kept GIVE_BACK_AFTER seconds
+since it was last found needed is **given back on trial** (the cgroup wanting
+the least CPU first, one at a time): if W misses at any tick of the next
+``judge`` it is put back at once ("needed") and the next trial waits twice as
+long; else it stays given back ("released").  A demoted culprit is charged
+little of W's wait whether it still hogs or not, so only a trial tells.  A culprit that stops (its ``cpu.demand``, known
 where the run-queue wait is, under STOPPED times what it was at its first
 CPU step for ``hold`` ticks in a row) gets its CPU levers back at once: the
 next cgroup to hog the CPU is the next culprit, and the last one's light
@@ -228,6 +233,8 @@ class LatencySlo:
         elif self.state:
             status.action = "release"
             self._release(self.ladder.cpuset_size(snapshot, protect, cpus), ceiling)
+            if w is not None:
+                changed |= self._give_back(snapshot, paths[w], now)
         if changed:
             # A new setting: the windows judge the ticks under it, not the
             # misses that asked for it (they would ask again at once).
@@ -285,6 +292,27 @@ class LatencySlo:
                 st.cpuset = size        # the protected use less now: l gets CPUs back
             if st.cpu is None and st.io_scale is None and not st.levers:
                 del self.state[path]
+
+    def _give_back(self, snap: Snapshot, victim: str, now: float) -> bool:
+        """The SLO has held ``hold`` ticks and no step is judged: the kept
+        demotion that is due (kept ``give_back_after`` seconds), on the cgroup
+        wanting the least CPU, is given back on trial.  True if one was."""
+        demand = snap.column("cpu.demand")
+        index = {p: k for k, p in enumerate(snap.cgroups.paths)}
+        due = []
+        for path, st in self.state.items():
+            if st.levers and not math.isnan(st.kept) and now - st.kept >= st.give_back_after:
+                want = demand[index[path]] if path in index else math.nan
+                due.append((math.inf if math.isnan(want) else float(want), path))
+        if not due:
+            return False
+        path = min(due)[1]
+        st = self.state[path]
+        lever = "+".join(sorted(st.levers))
+        st.trial = Trial(lever, victim, now, replace(st, trial=None), self.figures.baseline(victim),
+                         give_back=True)
+        st.levers, st.cpuset = frozenset(), None
+        return True
 
     def _stopped(self, snap: Snapshot, now: float) -> list[str]:
         """Give back the CPU levers of culprits that stopped wanting the CPU

@@ -7,8 +7,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-#: Step outcomes, as counted and exported.
-OUTCOMES = ("helped", "no_effect", "unjudged")
+#: Step outcomes, as counted and exported: a step helped (kept), had no effect
+#: (undone) or could not be judged; a kept demotion given back on trial was
+#: released (the SLO held without it) or still needed (put back at once).
+OUTCOMES = ("helped", "no_effect", "unjudged", "released", "needed")
+#: Seconds a kept demotion waits, with the SLO met, before its first give-back
+#: trial; each trial that finds it still needed doubles the wait, up to
+#: GIVE_BACK_MAX times this.
+GIVE_BACK_AFTER = 10.0
+GIVE_BACK_MAX = 16
 
 
 @dataclass
@@ -20,6 +27,7 @@ class Trial:
     before: "ControlState"             # l's state before the step: what undo asks for again
     baseline: float                    # W's SLO metric over the misses that asked for it
     samples: list = field(default_factory=list)   # W's per-tick samples since
+    give_back: bool = False            # a kept demotion given back on trial, not a step
 
 
 @dataclass
@@ -33,6 +41,8 @@ class ControlState:
     io_base: tuple[float, float] = (0.0, 0.0)   # read, write bytes/s when first throttled
     demand: float = math.nan           # l's cpu.demand at its first CPU step (NaN: not known)
     calm: int = 0                      # ticks in a row l wanted under STOPPED x demand
+    kept: float = math.nan             # when its demotion was last found needed (a step helped, a give-back missed)
+    give_back_after: float = GIVE_BACK_AFTER   # seconds kept, with the SLO met, before the next give-back trial
     trial: Trial | None = None
 
     @property

@@ -10,7 +10,7 @@ from tagger.rules.spec import LatencySloSpec
 from tagger.snapshot import Snapshot
 
 from .figures import SloFigures, aggregate
-from .state import ControlState, StepOutcome
+from .state import GIVE_BACK_AFTER, GIVE_BACK_MAX, ControlState, StepOutcome
 
 #: Outcome records kept for ``tagger actions`` and the socket API.
 RECENT_OUTCOMES = 50
@@ -43,13 +43,18 @@ class Verdicts:
         whether a step was undone."""
         judged, undone = set(), False
         index = {p: k for k, p in enumerate(snap.cgroups.paths)}
-        for culprit, st in state.items():
+        for culprit, st in list(state.items()):
             trial = st.trial
             if trial is None or trial.t >= now:
                 continue
             row = index.get(trial.victim)
             if row is not None:
                 trial.samples.append(figures.sample(snap, row))
+            if trial.give_back:
+                if self._give_back(state, culprit, st, now):
+                    judged.add(culprit)
+                    undone = undone or st.trial is None and bool(st.levers)
+                continue
             if len(trial.samples) < self.spec.judge:
                 continue
             after = aggregate(trial.samples)
@@ -60,6 +65,8 @@ class Verdicts:
             else:
                 outcome = "no_effect"
             self._count(StepOutcome(now, trial.victim, culprit, trial.lever, outcome, trial.baseline, after))
+            if outcome == "helped" and st.levers:
+                st.kept = now
             if outcome == "no_effect":
                 # Undo: ask for l's settings before the step; the actuator
                 # restores the journaled originals of what is no longer asked for.
@@ -71,6 +78,35 @@ class Verdicts:
             st.trial, st.missed = None, 0
             judged.add(culprit)
         return judged, undone
+
+    def _give_back(self, state: dict[str, ControlState], culprit: str, st: ControlState, now: float) -> bool:
+        """A give-back trial's verdict, as soon as there is one: "needed" at
+        the first tick W misses without the demotion (it is put back at once,
+        and the next trial waits twice as long), "released" when W met the SLO
+        over the whole window (the demotion stays given back).  True once decided."""
+        trial = st.trial
+        after = aggregate(trial.samples)
+        if math.isnan(after) and len(trial.samples) < self.spec.judge:
+            return False
+        if after > self.spec.target:
+            outcome = "needed"
+        elif len(trial.samples) >= self.spec.judge:
+            outcome = "released" if not math.isnan(after) else "unjudged"
+        else:
+            return False
+        self._count(StepOutcome(now, trial.victim, culprit, trial.lever, outcome, trial.baseline, after))
+        st.trial, st.missed = None, 0
+        if outcome == "released":
+            st.kept, st.give_back_after = math.nan, GIVE_BACK_AFTER
+            if not st.holds_cpu and st.io_scale is None:
+                del state[culprit]
+        else:
+            # Still needed (or not judged): the demotion as it was.
+            st.levers, st.cpuset = trial.before.levers, trial.before.cpuset
+            st.kept = now
+            if outcome == "needed":
+                st.give_back_after = min(2 * st.give_back_after, GIVE_BACK_MAX * GIVE_BACK_AFTER)
+        return True
 
     def unjudged(self, culprit: str, st: ControlState, now: float) -> None:
         """A step whose window cannot finish (W stopped, l left, everything dropped)."""

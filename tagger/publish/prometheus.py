@@ -107,7 +107,8 @@ HEALTH = {
 #: health["policy_steps"]: a counter family by policy, lever and outcome.
 POLICY_STEPS = ("tagger_policy_steps", "Policy steps by lever and the outcome of their judgment: helped (kept), "
                 "no_effect (undone, the lever cooled down on that victim and culprit), unjudged (its window "
-                "could not finish)")
+                "could not finish); a kept demotion given back on trial: released (the SLO held without "
+                "it), needed (put back at once)")
 
 #: health key -> factor to the exposition's base unit (promtool: no "ns" in names).
 HEALTH_SCALE = {"bpf_ns_per_event": 1e-9}
