@@ -642,18 +642,28 @@ def test_only_the_cgroup_charged_with_the_victims_wait_is_acted_on_and_released_
     for k, (t0, hog) in enumerate(turns):
         previous = turns[k - 1][1] if k else None
         in_turn = [(t, p99, touched) for t, h, p99, touched in trace if h == hog]
-        # Met again the tick after the step: one tick to see the miss, one to act.
-        assert next(t for t, p99, _ in in_turn if p99 < 2 * MS) - t0 <= 1
+        # Met again the tick after the step: two ticks to see the hog blamed
+        # two misses in a row (persist), then the step.
+        assert next(t for t, p99, _ in in_turn if p99 < 2 * MS) - t0 <= 2
         # ... and missed after that only where the hog's kept demotion was
         # given back on trial, found still needed and put back the same tick.
         needed = {o.t for o in slo.outcomes if o.outcome == "needed" and o.culprit == hog}
-        assert {t for t, p99, _ in in_turn if t > t0 and p99 >= 2 * MS} == needed
+        assert {t for t, p99, _ in in_turn if t > t0 + 1 and p99 >= 2 * MS} == needed
         # Only the current culprit, and the last one until it is seen to have stopped.
         assert all(touched <= {hog, previous} for _, _, touched in in_turn)
-        assert all(touched == ({hog} if t + 1 not in needed else set())
-                   for t, _, touched in in_turn if t >= t0 + slo.hold)
+        # From `hold` ticks on, the hog alone; demoted at least until its
+        # demotion is due for a give-back trial (then it may be given back
+        # while it still hogs: the trial finds it needed, or the turn ended).
+        assert all(touched <= {hog} for t, _, touched in in_turn if t >= t0 + slo.hold)
+        assert all(touched == {hog} for t, _, touched in in_turn
+                   if t0 + slo.hold <= t < t0 + 1 + slo.spec.judge + GIVE_BACK_AFTER)
     assert [(o.culprit, o.lever, o.outcome) for o in slo.outcomes
-            if o.outcome != "needed"] == [(cg, "idle", "helped") for _, cg in turns]
+            if o.outcome == "helped"] == [(cg, "idle", "helped") for _, cg in turns]
+    # Each hog's demotion came up for a give-back trial at the end of its
+    # turn; the trial ran into the next turn, where web missed behind the new
+    # hog, not behind it (it was not blamed): released.
+    assert [(o.culprit, o.outcome) for o in slo.outcomes if o.outcome != "helped"] == [
+        ("/n1", "released"), ("/n2", "released")]
     act.revert_all()
     assert all(_knobs(tmp_path, cg) == ORIGINAL for cg in host.NEIGHBOURS)
 
@@ -702,3 +712,35 @@ def test_a_demotion_kept_by_chance_is_given_back_and_stays_released(tmp_path):
     assert given_back == helped + GIVE_BACK_AFTER       # due, and the SLO had held `hold` ticks
     assert released == given_back + slo.spec.judge
     assert not any(n2[given_back:]) and not slo.state
+
+
+def test_the_culprits_are_the_fewest_most_charged_holding_half_the_foreign_wait():
+    """blamed(): a hog charged 300 ms/s beside a light neighbour charged
+    150 ms/s is the one culprit (it alone holds two thirds); two hogs charged
+    alike are both; a cgroup charged under CULPRIT_FLOOR never is."""
+    from tagger.policies.culprits import CULPRIT_FLOOR, blamed
+    assert blamed({2: 0.3, 3: 0.15, 4: 0.01}) == {2}
+    assert blamed({2: 0.2, 3: 0.2, 4: 0.05}) == {2, 3}
+    assert blamed({2: 0.9 * CULPRIT_FLOOR, 3: 0.01}) == set()
+    assert blamed({}) == set()
+
+
+def test_a_neighbour_blamed_for_one_tick_is_not_a_culprit(tmp_path):
+    """With wait attribution a first step needs the neighbour blamed for
+    ``persist`` misses in a row: /n3 holding web's wait for one tick (a light
+    neighbour's burst) is left alone; /n1 blamed for two ticks is demoted."""
+    store, act, slo, host = _unlabelled(tmp_path, target=2 * MS)
+
+    def tick(t, culprit):
+        s = host.tick(t)
+        s.columns["runq.p99"][1] = 4 * MS
+        s.culprits = np.array([(1, {"/n1": 2, "/n3": 4}[culprit], 0.3)], dtype=CULPRIT_DTYPE)
+        s.columns["runq.wait.foreign"][1] = 0.3
+        return s
+
+    for t, culprit in enumerate(["/n3", "/n1", "/n1"]):
+        s = tick(t, culprit)
+        act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+    assert _knobs(tmp_path, "/n3") == ORIGINAL
+    assert _knobs(tmp_path, "/n1")["cpu.idle"] == "1"
+    assert slo.status.trials == {"/n1": "idle"}

@@ -34,6 +34,8 @@ class Sample:
     agent_cpu: float | None = None    # seconds of CPU the agent has used so far
     demoted: dict = field(default_factory=dict)   # watched workload -> demoted (the unlabelled scenario)
     cpu: dict = field(default_factory=dict)       # watched workload -> CPUs it used
+    charged: dict = field(default_factory=dict)   # watched workload -> web's run-queue wait charged to it, s/s
+    web_foreign: float = math.nan     # web's run-queue wait while another cgroup's task held the CPU, s/s
     web_hist: np.ndarray | None = field(default=None, repr=False)
 
 
@@ -110,11 +112,18 @@ class Sampler(threading.Thread):
         except OSError:
             pass
         usage = snap.column("cpu.usage")
-        for name, w in self.watch.items():
-            row = snap.cgroups.index(w.path)
+        by = {}
+        if w is not None:
+            s.web_foreign = float(snap.column("runq.wait.foreign")[w])
+            mine = snap.culprits[snap.culprits["victim"] == w]
+            for culprit, wait in zip(mine["culprit"], mine["wait"]):
+                by[int(culprit)] = by.get(int(culprit), 0.0) + float(wait)
+        for name, wl in self.watch.items():
+            row = snap.cgroups.index(wl.path)
             s.cpu[name] = math.nan if row is None else float(usage[row])
+            s.charged[name] = by.get(row, 0.0) if row is not None else math.nan
             try:
-                s.demoted[name] = w.demoted()
+                s.demoted[name] = wl.demoted()
             except OSError:
                 pass
         steal, self._steal = self._steal, steal_seconds()

@@ -14,15 +14,17 @@ from tagger.snapshot import Snapshot
 #: With wait attribution, neighbours are the CPU cause only when they hold at
 #: least this share of W's run-queue wait (the rest: its own tasks, the host).
 FOREIGN_SHARE = 0.5
-#: With wait attribution, a neighbour counts as a CPU culprit of W only when
-#: charged at least this share of W's foreign run-queue wait (runq.wait.by):
-#: a neighbour running light work is charged a little of it too.
-CULPRIT_SHARE = 0.2
-#: ... and at least this much of it, seconds per second: the floor of the
-#: packaged neighbour=noisy rule (rules/30-contention.yaml).  Neighbours running
-#: light work are each charged a few ms/s of W's wait, a sizeable *share* of a
-#: small total when W misses for reasons of its own or the host's; demoting
-#: them is judged "helped" by chance and kept for as long as W runs.
+#: With wait attribution, W's CPU culprits are the fewest most-charged cgroups
+#: that together hold FOREIGN_SHARE of its foreign run-queue wait
+#: (runq.wait.by; :func:`blamed`): a neighbour running light work is charged
+#: some of it too, 0-150 ms/s beside a hog charged 200-850 ms/s on the
+#: noisy-neighbour scenario (docs/noisy_neighbor.md), so a fixed share would
+#: name it with the hog in one tick of three.
+#: Each culprit is charged at least this much of it, seconds per second: the
+#: floor of the packaged neighbour=noisy rule (rules/30-contention.yaml).
+#: Neighbours running light work are each charged a few ms/s of W's wait, a
+#: sizeable *share* of a small total when W misses for reasons of its own or
+#: the host's; demoting them would be judged "helped" by chance.
 CULPRIT_FLOOR = 0.05
 
 SLOWDOWN = {"cpu": "runq.slowdown", "io": "io.slowdown"}
@@ -78,6 +80,20 @@ def charged(snap: Snapshot, row: int) -> dict[int, float] | None:
     return out
 
 
+def blamed(by: dict[int, float]) -> set[int]:
+    """W's CPU culprits among the cgroups charged with its foreign wait (``by``,
+    row -> s/s, from :func:`charged`): the fewest most-charged that together
+    hold at least FOREIGN_SHARE of it, each charged at least CULPRIT_FLOOR."""
+    foreign = sum(by.values())
+    out, held = set(), 0.0
+    for row, wait in sorted(by.items(), key=lambda kv: -kv[1]):
+        if held >= FOREIGN_SHARE * foreign or wait < CULPRIT_FLOOR:
+            break
+        out.add(row)
+        held += wait
+    return out
+
+
 def importance(snap: Snapshot, w: int, metric: str, resources) -> tuple[dict[str, float], str]:
     """Per resource r: ``latency(W, r) * log(slowdown(W, r))``, and why the CPU's
     was zeroed ("" when it was not): never spend a neighbour's CPU on what it
@@ -114,15 +130,16 @@ class Interference:
         #: culprit path -> W's wait charged to it, s/s (empty without wait attribution)
         self.charged: dict[str, float] = {}
         by = charged(snap, w)
-        if by is not None and "cpu" in self.loads:
+        #: the CPU's share is W's wait charged to the culprits (:func:`blamed`)
+        self.attributed = by is not None and "cpu" in self.loads
+        if self.attributed:
             # The CPU's load is W's foreign wait charged to each culprit:
             # who held the CPU while W waited, not who ran at all.
             paths = snap.cgroups.paths
             foreign = sum(by.values())
             share = np.zeros(len(paths))
-            for row, wait in by.items():
-                if foreign > 0 and wait >= max(CULPRIT_SHARE * foreign, CULPRIT_FLOOR):
-                    share[row] = wait / foreign
+            for row in blamed(by):
+                share[row] = by[row] / foreign
             self.loads["cpu"], self.totals["cpu"] = share, 1.0
             self.charged = {paths[row]: wait for row, wait in by.items()}
 

@@ -18,10 +18,13 @@ Each tick:
    ``cpu.usage`` for cpu and read+write bytes/s for io; load(r) sums over the
    protected and throttled cgroups.  Where the collector attributes W's
    run-queue wait (``runq.wait.foreign`` known), the CPU's share is instead
-   l's share of W's foreign wait charged to it (``runq.wait.by``), and only a
-   cgroup charged at least CULPRIT_SHARE of it, and CULPRIT_FLOOR s/s, counts:
-   the one that held the CPU while W waited, not every cgroup that ran
-   (:func:`.culprits.charged`).
+   l's share of W's foreign wait charged to it (``runq.wait.by``), and only
+   the culprits count: the fewest most-charged cgroups that together hold half
+   of it, each charged at least CULPRIT_FLOOR s/s -- the ones that held the
+   CPU while W waited, not every cgroup that ran (:func:`.culprits.blamed`).
+   There a cgroup's first step also needs it blamed ``persist`` misses in a
+   row: one tick in which a light neighbour happened to hold the CPU does not
+   make it a culprit.
 4. If ``miss > 1``, each l with interference > 0 and no step under judgment
    takes one **step**: the next lever of the ladder for the resource that
    matters most to W (below), or, on a lever it keeps, a further cut by
@@ -61,9 +64,10 @@ recent ones kept in :attr:`LatencySlo.outcomes`.
 Demotions that helped are kept while they are needed.  Once the SLO has held
 ``hold`` ticks and no step is judged, a demotion kept GIVE_BACK_AFTER seconds
 since it was last found needed is **given back on trial** (the cgroup wanting
-the least CPU first, one at a time): if W misses at any tick of the next
-``judge`` it is put back at once ("needed") and the next trial waits twice as
-long; else it stays given back ("released").  A demoted culprit is charged
+the least CPU first, one at a time): if W misses at a tick of the next
+``judge`` with l blamed for it (any miss, without attribution) it is put back
+at once ("needed") and the next trial waits twice as long; else it stays
+given back ("released").  A demoted culprit is charged
 little of W's wait whether it still hogs or not, so only a trial tells.  A culprit that stops (its ``cpu.demand``, known
 where the run-queue wait is, under STOPPED times what it was at its first
 CPU step for ``hold`` ticks in a row) gets its CPU levers back at once: the
@@ -133,6 +137,7 @@ class LatencySlo:
         self.verdicts = Verdicts(spec)
         self.ladder = Ladder(spec, self.verdicts.cooled)
         self._met = 0              # ticks in a row with the SLO met
+        self._blamed: dict[str, int] = {}   # path -> misses in a row it was blamed for (with attribution)
         self._quiet = 0            # ticks in a row no protected cgroup ran
         self.rule = f"latency-slo:{spec.name}"
         self.cpus = cpus
@@ -207,6 +212,8 @@ class LatencySlo:
         missed = w is not None and miss > 1
         self.figures.record(snapshot, protect, lat)
         self._met = 0 if missed else self._met + 1
+        if not missed:
+            self._blamed.clear()
         usage = snapshot.column("cpu.usage")
         # NaN (a collector that cannot tell) counts as running.
         ran = any(not usage[i] == 0 for i in protect)
@@ -251,11 +258,15 @@ class LatencySlo:
         harm = Interference(snapshot, w, protect + throttle, status.importance)
         status.charged = harm.charged
         size = self.ladder.cpuset_size(snapshot, protect, cpus)
+        blamed = {paths[i]: self._blamed.get(paths[i], 0) + 1 for i in throttle if harm.of(i) > 0}
+        self._blamed = blamed
         for i in throttle:
             interference = harm.of(i)
             status.interference[paths[i]] = interference
             if interference <= 0:
                 continue
+            if harm.attributed and paths[i] not in self.state and blamed[paths[i]] < spec.persist:
+                continue        # blamed for one tick: not yet a culprit
             st = self.state.setdefault(paths[i], ControlState())
             if st.trial is not None or paths[i] in judged:
                 continue        # one step at a time, each judged before the next

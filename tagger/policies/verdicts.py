@@ -9,6 +9,7 @@ from collections import Counter, deque
 from tagger.rules.spec import LatencySloSpec
 from tagger.snapshot import Snapshot
 
+from .culprits import blamed, charged
 from .figures import SloFigures, aggregate
 from .state import GIVE_BACK_AFTER, GIVE_BACK_MAX, ControlState, StepOutcome
 
@@ -51,7 +52,9 @@ class Verdicts:
             if row is not None:
                 trial.samples.append(figures.sample(snap, row))
             if trial.give_back:
-                if self._give_back(state, culprit, st, now):
+                by = charged(snap, row) if row is not None else None
+                blamed_now = None if by is None else {snap.cgroups.paths[r] for r in blamed(by)}
+                if self._give_back(state, culprit, st, blamed_now, now):
                     judged.add(culprit)
                     undone = undone or st.trial is None and bool(st.levers)
                 continue
@@ -79,21 +82,23 @@ class Verdicts:
             judged.add(culprit)
         return judged, undone
 
-    def _give_back(self, state: dict[str, ControlState], culprit: str, st: ControlState, now: float) -> bool:
+    def _give_back(self, state: dict[str, ControlState], culprit: str, st: ControlState,
+                   blamed_now: set[str] | None, now: float) -> bool:
         """A give-back trial's verdict, as soon as there is one: "needed" at
-        the first tick W misses without the demotion (it is put back at once,
-        and the next trial waits twice as long), "released" when W met the SLO
-        over the whole window (the demotion stays given back).  True once decided."""
+        the first tick W misses without the demotion and l is among the
+        culprits of W's wait (``blamed_now``; None where the collector does
+        not attribute it: any miss) -- put back at once, and the next trial
+        waits twice as long; "released" when the window passed without (the
+        demotion stays given back).  True once decided."""
         trial = st.trial
-        after = aggregate(trial.samples)
-        if math.isnan(after) and len(trial.samples) < self.spec.judge:
-            return False
-        if after > self.spec.target:
+        tick = aggregate(trial.samples[-1:])
+        if tick > self.spec.target and (blamed_now is None or culprit in blamed_now):
             outcome = "needed"
         elif len(trial.samples) >= self.spec.judge:
-            outcome = "released" if not math.isnan(after) else "unjudged"
+            outcome = "released" if not math.isnan(aggregate(trial.samples)) else "unjudged"
         else:
             return False
+        after = tick if outcome == "needed" else aggregate(trial.samples)
         self._count(StepOutcome(now, trial.victim, culprit, trial.lever, outcome, trial.baseline, after))
         st.trial, st.missed = None, 0
         if outcome == "released":
