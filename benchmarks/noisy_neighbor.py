@@ -862,6 +862,8 @@ class UnlabelledRun(Run):
                 turns.append({"mode": mode, "name": name, "culprit": culprit,
                               "culprit_path": self.scenario[culprit].path, "t0": t0, "t1": t1,
                               "demoted_s": {n: sum(bool(s.demoted.get(n)) for s in ss) for n in NEIGHBOURS},
+                              "charged": {n: float(np.nanmedian([s.charged.get(n, math.nan) for s in ss] or [math.nan]))
+                                          for n in NEIGHBOURS},
                               **self.window_figures(t0, t1, self.slo)})
                 self.log(f"  {name} ({culprit} hogs): runq p99 {turns[-1]['runq']['p99'] * 1e3:.2f} ms, "
                          f"{turns[-1]['within'] * 100:.0f}% of ticks <= SLO, demoted: {turns[-1]['demoted_s']}")

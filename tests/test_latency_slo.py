@@ -525,8 +525,12 @@ def test_cpu_cause_reads_the_attribution_columns_where_they_exist():
     attributed = {**base, "runq.wait": [1.0, 0.4], "runq.wait.foreign": [0.0, 0.3]}
     assert cpu_cause(Snapshot.synthetic(["/", "/web"], attributed, node={"steal": 0.1}), 1) is None
     assert cpu_cause(Snapshot.synthetic(["/", "/web"], attributed, node={"steal": 0.5}), 1) == "host steal"
-    own = {**attributed, "runq.wait.foreign": [0.0, 0.1]}
-    assert cpu_cause(Snapshot.synthetic(["/", "/web"], own), 1) == "own tasks"
+    # Neighbours hold under half of web's wait: its own tasks' only when web
+    # alone wants every CPU of the node; else the neighbours crowd it.
+    own = {**attributed, "runq.wait.foreign": [0.0, 0.1], "cpu.demand": [3.0, 2.5]}
+    assert cpu_cause(Snapshot.synthetic(["/", "/web"], own, node={"cpus": 2.0}), 1) == "own tasks"
+    crowded = {**own, "cpu.demand": [3.0, 0.9]}
+    assert cpu_cause(Snapshot.synthetic(["/", "/web"], crowded, node={"cpus": 2.0}), 1) is None
 
 
 def test_an_io_limit_that_does_not_help_is_undone(store):

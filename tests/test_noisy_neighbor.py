@@ -304,6 +304,11 @@ def test_turn_figures_time_to_the_slo_and_who_the_actions_log_names():
     assert f == {"recovery": 2.0, "named": ["/nn/n2"], "wrong": []}
     f = nu.turn_figures(times, p99, turn, 1e-3, 3, steps + [{"t": 120.0, "culprit": "/nn/n3", "lever": "idle"}])
     assert f["wrong"] == ["/nn/n3"]
+    # The last culprit's demotion given back in this turn: released names no
+    # one; found needed (put back) it names the last culprit.
+    back = {"t": 115.0, "culprit": "/nn/n1", "lever": "idle"}
+    assert nu.turn_figures(times, p99, turn, 1e-3, 3, steps + [{**back, "outcome": "released"}])["wrong"] == []
+    assert nu.turn_figures(times, p99, turn, 1e-3, 3, steps + [{**back, "outcome": "needed"}])["wrong"] == ["/nn/n1"]
     assert nu.turn_figures(times, [3e-3] * 30, turn, 1e-3, 3)["recovery"] is None
 
 

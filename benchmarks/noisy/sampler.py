@@ -36,6 +36,7 @@ class Sample:
     cpu: dict = field(default_factory=dict)       # watched workload -> CPUs it used
     charged: dict = field(default_factory=dict)   # watched workload -> web's run-queue wait charged to it, s/s
     web_foreign: float = math.nan     # web's run-queue wait while another cgroup's task held the CPU, s/s
+    web_wait: float = math.nan        # all of web's run-queue wait, s/s
     web_hist: np.ndarray | None = field(default=None, repr=False)
 
 
@@ -115,6 +116,7 @@ class Sampler(threading.Thread):
         by = {}
         if w is not None:
             s.web_foreign = float(snap.column("runq.wait.foreign")[w])
+            s.web_wait = float(snap.column("runq.wait")[w])
             mine = snap.culprits[snap.culprits["victim"] == w]
             for culprit, wait in zip(mine["culprit"], mine["wait"]):
                 by[int(culprit)] = by.get(int(culprit), 0.0) + float(wait)

@@ -33,7 +33,11 @@ def turn_figures(times, web_p99, turn: dict, slo: float, hold: int, steps=()) ->
         rec = None
     # A step's record carries the tick it was judged at; it was asked for
     # ``judge`` ticks before, so a step counts in the turn its judgment ends in.
-    named = sorted({s["culprit"] for s in steps if turn["t0"] <= s["t"] < turn["t1"]})
+    # A kept demotion given back and "released" acts for the cgroup, not on
+    # it (the release the scenario asks for): it names no one; "needed" puts
+    # the demotion back, and names it.
+    named = sorted({s["culprit"] for s in steps
+                    if turn["t0"] <= s["t"] < turn["t1"] and s.get("outcome") != "released"})
     return {"recovery": rec, "named": named, "wrong": [c for c in named if c != turn["culprit_path"]]}
 
 
@@ -117,13 +121,16 @@ def build_markdown(res: dict) -> str:
         met = "n/a" if b.met is None else ("yes" if b.met else "**no**")
         out.append(f"| {b.name} | {b.wanted} | {b.measured} | {met} |")
     out += ["", "## Per turn", "",
+            "*charged*: web's run-queue wait charged to each neighbour (`runq.wait.by`, the median of the turn's "
+            "ticks, ms/s): who held the CPU while web waited.", "",
             "| mode | turn | culprit | runq p99 (ms) | ticks ≤ SLO | SLO met again after the change | cgroups the "
-            "actions log names | neighbours demoted (seconds) |", "|---|---|---|---|---|---|---|---|"]
+            "actions log names | neighbours demoted (seconds) | charged (ms/s) |", "|---|---|---|---|---|---|---|---|---|"]
     for t in res["turns"]:
         down = ", ".join(f"{k} {v}" for k, v in sorted(t.get("demoted_s", {}).items()) if v) or "none"
+        charged = ", ".join(f"{k} {rp._num(v * 1e3)}" for k, v in sorted(t.get("charged", {}).items())) or "–"
         out.append(f"| {t['mode']} | {t['name']} | {t['culprit']} | {rp._ms(t['runq']['p99'])} "
                    f"| {rp._num(t['within'] * 100, '{:.0f}%')} | {rp._num(t.get('recovery'), '{:.1f} s')} "
-                   f"| {', '.join(n.rsplit('/', 1)[-1] for n in t.get('named', ())) or '–'} | {down} |")
+                   f"| {', '.join(n.rsplit('/', 1)[-1] for n in t.get('named', ())) or '–'} | {down} | {charged} |")
     out += ["", "## Innocent neighbours' light work (stress-ng bogo-ops/s)", "",
             "| turn | neighbour | no agent | every neighbour demoted | tagger | tagger / no agent "
             "| demoted / no agent |", "|---|---|---|---|---|---|---|"]

@@ -45,7 +45,14 @@ def cpu_cause(snap: Snapshot, row: int) -> str | None:
       0, or ``runq.wait.throttled`` > 0): the neighbours do not hold its CPU.
     * "host steal": the node's ``steal`` (s/s) exceeds the wait neighbours
       cause it (``runq.wait.foreign``).
-    * "own tasks": neighbours cause less than FOREIGN_SHARE of its run-queue wait.
+    * "own tasks": neighbours cause less than FOREIGN_SHARE of its run-queue
+      wait, and the victim alone wants more CPUs than the node has
+      (``cpu.demand`` >= its CPUs): its tasks would queue behind each other
+      with the node to themselves.  Short of that, its tasks' wait behind
+      each other is the neighbours' doing too -- a hog on one CPU of two
+      crowds them onto the other (the unlabelled scenario: web's own wait
+      grew to 100-500 ms/s beside the hog, its foreign wait under half of
+      it at times) -- and the culprits (:func:`blamed`) decide.
 
     Without the attribution columns only the first can be told; an unknown
     figure (NaN) never vetoes."""
@@ -61,7 +68,10 @@ def cpu_cause(snap: Snapshot, row: int) -> str | None:
     if steal > foreign[row]:
         return "host steal"
     wait = cols.get("runq.wait")
-    if wait is not None and wait[row] > 0 and foreign[row] < FOREIGN_SHARE * wait[row]:
+    demand = cols.get("cpu.demand")
+    cpus = float(snap.node.get("cpus", math.nan))
+    if (wait is not None and wait[row] > 0 and foreign[row] < FOREIGN_SHARE * wait[row]
+            and demand is not None and demand[row] >= cpus):
         return "own tasks"
     return None
 
