@@ -3,7 +3,8 @@
 For each tag: the rule that set it (and where it is written), since when, its
 condition with every macro and figure it reads - metrics, node figures, the
 wait charged to it by tagged cgroups - at the agent's latest tick, and what
-clears it (``keep_for``, ``clear_when``).  Everything comes from the running
+clears it (``keep_for``, ``clear_when``); then the latency-slo policies'
+latest judged steps that name it, as victim or culprit.  Everything comes from the running
 agent's socket (its tags, latest Snapshot and rules directory); the rules are
 loaded from that directory and evaluated here over that Snapshot, with the
 tags as the agent holds them, so the figures are the ones its rules see.
@@ -26,6 +27,7 @@ from tagger.rules import expr as ex
 from tagger.rules import load_directory
 from tagger.rules.engine import context_for
 from tagger.snapshot import METRICS, NODE_METRICS, Snapshot
+from tagger.cli.actions import OUTCOME_TEXT
 from tagger.units import format_bytes, format_count, format_duration, format_percent
 
 
@@ -187,6 +189,29 @@ def _clears(rule, entry) -> str:
     return how + (" - releasing now" if release else " - not now")
 
 
+def steps_naming(steps, path: str) -> list[dict]:
+    """The policies' recent steps (the agent's health ``policy_recent_steps``)
+    whose victim or culprit is ``path`` (either name form), oldest first."""
+    names = {path, display(path)}
+    return [s for s in steps or () if isinstance(s, dict) and (s.get("victim") in names or s.get("culprit") in names)]
+
+
+def _print_steps(path: str, steps: list[dict], now: float):
+    if not steps:
+        return
+    click.echo(f"\n  policy steps naming {display(path)} (latest last):")
+    for s in steps[-10:]:
+        t = s.get("t")
+        when = f"{format_duration(max(0.0, now - t))} ago" if isinstance(t, (int, float)) else "?"
+        role = f"culprit of {display(str(s.get('victim')))}" if s.get("culprit") in (path, display(path)) \
+            else f"victim; culprit {display(str(s.get('culprit')))}"
+        before, after = s.get("before"), s.get("after")
+        fig = " -> ".join("-" if not isinstance(x, (int, float)) or math.isnan(x) else format_duration(x)
+                          for x in (before, after))
+        click.echo(f"    {when:>10}  {s.get('policy', '?')}: {s.get('lever', '?')} "
+                   f"{OUTCOME_TEXT.get(s.get('outcome'), str(s.get('outcome')))} ({role}; victim's SLO metric {fig})")
+
+
 def _print(path: str, snap: Snapshot, out: dict, now: float):
     click.echo(f"{path}  (tick {snap.seq}, {time.strftime('%H:%M:%S', time.localtime(snap.t))})")
     if not out:
@@ -234,7 +259,10 @@ def explain(cgroup, rules_dir, as_json, socket_path):
     condition with every macro and figure it reads at the agent's latest
     tick (a culprit's tag also lists the starved cgroups' wait charged to
     it), and what clears it: `when` no longer holding for `keep_for`, or
-    `clear_when`.  From the running agent's socket.
+    `clear_when`.  Then the latency-slo policies' latest judged steps naming
+    CGROUP, as victim or culprit: the lever and its outcome (helped: kept; no
+    effect: undone; given back: released or still needed).  From the running
+    agent's socket.
 
     \b
     Example:
@@ -245,6 +273,7 @@ def explain(cgroup, rules_dir, as_json, socket_path):
             tags_plain = client.request("tags")
             plain = client.request("snapshot", detail=True)
             summary = client.request("rules") or {}
+            health = client.request("health") or {}
     except ApiError as err:
         raise click.ClickException(str(err)) from None
     if not plain:
@@ -265,8 +294,11 @@ def explain(cgroup, rules_dir, as_json, socket_path):
                                    "(see `tagger tags` or `tagger stat`)")
     now = time.time()
     out = explain_tags(ruleset, snap, from_display(tags_plain or {}), parse(path))
+    steps = steps_naming(health.get("policy_recent_steps"), parse(path))
     if as_json:
-        click.echo(json.dumps(json_safe({"cgroup": path, "t": snap.t, "tags": out}), indent=2, sort_keys=True,
+        click.echo(json.dumps(json_safe({"cgroup": path, "t": snap.t, "tags": out, "policy_steps": steps}),
+                              indent=2, sort_keys=True,
                               default=lambda o: bool(o) if isinstance(o, np.bool_) else float(o)))
     else:
         _print(path, snap, out, now)
+        _print_steps(parse(path), steps, now)

@@ -95,3 +95,33 @@ def test_text_output_and_errors(agent):
         assert line in res.output
     res = CliRunner().invoke(explain, ["--socket", agent.path, "/no/such"])
     assert res.exit_code != 0 and "no such cgroup" in res.output
+
+
+def test_the_policy_steps_naming_the_cgroup_follow_its_tags(tmp_path):
+    """The latency-slo steps the agent's health carries are shown for the
+    cgroup they name, as culprit or victim, with their outcome; others not."""
+    ruleset = load_directory(RULES)
+    engine = Engine(ruleset)
+    snap = _tick(0.0)
+    engine.evaluate(snap)
+    steps = [{"policy": "web-slo", "t": 1.0, "victim": WEB, "culprit": BATCH, "lever": "idle",
+              "outcome": "helped", "before": 0.004, "after": 0.0008},
+             {"policy": "web-slo", "t": 2.0, "victim": WEB, "culprit": BATCH, "lever": "idle",
+              "outcome": "needed", "before": 0.0008, "after": 0.003},
+             {"policy": "web-slo", "t": 3.0, "victim": WEB, "culprit": "/work/other", "lever": "idle",
+              "outcome": "released", "before": 0.0008, "after": 0.0007}]
+    srv = ApiServer(str(tmp_path / "tagger.sock")).start()
+    try:
+        srv.set_rules(rules_summary(ruleset, str(RULES)))
+        srv.publish(TickReport(snap, engine.store.current(), [], [],
+                               Health.from_plain({"ticks": 1, "policy_recent_steps": steps})))
+        res = _explain(srv, BATCH)
+        assert res.exit_code == 0, res.output
+        assert "policy steps naming /work/batch" in res.output
+        assert "web-slo: idle helped: kept (culprit of /work/web" in res.output
+        assert "web-slo: idle given back: still needed, put back" in res.output
+        assert "/work/other" not in res.output
+        res = CliRunner().invoke(explain, ["--socket", srv.path, "--json", WEB])
+        assert [s["culprit"] for s in json.loads(res.output)["policy_steps"]] == [BATCH, BATCH, "/work/other"]
+    finally:
+        srv.close()
