@@ -748,3 +748,32 @@ def test_a_neighbour_blamed_for_one_tick_is_not_a_culprit(tmp_path):
     assert _knobs(tmp_path, "/n3") == ORIGINAL
     assert _knobs(tmp_path, "/n1")["cpu.idle"] == "1"
     assert slo.status.trials == {"/n1": "idle"}
+
+
+def test_a_demotion_found_needed_again_is_released_when_the_cgroup_stops_at_its_new_demand(tmp_path):
+    """/n1 is demoted while light (charged with web's wait two misses in a
+    row), then hogs: the give-back trial finds it needed and takes its
+    demand *now* as the one to fall under.  When it turns light again it is
+    released within ``hold`` ticks -- measured against its demand at the
+    first step (light) it would never have counted as stopped."""
+    store, act, slo, host = _unlabelled(tmp_path, target=2 * MS)
+
+    def tick(t):
+        s = host.tick(t)
+        if t < 2:                                         # light /n1 blamed for web's misses
+            s.columns["runq.p99"][1] = 4 * MS
+            s.culprits = np.array([(1, 2, 0.2)], dtype=CULPRIT_DTYPE)
+            s.columns["runq.wait.foreign"][1] = 0.2
+        return s
+
+    trace = []
+    HOG, LIGHT = 5, 40
+    for t in range(60):
+        host.hog = "/n1" if HOG <= t < LIGHT else None
+        s = tick(t)
+        act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+        trace.append(_knobs(tmp_path, "/n1")["cpu.idle"] == "1")
+    outcomes = [(o.culprit, o.outcome) for o in slo.outcomes]
+    assert outcomes[0] == ("/n1", "helped") and ("/n1", "needed") in outcomes
+    assert not any(trace[LIGHT + slo.hold + 1:])        # given back within hold ticks of turning light
+    assert all(trace[t] for t in range(LIGHT - 3, LIGHT))   # demoted while it hogged

@@ -54,7 +54,9 @@ class Verdicts:
             if trial.give_back:
                 by = charged(snap, row) if row is not None else None
                 blamed_now = None if by is None else {snap.cgroups.paths[r] for r in blamed(by)}
-                if self._give_back(state, culprit, st, blamed_now, now):
+                mine = index.get(culprit)
+                demand = float(snap.column("cpu.demand")[mine]) if mine is not None else math.nan
+                if self._give_back(state, culprit, st, blamed_now, demand, now):
                     judged.add(culprit)
                     undone = undone or st.trial is None and bool(st.levers)
                 continue
@@ -83,13 +85,15 @@ class Verdicts:
         return judged, undone
 
     def _give_back(self, state: dict[str, ControlState], culprit: str, st: ControlState,
-                   blamed_now: set[str] | None, now: float) -> bool:
+                   blamed_now: set[str] | None, demand: float, now: float) -> bool:
         """A give-back trial's verdict, as soon as there is one: "needed" at
         the first tick W misses without the demotion and l is among the
         culprits of W's wait (``blamed_now``; None where the collector does
         not attribute it: any miss) -- put back at once, and the next trial
-        waits twice as long; "released" when the window passed without (the
-        demotion stays given back).  True once decided."""
+        waits twice as long, and l's CPU demand now is the one it must fall
+        under to count as stopped (it may have been demoted while light, and
+        hog now); "released" when the window passed without (the demotion
+        stays given back).  True once decided."""
         trial = st.trial
         tick = aggregate(trial.samples[-1:])
         if tick > self.spec.target and (blamed_now is None or culprit in blamed_now):
@@ -111,6 +115,8 @@ class Verdicts:
             st.kept = now
             if outcome == "needed":
                 st.give_back_after = min(2 * st.give_back_after, GIVE_BACK_MAX * GIVE_BACK_AFTER)
+                if not math.isnan(demand):
+                    st.demand, st.calm = demand, 0
         return True
 
     def unjudged(self, culprit: str, st: ControlState, now: float) -> None:
