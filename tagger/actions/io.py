@@ -22,7 +22,7 @@ from .control import ControlPoint, Safety
 from .refusal import ActionRefused
 
 def spec_limits(spec: IoSpec) -> dict[str, int | None]:
-    out = {"rbps": spec.read_bps, "wbps": spec.write_bps, "riops": spec.read_iops, "wiops": spec.write_iops}
+    out = spec.limits()
     for k, v in out.items():
         if v is not None and v < IO_LIMIT_MIN:
             # v1 reads 0 as "no rule" and a stopped disk is never what a rule means.

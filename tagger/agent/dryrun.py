@@ -28,8 +28,7 @@ def planned_knobs(aset):
         # A number is "that many CPUs" (a policy's); the actuator picks which.
         yield "cpuset.cpus", f"{cpu.cpuset} CPUs" if isinstance(cpu.cpuset, int) else cpu.cpuset
     if io is not None:
-        limits = {"rbps": io.read_bps, "wbps": io.write_bps, "riops": io.read_iops, "wiops": io.write_iops}
-        yield f"io.max {io.device or '*'}", format_io_limits(limits)
+        yield f"io.max {io.device or '*'}", format_io_limits(io.limits())
     if rdt is not None:
         yield f"rdt.schemata {rdt.group}", " ".join(
             f"{k}={v}" for k, v in (("l3", rdt.l3), ("mb", rdt.mb)) if v is not None)

@@ -65,6 +65,10 @@ class IoSpec:
     read_iops: float | None = None
     write_iops: float | None = None
 
+    def limits(self) -> dict[str, float | None]:
+        """The limits by the kernel's ``io.max`` keys (rbps, wbps, riops, wiops)."""
+        return {"rbps": self.read_bps, "wbps": self.write_bps, "riops": self.read_iops, "wiops": self.write_iops}
+
 
 @dataclass(frozen=True)
 class RdtSpec:
