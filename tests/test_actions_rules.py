@@ -69,23 +69,23 @@ def test_rules_and_policy_drive_the_actuator_and_undo(tmp_path):
     assert (job / "cpu.max").read_text() == "50000 100000"
     assert (job / "io.max").read_text() == f"254:0 rbps={20 * 1024 * 1024} wbps=max riops=max wiops=max"
 
-    applied = tick(1, job_cpu=0.5, web_p99=6e-3)                # SLO missed: the ladder's first rung, cpu.idle
-    by = {(a.cgroup, a.knob): a for a in applied}
-    assert by[("/batch/job", "cpu.idle")].rule == "latency-slo:web-slo"
-    assert (job / "cpu.idle").read_text() == "1"
-    for t in (2, 3, 4):                                         # judged over 3 ticks: 6 ms stays 6 ms
-        applied = tick(t, job_cpu=0.5, web_p99=6e-3)
-    # No help: undone at the last tick of its window (the original back), and
-    # the next rung, the lowest weight, at the next miss.
-    assert (job / "cpu.idle").read_text() == "0" and (job / "cpu.weight").read_text() == "100"
-    assert [(o.lever, o.outcome) for o in slo.outcomes] == [("idle", "no_effect")] * 2     # /batch, /batch/job
-    applied = tick(5, job_cpu=0.5, web_p99=6e-3)
+    applied = tick(1, job_cpu=0.5, web_p99=6e-3)                # SLO missed: the ladder's first rung, the weight
     by = {(a.cgroup, a.knob): a for a in applied}
     assert by[("/batch/job", "cpu.weight")].rule == "latency-slo:web-slo"
     assert (job / "cpu.weight").read_text() == "1"
+    for t in (2, 3, 4):                                         # judged over 3 ticks: 6 ms stays 6 ms
+        applied = tick(t, job_cpu=0.5, web_p99=6e-3)
+    # No help: undone at the last tick of its window (the original back), and
+    # the next rung, cpu.idle, at the next miss.
+    assert (job / "cpu.weight").read_text() == "100" and (job / "cpu.idle").read_text().strip() == "0"
+    assert [(o.lever, o.outcome) for o in slo.outcomes] == [("weight", "no_effect")] * 2   # /batch, /batch/job
+    applied = tick(5, job_cpu=0.5, web_p99=6e-3)
+    by = {(a.cgroup, a.knob): a for a in applied}
+    assert by[("/batch/job", "cpu.idle")].rule == "latency-slo:web-slo"
+    assert (job / "cpu.idle").read_text() == "1"
     for t in (6, 7, 8):                                         # 6 -> 4 ms: a third less, it helped
         applied = tick(t, job_cpu=0.5, web_p99=4e-3)
-    assert slo.counts[("weight", "helped")] == 2
+    assert slo.counts[("idle", "helped")] == 2
     applied = tick(9, job_cpu=0.5, web_p99=4e-3)                # one miss with it kept: no quota yet
     assert ("/batch/job", "cpu.max") not in {(a.cgroup, a.knob) for a in applied}
     applied = tick(10, job_cpu=0.5, web_p99=4e-3)               # the second in a row: the next rung, a quota
@@ -95,10 +95,10 @@ def test_rules_and_policy_drive_the_actuator_and_undo(tmp_path):
 
     for t in range(11, 50):                                     # the hog is gone, the SLO holds
         applied = tick(t, job_cpu=0.1, web_p99=0.5e-3)
-    # Quotas released; the weights given back on trial once the SLO held (web
-    # keeps it without them): released, the originals back while web runs.
-    assert applied == [] and (job / "cpu.weight").read_text() == "100"
-    assert slo.counts[("weight", "released")] == 2
+    # Quotas released; cpu.idle given back on trial once the SLO held (web
+    # keeps it without it): released, the originals back while web runs.
+    assert applied == [] and (job / "cpu.idle").read_text().strip() == "0"
+    assert slo.counts[("idle", "released")] == 2
     assert (job / "cpu.max").read_text() == "max 100000"
     for t in range(50, 54):                                     # web stops: nothing to protect
         applied = tick(t, job_cpu=0.1, web_p99=float("nan"), web_cpu=0.0)

@@ -22,9 +22,11 @@ Each tick:
    the culprits count: the fewest most-charged cgroups that together hold half
    of it, each charged at least CULPRIT_FLOOR s/s -- the ones that held the
    CPU while W waited, not every cgroup that ran (:func:`.culprits.blamed`).
-   There a cgroup's first step also needs it blamed ``persist`` misses in a
-   row: one tick in which a light neighbour happened to hold the CPU does not
-   make it a culprit.
+   There a cgroup's first step also needs it blamed for ``persist`` of W's
+   misses with no miss between them it was not blamed for (ticks within the
+   SLO do not break the run, ``hold`` of them in a row do): one tick in which
+   a light neighbour happened to hold the CPU does not make it a culprit,
+   while a hog behind misses every other tick is one.
 4. If ``miss > 1``, each l with interference > 0 and no step under judgment
    takes one **step**: the next lever of the ladder for the resource that
    matters most to W (below), or, on a lever it keeps, a further cut by
@@ -34,10 +36,12 @@ Each tick:
    ceiling set), or an I/O limit back at the rate it was first throttled from,
    is dropped: the actuator then restores the cgroup's original setting.
 
-**The ladder** (``ladder``, default idle, weight, quota, cpuset: cheapest for
-l first) is the order of the CPU levers: ``idle`` (cpu.idle) and ``weight``
-(the lowest cpu.weight, 1; v1 cpu.shares 10) are work-conserving, l keeps
-every cycle W leaves; a ``quota`` costs l cycles whether or not W wants them;
+**The ladder** (``ladder``, default weight, idle, quota, cpuset: cheapest for
+l first, from the noisy-neighbour scenario's static sweeps) is the order of
+the CPU levers: ``weight`` (the lowest cpu.weight, 1; v1 cpu.shares 10) and
+``idle`` (cpu.idle) are work-conserving, l keeps every cycle W leaves (the
+sweeps had the weight keeping W within its SLO at least as often, and l's
+throughput at least as high); a ``quota`` costs l cycles whether or not W wants them;
 a ``cpuset`` (l confined to the CPUs the protected cgroups do not need: they
 keep ``ceil(1.5 × their CPU use)`` CPUs, at least one, and l at least one)
 costs l whole CPUs, but leaves W CPUs to wake up on without a preemption, the
@@ -45,7 +49,8 @@ one lever that brought a timer-driven victim's tail back on the
 noisy-neighbour scenario (docs/noisy_neighbor.md).  A rung may name several
 levers applied together; the old ``demote: [..]`` is the ladder ``[[..], quota]``.
 When the disk matters more to W than the CPU (importance), l's I/O limit is
-the step (lever ``io``).  A cgroup's first step comes on the first miss;
+the step (lever ``io``).  A cgroup's first step comes on the first miss it
+is interfering in (blamed ``persist`` times, with wait attribution);
 after that, a next step needs ``persist`` misses in a row under what l keeps.
 
 **Every step is verified.** The ``judge`` ticks after a step (the first is
@@ -137,7 +142,7 @@ class LatencySlo:
         self.verdicts = Verdicts(spec)
         self.ladder = Ladder(spec, self.verdicts.cooled)
         self._met = 0              # ticks in a row with the SLO met
-        self._blamed: dict[str, int] = {}   # path -> misses in a row it was blamed for (with attribution)
+        self._blamed: dict[str, int] = {}   # path -> W's misses it was blamed for, none since without it
         self._quiet = 0            # ticks in a row no protected cgroup ran
         self.rule = f"latency-slo:{spec.name}"
         self.cpus = cpus
@@ -212,8 +217,8 @@ class LatencySlo:
         missed = w is not None and miss > 1
         self.figures.record(snapshot, protect, lat)
         self._met = 0 if missed else self._met + 1
-        if not missed:
-            self._blamed.clear()
+        if self._met >= self.hold:
+            self._blamed.clear()        # the SLO held: a later miss starts afresh
         usage = snapshot.column("cpu.usage")
         # NaN (a collector that cannot tell) counts as running.
         ran = any(not usage[i] == 0 for i in protect)

@@ -99,7 +99,7 @@ CPU_LEVERS = ("idle", "weight", "quota", "cpuset")
 #: throughput there), a quota costs it cycles whether or not the victim wants
 #: them, a cpuset costs it whole CPUs (39-58%) but is the one lever that gave a
 #: timer-driven victim its tail back.
-DEFAULT_LADDER: tuple[tuple[str, ...], ...] = (("idle",), ("weight",), ("quota",), ("cpuset",))
+DEFAULT_LADDER: tuple[tuple[str, ...], ...] = (("weight",), ("idle",), ("quota",), ("cpuset",))
 
 
 @dataclass(frozen=True)
