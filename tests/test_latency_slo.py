@@ -793,10 +793,10 @@ def test_a_demotion_found_needed_again_is_released_when_the_cgroup_stops_at_its_
     assert all(trace[t] for t in range(LIGHT - 3, LIGHT))   # demoted while it hogged
 
 
-def test_a_culprit_blamed_for_misses_every_other_tick_is_one(tmp_path):
-    """web misses every other tick (a hog's harm comes and goes with web's
-    own load), /n1 blamed for each miss: the ticks within the SLO between
-    them do not reset its blame, so the second miss demotes it."""
+def test_blame_for_misses_a_tick_apart_does_not_add_up(tmp_path):
+    """web misses every other tick, /n1 blamed for each miss: a tick within
+    the SLO between two misses breaks the run (a light neighbour's bursts a
+    few ticks apart are not a hog), so /n1 is never demoted."""
     store, act, slo, host = _unlabelled(tmp_path, target=2 * MS)
 
     def tick(t):
@@ -807,7 +807,7 @@ def test_a_culprit_blamed_for_misses_every_other_tick_is_one(tmp_path):
             s.columns["runq.wait.foreign"][1] = 0.3
         return s
 
-    for t in range(3):
+    for t in range(9):
         s = tick(t)
         act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
-        assert (_knobs(tmp_path, "/n1") != ORIGINAL) == (t == 2), t
+        assert _knobs(tmp_path, "/n1") == ORIGINAL, t
