@@ -72,10 +72,11 @@ since it was last found needed is **given back on trial** (the cgroup wanting
 the least CPU first, one at a time): if W misses at a tick of the next
 ``judge`` with l blamed for it (any miss, without attribution) it is put back
 at once ("needed") and the next trial waits twice as long; else it stays
-given back ("released").  A demoted culprit is charged
-little of W's wait whether it still hogs or not, so only a trial tells.  A culprit that stops (its ``cpu.demand``, known
-where the run-queue wait is, under STOPPED times what it was at its first
-CPU step for ``hold`` ticks in a row) gets its CPU levers back at once: the
+given back ("released").  A demoted culprit is charged little of W's wait
+whether it still hogs or not, so only a trial tells.  A culprit that stops
+(its ``cpu.demand``, known where the run-queue wait is, under STOPPED times
+what it was at its first CPU step, or when a trial last found it needed, for
+``hold`` ticks in a row) gets its CPU levers back at once: the
 next cgroup to hog the CPU is the next culprit, and the last one's light
 work must not wait behind it at the lowest weight.  When no protected cgroup
 ran a task for ``hold`` ticks, nothing is left to protect and every limit is
