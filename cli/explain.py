@@ -19,6 +19,7 @@ import time
 import click
 import numpy as np
 
+from tagger.cli.actions import OUTCOME_TEXT
 from tagger.client import DEFAULT_SOCKET, ApiClient, ApiError
 from tagger.errors import RulesError
 from tagger.names import display, parse
@@ -27,7 +28,6 @@ from tagger.rules import expr as ex
 from tagger.rules import load_directory
 from tagger.rules.engine import context_for
 from tagger.snapshot import METRICS, NODE_METRICS, Snapshot
-from tagger.cli.actions import OUTCOME_TEXT
 from tagger.units import format_bytes, format_count, format_duration, format_percent
 
 
@@ -200,11 +200,12 @@ def _print_steps(path: str, steps: list[dict], now: float):
     if not steps:
         return
     click.echo(f"\n  policy steps naming {display(path)} (latest last):")
+    mine = {path, display(path)}
     for s in steps[-10:]:
         t = s.get("t")
         when = f"{format_duration(max(0.0, now - t))} ago" if isinstance(t, (int, float)) else "?"
-        role = f"culprit of {display(str(s.get('victim')))}" if s.get("culprit") in (path, display(path)) \
-            else f"victim; culprit {display(str(s.get('culprit')))}"
+        role = (f"culprit of {display(str(s.get('victim')))}" if s.get("culprit") in mine
+                else f"victim; culprit {display(str(s.get('culprit')))}")
         before, after = s.get("before"), s.get("after")
         fig = " -> ".join("-" if not isinstance(x, (int, float)) or math.isnan(x) else format_duration(x)
                           for x in (before, after))

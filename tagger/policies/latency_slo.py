@@ -264,10 +264,10 @@ class LatencySlo:
         harm = Interference(snapshot, w, protect + throttle, status.importance)
         status.charged = harm.charged
         size = self.ladder.cpuset_size(snapshot, protect, cpus)
-        blamed = {paths[i]: self._blamed.get(paths[i], 0) + 1 for i in throttle if harm.of(i) > 0}
+        interferences = {i: harm.of(i) for i in throttle}
+        blamed = {paths[i]: self._blamed.get(paths[i], 0) + 1 for i, x in interferences.items() if x > 0}
         self._blamed = blamed
-        for i in throttle:
-            interference = harm.of(i)
+        for i, interference in interferences.items():
             status.interference[paths[i]] = interference
             if interference <= 0:
                 continue
@@ -315,11 +315,11 @@ class LatencySlo:
         demotion that is due (kept ``give_back_after`` seconds), on the cgroup
         wanting the least CPU, is given back on trial.  True if one was."""
         demand = snap.column("cpu.demand")
-        index = {p: k for k, p in enumerate(snap.cgroups.paths)}
         due = []
         for path, st in self.state.items():
             if st.levers and not math.isnan(st.kept) and now - st.kept >= st.give_back_after:
-                want = demand[index[path]] if path in index else math.nan
+                row = snap.cgroups.index(path)
+                want = demand[row] if row is not None else math.nan
                 due.append((math.inf if math.isnan(want) else float(want), path))
         if not due:
             return False
@@ -337,10 +337,9 @@ class LatencySlo:
         ``hold`` ticks in a row); returns their paths.  Unknown demand (NaN:
         a collector without run-queue wait) never counts as stopped."""
         demand = snap.column("cpu.demand")
-        index = {p: k for k, p in enumerate(snap.cgroups.paths)}
         out = []
         for path, st in list(self.state.items()):
-            row = index.get(path)
+            row = snap.cgroups.index(path)
             if row is None or not st.holds_cpu or math.isnan(st.demand) or math.isnan(demand[row]):
                 continue
             st.calm = st.calm + 1 if demand[row] < STOPPED * st.demand else 0

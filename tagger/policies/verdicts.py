@@ -43,18 +43,18 @@ class Verdicts:
         whose window is full.  Returns the culprits judged this tick, and
         whether a step was undone."""
         judged, undone = set(), False
-        index = {p: k for k, p in enumerate(snap.cgroups.paths)}
+        index = snap.cgroups.index
         for culprit, st in list(state.items()):
             trial = st.trial
             if trial is None or trial.t >= now:
                 continue
-            row = index.get(trial.victim)
+            row = index(trial.victim)
             if row is not None:
                 trial.samples.append(figures.sample(snap, row))
             if trial.give_back:
                 by = charged(snap, row) if row is not None else None
                 blamed_now = None if by is None else {snap.cgroups.paths[r] for r in blamed(by)}
-                mine = index.get(culprit)
+                mine = index(culprit)
                 demand = float(snap.column("cpu.demand")[mine]) if mine is not None else math.nan
                 if self._give_back(state, culprit, st, blamed_now, demand, now):
                     judged.add(culprit)
