@@ -217,6 +217,7 @@ class Run:
         self.n = 0
         self.slo = math.nan        # set from the first round's alone phase (or --slo)
         self.alone_p99 = math.nan
+        self.phase_log: list[dict] = []   # every round's phases and static trials (--ticks)
 
     def log(self, msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -387,6 +388,7 @@ class Run:
         self.sampler.agent_pid = None
         self.agent = None
 
+        self.phase_log.extend({**p, "round": k} for p in phases)
         static = self.static_baseline(slo, k) if a.static_trial > 0 else {}
         return {"phases": phases, "batch_figs": batch_figs, "agent_cpu_share": agent_cpu_share,
                 "quota_after": quota_after, "restored": restored, "static": static, "steps": steps,
@@ -442,6 +444,7 @@ class Run:
                       "t0": t0, "t1": t1, **figs, **self.window_figures(t0, t1, slo, skip=1.0)}
                 tr["meets"] = rp.meets(tr["runq"]["p99"], tr["within"], slo, a.min_within)
                 trials.append(tr)
+                self.phase_log.append({"name": f"static {lever} {value:g}", "t0": t0, "t1": t1, "round": k})
                 self.log(f"  {lever} {value:g}: runq p99 {tr['runq']['p99'] * 1e3:.2f} ms, "
                          f"{tr['within'] * 100:.0f}% of ticks <= SLO, "
                          f"bogo-ops/s {tr['bogo_ops']:.0f}, meets SLO: {tr['meets']}")
@@ -964,6 +967,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--pipe-loops", type=int, default=300000)
     ap.add_argument("--switch-seconds", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--ticks", type=Path, metavar="FILE",
+                    help="also write every 1 s sample (web's p99, who was demoted, who was charged) "
+                         "and the phases as JSON lines, to look at a run tick by tick")
     args = ap.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     rungs = ladder(args.ladder)
@@ -977,6 +983,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     elif args.repeat < 1:
         ap.error("--repeat: at least 1")
     return args
+
+
+def write_ticks(path: Path, run) -> None:
+    """--ticks: one JSON line per sample, then one per phase (times are CLOCK_MONOTONIC)."""
+    fields = ("t", "dt", "web_p99", "web_events", "batch_cpu", "batch_quota", "batch_demoted", "steal",
+              "demoted", "cpu", "charged", "web_foreign", "web_wait")
+    with open(path, "w") as fh:
+        for s in run.sampler.samples:
+            fh.write(json.dumps({f: getattr(s, f) for f in fields}) + "\n")
+        for phase in getattr(run, "phase_log", []):
+            fh.write(json.dumps({"phase": phase}) + "\n")
 
 
 def main(argv=None):
@@ -1011,6 +1028,8 @@ def main(argv=None):
             print(f"noisy_neighbor: sampler failed: {run.sampler.error!r}", file=sys.stderr)
     if res is None:
         sys.exit(1)
+    if args.ticks:
+        write_ticks(args.ticks, run)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res["meta"]["total_s"] = time.monotonic() - t0

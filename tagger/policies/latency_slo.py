@@ -73,10 +73,16 @@ the least CPU first, one at a time): if W misses at a tick of the next
 ``judge`` with l blamed for it (any miss, without attribution) it is put back
 at once ("needed") and the next trial waits twice as long; else it stays
 given back ("released").  A demoted culprit is charged little of W's wait
-whether it still hogs or not, so only a trial tells.  A culprit that stops
+whether it still hogs or not, so only a trial tells -- except where its
+demand does: a work-conserving demotion (weight, idle) costs l only the CPU
+the protected take, and while l and the protected together want at least
+the node's CPUs (``cpu.demand``) giving it back could only bring the
+contention back, so it is not tried (and l's demand then is the one it must
+fall under to count as stopped); it goes when l stops or, once l fits
+beside them, a trial finds it not needed.  A culprit that stops
 (its ``cpu.demand``, known where the run-queue wait is, under STOPPED times
-what it was at its first CPU step, or when a trial last found it needed, for
-``hold`` ticks in a row) gets its CPU levers back at once: the
+what it was at its first CPU step, when a trial last found it needed, or
+when it was last seen wanting the node, for ``hold`` ticks in a row) gets its CPU levers back at once: the
 next cgroup to hog the CPU is the next culprit, and the last one's light
 work must not wait behind it at the lowest weight.  When no protected cgroup
 ran a task for ``hold`` ticks, nothing is left to protect and every limit is
@@ -112,10 +118,12 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
+
 from tagger.kernelfs import HOST
 from tagger.knobs import WEIGHT_MIN, CpuMax
 from tagger.rules.selectors import PathSelector
-from tagger.rules.spec import ActionSet, CpuSpec, IoSpec, LatencySloSpec, Selector
+from tagger.rules.spec import WORK_CONSERVING, ActionSet, CpuSpec, IoSpec, LatencySloSpec, Selector
 from tagger.snapshot import Snapshot
 
 from .culprits import SLOWDOWN, Interference, importance
@@ -247,7 +255,7 @@ class LatencySlo:
             status.action = "release"
             self._release(self.ladder.cpuset_size(snapshot, protect, cpus), ceiling)
             if w is not None:
-                changed |= self._give_back(snapshot, paths[w], now)
+                changed |= self._give_back(snapshot, paths[w], protect, cpus, now)
         if changed:
             # A new setting: the windows judge the ticks under it, not the
             # misses that asked for it (they would ask again at once).
@@ -310,17 +318,24 @@ class LatencySlo:
             if st.cpu is None and st.io_scale is None and not st.levers:
                 del self.state[path]
 
-    def _give_back(self, snap: Snapshot, victim: str, now: float) -> bool:
+    def _give_back(self, snap: Snapshot, victim: str, protect: list[int], cpus: float, now: float) -> bool:
         """The SLO has held ``hold`` ticks and no step is judged: the kept
         demotion that is due (kept ``give_back_after`` seconds), on the cgroup
-        wanting the least CPU, is given back on trial.  True if one was."""
+        wanting the least CPU, is given back on trial.  A work-conserving one
+        is not due while l and the protected want the whole node (see the
+        module doc).  True if one was given back."""
         demand = snap.column("cpu.demand")
+        protected = float(np.nansum(demand[protect])) if protect else 0.0
         due = []
         for path, st in self.state.items():
             if st.levers and not math.isnan(st.kept) and now - st.kept >= st.give_back_after:
                 row = snap.cgroups.index(path)
-                want = demand[row] if row is not None else math.nan
-                due.append((math.inf if math.isnan(want) else float(want), path))
+                want = float(demand[row]) if row is not None else math.nan
+                if st.levers <= WORK_CONSERVING and want + protected >= cpus:
+                    # Still a culprit by its demand: stopped is measured from this.
+                    st.demand, st.calm = want, 0
+                    continue        # (NaN compares False: unknown demand is tried)
+                due.append((math.inf if math.isnan(want) else want, path))
         if not due:
             return False
         path = min(due)[1]

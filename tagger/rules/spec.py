@@ -92,6 +92,10 @@ class ActionSet:
 
 #: The CPU levers a latency-slo ladder may name (docs/actions.md, "The lever ladder").
 CPU_LEVERS = ("idle", "weight", "quota", "cpuset")
+#: The levers that cost the culprit only the CPU the victim takes: it keeps
+#: every cycle the victim leaves idle (a quota or a cpuset costs it cycles
+#: whether or not the victim wants them).
+WORK_CONSERVING = frozenset({"idle", "weight"})
 
 #: The default ladder, cheapest for the culprit first (docs/noisy_neighbor.md's
 #: static sweep): cpu.idle and the lowest weight are work-conserving (the
