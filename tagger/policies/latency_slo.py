@@ -24,7 +24,9 @@ Each tick:
    CPU while W waited, not every cgroup that ran (:func:`.culprits.blamed`).
    There a cgroup's first step also needs it blamed ``persist`` misses in a
    row: one tick in which a light neighbour happened to hold the CPU does not
-   make it a culprit.  (Letting ticks within the SLO not break the run made
+   make it a culprit -- unless it *crowds* W: it and the protected together
+   want at least the node's CPUs (``cpu.demand``), a hog, not a light
+   neighbour's burst; then the first miss it is blamed for is enough.  (Letting ticks within the SLO not break the run made
    no first action faster on the labelled scenario, 2.3-10.2 s, and let a
    light neighbour's bursts a few ticks apart add up on the unlabelled one.)
 4. If ``miss > 1``, each l with interference > 0 and no step under judgment
@@ -50,7 +52,8 @@ noisy-neighbour scenario (docs/noisy_neighbor.md).  A rung may name several
 levers applied together; the old ``demote: [..]`` is the ladder ``[[..], quota]``.
 When the disk matters more to W than the CPU (importance), l's I/O limit is
 the step (lever ``io``).  A cgroup's first step comes on the first miss it
-is interfering in (blamed ``persist`` times, with wait attribution);
+is interfering in (blamed ``persist`` times, with wait attribution, unless
+it crowds W);
 after that, a next step needs ``persist`` misses in a row under what l keeps.
 
 **Every step is verified.** The ``judge`` ticks after a step (the first is
@@ -279,8 +282,9 @@ class LatencySlo:
             status.interference[paths[i]] = interference
             if interference <= 0:
                 continue
-            if harm.attributed and paths[i] not in self.state and blamed[paths[i]] < spec.persist:
-                continue        # blamed for one tick: not yet a culprit
+            if (harm.attributed and paths[i] not in self.state and blamed[paths[i]] < spec.persist
+                    and not self._crowds(snapshot, i, protect, cpus)):
+                continue        # blamed for one tick, and light: not yet a culprit
             st = self.state.setdefault(paths[i], ControlState())
             if st.trial is not None or paths[i] in judged:
                 continue        # one step at a time, each judged before the next
@@ -318,6 +322,13 @@ class LatencySlo:
             if st.cpu is None and st.io_scale is None and not st.levers:
                 del self.state[path]
 
+    @staticmethod
+    def _crowds(snap: Snapshot, row: int, protect: list[int], cpus: float) -> bool:
+        """``row`` and the protected cgroups together want at least the node's
+        CPUs (``cpu.demand``; False where it is not known)."""
+        demand = snap.column("cpu.demand")
+        return bool(demand[row] + np.nansum(demand[protect]) >= cpus)
+
     def _give_back(self, snap: Snapshot, victim: str, protect: list[int], cpus: float, now: float) -> bool:
         """The SLO has held ``hold`` ticks and no step is judged: the kept
         demotion that is due (kept ``give_back_after`` seconds), on the cgroup
@@ -325,16 +336,15 @@ class LatencySlo:
         is not due while l and the protected want the whole node (see the
         module doc).  True if one was given back."""
         demand = snap.column("cpu.demand")
-        protected = float(np.nansum(demand[protect])) if protect else 0.0
         due = []
         for path, st in self.state.items():
             if st.levers and not math.isnan(st.kept) and now - st.kept >= st.give_back_after:
                 row = snap.cgroups.index(path)
                 want = float(demand[row]) if row is not None else math.nan
-                if st.levers <= WORK_CONSERVING and want + protected >= cpus:
+                if st.levers <= WORK_CONSERVING and row is not None and self._crowds(snap, row, protect, cpus):
                     # Still a culprit by its demand: stopped is measured from this.
                     st.demand, st.calm = want, 0
-                    continue        # (NaN compares False: unknown demand is tried)
+                    continue
                 due.append((math.inf if math.isnan(want) else want, path))
         if not due:
             return False
