@@ -311,6 +311,7 @@ class Run:
         # The overhead runs compare no BPF at all with tagger's: our own
         # collector (the samples are kept) goes first.
         self.sampler.stop()
+        self.note_sampler_gaps()
         overhead = self.overhead() if a.overhead_rounds > 0 else {}
         return self.results(rounds, overhead, load_before)
 
@@ -522,6 +523,14 @@ class Run:
             probe.append(rp.read_probe(str(probe_out)))
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0, 2))   # noqa: E731
         return cat(cyc), cat(probe)
+
+    def note_sampler_gaps(self) -> None:
+        """Say where the sampler fell behind: each gap is one long sample."""
+        late = [s.dt for s in self.sampler.samples if s.dt > 1.5 * self.args.interval]
+        if late:
+            self.notes.append(f"The sampler was held up {len(late)} time(s) (samples of {min(late):.1f}-"
+                              f"{max(late):.1f} s instead of {self.args.interval:g} s); each gap counts as "
+                              f"one tick, judged on its whole window.")
 
     def window_figures(self, t0, t1, slo, skip=0.0) -> dict:
         cyc, probe = self.records()
@@ -887,6 +896,7 @@ class UnlabelledRun(Run):
                 restored, bad = self.neighbours_restored()
                 self.notes += [f"after tagger run stopped, {b}" for b in bad]
         self.sampler.stop()
+        self.note_sampler_gaps()
         return self.unlabelled_results(turns, bogo, steps, restored, load_before)
 
     def unlabelled_results(self, turns, bogo, steps, restored, load_before) -> dict:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tagger.clock import Ticker
+
 RUNQ_HISTS = ("runq.wakeup", "runq.new", "runq.preempt")
 
 
@@ -79,15 +81,25 @@ class Sampler(threading.Thread):
         self.error: BaseException | None = None
         self._steal = steal_seconds()
         self._halt = threading.Event()
+        self.ticker: Ticker | None = None
 
     def run(self):
         try:
             self.collector.tick()
-            next_t = time.monotonic() + self.interval
+            # tagger's own schedule (tagger.clock.Ticker): a late sample (this
+            # thread did not run for seconds: the runs of 2026-11-30 saw
+            # 1.5-12 s, with batch demoted) covers the whole gap, and the
+            # missed slots are skipped, not caught up with a burst of
+            # millisecond windows whose p99 says nothing.
+            ticker = self.ticker = Ticker(self.interval, first=time.monotonic() + self.interval)
             while not self._halt.is_set():
-                self._halt.wait(max(0.0, next_t - time.monotonic()))
-                next_t += self.interval
+                wait = ticker.due_in()
+                if wait > 0:
+                    self._halt.wait(wait)
+                    continue
+                ticker.begin()
                 self.samples.append(self._sample())
+                ticker.end()
         except BaseException as err:     # the main thread reports it
             self.error = err
 
