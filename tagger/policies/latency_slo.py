@@ -26,9 +26,10 @@ Each tick:
    row: one tick in which a light neighbour happened to hold the CPU does not
    make it a culprit -- unless it *crowds* W: it and the protected together
    want at least the node's CPUs (``cpu.demand``), a hog, not a light
-   neighbour's burst; then the first miss it is blamed for is enough.  (Letting ticks within the SLO not break the run made
-   no first action faster on the labelled scenario, 2.3-10.2 s, and let a
-   light neighbour's bursts a few ticks apart add up on the unlabelled one.)
+   neighbour's burst; then the first miss it is blamed for is enough.
+   (Letting ticks within the SLO not break the run made no first action
+   faster on the labelled scenario, 2.3-10.2 s, and let a light neighbour's
+   bursts a few ticks apart add up on the unlabelled one.)
 4. If ``miss > 1``, each l with interference > 0 and no step under judgment
    takes one **step**: the next lever of the ladder for the resource that
    matters most to W (below), or, on a lever it keeps, a further cut by
@@ -82,12 +83,12 @@ the protected take, and while l and the protected together want at least
 the node's CPUs (``cpu.demand``) giving it back could only bring the
 contention back, so it is not tried (and l's demand then is the one it must
 fall under to count as stopped); it goes when l stops or, once l fits
-beside them, a trial finds it not needed.  A culprit that stops
-(its ``cpu.demand``, known where the run-queue wait is, under STOPPED times
-what it was at its first CPU step, when a trial last found it needed, or
-when it was last seen wanting the node, for ``hold`` ticks in a row) gets its CPU levers back at once: the
-next cgroup to hog the CPU is the next culprit, and the last one's light
-work must not wait behind it at the lowest weight.  When no protected cgroup
+beside them, a trial finds it not needed.  A culprit that stops (its
+``cpu.demand``, known where the run-queue wait is, under STOPPED times what
+it was at its first CPU step, when a trial last found it needed, or when it
+was last seen wanting the node, for ``hold`` ticks in a row) gets its CPU
+levers back at once: the next cgroup to hog the CPU is the next culprit, and
+the last one's light work must not wait behind it at the lowest weight.  When no protected cgroup
 ran a task for ``hold`` ticks, nothing is left to protect and every limit is
 dropped at once rather than released step by step.
 
