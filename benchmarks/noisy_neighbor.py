@@ -367,8 +367,11 @@ class Run:
         batch_figs["release"] = self.finish_batch(br, timeout=5)
 
         self.log("stopping tagger run (SIGTERM)")
-        # The policy's judged steps (tagger actions shows the same).
-        steps = self.agent.health().get("policy_recent_steps") or []
+        # The policy's judged steps (tagger actions shows the same), and how
+        # late the agent's own ticks started.
+        health = self.agent.health()
+        steps = health.get("policy_recent_steps") or []
+        self.note_agent_ticks(health, f"round {k + 1}")
         code = self.agent.stop()
         quota_after = batch.raw_quota()
         idle_after, shares_after, cpuset_after = batch.idle(), batch.shares(), batch.cpuset()
@@ -523,6 +526,14 @@ class Run:
             probe.append(rp.read_probe(str(probe_out)))
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0, 2))   # noqa: E731
         return cat(cyc), cat(probe)
+
+    def note_agent_ticks(self, health: dict, label: str) -> None:
+        """How late the agent's own ticks started (its Ticker): the sampler's
+        gaps are the benchmark's, these would be tagger's."""
+        if health:
+            self.notes.append(f"{label}: tagger run's ticks started at most "
+                              f"{health.get('tick_jitter_max_seconds', math.nan):.2f} s late "
+                              f"({health.get('overruns', 0)} overrun(s) in {health.get('ticks', 0)} ticks).")
 
     def note_sampler_gaps(self) -> None:
         """Say where the sampler fell behind: each gap is one long sample."""
@@ -889,7 +900,9 @@ class UnlabelledRun(Run):
             if mode == "tagger":
                 # The socket gives each step's tick in epoch seconds: back to CLOCK_MONOTONIC, the turns' clock.
                 offset = time.time() - time.monotonic()
-                steps = [{**st, "t": st["t"] - offset} for st in self.agent.health().get("policy_recent_steps") or ()]
+                health = self.agent.health()
+                self.note_agent_ticks(health, "tagger mode")
+                steps = [{**st, "t": st["t"] - offset} for st in health.get("policy_recent_steps") or ()]
                 self.agent.stop()
                 self.sampler.agent_pid = None
                 self.agent = None
