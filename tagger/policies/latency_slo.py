@@ -88,9 +88,10 @@ beside them, a trial finds it not needed.  A culprit that stops (its
 it was at its first CPU step, when a trial last found it needed, or when it
 was last seen wanting the node, for ``hold`` ticks in a row) gets its CPU
 levers back at once: the next cgroup to hog the CPU is the next culprit, and
-the last one's light work must not wait behind it at the lowest weight.  When no protected cgroup
-ran a task for ``hold`` ticks, nothing is left to protect and every limit is
-dropped at once rather than released step by step.
+the last one's light work must not wait behind it at the lowest weight.
+When no protected cgroup ran a task for ``hold`` ticks, nothing is left to
+protect and every limit is dropped at once rather than released step by
+step.
 
 Two additions to the seed algorithm keep it from sitting on the target (the
 proportional throttle vanishes as miss -> 1 while each release adds β; a
@@ -259,7 +260,7 @@ class LatencySlo:
             status.action = "release"
             self._release(self.ladder.cpuset_size(snapshot, protect, cpus), ceiling)
             if w is not None:
-                changed |= self._give_back(snapshot, paths[w], protect, cpus, now)
+                changed |= self._give_back(snapshot, paths[w], self._room(snapshot, protect, cpus), now)
         if changed:
             # A new setting: the windows judge the ticks under it, not the
             # misses that asked for it (they would ask again at once).
@@ -276,6 +277,7 @@ class LatencySlo:
         harm = Interference(snapshot, w, protect + throttle, status.importance)
         status.charged = harm.charged
         size = self.ladder.cpuset_size(snapshot, protect, cpus)
+        room, demand = self._room(snapshot, protect, cpus), snapshot.column("cpu.demand")
         interferences = {i: harm.of(i) for i in throttle}
         blamed = {paths[i]: self._blamed.get(paths[i], 0) + 1 for i, x in interferences.items() if x > 0}
         self._blamed = blamed
@@ -284,7 +286,7 @@ class LatencySlo:
             if interference <= 0:
                 continue
             if (harm.attributed and paths[i] not in self.state and blamed[paths[i]] < spec.persist
-                    and not self._crowds(snapshot, i, protect, cpus)):
+                    and not demand[i] >= room):
                 continue        # blamed for one tick, and light: not yet a culprit
             st = self.state.setdefault(paths[i], ControlState())
             if st.trial is not None or paths[i] in judged:
@@ -324,13 +326,13 @@ class LatencySlo:
                 del self.state[path]
 
     @staticmethod
-    def _crowds(snap: Snapshot, row: int, protect: list[int], cpus: float) -> bool:
-        """``row`` and the protected cgroups together want at least the node's
-        CPUs (``cpu.demand``; False where it is not known)."""
-        demand = snap.column("cpu.demand")
-        return bool(demand[row] + np.nansum(demand[protect]) >= cpus)
+    def _room(snap: Snapshot, protect: list[int], cpus: float) -> float:
+        """CPUs the node has beside what the protected cgroups want
+        (``cpu.demand``): a cgroup wanting at least this *crowds* them (a NaN
+        demand never does)."""
+        return cpus - float(np.nansum(snap.column("cpu.demand")[protect]))
 
-    def _give_back(self, snap: Snapshot, victim: str, protect: list[int], cpus: float, now: float) -> bool:
+    def _give_back(self, snap: Snapshot, victim: str, room: float, now: float) -> bool:
         """The SLO has held ``hold`` ticks and no step is judged: the kept
         demotion that is due (kept ``give_back_after`` seconds), on the cgroup
         wanting the least CPU, is given back on trial.  A work-conserving one
@@ -342,7 +344,7 @@ class LatencySlo:
             if st.levers and not math.isnan(st.kept) and now - st.kept >= st.give_back_after:
                 row = snap.cgroups.index(path)
                 want = float(demand[row]) if row is not None else math.nan
-                if st.levers <= WORK_CONSERVING and row is not None and self._crowds(snap, row, protect, cpus):
+                if st.levers <= WORK_CONSERVING and want >= room:
                     # Still a culprit by its demand: stopped is measured from this.
                     st.demand, st.calm = want, 0
                     continue
