@@ -81,7 +81,6 @@ class Sampler(threading.Thread):
         self.error: BaseException | None = None
         self._steal = steal_seconds()
         self._halt = threading.Event()
-        self.ticker: Ticker | None = None
 
     def run(self):
         try:
@@ -91,7 +90,7 @@ class Sampler(threading.Thread):
             # 1.5-12 s, with batch demoted) covers the whole gap, and the
             # missed slots are skipped, not caught up with a burst of
             # millisecond windows whose p99 says nothing.
-            ticker = self.ticker = Ticker(self.interval, first=time.monotonic() + self.interval)
+            ticker = Ticker(self.interval, first=time.monotonic() + self.interval)
             while not self._halt.is_set():
                 wait = ticker.due_in()
                 if wait > 0:
