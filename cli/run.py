@@ -48,11 +48,15 @@ def _off(value):
                    "and container names for the labels (a node without them has none); 'off' to disable.")
 @click.option("--bpf-stats", is_flag=True,
               help="Keep BPF run-time statistics on to export ns per event (costs a little per event).")
+@click.option("--rt-priority", type=click.IntRange(0, 99), default=1, show_default=True, metavar="N",
+              help="Run the tick loop as SCHED_FIFO N (the lowest real-time priority by default; 0: "
+                   "SCHED_OTHER).  Beside a neighbour it demoted, an ordinary loop was seen starved for "
+                   "seconds; only the loop's thread changes, not what it starts.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.pass_context
 def run(ctx, rules, interval, dry_run, state_dir, metrics, export, export_top, export_cap, socket_path,
-        record, redis, config_file, cgroupfs_only, cgroupfs_every, kubelet_logs, bpf_stats, log_level):
+        record, redis, config_file, cgroupfs_only, cgroupfs_every, kubelet_logs, bpf_stats, rt_priority, log_level):
     """Run the agent: each tick, Snapshot -> rules -> tags -> actions -> publish.
 
     \b
@@ -75,13 +79,13 @@ def run(ctx, rules, interval, dry_run, state_dir, metrics, export, export_top, e
         "metrics": _off(metrics), "socket": _off(socket_path), "record": record, "redis": redis,
         "export": tuple(export), "prefer_bpf": not cgroupfs_only, "cgroupfs_every": cgroupfs_every,
         "bpf_stats": bpf_stats, "export_top": export_top, "export_cap": export_cap,
-        "kubelet_logs": _off(kubelet_logs),
+        "kubelet_logs": _off(kubelet_logs), "rt_priority": rt_priority,
     }
     params = {"rules": "rules", "interval": "interval", "dry_run": "dry_run", "state_dir": "state_dir",
               "metrics": "metrics", "socket": "socket_path", "record": "record", "redis": "redis",
               "export": "export", "prefer_bpf": "cgroupfs_only", "cgroupfs_every": "cgroupfs_every",
               "bpf_stats": "bpf_stats", "export_top": "export_top", "export_cap": "export_cap",
-              "kubelet_logs": "kubelet_logs"}
+              "kubelet_logs": "kubelet_logs", "rt_priority": "rt_priority"}
     for key, value in given.items():
         source = ctx.get_parameter_source(params[key])
         if key not in settings or source == click.core.ParameterSource.COMMANDLINE:

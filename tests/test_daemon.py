@@ -302,6 +302,15 @@ def test_cli_sighup_and_sigterm(tmp_path, rules_dir):
             except Exception:
                 return None
         wait_for(lambda: (health() or {}).get("ticks", 0) >= 1, timeout=120, what="tagger run ticking")  # imports and first tick: slow under TCG
+        # The loop runs SCHED_FIFO 1 (the default --rt-priority); the threads it
+        # started before (socket, metrics) stay SCHED_OTHER (stat field 41: policy).
+        assert health()["tick_rt_priority"] == 1
+        policies = {}
+        for tid in os.listdir(f"/proc/{proc.pid}/task"):
+            with open(f"/proc/{proc.pid}/task/{tid}/stat") as fh:
+                policies[int(tid)] = int(fh.read().rsplit(")", 1)[1].split()[38])
+        assert policies.pop(proc.pid) == os.SCHED_FIFO
+        assert policies and set(policies.values()) == {os.SCHED_OTHER}, policies
         os.kill(proc.pid, signal.SIGHUP)
         wait_for(lambda: (health() or {}).get("reloads", 0) >= 1, timeout=10, what="SIGHUP reload")
         proc.send_signal(signal.SIGTERM)

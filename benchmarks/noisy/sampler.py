@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tagger.agent import priority
 from tagger.clock import Ticker
 
 RUNQ_HISTS = ("runq.wakeup", "runq.new", "runq.preempt")
@@ -84,6 +85,10 @@ class Sampler(threading.Thread):
 
     def run(self):
         try:
+            # As tagger run's loop (tagger.agent.priority): beside a demoted
+            # batch an ordinary thread was starved for seconds, and a sample
+            # held up that long measures the harness, not web.
+            priority.run_tick_loop_at(priority.DEFAULT)
             self.collector.tick()
             # tagger's own schedule (tagger.clock.Ticker): a late sample (this
             # thread did not run for seconds: the runs of 2026-11-30 saw

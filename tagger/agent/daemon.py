@@ -32,7 +32,7 @@ from tagger.errors import ConfigError
 from tagger.kernelfs import HOST, KernelFS
 from tagger.sdnotify import Notifier
 
-from . import build
+from . import build, priority
 from .config import Config
 from .pipeline import Pipeline, TickCost
 from .rules_state import RulesState
@@ -98,6 +98,13 @@ class Daemon:
 
     def run(self) -> int:
         """Set up, loop until stopped, tear down.  0 on a clean stop."""
+        before = priority.current()
+        try:
+            return self._run()
+        finally:
+            priority.restore(before)
+
+    def _run(self) -> int:
         with contextlib.ExitStack() as stack:
             # Handlers first: SIGTERM while BPF loads must still revert what a
             # crashed run left (issue 13); until the loop runs, setup checks the flag.
@@ -110,9 +117,12 @@ class Daemon:
                 stack.close()
                 log.info("stopped")
                 return 0
+            # After setup: the threads it started stay SCHED_OTHER.
+            self.cost.rt_priority = priority.run_tick_loop_at(self.config.rt_priority)
             self.ready = True
-            log.info("tagger %s running: rules %s, every %gs%s", __version__, self.config.rules_dir,
-                     self.config.interval, " (dry run: nothing is changed)" if self.config.dry_run else "")
+            log.info("tagger %s running: rules %s, every %gs (%s)%s", __version__, self.config.rules_dir,
+                     self.config.interval, f"SCHED_FIFO {self.cost.rt_priority}" if self.cost.rt_priority
+                     else "SCHED_OTHER", " (dry run: nothing is changed)" if self.config.dry_run else "")
             self._loop()
             log.info("stopping: reverting actions, detaching BPF")
             self.notifier.stopping()

@@ -31,6 +31,7 @@ class TickCost:
         self.last_wall = 0.0
         self.last_cpu = 0.0
         self.stages: dict[str, float] = {}      # seconds per stage of the last tick
+        self.rt_priority = 0                    # the loop's SCHED_FIFO priority (0: SCHED_OTHER)
 
     overruns = property(lambda self: self.ticker.overruns if self.ticker is not None else 0)
     last_jitter = property(lambda self: self.ticker.last_jitter if self.ticker is not None else 0.0)
@@ -184,7 +185,7 @@ class Pipeline:
             version=__version__, interval_seconds=self.interval, tick_seconds=c.last_wall,
             tick_cpu_seconds=c.last_cpu, tick_stage_seconds=dict(c.stages),
             tick_jitter_seconds=c.last_jitter, tick_jitter_max_seconds=c.max_jitter,
-            ticks=c.ticks, overruns=c.overruns, tick_errors=c.errors,
+            tick_rt_priority=c.rt_priority, ticks=c.ticks, overruns=c.overruns, tick_errors=c.errors,
             cpu_seconds=time.process_time(), policies_loaded=len(self.policies),
             cgroups=len(self.last_snapshot) if self.last_snapshot is not None else 0,
             dry_run=self.dry_run, collector=self._collector_health())
