@@ -829,3 +829,35 @@ def test_blame_for_misses_a_tick_apart_does_not_add_up(tmp_path):
         s = tick(t)
         act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
         assert _knobs(tmp_path, "/n1") == ORIGINAL, t
+
+
+def test_beside_a_hog_light_neighbours_blamed_for_the_misses_left_are_not_stepped(tmp_path):
+    """/n1 hogs and is demoted; web keeps missing, with light /n2 blamed for
+    every miss (charged 0.3 s/s, far over the floor, many misses in a row):
+    /n2 is left alone while /n1 hogs -- the hog is the cause at hand.  Once
+    /n1 has stopped and been released, /n2 blamed for ``persist`` misses in a
+    row is a culprit like any other and is stepped."""
+    store, act, slo, host = _unlabelled(tmp_path, target=2 * MS)
+    HOG, STOP, END = 1, 25, 45
+
+    def tick(t):
+        s = host.tick(t)
+        if t > HOG + 2:                                   # the misses left beside the demoted hog
+            s.columns["runq.p99"][1] = 4 * MS
+            s.culprits = np.array([(1, 3, 0.3)], dtype=CULPRIT_DTYPE)
+            s.columns["runq.wait.foreign"][1] = 0.3
+        return s
+
+    n2_from = None
+    for t in range(END):
+        host.hog = "/n1" if HOG <= t < STOP else None
+        s = tick(t)
+        act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+        if t < STOP:
+            assert _knobs(tmp_path, "/n2") == ORIGINAL, t
+        elif n2_from is None and _knobs(tmp_path, "/n2") != ORIGINAL:
+            n2_from = t
+    assert slo.outcomes[0].culprit == "/n1" and slo.outcomes[0].lever == "idle"
+    assert _knobs(tmp_path, "/n1") == ORIGINAL                  # released once it stopped
+    # Stopped is `hold` ticks under half its demand; then /n2's `persist` misses.
+    assert n2_from is not None and n2_from <= STOP + slo.hold + slo.spec.persist + 1
