@@ -533,7 +533,8 @@ class Run:
         if health:
             self.notes.append(f"{label}: tagger run's ticks started at most "
                               f"{health.get('tick_jitter_max_seconds', math.nan):.2f} s late "
-                              f"({health.get('overruns', 0)} overrun(s) in {health.get('ticks', 0)} ticks).")
+                              f"({health.get('overruns', 0)} overrun(s) in {health.get('ticks', 0)} ticks; "
+                              f"{health.get('tick_boosts', 0)} found starved and run as SCHED_FIFO by its guard).")
 
     def note_sampler_gaps(self) -> None:
         """Say where the sampler fell behind: each gap is one long sample."""
@@ -542,6 +543,9 @@ class Run:
             self.notes.append(f"The sampler was held up {len(late)} time(s) (samples of {min(late):.1f}-"
                               f"{max(late):.1f} s instead of {self.args.interval:g} s); each gap counts as "
                               f"one tick, judged on its whole window.")
+        if self.sampler.boosts:
+            self.notes.append(f"The sampler was found starved {self.sampler.boosts} time(s) and run as "
+                              f"SCHED_FIFO by its guard (tagger.agent.loopguard).")
 
     def window_figures(self, t0, t1, slo, skip=0.0) -> dict:
         cyc, probe = self.records()

@@ -49,9 +49,9 @@ def _off(value):
 @click.option("--bpf-stats", is_flag=True,
               help="Keep BPF run-time statistics on to export ns per event (costs a little per event).")
 @click.option("--rt-priority", type=click.IntRange(0, 99), default=1, show_default=True, metavar="N",
-              help="Run the tick loop as SCHED_FIFO N (the lowest real-time priority by default; 0: "
-                   "SCHED_OTHER).  Beside a neighbour it demoted, an ordinary loop was seen starved for "
-                   "seconds; only the loop's thread changes, not what it starts.")
+              help="A tick starved for 0.25 s (late, or stuck) runs as SCHED_FIFO N until it is done; a "
+                   "guard process at SCHED_FIFO N watches the loop (0: no guard).  Beside a neighbour it "
+                   "demoted, an ordinary loop was seen starved for seconds.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.pass_context

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tagger.agent import priority
+from tagger.agent.loopguard import LoopGuard
 from tagger.clock import Ticker
 
 RUNQ_HISTS = ("runq.wakeup", "runq.new", "runq.preempt")
@@ -80,15 +80,16 @@ class Sampler(threading.Thread):
         self.samples: list[Sample] = []
         self.agent_pid: int | None = None
         self.error: BaseException | None = None
+        self.boosts = 0           # samples found starved and run as SCHED_FIFO
         self._steal = steal_seconds()
         self._halt = threading.Event()
 
     def run(self):
         try:
-            # As tagger run's loop (tagger.agent.priority): beside a demoted
-            # batch an ordinary thread was starved for seconds, and a sample
-            # held up that long measures the harness, not web.
-            priority.run_tick_loop_at(priority.DEFAULT)
+            # Guarded as tagger run's loop (tagger.agent.loopguard): beside a
+            # demoted batch an ordinary thread was starved for seconds, and a
+            # sample held up that long measures the harness, not web.
+            guard = LoopGuard()
             self.collector.tick()
             # tagger's own schedule (tagger.clock.Ticker): a late sample (this
             # thread did not run for seconds: the runs of 2026-11-30 saw
@@ -96,14 +97,20 @@ class Sampler(threading.Thread):
             # missed slots are skipped, not caught up with a burst of
             # millisecond windows whose p99 says nothing.
             ticker = Ticker(self.interval, first=time.monotonic() + self.interval)
-            while not self._halt.is_set():
-                wait = ticker.due_in()
-                if wait > 0:
-                    self._halt.wait(wait)
-                    continue
-                ticker.begin()
-                self.samples.append(self._sample())
-                ticker.end()
+            guard.waiting(ticker.next)
+            try:
+                while not self._halt.is_set():
+                    wait = ticker.due_in()
+                    if wait > 0:
+                        self._halt.wait(wait)
+                        continue
+                    guard.begun(ticker.begin())
+                    self.samples.append(self._sample())
+                    ticker.end()
+                    guard.ended(time.monotonic(), ticker.next)
+            finally:
+                self.boosts = guard.boosts
+                guard.close()
         except BaseException as err:     # the main thread reports it
             self.error = err
 

@@ -50,7 +50,7 @@ class Config:
     #: seconds the rules directory must be still before a change is reloaded
     #: (a file caught mid-write is never loaded; docs/rules.md "Reload")
     rules_settle: float = 1.0
-    #: the tick loop's SCHED_FIFO priority, 0 for SCHED_OTHER (tagger.agent.priority)
+    #: the SCHED_FIFO priority a starved tick loop is run at, 0: unguarded (tagger.agent.loopguard)
     rt_priority: int = 1
 
     @property

@@ -32,8 +32,9 @@ from tagger.errors import ConfigError
 from tagger.kernelfs import HOST, KernelFS
 from tagger.sdnotify import Notifier
 
-from . import build, priority
+from . import build
 from .config import Config
+from .loopguard import LoopGuard
 from .pipeline import Pipeline, TickCost
 from .rules_state import RulesState
 from .signals import Signals
@@ -68,6 +69,7 @@ class Daemon:
         self.publishers: build.Publishers | None = None
         self.signals = Signals()
         self.ready = False
+        self.guard: LoopGuard | None = None
         self._reverted = False
 
     # --- what tests and the benchmark read ------------------------------------
@@ -98,11 +100,12 @@ class Daemon:
 
     def run(self) -> int:
         """Set up, loop until stopped, tear down.  0 on a clean stop."""
-        before = priority.current()
         try:
             return self._run()
         finally:
-            priority.restore(before)
+            if self.guard is not None:
+                self.guard.close()      # after teardown, which it watches too
+                self.guard = None
 
     def _run(self) -> int:
         with contextlib.ExitStack() as stack:
@@ -117,12 +120,11 @@ class Daemon:
                 stack.close()
                 log.info("stopped")
                 return 0
-            # After setup: the threads it started stay SCHED_OTHER.
-            self.cost.rt_priority = priority.run_tick_loop_at(self.config.rt_priority)
+            # Watching this thread, the loop's, from here on (tagger.agent.loopguard).
+            self.guard = self.cost.guard = LoopGuard(self.config.rt_priority)
             self.ready = True
-            log.info("tagger %s running: rules %s, every %gs (%s)%s", __version__, self.config.rules_dir,
-                     self.config.interval, f"SCHED_FIFO {self.cost.rt_priority}" if self.cost.rt_priority
-                     else "SCHED_OTHER", " (dry run: nothing is changed)" if self.config.dry_run else "")
+            log.info("tagger %s running: rules %s, every %gs%s", __version__, self.config.rules_dir,
+                     self.config.interval, " (dry run: nothing is changed)" if self.config.dry_run else "")
             self._loop()
             log.info("stopping: reverting actions, detaching BPF")
             self.notifier.stopping()
@@ -193,8 +195,9 @@ class Daemon:
 
     # --- the loop -------------------------------------------------------------
     def _loop(self):
-        ticker = self.cost.ticker
+        ticker, guard = self.cost.ticker, self.guard
         ticker.next = self.clock()          # the first tick is due now
+        guard.waiting(time.monotonic())
         last_watchdog = -math.inf
         fed_at_ticks = 0            # cost.ticks when the watchdog was last fed
         while not self.signals.stop:
@@ -205,6 +208,7 @@ class Daemon:
                     self._reload(forced=True)
                 continue
             now = ticker.begin()
+            guard.begun(time.monotonic())
             self.pipeline.tick()
             if self.cost.ticks + self.cost.errors == 1:
                 # READY=1 once the first tick went through (systemd's "started").
@@ -221,6 +225,7 @@ class Daemon:
                 self.notifier.watchdog()
                 last_watchdog, fed_at_ticks = now, self.cost.ticks
             ticker.end()            # an overrun skips the slots it missed, never bursts
+            guard.ended(time.monotonic(), time.monotonic() + ticker.due_in())
 
     def _reload(self, forced: bool):
         """SIGHUP, or a settled change (tagger.agent.rules_state)."""

@@ -31,7 +31,7 @@ class TickCost:
         self.last_wall = 0.0
         self.last_cpu = 0.0
         self.stages: dict[str, float] = {}      # seconds per stage of the last tick
-        self.rt_priority = 0                    # the loop's SCHED_FIFO priority (0: SCHED_OTHER)
+        self.guard = None                       # the loop's LoopGuard (tagger.agent.loopguard), if any
 
     overruns = property(lambda self: self.ticker.overruns if self.ticker is not None else 0)
     last_jitter = property(lambda self: self.ticker.last_jitter if self.ticker is not None else 0.0)
@@ -185,7 +185,8 @@ class Pipeline:
             version=__version__, interval_seconds=self.interval, tick_seconds=c.last_wall,
             tick_cpu_seconds=c.last_cpu, tick_stage_seconds=dict(c.stages),
             tick_jitter_seconds=c.last_jitter, tick_jitter_max_seconds=c.max_jitter,
-            tick_rt_priority=c.rt_priority, ticks=c.ticks, overruns=c.overruns, tick_errors=c.errors,
+            loop_guard_priority=c.guard.watching if c.guard is not None else 0,
+            tick_boosts=c.guard.boosts if c.guard is not None else 0, ticks=c.ticks, overruns=c.overruns, tick_errors=c.errors,
             cpu_seconds=time.process_time(), policies_loaded=len(self.policies),
             cgroups=len(self.last_snapshot) if self.last_snapshot is not None else 0,
             dry_run=self.dry_run, collector=self._collector_health())

@@ -64,8 +64,11 @@ HEALTH = {
                             "How late the last tick started against its schedule"),
     "tick_jitter_max_seconds": ("tagger_tick_jitter_max_seconds", "gauge",
                                 "Largest tick lateness since start"),
-    "tick_rt_priority": ("tagger_tick_rt_priority", "gauge",
-                         "The tick loop's SCHED_FIFO priority (0: SCHED_OTHER, --rt-priority 0 or refused)"),
+    "loop_guard_priority": ("tagger_loop_guard_priority", "gauge",
+                            "SCHED_FIFO priority a starved tick loop is run at (0: unguarded, --rt-priority 0 "
+                            "or refused)"),
+    "tick_boosts": ("tagger_tick_boosts", "counter",
+                    "Ticks found starved (over 0.25 s late or stuck) and run as SCHED_FIFO"),
     "interval_seconds": ("tagger_tick_interval_seconds", "gauge", "Configured tick interval"),
     "ticks": ("tagger_ticks", "counter", "Ticks run"),
     "overruns": ("tagger_tick_overruns", "counter", "Ticks whose work took longer than the interval"),

@@ -94,7 +94,8 @@ class Health:
     tick_stage_seconds: dict[str, float] = field(default_factory=dict)
     tick_jitter_seconds: float = 0.0
     tick_jitter_max_seconds: float = 0.0
-    tick_rt_priority: int = 0                     # the loop's SCHED_FIFO priority (0: SCHED_OTHER)
+    loop_guard_priority: int = 0                  # the SCHED_FIFO priority a starved loop gets (0: unguarded)
+    tick_boosts: int = 0                          # ticks found starved and run as SCHED_FIFO
     ticks: int = 0
     overruns: int = 0
     tick_errors: int = 0
