@@ -33,6 +33,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,14 @@ class LoopGuard:
             os.ftruncate(fd, LAYOUT.size)
             self._map = mmap.mmap(fd, LAYOUT.size)
             LAYOUT.pack_into(self._map, 0, time.monotonic(), 0.0, 0.0, STARTING, 0)
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "tagger.agent.loopguard", str(fd),
-                 str(tid if tid is not None else __import__("threading").get_native_id()),
-                 str(priority), repr(float(grace))],
-                pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, cwd="/")
+            argv = [sys.executable, "-m", "tagger.agent.loopguard", str(fd),
+                    str(tid if tid is not None else threading.get_native_id()), str(priority), repr(float(grace))]
+            try:
+                self._proc = subprocess.Popen(argv, pass_fds=(fd,), stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+            except OSError as err:
+                self._said = True
+                log.warning("the tick loop is unguarded: its guard did not start (%s)", err)
         finally:
             os.close(fd)
 
@@ -163,7 +166,8 @@ def guard(fd: int, tid: int, priority: int, grace: float) -> int:
                 # Due, and no sign of the loop for `grace`: not begun, or stuck.
                 if now > due + grace and now - max(begun, ended) > grace:
                     before = os.sched_getscheduler(tid), os.sched_getparam(tid)
-                    os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+                    # Only while boosted; what it starts then is ordinary.
+                    os.sched_setscheduler(tid, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
                     boosted_for = due
                     struct.pack_into("<q", m, 32, boosts + 1)
             elif begun >= boosted_for and ended >= begun:

@@ -186,7 +186,8 @@ class Pipeline:
             tick_cpu_seconds=c.last_cpu, tick_stage_seconds=dict(c.stages),
             tick_jitter_seconds=c.last_jitter, tick_jitter_max_seconds=c.max_jitter,
             loop_guard_priority=c.guard.watching if c.guard is not None else 0,
-            tick_boosts=c.guard.boosts if c.guard is not None else 0, ticks=c.ticks, overruns=c.overruns, tick_errors=c.errors,
+            tick_boosts=c.guard.boosts if c.guard is not None else 0,
+            ticks=c.ticks, overruns=c.overruns, tick_errors=c.errors,
             cpu_seconds=time.process_time(), policies_loaded=len(self.policies),
             cgroups=len(self.last_snapshot) if self.last_snapshot is not None else 0,
             dry_run=self.dry_run, collector=self._collector_health())
