@@ -861,3 +861,29 @@ def test_beside_a_hog_light_neighbours_blamed_for_the_misses_left_are_not_steppe
     assert _knobs(tmp_path, "/n1") == ORIGINAL                  # released once it stopped
     # Stopped is `hold` ticks under half its demand; then /n2's `persist` misses.
     assert n2_from is not None and n2_from <= STOP + slo.hold + slo.spec.persist + 1
+
+
+def test_a_hogs_first_step_needs_no_floor_a_light_neighbours_does(tmp_path):
+    """A quiet second: web misses with only 20 ms/s of its wait behind its
+    neighbours (under CULPRIT_FLOOR).  A light neighbour charged that much is
+    no culprit; the hog (/n1 and web want the whole node) is, and takes its
+    first step on that miss.  Once it holds a step the floor applies again."""
+    from tagger.policies.culprits import blamed
+    assert blamed({2: 0.02, 3: 0.01}) == set()
+    assert blamed({2: 0.02, 3: 0.01}, unfloored={2}) == {2}
+    assert blamed({3: 0.3, 2: 0.02}, unfloored={2}) == {3}        # half the wait held: enough
+
+    def run(hog):
+        root = tmp_path / ("hog" if hog else "light")
+        root.mkdir()
+        store, act, slo, host = _unlabelled(root, target=2 * MS)
+        host.hog = hog
+        s = host.tick(0)
+        s.columns["runq.p99"][1] = 4 * MS
+        s.culprits = np.array([(1, 2, 0.02)], dtype=CULPRIT_DTYPE)     # /n1 held 20 ms/s of it
+        s.columns["runq.wait.foreign"][1] = 0.02
+        act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+        return _knobs(root, "/n1")
+
+    assert run(hog="/n1")["cpu.idle"] == "1"
+    assert run(hog=None) == ORIGINAL

@@ -90,15 +90,20 @@ def charged(snap: Snapshot, row: int) -> dict[int, float] | None:
     return out
 
 
-def blamed(by: dict[int, float]) -> set[int]:
+def blamed(by: dict[int, float], unfloored=frozenset()) -> set[int]:
     """W's CPU culprits among the cgroups charged with its foreign wait (``by``,
     row -> s/s, from :func:`charged`): the fewest most-charged that together
-    hold at least FOREIGN_SHARE of it, each charged at least CULPRIT_FLOOR."""
+    hold at least FOREIGN_SHARE of it, each charged at least CULPRIT_FLOOR --
+    except the rows in ``unfloored`` (the policy's hogs not yet stepped on:
+    in a quiet second W's whole wait can be under the floor, and a few ms of
+    it behind a hog decide its p99)."""
     foreign = sum(by.values())
     out, held = set(), 0.0
     for row, wait in sorted(by.items(), key=lambda kv: -kv[1]):
-        if held >= FOREIGN_SHARE * foreign or wait < CULPRIT_FLOOR:
+        if held >= FOREIGN_SHARE * foreign:
             break
+        if wait < CULPRIT_FLOOR and row not in unfloored:
+            continue        # only unfloored rows can follow: the rest are lower still
         out.add(row)
         held += wait
     return out
@@ -131,7 +136,8 @@ class Interference:
     """Each cgroup's share of the harm to W: ``Σ_r importance(r) * load(l, r) /
     load(r)``, normalised by ``Σ_r importance(r)`` so it lies in [0, 1]."""
 
-    def __init__(self, snap: Snapshot, w: int, rows: list[int], importance: dict[str, float]):
+    def __init__(self, snap: Snapshot, w: int, rows: list[int], importance: dict[str, float],
+                 unfloored=frozenset()):
         self.importance = importance
         self.total = sum(importance.values())
         resources = list(importance)
@@ -148,7 +154,7 @@ class Interference:
             paths = snap.cgroups.paths
             foreign = sum(by.values())
             share = np.zeros(len(paths))
-            for row in blamed(by):
+            for row in blamed(by, unfloored):
                 share[row] = by[row] / foreign
             self.loads["cpu"], self.totals["cpu"] = share, 1.0
             self.charged = {paths[row]: wait for row, wait in by.items()}

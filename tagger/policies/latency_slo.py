@@ -26,7 +26,10 @@ Each tick:
    row: one tick in which a light neighbour happened to hold the CPU does not
    make it a culprit -- unless it *crowds* W: it and the protected together
    want at least the node's CPUs (``cpu.demand``), a hog, not a light
-   neighbour's burst; then the first miss it is blamed for is enough.
+   neighbour's burst; then the first miss it is blamed for is enough, and
+   for that first step CULPRIT_FLOOR does not apply: in the sine's quiet
+   seconds web's whole wait was 30-140 ms/s, 15-40 of it behind batch, and
+   five misses in a row went unanswered (the labelled run of 14:18).
    And while such a hog is blamed, or held by a CPU step, light neighbours
    take no step at all: the hog is the cause at hand (its ladder is what
    the misses left beside it call for), and a light neighbour blamed then
@@ -280,10 +283,12 @@ class LatencySlo:
         """W missed: each culprit with no step under judgment takes one.  True if one did."""
         spec, paths, changed = self.spec, snapshot.cgroups.paths, False
         status.importance, status.cause = importance(snapshot, w, spec.metric, spec.resources)
-        harm = Interference(snapshot, w, protect + throttle, status.importance)
+        room, demand = self._room(snapshot, protect, cpus), snapshot.column("cpu.demand")
+        # A hog's first step needs no floor on what it is charged (module doc).
+        fresh = {i for i in throttle if demand[i] >= room and not self._holds_cpu(paths[i])}
+        harm = Interference(snapshot, w, protect + throttle, status.importance, unfloored=fresh)
         status.charged = harm.charged
         size = self.ladder.cpuset_size(snapshot, protect, cpus)
-        room, demand = self._room(snapshot, protect, cpus), snapshot.column("cpu.demand")
         interferences = {i: harm.of(i) for i in throttle}
         blamed = {paths[i]: self._blamed.get(paths[i], 0) + 1 for i, x in interferences.items() if x > 0}
         self._blamed = blamed
