@@ -89,7 +89,6 @@ class LoopGuard:
     def ended(self, now: float, due: float) -> None:
         """A tick ended at ``now``; the next is due at ``due``."""
         if self._map is not None:
-            struct.pack_into("<dd", self._map, 16, now, 0.0)[0:0] if False else None
             struct.pack_into("<d", self._map, 16, now)
             struct.pack_into("<d", self._map, 0, due)
 
