@@ -281,7 +281,6 @@ def test_sd_notify_ready_and_watchdog(tmp_path, rules_dir):
     assert Notifier({}).ready() is False                  # outside systemd: a no-op
 
 
-@pytest.mark.root
 def _ppid(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -290,6 +289,7 @@ def _ppid(pid: int) -> int | None:
         return None
 
 
+@pytest.mark.root
 def test_cli_sighup_and_sigterm(tmp_path, rules_dir):
     """The real command in a subprocess (cgroupfs collector, dry run): SIGHUP
     reloads, SIGTERM exits 0 and removes the socket."""

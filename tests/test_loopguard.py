@@ -18,7 +18,9 @@ import pytest
 from tagger.agent.loopguard import GRACE, LoopGuard
 from tests.cgroup_fixture import wait_for
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs CAP_SYS_NICE (root)")
+# root: also in the kernel matrix (6.1's CFS, 6.12's EEVDF), where users run.
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs CAP_SYS_NICE (root)")]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

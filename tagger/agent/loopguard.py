@@ -27,6 +27,7 @@ unguarded."""
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import os
 import signal
@@ -64,7 +65,9 @@ class LoopGuard:
         try:
             os.ftruncate(fd, LAYOUT.size)
             self._map = mmap.mmap(fd, LAYOUT.size)
-            LAYOUT.pack_into(self._map, 0, time.monotonic(), 0.0, 0.0, STARTING, 0)
+            # No tick is due until the loop says so (waiting): a guard that starts
+            # slowly must not find the loop late for a tick it never asked for.
+            LAYOUT.pack_into(self._map, 0, math.inf, 0.0, 0.0, STARTING, 0)
             argv = [sys.executable, "-m", "tagger.agent.loopguard", str(fd),
                     str(tid if tid is not None else threading.get_native_id()), str(priority), repr(float(grace))]
             try:
