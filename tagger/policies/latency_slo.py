@@ -302,7 +302,7 @@ class LatencySlo:
                 continue
             if harm.attributed and not demand[i] >= room and (
                     hog or (paths[i] not in self.state and blamed[paths[i]] < spec.persist)):
-                continue        # light: not beside a hog, and not before `persist` misses
+                continue        # light: never beside a hog, else only after `persist` misses
             st = self.state.setdefault(paths[i], ControlState())
             if st.trial is not None or paths[i] in judged:
                 continue        # one step at a time, each judged before the next
