@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Does a neighbour's demotion starve the tasks outside its cgroup tree?
 
-Why tagger run's tick loop runs as SCHED_FIFO 1 (tagger.agent.priority):
-the noisy-neighbour scenario's sampler thread and tagger run's own ticks were
+Why tagger run's tick loop is guarded (tagger.agent.loopguard: a starved
+tick runs as SCHED_FIFO 1): the noisy-neighbour scenario's sampler thread and tagger run's own ticks were
 seen starting seconds late, only while ``batch`` was demoted by ``cpu.idle``
 or the lowest weight.  This reproduces it without either of them: the
 scenario's ``web`` (cyclictest and the request/response probe) beside
@@ -15,7 +15,7 @@ which some sleep came back more than 100 ms late.
 Modes (``--modes``, comma-separated): ``none`` (batch at its own weight),
 ``weight`` (the lowest: v1 cpu.shares 10, v2 cpu.weight 1), ``idle``
 (cpu.idle 1); ``+fio`` adds the I/O writer; ``@fifo`` runs the probe as
-SCHED_FIFO 1 (as tagger run's loop), ``@nice`` at nice -20.  Each mode runs
+SCHED_FIFO 1 (as a guarded loop when starved), ``@nice`` at nice -20.  Each mode runs
 ``--repeat`` times, interleaved.
 
 Root, real kernel.  Cgroups under /tagger-nn-<pid>/ (benchmarks.noisy.cgroups),

@@ -43,9 +43,17 @@ log = logging.getLogger(__name__)
 DEFAULT_PRIORITY = 1
 #: a tick this late to begin, or this long in progress, is starved
 GRACE = 0.25
-#: due, begun, ended (monotonic seconds); state (STARTING, WATCHING or -errno); boosts
+#: the shared numbers, 8 bytes each: due, begun, ended (monotonic seconds);
+#: state (STARTING, WATCHING or -errno); boosts
+FIELDS = ("due", "begun", "ended", "state", "boosts")
 LAYOUT = struct.Struct("<dddqq")
 STARTING, WATCHING = 0, 1
+
+
+def _put(m: mmap.mmap, field: str, value) -> None:
+    """One shared number, written in place (the other side reads the whole layout)."""
+    i = FIELDS.index(field)
+    struct.pack_into("<" + LAYOUT.format[1 + i], m, 8 * i, value)
 PR_SET_PDEATHSIG = 1
 
 
@@ -83,17 +91,17 @@ class LoopGuard:
     def waiting(self, due: float) -> None:
         """The loop waits for the tick due at ``due``."""
         if self._map is not None:
-            struct.pack_into("<d", self._map, 0, due)
+            _put(self._map, "due", due)
 
     def begun(self, now: float) -> None:
         if self._map is not None:
-            struct.pack_into("<d", self._map, 8, now)
+            _put(self._map, "begun", now)
 
     def ended(self, now: float, due: float) -> None:
         """A tick ended at ``now``; the next is due at ``due``."""
         if self._map is not None:
-            struct.pack_into("<d", self._map, 16, now)
-            struct.pack_into("<d", self._map, 0, due)
+            _put(self._map, "ended", now)
+            _put(self._map, "due", due)
 
     # --- what it did ----------------------------------------------------------------
     @property
@@ -154,9 +162,9 @@ def guard(fd: int, tid: int, priority: int, grace: float) -> int:
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
     except OSError as err:
-        struct.pack_into("<q", m, 24, -err.errno)
+        _put(m, "state", -err.errno)
         return 3
-    struct.pack_into("<q", m, 24, WATCHING)
+    _put(m, "state", WATCHING)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     poll = min(grace / 2, 0.1)
     boosted_for, before = None, None
@@ -171,7 +179,7 @@ def guard(fd: int, tid: int, priority: int, grace: float) -> int:
                     # Only while boosted; what it starts then is ordinary.
                     os.sched_setscheduler(tid, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
                     boosted_for = due
-                    struct.pack_into("<q", m, 32, boosts + 1)
+                    _put(m, "boosts", boosts + 1)
             elif begun >= boosted_for and ended >= begun:
                 os.sched_setscheduler(tid, *before)     # that tick is done
                 boosted_for = None
