@@ -44,9 +44,7 @@ def main(argv=None) -> int:
     try:
         run.scenario = Scenario(names=("web",) + nn.NEIGHBOURS)
         web = run.scenario["web"]
-        for d in (Path(web.dirs["cpu"]).parent, Path(web.dirs["cpu"])):
-            if (d / "cpu.rt_runtime_us").exists():        # cyclictest's moment of SCHED_FIFO
-                (d / "cpu.rt_runtime_us").write_text("10000")
+        web.allow_rt()
         web.set_shares(run.args.web_shares)
         for n in nn.NEIGHBOURS:
             run.scenario[n].set_shares(run.args.batch_shares)

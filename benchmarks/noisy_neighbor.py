@@ -294,11 +294,7 @@ class Run:
         a = self.args
         self.scenario = Scenario()
         web, batch = self.scenario["web"], self.scenario["batch"]
-        # cyclictest's main thread briefly takes SCHED_FIFO; with RT group
-        # scheduling a new v1 cpu cgroup has no RT runtime, so give ours a little.
-        for d in (Path(web.dirs["cpu"]).parent, web.dirs["cpu"]):
-            if (d / "cpu.rt_runtime_us").exists():
-                (d / "cpu.rt_runtime_us").write_text("10000")
+        web.allow_rt()
         for w, shares in ((web, a.web_shares), (batch, a.batch_shares)):
             w.set_shares(shares)
         self.sampler = Sampler(web, batch, interval=a.interval)
@@ -823,9 +819,7 @@ class UnlabelledRun(Run):
         a = self.args
         self.scenario = Scenario(names=("web",) + NEIGHBOURS)
         web = self.scenario["web"]
-        for d in (Path(web.dirs["cpu"]).parent, web.dirs["cpu"]):
-            if (d / "cpu.rt_runtime_us").exists():
-                (d / "cpu.rt_runtime_us").write_text("10000")
+        web.allow_rt()
         web.set_shares(a.web_shares)
         for n in NEIGHBOURS:
             self.scenario[n].set_shares(a.batch_shares)

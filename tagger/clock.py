@@ -7,12 +7,13 @@ carries epoch seconds (Unix time, like the action journal's ``since``), so a
 consumer can compare them with its own clock and with each other.
 
 :class:`Ticker` is the one fixed-rate schedule: the daemon's loop and every
-collector's ``stream()`` tick by it.
+collector's ``stream()`` tick by it; :func:`cede` is how a tick shares its CPU.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 # Taken once: the same tick time is the same epoch time in every reply (a tag's
@@ -87,3 +88,40 @@ class Ticker:
         wait = self.due_in()
         if wait > 0:
             sleep(wait)
+
+
+
+#: A thread that calls :func:`cede` steps off its CPU at most this often ...
+CEDE_AFTER = 0.0002
+#: ... for this long (plus the thread's timer slack, 50 us by default).
+CEDE_NAP = 0.00005
+
+_ceded = threading.local()
+
+
+def cede() -> None:
+    """Step off this CPU for a moment (``CEDE_NAP``), so that a task waiting
+    for it runs now, if this thread has not done so for ``CEDE_AFTER``.
+
+    A tick is a few milliseconds of Python a second, and the scheduler lets a
+    task it has just picked run on rather than switch at once (EEVDF's
+    run-to-parity slice, CFS's wake-up granularity): a latency-critical task
+    waking beside the tick waited for the rest of it, 1.5-3 ms on this
+    project's 6.18 host, and in a quiet second (200 run-queue events) one
+    such wait is its p99.  Beside a demoted batch, the agent's tick and the
+    benchmark's sampler were where web's waits over 1 ms began more often
+    than batch.  So the loop and the collector call this between their
+    steps: a task waiting for the CPU waits for one step, not the tick.
+
+    A nap, not ``sched_yield``: a yield only reorders this task among its
+    own cgroup's, and the scheduler picks our cgroup again unless the
+    waiting task's own cgroup is due; a web sharing a parent with the batch
+    that keeps both CPUs busy is not (measured: a yield left the agent and
+    sampler at the start of 36 of web's 68 waits over 1 ms, a nap at 3 of
+    38).  Sleeping takes this thread off the run queue, whatever the
+    hierarchy.  It costs the tick about 100 us of wall time a nap, no CPU
+    (benchmarks/bench_cede.py)."""
+    now = time.perf_counter()
+    if now - getattr(_ceded, "at", 0.0) >= CEDE_AFTER:
+        time.sleep(CEDE_NAP)
+        _ceded.at = time.perf_counter()

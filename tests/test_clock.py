@@ -1,9 +1,13 @@
-"""The one fixed-rate schedule (tagger.clock.Ticker), on a clock the test steps."""
+"""The one fixed-rate schedule (tagger.clock.Ticker), on a clock the test
+steps; and how a tick shares its CPU (tagger.clock.cede)."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
+import tagger.clock as clock
 from tagger.clock import Ticker
 
 
@@ -78,3 +82,50 @@ def test_first_tick_can_be_put_off_and_sleep_waits_until_due():
 def test_interval_must_be_positive(bad):
     with pytest.raises(ValueError, match="positive"):
         Ticker(bad)
+
+
+class Naps:
+    """Counts cede()'s naps, on a clock the test steps."""
+
+    def __init__(self, monkeypatch):
+        self.count, self.t = 0, 1000.0
+        monkeypatch.setattr(clock.time, "sleep", self._sleep)
+        monkeypatch.setattr(clock.time, "perf_counter", lambda: self.t)
+        monkeypatch.setattr(clock, "_ceded", threading.local())     # no earlier test's nap
+
+    def _sleep(self, seconds):
+        assert seconds == clock.CEDE_NAP
+        self.count += 1
+
+
+def test_cede_naps_at_most_once_per_cede_after(monkeypatch):
+    y = Naps(monkeypatch)
+    clock.cede()
+    assert y.count == 1                       # the first call of a thread naps
+    y.t += clock.CEDE_AFTER * 0.4
+    clock.cede()
+    clock.cede()
+    assert y.count == 1                       # too soon: back at once
+    y.t += clock.CEDE_AFTER * 0.7
+    clock.cede()
+    assert y.count == 2
+
+
+def test_cede_is_counted_per_thread(monkeypatch):
+    y = Naps(monkeypatch)
+    clock.cede()
+    other = threading.Thread(target=clock.cede)
+    other.start()
+    other.join()
+    assert y.count == 2                       # the other thread had not napped yet
+    clock.cede()
+    assert y.count == 2
+
+
+def test_cede_after_infinity_never_naps(monkeypatch):
+    y = Naps(monkeypatch)
+    monkeypatch.setattr(clock, "CEDE_AFTER", float("inf"))
+    for _ in range(3):
+        clock.cede()
+        y.t += 1.0
+    assert y.count == 0

@@ -54,6 +54,26 @@ def test_a_tick_hands_out_tags_first_then_actions_and_health():
     assert pipeline.last_error is None
 
 
+def test_a_tick_cedes_its_cpu_between_stages(monkeypatch):
+    """A task waiting for the CPU runs between the tick's stages, not after
+    all of them (tagger.clock.cede; benchmarks/bench_cede.py measures it)."""
+    import tagger.agent.pipeline as pipeline_module
+    class Counting(RecordingActuator):
+        applied = 0
+
+        def apply(self, snapshot, desired):
+            self.applied += 1
+            return super().apply(snapshot, desired)
+
+    calls = []
+    actuator = Counting()
+    monkeypatch.setattr(pipeline_module, "cede", lambda: calls.append(actuator.applied))
+    pipeline = _pipeline(FakeCollector({"/hog": 1.5}), actuator, Recording(), interval=1.0)
+    pipeline.tick()
+    # after the rules, after collect and each later stage; the last after the actuator wrote
+    assert len(calls) >= 4 and calls[0] == 0 and calls[-1] == 1
+
+
 def test_a_failing_tick_is_counted_and_its_health_still_published():
     class Failing(FakeCollector):
         def tick(self):

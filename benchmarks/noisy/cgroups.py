@@ -101,6 +101,14 @@ class Workload:
     def set_idle(self, idle: bool) -> None:
         (self._cpu_dir / "cpu.idle").write_text("1" if idle else "0")
 
+    def allow_rt(self, runtime_us: int = 10000) -> None:
+        """A little real-time runtime for this cgroup and its parent: cyclictest's
+        main thread briefly takes SCHED_FIFO, and with RT group scheduling (v1)
+        a new cpu cgroup has none.  Nothing to do where there is no such file."""
+        for d in (self._cpu_dir.parent, self._cpu_dir):
+            if (d / "cpu.rt_runtime_us").exists():
+                (d / "cpu.rt_runtime_us").write_text(str(runtime_us))
+
     def set_shares(self, shares: int | None) -> None:
         """v1 cpu.shares (v2: cpu.weight, converted as the kernel does); None: the default."""
         d = self._cpu_dir

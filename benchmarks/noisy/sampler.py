@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tagger.agent.loopguard import LoopGuard
-from tagger.clock import Ticker
+from tagger.clock import Ticker, cede
 
 RUNQ_HISTS = ("runq.wakeup", "runq.new", "runq.preempt")
 
@@ -116,6 +116,7 @@ class Sampler(threading.Thread):
 
     def _sample(self) -> Sample:
         snap = self.collector.tick()
+        cede()           # web waits for one step of the harness, not all of it (tagger.clock.cede)
         self.edges = snap.hist_edges
         s = Sample(t=snap.t, dt=snap.dt)
         w = snap.cgroups.index(self.web.path)
@@ -135,6 +136,7 @@ class Sampler(threading.Thread):
             s.batch_cpus = self.batch.allowed_cpus()
         except OSError:
             pass
+        cede()
         usage = snap.column("cpu.usage")
         by = {}
         if w is not None:

@@ -22,6 +22,7 @@ from typing import Iterable
 
 from .. import errors
 from ..cgroups import Layout, Registry, WorkloadNames
+from ..clock import cede
 from ..kernelfs import HOST, KernelFS
 from ..procstat import CpuRates
 from ..snapshot import CULPRIT_DTYPE, PREEMPTION_DTYPE, Snapshot, derive, hist_edges
@@ -133,6 +134,7 @@ class BpfCollector(Collector):
         p, slotmap = self.probes, self.slotmap
         self.outliers = handle_events(p.drain().copy(), slotmap)
         slotmap.maybe_reconcile(self.seq)
+        cede()                         # between steps: a task waiting for this CPU runs (tagger.clock)
         n = slotmap.high_water
         p.checkpoint()                 # running tasks' time so far, so no tick shows a spike
         p.read_stats(self._cur, n)
@@ -141,6 +143,7 @@ class BpfCollector(Collector):
         pairs = p.read_pairs(n)
         culprit_pairs = p.read_culprits(n)
         glob = p.read_globals()
+        cede()
 
         slots, table = slotmap.rows()
         changed = counters.changed_slots(self._cur[:n], self._prev[:n])
@@ -149,12 +152,14 @@ class BpfCollector(Collector):
             self.ncpus, self.edges, self.causes)
         node["drops"] = counters.drops(glob, self._globals_prev, dt)
         self._globals_prev = glob
+        cede()
         row = slotmap.slot_row
         # Per-CPU pairs merged into rows: preemptions per second, and
         # runq.wait.by (the victim's wait, s/s, while the culprit held the CPU).
         preemptions = counters.merge_pairs(pairs, row, "preemptor", "count", PREEMPTION_DTYPE, 1 / dt)
         culprits = counters.merge_pairs(culprit_pairs, row, "culprit", "wait_ns", CULPRIT_DTYPE, 1e-9 / dt)
         node.update({f"cpu.{k}": v for k, v in self._procstat.rates(dt).items()})
+        cede()
 
         # The slots of cgroups removed this tick start again from zero.
         self._cur, self._prev = self._prev, self._cur
@@ -163,6 +168,7 @@ class BpfCollector(Collector):
 
         if self._cgroupfs is not None:
             columns.update(self._cgroupfs.columns(table, self.seq))
+            cede()
         derive(columns)
         self.seq += 1
         self._last_tick_s = time.perf_counter() - started
