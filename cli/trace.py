@@ -128,7 +128,7 @@ def replay(trace, rules_dir, as_json):
     reader = TraceReader(trace)
     replayed = _Replayed()
     # The agent's own pipeline, with the trace for a collector and nothing to act or publish.
-    pipeline = Pipeline(replayed, Engine(ruleset, store), store)
+    pipeline = Pipeline(replayed, Engine(ruleset, store), store, share_cpu=False)
     t0 = None
     n_events = 0
     out = _Out()

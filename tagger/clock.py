@@ -90,7 +90,6 @@ class Ticker:
             sleep(wait)
 
 
-
 #: A thread that calls :func:`cede` steps off its CPU at most this often ...
 CEDE_AFTER = 0.0002
 #: ... for this long (plus the thread's timer slack, 50 us by default).

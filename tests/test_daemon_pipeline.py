@@ -72,6 +72,10 @@ def test_a_tick_cedes_its_cpu_between_stages(monkeypatch):
     pipeline.tick()
     # after the rules, after collect and each later stage; the last after the actuator wrote
     assert len(calls) >= 4 and calls[0] == 0 and calls[-1] == 1
+    # A replay (share_cpu=False) runs flat out.
+    calls.clear()
+    _pipeline(FakeCollector({"/hog": 1.5}), Counting(), share_cpu=False).tick()
+    assert calls == []
 
 
 def test_a_failing_tick_is_counted_and_its_health_still_published():

@@ -56,12 +56,17 @@ class Pipeline:
     overruns) go into the health; ``health_parts`` returns the fields of
     Health that belong to the caller (rules counts, the socket's and Redis'
     counters).  ``cost``: where the tick's figures are kept (the daemon's
-    own, so they can be read before the first tick)."""
+    own, so they can be read before the first tick).  ``share_cpu``: step
+    off the CPU between stages (tagger.clock.cede), so that a task waiting
+    for it waits for one stage, not the tick; False for a replay."""
 
     def __init__(self, collector, engine, store, actuator=None, policies=(), publishers=(), *,
                  interval: float = 0.0, dry_run: bool = False, ticker=None, step_log: str | None = None,
-                 health_parts=None, cost: TickCost | None = None):
+                 health_parts=None, cost: TickCost | None = None, share_cpu: bool = True):
         self.collector = collector
+        # Live (tagger run, tagger top): step off the CPU between stages
+        # (tagger.clock.cede); a replay runs flat out, nobody waits on it.
+        self._cede = cede if share_cpu else (lambda: None)
         self.engine = engine
         self.store = store
         self.actuator = actuator
@@ -88,7 +93,7 @@ class Pipeline:
             nonlocal mark
             now = time.perf_counter()
             stages[stage] = now - mark
-            cede()                  # a task waiting for this CPU runs between stages (tagger.clock)
+            self._cede()            # a task waiting for this CPU runs between stages (tagger.clock)
             mark = time.perf_counter()
 
         try:
@@ -96,7 +101,7 @@ class Pipeline:
             self.last_snapshot = snap
             lap("collect")
             result = self.engine.evaluate(snap)
-            cede()
+            self._cede()
             desired = {path: list(sets) for path, sets in (result.actions or {}).items()}
             self._step_policies(snap, desired)
             self._write_step_log()
@@ -145,7 +150,7 @@ class Pipeline:
                     desired.setdefault(path, []).append(action_set)
             except Exception:
                 self._log_once(f"policy {policy.name}", "policy %s failed this tick", policy.name)
-            cede()
+            self._cede()
 
     def _publish(self, report: TickReport):
         for publisher in self.publishers:
