@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,9 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.noisy.cgroups import Scenario  # noqa: E402
-from benchmarks.noisy_neighbor import CYCLICTEST_INTERVAL_US  # noqa: E402
+from benchmarks.noisy_neighbor import CYCLICTEST_INTERVAL_US, Agent  # noqa: E402
 from tagger import clock  # noqa: E402
-from tagger.client import ApiClient  # noqa: E402
 
 PY = sys.executable
 CONDITIONS = ("none", "cede", "no cede")
@@ -63,46 +61,11 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-class Agent:
-    """tagger run, pinned, in the root cgroup (where the agent runs), a dry run."""
-
-    def __init__(self, cede_after: float, cpu: int, interval: float, workdir: str):
-        self.dir = tempfile.mkdtemp(prefix="agent-", dir=workdir)
-        self.sock = f"{self.dir}/tagger.sock"
-        self.log = open(f"{self.dir}/agent.log", "w")
-        argv = ["taskset", "-c", str(cpu), PY, "-c", AGENT, repr(cede_after), "run", "--rules", str(ROOT / "rules"),
-                "--interval", f"{interval}s", "--socket", self.sock, "--metrics", "off", "--state-dir",
-                f"{self.dir}/state", "--dry-run", "--rt-priority", "0", "--log-level", "warning"]
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-
-    def health(self) -> dict:
-        try:
-            with ApiClient(self.sock, timeout=2) as c:
-                return c.request("health") or {}
-        except Exception:
-            return {}
-
-    def wait_ticks(self, ticks: int, timeout: float = 60.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tagger run exited with {self.proc.returncode}; see {self.log.name}")
-            h = self.health()
-            if h.get("ticks", 0) >= ticks:
-                return h
-            time.sleep(0.1)
-        raise TimeoutError("tagger run did not tick in time")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
+def agent(cede_after: float, cpu: int, interval: float, workdir: str) -> Agent:
+    """tagger run pinned to ``cpu``, in the root cgroup (where the agent runs), a
+    dry run with its loop unguarded, tagger.clock.CEDE_AFTER set first."""
+    return Agent(Path(workdir), None, interval, launch=("taskset", "-c", str(cpu), PY, "-c", AGENT, repr(cede_after)),
+                 extra=("--dry-run", "--rt-priority", "0"))
 
 
 def cyclictest(web, cpu: int, seconds: float, out: str) -> np.ndarray:
@@ -123,18 +86,19 @@ def cyclictest(web, cpu: int, seconds: float, out: str) -> np.ndarray:
 
 def one(web, cond: str, a, workdir: str) -> dict:
     """One condition: cyclictest's figures, and the agent's ticks while it ran."""
-    agent = None
+    running = None
     ticks = 0
     try:
         if cond != "none":
-            agent = Agent(clock.CEDE_AFTER if cond == "cede" else float("inf"), a.cpu, a.interval, workdir)
-            before = agent.wait_ticks(3)["ticks"]
+            running = agent(clock.CEDE_AFTER if cond == "cede" else float("inf"), a.cpu, a.interval, workdir)
+            running.wait_ready(3)
+            before = running.health().get("ticks", 0)
         lat = cyclictest(web, a.cpu, a.seconds, f"{workdir}/cyclictest.txt")
-        if agent is not None:
-            ticks = agent.wait_ticks(0)["ticks"] - before
+        if running is not None:
+            ticks = running.health().get("ticks", 0) - before
     finally:
-        if agent is not None:
-            agent.stop()
+        if running is not None:
+            running.stop()
     if len(lat) == 0:
         raise RuntimeError("cyclictest measured nothing")
     per = 1000 / ticks if ticks else float("nan")

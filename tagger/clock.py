@@ -116,8 +116,8 @@ def cede() -> None:
     own cgroup's, and the scheduler picks our cgroup again unless the
     waiting task's own cgroup is due; a web sharing a parent with the batch
     that keeps both CPUs busy is not (measured: a yield left the agent and
-    sampler at the start of 36 of web's 68 waits over 1 ms, a nap at 3 of
-    38).  Sleeping takes this thread off the run queue, whatever the
+    sampler at the start of 37 of web's 68 waits over 1 ms, a nap at 4 of
+    38; docs/noisy_neighbor.md).  Sleeping takes this thread off the run queue, whatever the
     hierarchy.  It costs the tick about 100 us of wall time a nap, no CPU
     (benchmarks/bench_cede.py)."""
     now = time.perf_counter()

@@ -353,3 +353,27 @@ def test_unlabelled_bars_and_report():
     assert "| tagger | turn 1 | n1 | 0.80 | 90% | 2.0 s | n1 | n1 20 |" in md
     assert "| turn 1 | n2 | 100 | 40 | 95 | 95% | 40% |" in md
     assert "| 3 | /nn/n1 | idle | helped |" in md
+
+
+# --- whom web's long waits began behind (benchmarks/waits_behind.py) -------------------
+PERF_SCRIPT = """\
+          python   500 [000]   10.000000:       sched:sched_switch: prev_comm=swapper/0 prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=python next_pid=500 next_prio=120
+   stress-ng-cpu   300 [001]   10.000100:       sched:sched_switch: prev_comm=swapper/1 prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=stress-ng-cpu next_pid=300 next_prio=120
+          python   500 [000]   10.000200:       sched:sched_waking: comm=cyclictest pid=100 prio=120 target_cpu=000
+          python   500 [000]   10.002700:       sched:sched_switch: prev_comm=python prev_pid=500 prev_prio=120 prev_state=S ==> next_comm=cyclictest next_pid=100 next_prio=120
+      cyclictest   100 [000]   10.002800:       sched:sched_switch: prev_comm=cyclictest prev_pid=100 prev_prio=120 prev_state=R ==> next_comm=stress-ng-cpu next_pid=301 next_prio=120
+   stress-ng-cpu   301 [000]   10.003000: sched:sched_stat_runtime: comm=stress-ng-cpu pid=301 runtime=200000 [ns]
+   stress-ng-cpu   301 [000]   10.004500:       sched:sched_switch: prev_comm=stress-ng-cpu prev_pid=301 prev_prio=120 prev_state=R ==> next_comm=cyclictest next_pid=100 next_prio=120
+   stress-ng-cpu   300 [001]   10.005000:       sched:sched_waking: comm=cyclictest pid=100 prio=120 target_cpu=001
+   stress-ng-cpu   300 [001]   10.005300:       sched:sched_switch: prev_comm=stress-ng-cpu prev_pid=300 prev_prio=120 prev_state=R ==> next_comm=cyclictest next_pid=100 next_prio=120
+"""
+
+
+def test_waits_behind_counts_who_held_the_cpu_as_each_long_wait_began():
+    from benchmarks.waits_behind import waits_behind
+    groups = {"web": {"100"}, "batch": {"300", "301"}}
+    n, behind = waits_behind(PERF_SCRIPT.splitlines(), groups, "web", 0.001)
+    # Three switch-ins of web: 2.5 ms behind the python on CPU 0 (woken there),
+    # 1.7 ms behind batch after a preemption, 0.3 ms behind batch (short).
+    assert n == 3
+    assert behind == {"python:500": 1, "batch": 1}
