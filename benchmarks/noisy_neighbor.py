@@ -791,8 +791,14 @@ policies:
 """
 #: The unlabelled scenario's neighbours; each hogs the CPU in its turn.
 NEIGHBOURS = ("n1", "n2", "n3")
-#: A neighbour's light steady work: one stress-ng worker busy this % of the time.
+#: A neighbour's light work: one stress-ng worker busy this % of the time ...
 LIGHT_LOAD = 20
+#: ... in busy slices of this many ms (--light-slice); 0 is stress-ng's
+#: default, a random slice of up to 0.5 s.  Steadier slices hurt web more, not
+#: less: at 1 ms (2026-11-30 18:04) web held 36-72% of its ticks within the
+#: SLO even with every neighbour demoted, against 80-88% at 0, for each
+#: slice lands on its run queue at six times its weight.
+LIGHT_SLICE_MS = 0
 
 
 class UnlabelledRun(Run):
@@ -808,8 +814,9 @@ class UnlabelledRun(Run):
                 "--metrics-brief", "--yaml", str(out)]
 
     def light_argv(self, seconds: float, out: Path) -> list[str]:
-        return ["stress-ng", "--cpu", "1", "--cpu-load", str(LIGHT_LOAD), "--cpu-method", STRESS_METHOD, "-t",
-                f"{int(round(seconds))}", "--metrics-brief", "--yaml", str(out)]
+        return ["stress-ng", "--cpu", "1", "--cpu-load", str(LIGHT_LOAD), "--cpu-load-slice",
+                str(self.args.light_slice), "--cpu-method", STRESS_METHOD, "-t", f"{int(round(seconds))}",
+                "--metrics-brief", "--yaml", str(out)]
 
     def neighbours_restored(self) -> tuple[bool, list[str]]:
         bad = []
@@ -941,7 +948,7 @@ class UnlabelledRun(Run):
                      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                      "kernel": uname.release, "cpus": int(self.args_cpus), "load_before": load_before,
                      "neighbours": [f"`{n}`" for n in NEIGHBOURS], "turn_s": a.turn,
-                     "light": " ".join(self.light_argv(a.turn, Path("OUT"))[:8]),
+                     "light": " ".join(self.light_argv(a.turn, Path("OUT"))[:10]),
                      "hog": " ".join(self.hog_argv(a.turn, Path("OUT"))[:5])},
             "slo": {"target": self.slo, "why": why}, "turns": turns, "ratios": ratios, "bars": bars,
             "steps": [{**s, "t": s["t"] - first} for s in steps if s.get("culprit")], "notes": self.notes,
@@ -956,6 +963,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "unlabelled: web beside three untagged neighbours that hog the CPU in turn, tagger against "
                          "no agent and every neighbour demoted (writes noisy_neighbor_unlabelled.md)")
     ap.add_argument("--turn", type=float, default=25.0, help="unlabelled: seconds each neighbour hogs the CPU")
+    ap.add_argument("--light-slice", type=int, default=LIGHT_SLICE_MS,
+                    help="unlabelled: the light neighbours' busy slice (ms; stress-ng --cpu-load-slice, "
+                         f"{LIGHT_LOAD}%% busy); 0 (default): stress-ng's random slice of up to 0.5 s")
     ap.add_argument("--lead", type=float, default=10.0,
                     help="unlabelled: seconds of light work in every neighbour before the first hog")
     ap.add_argument("--alone", type=float, default=30.0, help="unlabelled: seconds of web alone (sets the SLO)")
