@@ -2,7 +2,7 @@
 directory of its own, watched through its socket.
 
 Every benchmark that measures the agent (bench_daemon, bench_scrape,
-bench_overhead) starts it here, so they measure the same thing: `tagger run
+bench_overhead, bench_cede) starts it here, so they measure the same thing: `tagger run
 --dry-run` with its socket, its /metrics on a free port, its own state
 directory and, if given, a rules directory of one file.  `stop()` sends
 SIGTERM (the agent undoes what it did; --dry-run did nothing) and waits.
@@ -55,17 +55,20 @@ def at_nice(nice: int | None):
 
 
 class Agent:
-    """`tagger run --dry-run` in a fresh directory under ``workdir``."""
+    """`tagger run --dry-run` in a fresh directory under ``workdir``.  ``launch``:
+    what runs ``tagger`` (a ``taskset`` in front, a ``python -c`` that sets
+    something first)."""
 
     def __init__(self, workdir: Path, *, rules: str | None = None, interval: str = "1s",
-                 extra: tuple[str, ...] = (), nice: int | None = None):
+                 extra: tuple[str, ...] = (), nice: int | None = None,
+                 launch: tuple[str, ...] = (sys.executable, "-m", "tagger.cli.main")):
         self.dir = Path(tempfile.mkdtemp(prefix="agent-", dir=workdir))
         os.chmod(self.dir, 0o755)
         self.sock = str(self.dir / "tagger.sock")
         self.port = free_port()
         self.metrics_url = f"http://127.0.0.1:{self.port}/metrics"
         self.log_path = self.dir / "agent.log"
-        argv = [sys.executable, "-m", "tagger.cli.main", "run", "--dry-run", "--interval", interval,
+        argv = [*launch, "run", "--dry-run", "--interval", interval,
                 "--metrics", f"127.0.0.1:{self.port}", "--socket", self.sock,
                 "--state-dir", str(self.dir / "state"), "--log-level", "warning", *extra]
         if rules is not None:

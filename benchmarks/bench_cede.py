@@ -38,7 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.noisy.cgroups import Scenario  # noqa: E402
-from benchmarks.noisy_neighbor import CYCLICTEST_INTERVAL_US, Agent  # noqa: E402
+from benchmarks.agent import Agent  # noqa: E402
+from benchmarks.noisy import report as rp  # noqa: E402
+from benchmarks.noisy_neighbor import CYCLICTEST_INTERVAL_US  # noqa: E402
 from tagger import clock  # noqa: E402
 
 PY = sys.executable
@@ -63,9 +65,10 @@ def parse_args(argv=None):
 
 def agent(cede_after: float, cpu: int, interval: float, workdir: str) -> Agent:
     """tagger run pinned to ``cpu``, in the root cgroup (where the agent runs), a
-    dry run with its loop unguarded, tagger.clock.CEDE_AFTER set first."""
-    return Agent(Path(workdir), None, interval, launch=("taskset", "-c", str(cpu), PY, "-c", AGENT, repr(cede_after)),
-                 extra=("--dry-run", "--rt-priority", "0"))
+    dry run with the packaged rules, its loop unguarded, tagger.clock.CEDE_AFTER
+    set first."""
+    return Agent(Path(workdir), interval=f"{interval}s", extra=("--rt-priority", "0"),
+                 launch=("taskset", "-c", str(cpu), PY, "-c", AGENT, repr(cede_after)))
 
 
 def cyclictest(web, cpu: int, seconds: float, out: str) -> np.ndarray:
@@ -75,13 +78,7 @@ def cyclictest(web, cpu: int, seconds: float, out: str) -> np.ndarray:
                        "-d", "0", "--policy=other", "-q", "-v", "--laptop", "-D", str(int(seconds))],
                       stdout=fh, stderr=subprocess.DEVNULL)
         p.wait(timeout=seconds * 4 + 60)
-    lat = []
-    with open(out) as fh:
-        for line in fh:
-            f = line.split()
-            if len(f) == 3 and f[0].endswith(":") and f[1].endswith(":"):
-                lat.append(int(f[2]))
-    return np.array(lat, dtype=float) * 1e-6
+    return rp.parse_cyclictest(Path(out).read_text(), 0.0)[:, 1]
 
 
 def one(web, cond: str, a, workdir: str) -> dict:
@@ -91,8 +88,7 @@ def one(web, cond: str, a, workdir: str) -> dict:
     try:
         if cond != "none":
             running = agent(clock.CEDE_AFTER if cond == "cede" else float("inf"), a.cpu, a.interval, workdir)
-            running.wait_ready(3)
-            before = running.health().get("ticks", 0)
+            before = running.wait_ready(3)["ticks"]
         lat = cyclictest(web, a.cpu, a.seconds, f"{workdir}/cyclictest.txt")
         if running is not None:
             ticks = running.health().get("ticks", 0) - before

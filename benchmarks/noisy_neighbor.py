@@ -147,13 +147,9 @@ def _on_signal(signum, frame):
 
 
 class Agent:
-    """``tagger run`` in a subprocess with a rules directory of its own: the
-    shipped rules and, if given, ``rules_text``.  ``launch``: what runs
-    ``tagger`` (a ``taskset`` in front, a ``python -c`` that sets something
-    first); ``extra``: more options for ``tagger run``."""
+    """``tagger run`` in a subprocess with a rules directory of its own."""
 
-    def __init__(self, workdir: Path, rules_text: str | None, interval: float, *,
-                 launch=(PY, "-m", "tagger.cli.main"), extra=()):
+    def __init__(self, workdir: Path, rules_text: str, interval: float):
         from tagger.client import ApiClient
         self._client = ApiClient
         self.dir = Path(tempfile.mkdtemp(prefix="agent-", dir=workdir))
@@ -162,16 +158,15 @@ class Agent:
         rules.mkdir(parents=True, mode=0o755)
         for f in sorted((ROOT / "rules").glob("*.yaml")):    # the shipped rules ...
             shutil.copy(f, rules / f.name)
-        if rules_text is not None:
-            (rules / "50-noisy-neighbour.yaml").write_text(rules_text)   # ... and the scenario's
+        (rules / "50-noisy-neighbour.yaml").write_text(rules_text)   # ... and the scenario's
         for f in rules.iterdir():
             os.chmod(f, 0o644)
         self.sock = str(self.dir / "tagger.sock")
         self.log_path = self.dir / "agent.log"
         self.log = open(self.log_path, "a")
-        argv = [*launch, "run", "--rules", str(rules), "--interval", f"{interval}s",
+        argv = [PY, "-m", "tagger.cli.main", "run", "--rules", str(rules), "--interval", f"{interval}s",
                 "--socket", self.sock, "--metrics", "off", "--state-dir", str(self.dir / "state"),
-                "--log-level", "info", *extra]
+                "--log-level", "info"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=ROOT)
         self.pid = self.proc.pid
