@@ -117,9 +117,9 @@ def cede() -> None:
     waiting task's own cgroup is due; a web sharing a parent with the batch
     that keeps both CPUs busy is not (measured: a yield left the agent and
     sampler at the start of 37 of web's 68 waits over 1 ms, a nap at 4 of
-    38; docs/noisy_neighbor.md).  Sleeping takes this thread off the run queue, whatever the
-    hierarchy.  It costs the tick about 100 us of wall time a nap, no CPU
-    (benchmarks/bench_cede.py)."""
+    38; docs/noisy_neighbor.md).  Sleeping takes this thread off the run
+    queue, whatever the hierarchy.  It costs the tick about 100 us of wall
+    time a nap, no CPU (benchmarks/bench_cede.py)."""
     now = time.perf_counter()
     if now - getattr(_ceded, "at", 0.0) >= CEDE_AFTER:
         time.sleep(CEDE_NAP)

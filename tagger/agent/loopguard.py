@@ -48,13 +48,13 @@ GRACE = 0.25
 FIELDS = ("due", "begun", "ended", "state", "boosts")
 LAYOUT = struct.Struct("<dddqq")
 STARTING, WATCHING = 0, 1
+PR_SET_PDEATHSIG = 1
 
 
 def _put(m: mmap.mmap, field: str, value) -> None:
     """One shared number, written in place (the other side reads the whole layout)."""
     i = FIELDS.index(field)
     struct.pack_into("<" + LAYOUT.format[1 + i], m, 8 * i, value)
-PR_SET_PDEATHSIG = 1
 
 
 class LoopGuard:

@@ -91,10 +91,10 @@ class Pipeline:
 
         def lap(stage):
             nonlocal mark
-            now = time.perf_counter()
-            stages[stage] = now - mark
             self._cede()            # a task waiting for this CPU runs between stages (tagger.clock)
-            mark = time.perf_counter()
+            now = time.perf_counter()
+            stages[stage] = now - mark      # wall time, the nap that ends it included
+            mark = now
 
         try:
             snap = self.collector.tick()
