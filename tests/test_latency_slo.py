@@ -887,3 +887,38 @@ def test_a_hogs_first_step_needs_no_floor_a_light_neighbours_does(tmp_path):
 
     assert run(hog="/n1")["cpu.idle"] == "1"
     assert run(hog=None) == ORIGINAL
+
+
+def test_beside_a_hog_a_light_neighbours_demotion_given_back_is_not_needed_for_misses_it_is_blamed_for(tmp_path):
+    """/n2 is demoted while light (blamed two misses in a row: the start-up
+    bursts of the unlabelled scenario's lead-in).  Then /n1 hogs and is
+    demoted; web still misses now and then beside it, with /n2 blamed.  When
+    /n2's demotion is given back on trial, those misses do not make it
+    "needed": beside a hog a light neighbour is not the cause at hand (it
+    takes no step then either), so it is released -- not kept demoted into
+    the next turn.  Without the hog the same blame puts it back."""
+
+    def run(root, hog):
+        root.mkdir()
+        store, act, slo, host = _unlabelled(root, target=2 * MS)
+
+        def tick(t):
+            s = host.tick(t)
+            # The start-up bursts, then every fourth tick a miss charged to /n2.
+            if t < 2 or (t >= 8 and t % 4 == 0):
+                s.columns["runq.p99"][1] = 4 * MS
+                s.culprits = np.array([(1, 3, 0.3)], dtype=CULPRIT_DTYPE)
+                s.columns["runq.wait.foreign"][1] = 0.3
+            return s
+
+        for t in range(40):
+            host.hog = hog if t >= 4 else None
+            s = tick(t)
+            act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+        return [(o.culprit, o.outcome) for o in slo.outcomes if o.culprit == "/n2"], _knobs(root, "/n2")
+
+    outcomes, knobs = run(tmp_path / "hog", hog="/n1")
+    assert outcomes[0] == ("/n2", "helped") and ("/n2", "released") in outcomes
+    assert ("/n2", "needed") not in outcomes and knobs == ORIGINAL
+    outcomes, _ = run(tmp_path / "light", hog=None)
+    assert outcomes[:2] == [("/n2", "helped"), ("/n2", "needed")]

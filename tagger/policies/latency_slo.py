@@ -85,7 +85,10 @@ since it was last found needed is **given back on trial** (the cgroup wanting
 the least CPU first, one at a time): if W misses at a tick of the next
 ``judge`` with l blamed for it (any miss, without attribution) it is put back
 at once ("needed") and the next trial waits twice as long; else it stays
-given back ("released").  A demoted culprit is charged little of W's wait
+given back ("released").  Beside a hog of the moment a light l's blame does
+not count, as it takes no step then: the unlabelled scenario's light
+neighbours, demoted for their start-up bursts, were found "needed" while
+another neighbour hogged and stayed demoted into the next turn (17:25).  A demoted culprit is charged little of W's wait
 whether it still hogs or not, so only a trial tells -- except where its
 demand does: a work-conserving demotion (weight, idle) costs l only the CPU
 the protected take, and while l and the protected together want at least
@@ -140,7 +143,7 @@ from tagger.rules.selectors import PathSelector
 from tagger.rules.spec import WORK_CONSERVING, ActionSet, CpuSpec, IoSpec, LatencySloSpec, Selector
 from tagger.snapshot import Snapshot
 
-from .culprits import SLOWDOWN, Interference, importance
+from .culprits import SLOWDOWN, Interference, blamed, charged, importance
 from .figures import SloFigures
 from .ladder import Ladder
 from .state import ControlState, SloStatus, Trial
@@ -257,11 +260,14 @@ class LatencySlo:
         for st in self.state.values():
             if st.trial is None:
                 st.missed = st.missed + 1 if missed else 0
-        judged, changed = self.verdicts.judge(self.state, snapshot, self.figures, now)
+        room = self._room(snapshot, protect, cpus)
+        hog = w is not None and self._hog(snapshot, w, throttle, room)
+        judged, changed = self.verdicts.judge(self.state, snapshot, self.figures, now,
+                                              room if hog else math.inf)
         if missed:
             status.action = "throttle"
             changed |= self._throttle_step(snapshot, status, w, miss, protect, throttle, judged,
-                                           cpus, ceiling, now)
+                                           cpus, ceiling, now, room, hog)
         elif self.state and (self._met < self.hold or any(st.trial for st in self.state.values())):
             # Nothing is released while a step is judged: its window must see it alone.
             status.action = "hold"
@@ -278,30 +284,46 @@ class LatencySlo:
         self.status = status
         return self._actions()
 
+    def _fresh(self, snap: Snapshot, throttle: list[int], room: float) -> set[int]:
+        """The hogs not yet stepped on: their first step needs no floor on
+        what they are charged (module doc)."""
+        demand, paths = snap.column("cpu.demand"), snap.cgroups.paths
+        return {i for i in throttle if demand[i] >= room and not self._holds_cpu(paths[i])}
+
+    def _hog(self, snap: Snapshot, w: int, throttle: list[int], room: float) -> bool:
+        """Is there a hog of the moment: a cgroup crowding W (it and the
+        protected want the node's CPUs), blamed for W's wait now or held by
+        a CPU step?  While there is one, it is the cause at hand: a light
+        neighbour blamed beside it takes no step, and a light neighbour's
+        demotion given back on trial is not "needed" for misses it is blamed
+        for.  Only with wait attribution: without it nobody is blamed."""
+        by = charged(snap, w) if "cpu" in self.spec.resources else None
+        if by is None:
+            return False
+        demand, paths = snap.column("cpu.demand"), snap.cgroups.paths
+        culprits = blamed(by, unfloored=self._fresh(snap, throttle, room))
+        return any(demand[i] >= room and (i in culprits or self._holds_cpu(paths[i])) for i in throttle)
+
     def _throttle_step(self, snapshot: Snapshot, status: SloStatus, w: int, miss: float, protect: list[int],
-                       throttle: list[int], judged: set[str], cpus: float, ceiling: float, now: float) -> bool:
+                       throttle: list[int], judged: set[str], cpus: float, ceiling: float, now: float,
+                       room: float, hog: bool) -> bool:
         """W missed: each culprit with no step under judgment takes one.  True if one did."""
         spec, paths, changed = self.spec, snapshot.cgroups.paths, False
         status.importance, status.cause = importance(snapshot, w, spec.metric, spec.resources)
-        room, demand = self._room(snapshot, protect, cpus), snapshot.column("cpu.demand")
-        # A hog's first step needs no floor on what it is charged (module doc).
-        fresh = {i for i in throttle if demand[i] >= room and not self._holds_cpu(paths[i])}
-        harm = Interference(snapshot, w, protect + throttle, status.importance, unfloored=fresh)
+        demand = snapshot.column("cpu.demand")
+        harm = Interference(snapshot, w, protect + throttle, status.importance,
+                            unfloored=self._fresh(snapshot, throttle, room))
         status.charged = harm.charged
         size = self.ladder.cpuset_size(snapshot, protect, cpus)
         interferences = {i: harm.of(i) for i in throttle}
-        blamed = {paths[i]: self._blamed.get(paths[i], 0) + 1 for i, x in interferences.items() if x > 0}
-        self._blamed = blamed
-        # The hog of the moment: a cgroup crowding W, blamed now or held by a
-        # CPU step.  While there is one, it is the cause at hand.
-        hog = harm.attributed and any(
-            demand[i] >= room and (interferences[i] > 0 or self._holds_cpu(paths[i])) for i in throttle)
+        runs = {paths[i]: self._blamed.get(paths[i], 0) + 1 for i, x in interferences.items() if x > 0}
+        self._blamed = runs
         for i, interference in interferences.items():
             status.interference[paths[i]] = interference
             if interference <= 0:
                 continue
             if harm.attributed and not demand[i] >= room and (
-                    hog or (paths[i] not in self.state and blamed[paths[i]] < spec.persist)):
+                    hog or (paths[i] not in self.state and runs[paths[i]] < spec.persist)):
                 continue        # light: never beside a hog, else only after `persist` misses
             st = self.state.setdefault(paths[i], ControlState())
             if st.trial is not None or paths[i] in judged:
