@@ -847,7 +847,7 @@ class UnlabelledRun(Run):
         self.log(f"SLO: runq p99 <= {self.slo * 1e3:.1f} ms (alone: {self.alone_p99 * 1e3:.2f} ms)")
 
         T = a.turn
-        turns, bogo, steps, restored = [], {}, [], None
+        turns, bogo, steps, restored, leads = [], {}, [], None, {}
         for mode in nu.MODES:
             self.log(f"{mode}: light work in every neighbour for {a.lead:.0f}s, then each hogs in turn, {T:.0f}s each")
             if mode == "every neighbour demoted":
@@ -859,11 +859,15 @@ class UnlabelledRun(Run):
                 self.sampler.agent_pid = self.agent.pid
             self.start_web(a.lead + 3 * (T + 3) + 10)
             time.sleep(1.0)
+            t_lead = time.monotonic()
             lead = [self.scenario[n].spawn(self.light_argv(a.lead, self.workdir / f"lead-{n}.yaml"))
                     for n in NEIGHBOURS]
             time.sleep(a.lead)
             for p in lead:
                 p.wait(timeout=30)
+            leads[mode] = {"mode": mode, "name": "lead-in", "culprit": None, "culprit_path": None,
+                           "t0": t_lead, "t1": time.monotonic()}
+            self.phase_log.append(leads[mode])
             bogo[mode] = {}
             for k, culprit in enumerate(NEIGHBOURS):
                 name = f"turn {k + 1}"
@@ -888,11 +892,13 @@ class UnlabelledRun(Run):
                         self.notes.append(f"{mode}, {name}: stress-ng in {n} wrote no metrics")
                 ss = [s for s in self.sampler.samples if t0 <= s.t - s.dt / 2 < t1]
                 turns.append({"mode": mode, "name": name, "culprit": culprit,
+                              "held": bool(ss) and bool(ss[0].demoted.get(culprit)),
                               "culprit_path": self.scenario[culprit].path, "t0": t0, "t1": t1,
                               "demoted_s": {n: sum(bool(s.demoted.get(n)) for s in ss) for n in NEIGHBOURS},
                               "charged": {n: float(np.nanmedian([s.charged.get(n, math.nan) for s in ss] or [math.nan]))
                                           for n in NEIGHBOURS},
                               **self.window_figures(t0, t1, self.slo)})
+                self.phase_log.append({"mode": mode, "name": name, "culprit": culprit, "t0": t0, "t1": t1})
                 self.log(f"  {name} ({culprit} hogs): runq p99 {turns[-1]['runq']['p99'] * 1e3:.2f} ms, "
                          f"{turns[-1]['within'] * 100:.0f}% of ticks <= SLO, demoted: {turns[-1]['demoted_s']}")
             self.stop_web()
@@ -915,9 +921,9 @@ class UnlabelledRun(Run):
                 self.notes += [f"after tagger run stopped, {b}" for b in bad]
         self.sampler.stop()
         self.note_sampler_gaps()
-        return self.unlabelled_results(turns, bogo, steps, restored, load_before)
+        return self.unlabelled_results(turns, bogo, steps, restored, load_before, leads.get("tagger"))
 
-    def unlabelled_results(self, turns, bogo, steps, restored, load_before) -> dict:
+    def unlabelled_results(self, turns, bogo, steps, restored, load_before, lead=None) -> dict:
         a = self.args
         samples = self.sampler.samples
         times = [s.t - s.dt / 2 for s in samples]
@@ -925,14 +931,17 @@ class UnlabelledRun(Run):
         # The step's record carries the tick it was judged at, `judge` ticks after it was asked for.
         asked = [{**s, "t": s["t"] - 3 * a.interval} for s in steps]
         for t in turns:
-            if t["mode"] == "tagger":
-                t.update(nu.turn_figures(times, p99, t, self.slo, HOLD, asked))
+            # "Met again" for every mode: what the static choices give is the yardstick.
+            t.update(nu.turn_figures(times, p99, t, self.slo, HOLD, asked if t["mode"] == "tagger" else ()))
         mine = [t for t in turns if t["mode"] == "tagger"]
         none = [t for t in turns if t["mode"] == "no agent"]
         pre = (self.window_figures(none[0]["t0"], none[-1]["t1"], self.slo) if none
                else {"runq": {"p99": math.nan}, "within": math.nan})
         ratios = nu.innocent_ratios(bogo, {t["name"]: t["culprit"] for t in mine})
-        bars = nu.bars(mine, ratios, {"p99": pre["runq"]["p99"], "within": pre["within"]}, restored, self.slo)
+        if lead is not None:
+            lead = {**lead, **nu.turn_figures(times, p99, lead, self.slo, HOLD, asked)}
+        bars = nu.bars(mine, ratios, {"p99": pre["runq"]["p99"], "within": pre["within"]}, restored, self.slo,
+                       lead, [t for t in turns if t["mode"] == "every neighbour demoted"])
         first = mine[0]["t0"] if mine else 0.0
         why = (f"Chosen from web alone at the start: its run-queue p99 was {self.alone_p99 * 1e3:.2f} ms, the SLO "
                "twice that rounded to 0.5 ms, at least 1 ms (as the labelled scenario chooses it)."
@@ -1019,7 +1028,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def write_ticks(path: Path, run) -> None:
     """--ticks: one JSON line per sample, then one per phase (times are CLOCK_MONOTONIC)."""
     fields = ("t", "dt", "web_p99", "web_events", "batch_cpu", "batch_quota", "batch_demoted", "steal",
-              "demoted", "cpu", "charged", "web_foreign", "web_wait")
+              "demoted", "cpu", "charged", "web_foreign", "web_wait", "web_self", "web_other")
     with open(path, "w") as fh:
         for s in run.sampler.samples:
             fh.write(json.dumps({f: getattr(s, f) for f in fields}) + "\n")

@@ -339,6 +339,19 @@ def test_unlabelled_bars_and_report():
     assert nu.bars(slow, ratios, {"p99": 3e-3, "within": 0.4}, True, 1e-3)[1].met is False
     assert nu.bars(wrong, ratios, {"p99": 3e-3, "within": 0.4}, True, 1e-3)[2].met is False
     assert nu.bars(silent, ratios, {"p99": 3e-3, "within": 0.4}, True, 1e-3)[2].met is False
+    # A culprit held demoted from before its turn names no one and passes;
+    # the lead-in has no culprit, so any name there fails the bar.
+    held = [dict(turns[0], named=[], held=True)] + turns[1:]
+    assert nu.bars(held, ratios, {"p99": 3e-3, "within": 0.4}, True, 1e-3)[2].met is True
+    lead = {"name": "lead-in", "culprit": None, **nu.turn_figures(
+        list(range(100, 110)), [0.5e-3] * 10, {"t0": 100.0, "t1": 110.0, "culprit_path": None}, 1e-3, 3,
+        [{"t": 104.0, "culprit": "/nn/n1", "lever": "weight", "outcome": "helped"}])}
+    assert lead["wrong"] == ["/nn/n1"]
+    b = nu.bars(held, ratios, {"p99": 3e-3, "within": 0.4}, True, 1e-3, lead)[2]
+    assert b.met is False and b.measured.startswith("lead-in: n1; turn 1: none (held from before)")
+    yard = [dict(t, recovery=9.0) for t in turns]
+    assert "(every neighbour demoted: turn 1 (n1): 9.0 s;" in nu.bars(
+        turns, ratios, {"p99": 3e-3, "within": 0.4}, True, 1e-3, None, yard)[1].measured
     assert nu.bars(turns, poor, {"p99": 3e-3, "within": 0.4}, True, 1e-3)[3].met is False
     # web unharmed without an agent: the recovery bar proves nothing
     assert nu.bars(turns, ratios, {"p99": 0.5e-3, "within": 1.0}, True, 1e-3)[1].met is None

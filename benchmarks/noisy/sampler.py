@@ -40,6 +40,8 @@ class Sample:
     charged: dict = field(default_factory=dict)   # watched workload -> web's run-queue wait charged to it, s/s
     web_foreign: float = math.nan     # web's run-queue wait while another cgroup's task held the CPU, s/s
     web_wait: float = math.nan        # all of web's run-queue wait, s/s
+    web_self: float = math.nan        # ... while a task of web itself held the CPU, s/s
+    web_other: float = math.nan       # ... waking an idle CPU, before a migration, unseen, s/s
     web_hist: np.ndarray | None = field(default=None, repr=False)
 
 
@@ -142,6 +144,8 @@ class Sampler(threading.Thread):
         if w is not None:
             s.web_foreign = float(snap.column("runq.wait.foreign")[w])
             s.web_wait = float(snap.column("runq.wait")[w])
+            s.web_self = float(snap.column("runq.wait.self")[w])
+            s.web_other = float(snap.column("runq.wait.other")[w])
             mine = snap.culprits[snap.culprits["victim"] == w]
             for culprit, wait in zip(mine["culprit"], mine["wait"]):
                 by[int(culprit)] = by.get(int(culprit), 0.0) + float(wait)

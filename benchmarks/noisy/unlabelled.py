@@ -38,7 +38,8 @@ def turn_figures(times, web_p99, turn: dict, slo: float, hold: int, steps=()) ->
     # the demotion back, and names it.
     named = sorted({s["culprit"] for s in steps
                     if turn["t0"] <= s["t"] < turn["t1"] and s.get("outcome") != "released"})
-    return {"recovery": rec, "named": named, "wrong": [c for c in named if c != turn["culprit_path"]]}
+    # The lead-in (culprit_path None) has no culprit: whoever it names is wrong.
+    return {"recovery": rec, "named": named, "wrong": [c for c in named if c != turn.get("culprit_path")]}
 
 
 def innocent_ratios(bogo: dict, culprits: dict) -> list[dict]:
@@ -61,10 +62,20 @@ def innocent_ratios(bogo: dict, culprits: dict) -> list[dict]:
     return out
 
 
-def bars(turns: list[dict], ratios: list[dict], precondition: dict, restored: bool | None, slo: float) -> list:
+def _recoveries(turns: list[dict]) -> str:
+    return "; ".join(f"{t['name']} ({t['culprit']}): " + ("never" if t["recovery"] is None else
+                                                          f"{t['recovery']:.1f} s") for t in turns)
+
+
+def bars(turns: list[dict], ratios: list[dict], precondition: dict, restored: bool | None, slo: float,
+         lead: dict | None = None, yardstick: list[dict] = ()) -> list:
     """The unlabelled scenario's bars (issue 16): ``turns`` are tagger's
-    :func:`turn_figures` with the turn's name and culprit; ``precondition``
-    the no-agent run's runq p99 over the hog turns."""
+    :func:`turn_figures` with the turn's name and culprit (and ``held``: the
+    culprit was already demoted as its turn began); ``lead`` the same for
+    the lead-in, where every neighbour is light and any name is wrong;
+    ``yardstick`` the turns with every neighbour demoted (their "met again"
+    shown beside tagger's); ``precondition`` the no-agent run's runq p99
+    over the hog turns."""
     out = []
     hurts = bool(precondition["p99"] > slo)
     out.append(rp.Bar("precondition: web misses the SLO beside the hog with no agent",
@@ -72,13 +83,19 @@ def bars(turns: list[dict], ratios: list[dict], precondition: dict, restored: bo
                       f"{precondition['within'] * 100:.0f}% of ticks ≤ SLO", hurts))
     recs = [t["recovery"] for t in turns]
     out.append(rp.Bar("unlabelled: SLO met again after each change of culprit", "≤ 5 s after every change",
-                      "; ".join(f"{t['name']} ({t['culprit']}): " + ("never" if t["recovery"] is None else
-                                                                     f"{t['recovery']:.1f} s") for t in turns),
+                      _recoveries(turns) + (f" (every neighbour demoted: {_recoveries(yardstick)})" if yardstick
+                                            else ""),
                       all(r is not None and r <= 5.0 for r in recs) if hurts and turns else None))
-    out.append(rp.Bar("unlabelled: the actions log names only the current culprit", "no other neighbour, every turn",
-                      "; ".join(f"{t['name']}: " + (", ".join(n.rsplit('/', 1)[-1] for n in t["named"]) or "none")
-                                for t in turns),
-                      bool(turns) and not any(t["wrong"] for t in turns) and all(t["named"] for t in turns)))
+    # A turn that names no one passes only if its culprit was held demoted
+    # from before (a wrong demotion is counted in the turn that made it).
+    named = ([lead] if lead else []) + turns
+    out.append(rp.Bar("unlabelled: the actions log names only the current culprit",
+                      "no other neighbour, every turn and the lead-in",
+                      "; ".join(f"{t['name']}: " + (", ".join(n.rsplit('/', 1)[-1] for n in t["named"])
+                                                    or ("none (held from before)" if t.get("held") else "none"))
+                                for t in named),
+                      bool(turns) and not any(t["wrong"] for t in named)
+                      and all(t["named"] or t.get("held") for t in turns)))
     shares = [r["tagger_share"] for r in ratios]
     worst = min(ratios, key=lambda r: r["tagger_share"], default=None)
     if worst is None or any(math.isnan(x) for x in shares):
