@@ -834,9 +834,11 @@ def test_blame_for_misses_a_tick_apart_does_not_add_up(tmp_path):
 def test_beside_a_hog_light_neighbours_blamed_for_the_misses_left_are_not_stepped(tmp_path):
     """/n1 hogs and is demoted; web keeps missing, with light /n2 blamed for
     every miss (charged 0.3 s/s, far over the floor, many misses in a row):
-    /n2 is left alone while /n1 hogs -- the hog is the cause at hand.  Once
-    /n1 has stopped and been released, /n2 blamed for ``persist`` misses in a
-    row is a culprit like any other and is stepped."""
+    /n2 is left alone while /n1 hogs -- the hog is the cause at hand, until
+    it counts as stopped (``hold`` ticks after its demand fell), not from
+    the tick its demand fell.  Once /n1 has stopped and been released, /n2
+    blamed for ``persist`` misses in a row is a culprit like any other and
+    is stepped."""
     store, act, slo, host = _unlabelled(tmp_path, target=2 * MS)
     HOG, STOP, END = 1, 25, 45
 
@@ -853,7 +855,7 @@ def test_beside_a_hog_light_neighbours_blamed_for_the_misses_left_are_not_steppe
         host.hog = "/n1" if HOG <= t < STOP else None
         s = tick(t)
         act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
-        if t < STOP:
+        if t < STOP + slo.hold - 1:
             assert _knobs(tmp_path, "/n2") == ORIGINAL, t
         elif n2_from is None and _knobs(tmp_path, "/n2") != ORIGINAL:
             n2_from = t

@@ -302,7 +302,18 @@ class LatencySlo:
             return False
         demand, paths = snap.column("cpu.demand"), snap.cgroups.paths
         culprits = blamed(by, unfloored=self._fresh(snap, throttle, room))
-        return any(demand[i] >= room and (i in culprits or self._holds_cpu(paths[i])) for i in throttle)
+        return any(demand[i] >= room and (i in culprits or self._holds_cpu(paths[i]))
+                   or self._held_hog(paths[i], room) for i in throttle)
+
+    def _held_hog(self, path: str, room: float) -> bool:
+        """A hog stepped on (it crowded W at its step) whose CPU levers are
+        still held: until it counts as stopped (``hold`` ticks under STOPPED
+        x that demand) it stays the cause at hand, as a light neighbour's
+        step waits ``persist`` misses: at the end of a hog's turn in the
+        unlabelled scenario a light neighbour was demoted on the tick the
+        hog's demand fell, a second before the next hog began (20:03)."""
+        st = self.state.get(path)
+        return st is not None and st.holds_cpu and st.demand >= room
 
     def _throttle_step(self, snapshot: Snapshot, status: SloStatus, w: int, miss: float, protect: list[int],
                        throttle: list[int], judged: set[str], cpus: float, ceiling: float, now: float,
