@@ -924,3 +924,26 @@ def test_beside_a_hog_a_light_neighbours_demotion_given_back_is_not_needed_for_m
     assert ("/n2", "needed") not in outcomes and knobs == ORIGINAL
     outcomes, _ = run(tmp_path / "light", hog=None)
     assert outcomes[:2] == [("/n2", "helped"), ("/n2", "needed")]
+
+
+def test_a_light_neighbour_is_no_culprit_while_the_victims_own_tasks_hold_most_of_its_wait(tmp_path):
+    """web misses two ticks in a row with light /n1 charged 0.1 s/s of its
+    wait, well over the floor.  Beside 0.3 s/s of web's own wait (its tasks
+    queued behind each other) /n1 holds a quarter of it: no lever on /n1
+    brings web back, and /n1 is left alone.  With web's own wait at 0.05 s/s
+    the same charge is most of it, and /n1 is stepped."""
+
+    def run(root, own):
+        root.mkdir()
+        store, act, slo, host = _unlabelled(root, target=2 * MS)
+        for t in range(3):
+            s = host.tick(t)
+            s.columns["runq.p99"][1] = 4 * MS
+            s.culprits = np.array([(1, 2, 0.1)], dtype=CULPRIT_DTYPE)
+            s.columns["runq.wait.foreign"][1] = 0.1
+            s.columns["runq.wait"][1] = 0.1 + own
+            act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+        return _knobs(root, "/n1")
+
+    assert run(tmp_path / "own", own=0.3) == ORIGINAL
+    assert run(tmp_path / "theirs", own=0.05)["cpu.idle"] == "1"

@@ -67,13 +67,21 @@ def cpu_cause(snap: Snapshot, row: int) -> str | None:
     steal = float(snap.node.get("steal", math.nan))
     if steal > foreign[row]:
         return "host steal"
-    wait = cols.get("runq.wait")
     demand = cols.get("cpu.demand")
     cpus = float(snap.node.get("cpus", math.nan))
-    if (wait is not None and wait[row] > 0 and foreign[row] < FOREIGN_SHARE * wait[row]
-            and demand is not None and demand[row] >= cpus):
+    if not neighbours_hold(snap, row) and demand is not None and demand[row] >= cpus:
         return "own tasks"
     return None
+
+
+def neighbours_hold(snap: Snapshot, row: int) -> bool:
+    """Do other cgroups hold at least FOREIGN_SHARE of the run-queue wait of
+    the cgroup at ``row`` (``runq.wait.foreign`` / ``runq.wait``)?  Unknown
+    (no attribution, NaN) or no wait at all: True -- it never vetoes."""
+    foreign, wait = snap.columns.get("runq.wait.foreign"), snap.columns.get("runq.wait")
+    if foreign is None or wait is None or math.isnan(foreign[row]) or not wait[row] > 0:
+        return True
+    return bool(foreign[row] >= FOREIGN_SHARE * wait[row])
 
 
 def charged(snap: Snapshot, row: int) -> dict[int, float] | None:

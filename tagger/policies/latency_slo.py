@@ -35,7 +35,13 @@ Each tick:
    the misses left beside it call for), and a light neighbour blamed then
    only held the CPU the hog left (the unlabelled scenario's light
    neighbours were charged 130-200 ms/s of web's wait beside a demoted hog,
-   and no lever on them was the fix).
+   and no lever on them was the fix).  Nor does a light neighbour take a
+   step while W's own tasks hold more than half of its wait (the "own
+   tasks" rule of :func:`.culprits.cpu_cause`, waived only for a cgroup
+   that crowds W and so squeezes its tasks onto the CPUs it leaves): in the
+   unlabelled scenario's lead-in, three light neighbours starting at once,
+   one charged 86-103 ms/s beside 250-275 ms/s of web's own wait was
+   demoted, and no lever on it could have brought web within its SLO.
    (Letting ticks within the SLO not break the run made no first action
    faster on the labelled scenario, 2.3-10.2 s, and let a light neighbour's
    bursts a few ticks apart add up on the unlabelled one.)
@@ -143,7 +149,7 @@ from tagger.rules.selectors import PathSelector
 from tagger.rules.spec import WORK_CONSERVING, ActionSet, CpuSpec, IoSpec, LatencySloSpec, Selector
 from tagger.snapshot import Snapshot
 
-from .culprits import SLOWDOWN, Interference, blamed, charged, importance
+from .culprits import SLOWDOWN, Interference, blamed, charged, importance, neighbours_hold
 from .figures import SloFigures
 from .ladder import Ladder
 from .state import ControlState, SloStatus, Trial
@@ -327,6 +333,9 @@ class LatencySlo:
         status.charged = harm.charged
         size = self.ladder.cpuset_size(snapshot, protect, cpus)
         interferences = {i: harm.of(i) for i in throttle}
+        # Do neighbours hold at least half of W's wait?  Only a cgroup that
+        # crowds W is a culprit without (cpu_cause's "own tasks").
+        foreign = neighbours_hold(snapshot, w)
         runs = {paths[i]: self._blamed.get(paths[i], 0) + 1 for i, x in interferences.items() if x > 0}
         self._blamed = runs
         for i, interference in interferences.items():
@@ -334,8 +343,8 @@ class LatencySlo:
             if interference <= 0:
                 continue
             if harm.attributed and not demand[i] >= room and (
-                    hog or (paths[i] not in self.state and runs[paths[i]] < spec.persist)):
-                continue        # light: never beside a hog, else only after `persist` misses
+                    hog or not foreign or (paths[i] not in self.state and runs[paths[i]] < spec.persist)):
+                continue        # light: never beside a hog or for W's own wait, else after `persist` misses
             st = self.state.setdefault(paths[i], ControlState())
             if st.trial is not None or paths[i] in judged:
                 continue        # one step at a time, each judged before the next
