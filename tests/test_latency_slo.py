@@ -898,19 +898,22 @@ def test_beside_a_hog_a_light_neighbours_demotion_given_back_is_not_needed_for_m
     /n2's demotion is given back on trial, those misses do not make it
     "needed": beside a hog a light neighbour is not the cause at hand (it
     takes no step then either), so it is released -- not kept demoted into
-    the next turn.  Without the hog the same blame puts it back."""
+    the next turn.  Without the hog the same blame puts it back -- unless
+    web's own tasks hold most of its wait then."""
 
-    def run(root, hog):
+    def run(root, hog, own=0.0):
         root.mkdir()
         store, act, slo, host = _unlabelled(root, target=2 * MS)
 
         def tick(t):
             s = host.tick(t)
-            # The start-up bursts, then every fourth tick a miss charged to /n2.
+            # The start-up bursts, then every fourth tick a miss charged to /n2
+            # (beside `own` s/s of web's own wait).
             if t < 2 or (t >= 8 and t % 4 == 0):
                 s.columns["runq.p99"][1] = 4 * MS
                 s.culprits = np.array([(1, 3, 0.3)], dtype=CULPRIT_DTYPE)
                 s.columns["runq.wait.foreign"][1] = 0.3
+                s.columns["runq.wait"][1] = 0.3 + (own if t >= 8 else 0.0)
             return s
 
         for t in range(40):
@@ -924,6 +927,9 @@ def test_beside_a_hog_a_light_neighbours_demotion_given_back_is_not_needed_for_m
     assert ("/n2", "needed") not in outcomes and knobs == ORIGINAL
     outcomes, _ = run(tmp_path / "light", hog=None)
     assert outcomes[:2] == [("/n2", "helped"), ("/n2", "needed")]
+    # Nor while web's own tasks hold most of its wait (0.5 s/s beside 0.3).
+    outcomes, knobs = run(tmp_path / "own", hog=None, own=0.5)
+    assert ("/n2", "needed") not in outcomes and ("/n2", "released") in outcomes and knobs == ORIGINAL
 
 
 def test_a_light_neighbour_is_no_culprit_while_the_victims_own_tasks_hold_most_of_its_wait(tmp_path):

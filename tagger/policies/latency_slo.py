@@ -91,10 +91,11 @@ since it was last found needed is **given back on trial** (the cgroup wanting
 the least CPU first, one at a time): if W misses at a tick of the next
 ``judge`` with l blamed for it (any miss, without attribution) it is put back
 at once ("needed") and the next trial waits twice as long; else it stays
-given back ("released").  Beside a hog of the moment a light l's blame does
-not count, as it takes no step then: the unlabelled scenario's light
-neighbours, demoted for their start-up bursts, were found "needed" while
-another neighbour hogged and stayed demoted into the next turn (17:25).  A demoted culprit is charged little of W's wait
+given back ("released").  Beside a hog of the moment, or while W's own
+tasks hold most of its wait, a light l's blame does not count, as it takes
+no step then: the unlabelled scenario's light neighbours, demoted for
+their start-up bursts, were found "needed" while another neighbour hogged
+and stayed demoted into the next turn (17:25).  A demoted culprit is charged little of W's wait
 whether it still hogs or not, so only a trial tells -- except where its
 demand does: a work-conserving demotion (weight, idle) costs l only the CPU
 the protected take, and while l and the protected together want at least
@@ -268,8 +269,12 @@ class LatencySlo:
                 st.missed = st.missed + 1 if missed else 0
         room = self._room(snapshot, protect, cpus)
         hog = w is not None and self._hog(snapshot, w, throttle, room)
+        # A light neighbour's blame counts for nothing beside a hog or while
+        # W's own tasks hold most of its wait: it takes no step then, and its
+        # demotion given back on trial is not "needed" either.
+        excused = hog or (w is not None and not neighbours_hold(snapshot, w))
         judged, changed = self.verdicts.judge(self.state, snapshot, self.figures, now,
-                                              room if hog else math.inf)
+                                              room if excused else math.inf)
         if missed:
             status.action = "throttle"
             changed |= self._throttle_step(snapshot, status, w, miss, protect, throttle, judged,

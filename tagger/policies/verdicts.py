@@ -38,13 +38,14 @@ class Verdicts:
         return {k: until - now for k, until in self.cooled.items() if until > now}
 
     def judge(self, state: dict[str, ControlState], snap: Snapshot, figures: SloFigures,
-              now: float, hog_room: float = math.inf) -> tuple[set[str], bool]:
+              now: float, light_room: float = math.inf) -> tuple[set[str], bool]:
         """Give each trial this tick's sample of its victim; decide the ones
-        whose window is full.  ``hog_room``: while a hog is the cause at hand,
-        the CPUs beside the protected ones (a cgroup wanting less is light,
-        and its blame does not make its demotion "needed"); infinity when
-        there is no hog.  Returns the culprits judged this tick, and whether
-        a step was undone."""
+        whose window is full.  ``light_room``: while a light neighbour's
+        blame does not count (a hog is the cause at hand, or the victim's own
+        tasks hold most of its wait), the CPUs beside the protected ones (a
+        cgroup wanting less is light, and its blame does not make its
+        demotion "needed"); infinity otherwise.  Returns the culprits judged
+        this tick, and whether a step was undone."""
         judged, undone = set(), False
         index = snap.cgroups.index
         for culprit, st in list(state.items()):
@@ -59,9 +60,9 @@ class Verdicts:
                 blamed_now = None if by is None else {snap.cgroups.paths[r] for r in blamed(by)}
                 mine = index(culprit)
                 demand = float(snap.column("cpu.demand")[mine]) if mine is not None else math.nan
-                if blamed_now and hog_room < math.inf and not demand >= hog_room:
-                    # Light beside a hog: it only held the CPU the hog left
-                    # (the rule a step follows too, latency_slo's module doc).
+                if blamed_now and light_room < math.inf and not demand >= light_room:
+                    # Light, and its blame does not count now (the rule a
+                    # step follows too, latency_slo's module doc).
                     blamed_now.discard(culprit)
                 if self._give_back(state, culprit, st, blamed_now, demand, now):
                     judged.add(culprit)
