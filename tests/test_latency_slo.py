@@ -953,3 +953,34 @@ def test_a_light_neighbour_is_no_culprit_while_the_victims_own_tasks_hold_most_o
 
     assert run(tmp_path / "own", own=0.3) == ORIGINAL
     assert run(tmp_path / "theirs", own=0.05)["cpu.idle"] == "1"
+
+
+class IdleOnlyHost(UnlabelledHost):
+    """UnlabelledHost on which only cpu.idle lets web's wake-ups through a
+    hog: the lowest weight changes nothing (as on the unlabelled scenario,
+    where the weight was judged to have no effect on three hogs of six)."""
+
+    def demoted(self, cg) -> bool:
+        return _knobs(self.root, cg)["cpu.idle"] == "1"
+
+
+def test_a_work_conserving_lever_that_did_not_help_is_not_tried_on_the_next_culprit(tmp_path):
+    """Weight first: /n1 hogs, its weight is judged to have no effect and
+    undone, cpu.idle helps.  /n2 hogs next, within the cool-down: its first
+    step is cpu.idle, not the weight again -- a work-conserving lever works
+    by letting web's wake-ups preempt whoever runs, so one that did not
+    help against /n1 will not against /n2.  A quota is culprit-specific and
+    cools on its pair only."""
+    store, act, _, _ = _unlabelled(tmp_path, target=2 * MS)
+    host = IdleOnlyHost(tmp_path)
+    slo = LatencySlo(LatencySloSpec(name="web-slo", protect=Selector(tags={"latency": "critical"}),
+                                    throttle=Selector(cgroup=("/n*",)), metric="runq.p99", target=2 * MS,
+                                    ladder=(("weight",), ("idle",), ("quota",), ("cpuset",))))
+    for t in range(40):
+        host.hog = "/n1" if t < 20 else "/n2"
+        s = host.tick(t)
+        act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+    steps = [(o.culprit, o.lever, o.outcome) for o in slo.outcomes]
+    assert steps[:2] == [("/n1", "weight", "no_effect"), ("/n1", "idle", "helped")]
+    assert ("/n2", "weight", "no_effect") not in steps and ("/n2", "idle", "helped") in steps
+    assert ("/web", "*", "weight") in slo.cooling(40.0)

@@ -12,6 +12,7 @@ from tagger.rules.spec import LatencySloSpec
 from tagger.snapshot import Snapshot
 
 from .state import ControlState
+from .verdicts import ANY
 
 #: A cpuset demotion leaves the protected cgroups this many times their CPU use
 #: (rounded up to whole CPUs): room for their bursts between two ticks.
@@ -28,7 +29,9 @@ def cpuset_size(snap: Snapshot, protect: list[int], cpus: float) -> int | None:
 
 
 class Ladder:
-    """The rungs in force (``spec.rungs()``), skipping levers cooling on a pair."""
+    """The rungs in force (``spec.rungs()``), skipping levers cooling on a
+    pair, or on the victim against any culprit (a work-conserving lever that
+    did not help, :class:`.verdicts.Verdicts`)."""
 
     def __init__(self, spec: LatencySloSpec, cooled: dict):
         self.spec = spec
@@ -73,7 +76,7 @@ class Ladder:
     def _cpu_step(self, snap, i, victim, culprit, st, factor, size, ceiling, climb) -> str | None:
         for rung in self.rungs:
             lever = "+".join(rung)
-            if (victim, culprit, lever) in self.cooled:
+            if (victim, culprit, lever) in self.cooled or (victim, ANY, lever) in self.cooled:
                 continue
             if all(st.holds(x) for x in rung):
                 # A rung l keeps: a further cut where it has one, before the next rung.

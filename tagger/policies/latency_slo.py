@@ -80,7 +80,8 @@ the target, or at most ``(1 - gain)`` times the same figure over the misses
 that asked for the step (up to ``judge`` ticks of them).  A step that helped is
 kept; one that did not is **undone** (l's previous settings asked for again:
 the actuator restores what it journaled) and its lever is not tried again on
-that (W, l) pair for ``cooldown`` seconds; the next miss tries the next rung.
+that (W, l) pair for ``cooldown`` seconds (a work-conserving one: for W
+against every culprit, docs/actions.md); the next miss tries the next rung.
 A window that cannot finish (W stopped, l left, everything dropped) is
 *unjudged*.  The outcomes are counted in :attr:`LatencySlo.counts` and the
 recent ones kept in :attr:`LatencySlo.outcomes`.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 
-from tagger.rules.spec import LatencySloSpec
+from tagger.rules.spec import WORK_CONSERVING, LatencySloSpec
 from tagger.snapshot import Snapshot
 
 from .culprits import blamed, charged
@@ -15,6 +15,8 @@ from .state import GIVE_BACK_AFTER, GIVE_BACK_MAX, ControlState, StepOutcome
 
 #: Outcome records kept for ``tagger actions`` and the socket API.
 RECENT_OUTCOMES = 50
+#: The culprit of a cool-down that holds for a victim against every culprit.
+ANY = "*"
 
 
 class Verdicts:
@@ -87,6 +89,11 @@ class Verdicts:
                 st.cpu, st.levers, st.cpuset = previous.cpu, previous.levers, previous.cpuset
                 st.io_scale, st.io_base = previous.io_scale, previous.io_base
                 self.cooled[(trial.victim, culprit, trial.lever)] = now + self.spec.cooldown
+                if set(trial.lever.split("+")) <= WORK_CONSERVING:
+                    # What a work-conserving lever does for W is let W's
+                    # wake-ups preempt whoever runs: if it did not help
+                    # against this culprit it will not against the next.
+                    self.cooled[(trial.victim, ANY, trial.lever)] = now + self.spec.cooldown
                 undone = True
             st.trial, st.missed = None, 0
             judged.add(culprit)
