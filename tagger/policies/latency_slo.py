@@ -96,10 +96,11 @@ given back ("released").  Beside a hog of the moment, or while W's own
 tasks hold most of its wait, a light l's blame does not count, as it takes
 no step then: the unlabelled scenario's light neighbours, demoted for
 their start-up bursts, were found "needed" while another neighbour hogged
-and stayed demoted into the next turn (17:25).  A demoted culprit is charged little of W's wait
-whether it still hogs or not, so only a trial tells -- except where its
-demand does: a work-conserving demotion (weight, idle) costs l only the CPU
-the protected take, and while l and the protected together want at least
+and stayed demoted into the next turn (17:25).  A demoted culprit is
+charged little of W's wait whether it still hogs or not, so only a trial
+tells -- except where its demand does: a work-conserving demotion (weight,
+idle) costs l only the CPU the protected take, and while l and the
+protected together want at least
 the node's CPUs (``cpu.demand``) giving it back could only bring the
 contention back, so it is not tried (and l's demand then is the one it must
 fall under to count as stopped); it goes when l stops or, once l fits
