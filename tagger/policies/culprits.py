@@ -11,6 +11,8 @@ import numpy as np
 
 from tagger.snapshot import Snapshot
 
+from .state import ControlState
+
 #: With wait attribution, neighbours are the CPU cause only when they hold at
 #: least this share of W's run-queue wait (the rest: its own tasks, the host).
 FOREIGN_SHARE = 0.5
@@ -115,6 +117,46 @@ def blamed(by: dict[int, float], unfloored=frozenset()) -> set[int]:
         out.add(row)
         held += wait
     return out
+
+
+def fresh_hogs(snap: Snapshot, throttle: list[int], room: float, state: dict[str, ControlState]) -> set[int]:
+    """The rows of ``throttle`` that crowd W (``cpu.demand`` at least
+    ``room``, the CPUs beside what the protected want) and hold no CPU step
+    in ``state`` yet: a hog's first step needs no floor on what it is
+    charged (latency_slo's module doc)."""
+    demand, paths = snap.column("cpu.demand"), snap.cgroups.paths
+    return {i for i in throttle if demand[i] >= room and not _holds_cpu(state, paths[i])}
+
+
+def hog_at_hand(snap: Snapshot, w: int, throttle: list[int], room: float,
+                state: dict[str, ControlState]) -> bool:
+    """Is there a hog of the moment for W: a cgroup crowding it, blamed for
+    its wait now or held by a CPU step -- or stepped on as a hog (its demand
+    at the step, ``ControlState.demand``, crowded W) and still held, until
+    it counts as stopped (``hold`` ticks under STOPPED x that demand), not
+    from the tick its demand falls (at the end of a hog's turn in the
+    unlabelled scenario a light neighbour was demoted on that tick, a
+    second before the next hog began, 20:03)?  While there is one it is the
+    cause at hand: a light neighbour blamed beside it takes no step, and a
+    light neighbour's demotion given back on trial is not "needed" for
+    misses it is blamed for.  Only with wait attribution: without it nobody
+    is blamed."""
+    by = charged(snap, w)
+    if by is None:
+        return False
+    demand, paths = snap.column("cpu.demand"), snap.cgroups.paths
+    culprits = blamed(by, unfloored=fresh_hogs(snap, throttle, room, state))
+    for i in throttle:
+        st = state.get(paths[i])
+        held = st is not None and st.holds_cpu
+        if (demand[i] >= room and (i in culprits or held)) or (held and st.demand >= room):
+            return True
+    return False
+
+
+def _holds_cpu(state: dict[str, ControlState], path: str) -> bool:
+    st = state.get(path)
+    return st is not None and st.holds_cpu
 
 
 def importance(snap: Snapshot, w: int, metric: str, resources) -> tuple[dict[str, float], str]:

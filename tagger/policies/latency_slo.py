@@ -152,7 +152,7 @@ from tagger.rules.selectors import PathSelector
 from tagger.rules.spec import WORK_CONSERVING, ActionSet, CpuSpec, IoSpec, LatencySloSpec, Selector
 from tagger.snapshot import Snapshot
 
-from .culprits import SLOWDOWN, Interference, blamed, charged, importance, neighbours_hold
+from .culprits import SLOWDOWN, Interference, fresh_hogs, hog_at_hand, importance, neighbours_hold
 from .figures import SloFigures
 from .ladder import Ladder
 from .state import ControlState, SloStatus, Trial
@@ -270,7 +270,7 @@ class LatencySlo:
             if st.trial is None:
                 st.missed = st.missed + 1 if missed else 0
         room = self._room(snapshot, protect, cpus)
-        hog = w is not None and self._hog(snapshot, w, throttle, room)
+        hog = w is not None and "cpu" in spec.resources and hog_at_hand(snapshot, w, throttle, room, self.state)
         # A light neighbour's blame counts for nothing beside a hog or while
         # W's own tasks hold most of its wait: it takes no step then, and its
         # demotion given back on trial is not "needed" either.
@@ -297,37 +297,6 @@ class LatencySlo:
         self.status = status
         return self._actions()
 
-    def _fresh(self, snap: Snapshot, throttle: list[int], room: float) -> set[int]:
-        """The hogs not yet stepped on: their first step needs no floor on
-        what they are charged (module doc)."""
-        demand, paths = snap.column("cpu.demand"), snap.cgroups.paths
-        return {i for i in throttle if demand[i] >= room and not self._holds_cpu(paths[i])}
-
-    def _hog(self, snap: Snapshot, w: int, throttle: list[int], room: float) -> bool:
-        """Is there a hog of the moment: a cgroup crowding W (it and the
-        protected want the node's CPUs), blamed for W's wait now or held by
-        a CPU step?  While there is one, it is the cause at hand: a light
-        neighbour blamed beside it takes no step, and a light neighbour's
-        demotion given back on trial is not "needed" for misses it is blamed
-        for.  Only with wait attribution: without it nobody is blamed."""
-        by = charged(snap, w) if "cpu" in self.spec.resources else None
-        if by is None:
-            return False
-        demand, paths = snap.column("cpu.demand"), snap.cgroups.paths
-        culprits = blamed(by, unfloored=self._fresh(snap, throttle, room))
-        return any(demand[i] >= room and (i in culprits or self._holds_cpu(paths[i]))
-                   or self._held_hog(paths[i], room) for i in throttle)
-
-    def _held_hog(self, path: str, room: float) -> bool:
-        """A hog stepped on (it crowded W at its step) whose CPU levers are
-        still held: until it counts as stopped (``hold`` ticks under STOPPED
-        x that demand) it stays the cause at hand, as a light neighbour's
-        step waits ``persist`` misses: at the end of a hog's turn in the
-        unlabelled scenario a light neighbour was demoted on the tick the
-        hog's demand fell, a second before the next hog began (20:03)."""
-        st = self.state.get(path)
-        return st is not None and st.holds_cpu and st.demand >= room
-
     def _throttle_step(self, snapshot: Snapshot, status: SloStatus, w: int, miss: float, protect: list[int],
                        throttle: list[int], judged: set[str], cpus: float, ceiling: float, now: float,
                        room: float, hog: bool) -> bool:
@@ -336,7 +305,7 @@ class LatencySlo:
         status.importance, status.cause = importance(snapshot, w, spec.metric, spec.resources)
         demand = snapshot.column("cpu.demand")
         harm = Interference(snapshot, w, protect + throttle, status.importance,
-                            unfloored=self._fresh(snapshot, throttle, room))
+                            unfloored=fresh_hogs(snapshot, throttle, room, self.state))
         status.charged = harm.charged
         size = self.ladder.cpuset_size(snapshot, protect, cpus)
         interferences = {i: harm.of(i) for i in throttle}
