@@ -125,11 +125,12 @@ def fresh_hogs(snap: Snapshot, throttle: list[int], room: float, state: dict[str
     in ``state`` yet: a hog's first step needs no floor on what it is
     charged (latency_slo's module doc)."""
     demand, paths = snap.column("cpu.demand"), snap.cgroups.paths
-    return {i for i in throttle if demand[i] >= room and not _holds_cpu(state, paths[i])}
+    return {i for i in throttle if demand[i] >= room
+            and not (paths[i] in state and state[paths[i]].holds_cpu)}
 
 
 def hog_at_hand(snap: Snapshot, w: int, throttle: list[int], room: float,
-                state: dict[str, ControlState]) -> bool:
+                state: dict[str, ControlState], fresh: set[int]) -> bool:
     """Is there a hog of the moment for W: a cgroup crowding it, blamed for
     its wait now or held by a CPU step -- or stepped on as a hog (its demand
     at the step, ``ControlState.demand``, crowded W) and still held, until
@@ -139,24 +140,19 @@ def hog_at_hand(snap: Snapshot, w: int, throttle: list[int], room: float,
     second before the next hog began, 20:03)?  While there is one it is the
     cause at hand: a light neighbour blamed beside it takes no step, and a
     light neighbour's demotion given back on trial is not "needed" for
-    misses it is blamed for.  Only with wait attribution: without it nobody
-    is blamed."""
+    misses it is blamed for.  ``fresh``: :func:`fresh_hogs`.  Only with
+    wait attribution: without it nobody is blamed."""
     by = charged(snap, w)
     if by is None:
         return False
     demand, paths = snap.column("cpu.demand"), snap.cgroups.paths
-    culprits = blamed(by, unfloored=fresh_hogs(snap, throttle, room, state))
+    culprits = blamed(by, unfloored=fresh)
     for i in throttle:
         st = state.get(paths[i])
         held = st is not None and st.holds_cpu
         if (demand[i] >= room and (i in culprits or held)) or (held and st.demand >= room):
             return True
     return False
-
-
-def _holds_cpu(state: dict[str, ControlState], path: str) -> bool:
-    st = state.get(path)
-    return st is not None and st.holds_cpu
 
 
 def importance(snap: Snapshot, w: int, metric: str, resources) -> tuple[dict[str, float], str]:

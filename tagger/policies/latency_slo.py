@@ -270,17 +270,18 @@ class LatencySlo:
             if st.trial is None:
                 st.missed = st.missed + 1 if missed else 0
         room = self._room(snapshot, protect, cpus)
-        hog = w is not None and "cpu" in spec.resources and hog_at_hand(snapshot, w, throttle, room, self.state)
+        fresh = fresh_hogs(snapshot, throttle, room, self.state)
         # A light neighbour's blame counts for nothing beside a hog or while
         # W's own tasks hold most of its wait: it takes no step then, and its
         # demotion given back on trial is not "needed" either.
-        excused = hog or (w is not None and not neighbours_hold(snapshot, w))
-        judged, changed = self.verdicts.judge(self.state, snapshot, self.figures, now,
-                                              room if excused else math.inf)
+        excused = w is not None and (
+            ("cpu" in spec.resources and hog_at_hand(snapshot, w, throttle, room, self.state, fresh))
+            or not neighbours_hold(snapshot, w))
+        judged, changed = self.verdicts.judge(self.state, snapshot, self.figures, now, room, excused)
         if missed:
             status.action = "throttle"
             changed |= self._throttle_step(snapshot, status, w, miss, protect, throttle, judged,
-                                           cpus, ceiling, now, room, hog)
+                                           cpus, ceiling, now, room, fresh, excused)
         elif self.state and (self._met < self.hold or any(st.trial for st in self.state.values())):
             # Nothing is released while a step is judged: its window must see it alone.
             status.action = "hold"
@@ -299,19 +300,15 @@ class LatencySlo:
 
     def _throttle_step(self, snapshot: Snapshot, status: SloStatus, w: int, miss: float, protect: list[int],
                        throttle: list[int], judged: set[str], cpus: float, ceiling: float, now: float,
-                       room: float, hog: bool) -> bool:
+                       room: float, fresh: set[int], excused: bool) -> bool:
         """W missed: each culprit with no step under judgment takes one.  True if one did."""
         spec, paths, changed = self.spec, snapshot.cgroups.paths, False
         status.importance, status.cause = importance(snapshot, w, spec.metric, spec.resources)
         demand = snapshot.column("cpu.demand")
-        harm = Interference(snapshot, w, protect + throttle, status.importance,
-                            unfloored=fresh_hogs(snapshot, throttle, room, self.state))
+        harm = Interference(snapshot, w, protect + throttle, status.importance, unfloored=fresh)
         status.charged = harm.charged
         size = self.ladder.cpuset_size(snapshot, protect, cpus)
         interferences = {i: harm.of(i) for i in throttle}
-        # Do neighbours hold at least half of W's wait?  Only a cgroup that
-        # crowds W is a culprit without (cpu_cause's "own tasks").
-        foreign = neighbours_hold(snapshot, w)
         runs = {paths[i]: self._blamed.get(paths[i], 0) + 1 for i, x in interferences.items() if x > 0}
         self._blamed = runs
         for i, interference in interferences.items():
@@ -319,7 +316,7 @@ class LatencySlo:
             if interference <= 0:
                 continue
             if harm.attributed and not demand[i] >= room and (
-                    hog or not foreign or (paths[i] not in self.state and runs[paths[i]] < spec.persist)):
+                    excused or (paths[i] not in self.state and runs[paths[i]] < spec.persist)):
                 continue        # light: never beside a hog or for W's own wait, else after `persist` misses
             st = self.state.setdefault(paths[i], ControlState())
             if st.trial is not None or paths[i] in judged:
@@ -357,10 +354,6 @@ class LatencySlo:
                 st.cpuset = size        # the protected use less now: l gets CPUs back
             if st.cpu is None and st.io_scale is None and not st.levers:
                 del self.state[path]
-
-    def _holds_cpu(self, path: str) -> bool:
-        st = self.state.get(path)
-        return st is not None and st.holds_cpu
 
     @staticmethod
     def _room(snap: Snapshot, protect: list[int], cpus: float) -> float:

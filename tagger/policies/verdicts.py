@@ -40,14 +40,14 @@ class Verdicts:
         return {k: until - now for k, until in self.cooled.items() if until > now}
 
     def judge(self, state: dict[str, ControlState], snap: Snapshot, figures: SloFigures,
-              now: float, light_room: float = math.inf) -> tuple[set[str], bool]:
+              now: float, room: float = math.inf, excused: bool = False) -> tuple[set[str], bool]:
         """Give each trial this tick's sample of its victim; decide the ones
-        whose window is full.  ``light_room``: while a light neighbour's
-        blame does not count (a hog is the cause at hand, or the victim's own
-        tasks hold most of its wait), the CPUs beside the protected ones (a
-        cgroup wanting less is light, and its blame does not make its
-        demotion "needed"); infinity otherwise.  Returns the culprits judged
-        this tick, and whether a step was undone."""
+        whose window is full.  ``excused``: a light neighbour's blame does
+        not count now (a hog is the cause at hand, or the victim's own tasks
+        hold most of its wait), so it does not make its demotion "needed";
+        light is wanting less than ``room``, the CPUs beside the protected
+        ones.  Returns the culprits judged this tick, and whether a step was
+        undone."""
         judged, undone = set(), False
         index = snap.cgroups.index
         for culprit, st in list(state.items()):
@@ -62,7 +62,7 @@ class Verdicts:
                 blamed_now = None if by is None else {snap.cgroups.paths[r] for r in blamed(by)}
                 mine = index(culprit)
                 demand = float(snap.column("cpu.demand")[mine]) if mine is not None else math.nan
-                if blamed_now and light_room < math.inf and not demand >= light_room:
+                if blamed_now and excused and not demand >= room:
                     # Light, and its blame does not count now (the rule a
                     # step follows too, latency_slo's module doc).
                     blamed_now.discard(culprit)
