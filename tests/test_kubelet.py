@@ -178,7 +178,10 @@ def test_agent_labels_and_tags_every_pod_and_container(tmp_path, layout, driver,
             assert got.get("qos") == e.qos and got.get("priority") == PRIORITY[e.qos], e.path
 
         # The exposition Prometheus scrapes: pods and containers are exported by
-        # default, with the same labels.
+        # default, with the same labels.  It is rebuilt after the tick that
+        # named the pod, not with it: poll, as a scraper would see it next.
+        wait_for(lambda: _scrape(daemon).get(pod_path, {}).get("pod"), timeout=20,
+                 what="the new pod's labels in the exposition")
         series = _scrape(daemon)
         _check_labels(lambda p: {**series[p], "qos": next(e.qos for e in expected if e.path == p)}, expected)
         for e in expected:
