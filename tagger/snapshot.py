@@ -45,7 +45,7 @@ METRICS: dict[str, Metric] = dict([
     *[_m(f"runq.{p}", "s", f"run-queue latency {p}, runnable to running, per event") for p in _PCT],
     _m("runq.wakeup.p99", "s", "run-queue latency p99 of wakeups (and new tasks)"),
     _m("runq.preempt.p99", "s", "run-queue latency p99 of tasks preempted while runnable"),
-    _m("runq.events", "1/s", "run-queue latency events (task switched in after waiting) per second"),
+    _m("runq.events", "1/s", "run-queue latency events per second: every switch-in after being queued (schedstat pcount), 0 ns waits included"),
     _m("runq.slowdown", "ratio", "(wait + run) / run over the tick (Retro slowdown of the CPU)"),
     _m("sched.switches", "1/s", "voluntary switch-outs (task blocked) per second"),
     _m("sched.preempted", "1/s", "involuntary switch-outs (preempted while runnable) per second"),

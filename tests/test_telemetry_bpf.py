@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -46,6 +47,7 @@ class Totals:
         self.paths = paths
         self.cpu_s = dict.fromkeys(paths, 0.0)
         self.wait_s = dict.fromkeys(paths, 0.0)
+        self.events = dict.fromkeys(paths, 0.0)
         self.io_ops = dict.fromkeys(paths, 0.0)
         self.io_lat_sum = dict.fromkeys(paths, 0.0)
         self.preempted_by: dict[str, dict[str, float]] = {p: {} for p in paths}
@@ -59,6 +61,7 @@ class Totals:
             c = snap.columns
             self.cpu_s[p] += c["cpu.usage"][i] * snap.dt
             self.wait_s[p] += c["runq.wait"][i] * snap.dt
+            self.events[p] += c["runq.events"][i] * snap.dt
             ops = c["io.ops"][i] * snap.dt
             self.io_ops[p] += ops
             if ops > 0:
@@ -138,6 +141,34 @@ def test_cpu_time_and_runq_wait_match_the_kernel(collector, make_cgroup):
         assert ours_wait == pytest.approx(kernel_wait, rel=0.05)
     # Five loops on two CPUs preempt each other across the two cgroups.
     assert totals.preempted_by[a.path].get(b.path, 0) > 0
+
+
+def _pcount(pid: int) -> int:
+    """The kernel's count of a thread's arrivals on a CPU (schedstat field 3,
+    sched_info.pcount): one per wait, however short."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[2])
+
+
+def test_every_arrival_is_a_wait_the_zero_ones_too(collector, make_cgroup):
+    """A sleeper waking 500 times a second, mostly onto an idle CPU: its
+    run-queue events are the kernel's arrivals (pcount), not only the waits
+    the rq clock saw as longer than 0 ns -- those were 5 a second of 600
+    here, and the p99 was the p99 of the rare waits."""
+    cg = make_cgroup("sleeper")
+    totals = Totals(collector, [cg.path])
+    totals.tick()                              # adopt the new cgroup's slot
+    pid = cg.spawn([sys.executable, "-c", "import time\nwhile True: time.sleep(0.002)"]).pid
+    wait_for(lambda: _pcount(pid) > 50, timeout=20, what="the sleeper to run")
+    totals.tick()
+    totals.events[cg.path] = 0.0
+    before = _pcount(pid)
+    totals.run(WINDOW)
+    arrivals = _pcount(pid) - before
+    print(f"{cg.path}: {totals.events[cg.path]:.0f} events vs {arrivals} arrivals (pcount)")
+    assert arrivals > 100, "the sleeper did not wake"
+    # The two reads straddle a tick by a few arrivals at most.
+    assert totals.events[cg.path] == pytest.approx(arrivals, rel=0.03, abs=20)
 
 
 def test_running_tasks_are_credited_every_tick(collector, make_cgroup):
