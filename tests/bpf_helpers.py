@@ -28,15 +28,25 @@ def require_bpf():
 BUSY_LOOP = ["sh", "-c", "while :; do :; done"]
 
 
-def thread_run_delays(pids) -> int:
-    """Sum of run_delay (ns) over every thread of ``pids``: /proc/PID/task/TID/schedstat
-    field 2, the kernel's own run-queue wait (Documentation/scheduler/sched-stats.rst)."""
-    total = 0
+def _schedstats(pids):
+    """Each thread's /proc/PID/task/TID/schedstat of ``pids``, as integers:
+    on-CPU time, run_delay (the kernel's own run-queue wait) and pcount
+    (its arrivals on a CPU, one per wait however short;
+    Documentation/scheduler/sched-stats.rst)."""
     for pid in pids:
         for tid in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[1])
-    return total
+                yield [int(x) for x in f.read().split()]
+
+
+def thread_run_delays(pids) -> int:
+    """Sum of run_delay (ns) over every thread of ``pids``."""
+    return sum(s[1] for s in _schedstats(pids))
+
+
+def thread_arrivals(pids) -> int:
+    """Sum of pcount over every thread of ``pids``."""
+    return sum(s[2] for s in _schedstats(pids))
 
 
 def is_stopped(pid: int) -> bool:

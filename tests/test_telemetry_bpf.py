@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.bpf_helpers import BUSY_LOOP, is_stopped, require_bpf, thread_run_delays
+from tests.bpf_helpers import BUSY_LOOP, is_stopped, require_bpf, thread_arrivals, thread_run_delays
 from tests.cgroup_fixture import wait_for
 
 pytestmark = pytest.mark.bpf
@@ -143,13 +143,6 @@ def test_cpu_time_and_runq_wait_match_the_kernel(collector, make_cgroup):
     assert totals.preempted_by[a.path].get(b.path, 0) > 0
 
 
-def _pcount(pid: int) -> int:
-    """The kernel's count of a thread's arrivals on a CPU (schedstat field 3,
-    sched_info.pcount): one per wait, however short."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[2])
-
-
 def test_every_arrival_is_a_wait_the_zero_ones_too(collector, make_cgroup):
     """A sleeper waking 500 times a second, mostly onto an idle CPU: its
     run-queue events are the kernel's arrivals (pcount), not only the waits
@@ -159,18 +152,18 @@ def test_every_arrival_is_a_wait_the_zero_ones_too(collector, make_cgroup):
     totals = Totals(collector, [cg.path])
     totals.tick()                              # adopt the new cgroup's slot
     pid = cg.spawn([sys.executable, "-c", "import time\nwhile True: time.sleep(0.002)"]).pid
-    wait_for(lambda: _pcount(pid) > 50, timeout=20, what="the sleeper to run")
+    wait_for(lambda: thread_arrivals([pid]) > 50, timeout=20, what="the sleeper to run")
     # Both counts cover the same arrivals: the sleeper is stopped while
     # each count is read (a slow tick, as in a TCG VM, moves nothing).
     _stop_all([cg])
     totals.tick()
     totals.events[cg.path] = 0.0
-    before = _pcount(pid)
+    before = thread_arrivals([pid])
     os.kill(pid, signal.SIGCONT)
     totals.run(WINDOW)
     _stop_all([cg])
     totals.tick()
-    arrivals = _pcount(pid) - before
+    arrivals = thread_arrivals([pid]) - before
     print(f"{cg.path}: {totals.events[cg.path]:.0f} events vs {arrivals} arrivals (pcount)")
     assert arrivals > 100, "the sleeper did not wake"
     assert totals.events[cg.path] == pytest.approx(arrivals, rel=0.01, abs=5)
