@@ -58,6 +58,8 @@ METRICS: dict[str, Metric] = dict([
     _m("io.device.avg", "s", "block request time from issue to complete, mean"),
     _m("io.slowdown", "ratio", "(queue + device) / device (Retro slowdown of the disk)"),
     _m("cpu.throttled", "fraction", "fraction of CFS periods throttled (cpu.stat)", "cgroupfs"),
+    _m("cpu.weight", "weight", "CPU weight in cgroup v2 units, 1..10000, 100 the default (cpu.weight; "
+       "v1 cpu.shares x 100 / 1024)", "cgroupfs"),
     _m("cpu.periods", "1/s", "CFS quota periods that ran per second (cpu.stat nr_periods; 0 without a quota)",
        "cgroupfs"),
     _m("cpu.throttled_periods", "1/s", "CFS quota periods throttled per second (cpu.stat nr_throttled)",

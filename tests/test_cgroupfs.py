@@ -157,6 +157,34 @@ def hybrid_cgroup(root, rel, usage_ns, periods, throttled, read_b, write_b, ops_
     write(root / "unified", rel, "cpu.pressure", PSI.format(3.0))
 
 
+def test_cpu_weight_in_v2_units_from_cpu_weight_or_v1_shares(v2_fs, tmp_path):
+    """cpu.weight as the file says on v2; on v1, cpu.shares on the kernel's
+    own scale (1024 shares = weight 100); absent (no cpu controller there): NaN."""
+    fs, root = v2_fs
+    write(root, "/a", "cpu.weight", "250\n")
+    write(root, "/b", "cpu.stat", "usage_usec 1\n")
+    cols = read_columns(Layout.detect(fs), ["/a", "/b"], metrics=("cpu.weight",))
+    assert cols["cpu.weight"][0] == 250 and np.isnan(cols["cpu.weight"][1])
+    hybrid = make_tree(tmp_path / "h", MOUNTS_HYBRID, "/sys/fs/cgroup/unified", "")
+    write(tmp_path / "h/sys/fs/cgroup/cpu", "/w", "cpu.shares", "2048\n")
+    assert read_columns(Layout.detect(hybrid), ["/w"], metrics=("cpu.weight",))["cpu.weight"][0] == 200
+
+
+def test_real_cpu_weight_is_what_the_kernel_was_given(make_cgroup):
+    """A real cgroup's weight set through its own file (v2 cpu.weight, or v1
+    cpu.shares on a hybrid host) reads back in v2 units."""
+    layout = Layout.detect(HOST)
+    v1 = layout.controller_version("cpu") == 1
+    cg = make_cgroup("weight", controllers=("cpu",) if v1 else ())
+    if v1:
+        (cg.dir("cpu") / "cpu.shares").write_text("512\n")
+    else:
+        if not (cg.v2 / "cpu.weight").exists():
+            pytest.skip("the cpu controller is not enabled for test cgroups here")
+        (cg.v2 / "cpu.weight").write_text("50\n")
+    assert read_columns(layout, [cg.path], metrics=("cpu.weight",))["cpu.weight"][0] == 50
+
+
 def test_psi_is_the_share_of_time_stalled_since_the_previous_read(v2_fs):
     """PSI "some total" (us) as a rate: a stall shows at the next read, where
     avg10 (a 10 s average) would take seconds to rise; never below avg10;
@@ -224,7 +252,7 @@ def test_reads_only_the_files_needed(v2_fs, monkeypatch):
 def test_unavailable_metrics_named(tmp_path):
     fs = make_tree(tmp_path, MOUNTS_V2, "/sys/fs/cgroup", "pids")
     reader = CgroupfsReader(Layout.detect(fs))
-    assert set(reader.unavailable) == {"cpu.throttled", "cpu.periods", "cpu.throttled_periods",
+    assert set(reader.unavailable) == {"cpu.throttled", "cpu.periods", "cpu.throttled_periods", "cpu.weight",
                                        "mem.current", "io.ops", "io.read_bytes", "io.write_bytes"}
 
 

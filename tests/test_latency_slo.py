@@ -640,6 +640,20 @@ def _unlabelled(tmp_path, target: float):
     return store, act, slo, UnlabelledHost(tmp_path)
 
 
+def over_its_share(s: Snapshot, row: int) -> Snapshot:
+    """The light neighbour at ``row`` wants more than its fair share of the
+    node, still light (under web's room): its weight (1) promises it almost
+    nothing, and another light neighbour wants 1.4 CPUs (under web's room of
+    1.5), so that web and its neighbours want more than the node's 2 CPUs.
+    A light neighbour within its share is never stepped
+    (culprits.within_share)."""
+    busy = 4 if row != 4 else 3
+    s.columns["cpu.weight"] = np.full(len(s.cgroups.paths), 100.0)
+    s.columns["cpu.weight"][row] = 1.0
+    s.columns["cpu.demand"][busy] = max(s.columns["cpu.demand"][busy], 1.4)
+    return s
+
+
 def test_only_the_cgroup_charged_with_the_victims_wait_is_acted_on_and_released_when_it_stops(tmp_path):
     """No neighbour carries a priority tag; the policy may throttle any of
     them (a path glob).  Each turn it demotes the hog of the moment, and only
@@ -731,6 +745,7 @@ def test_a_demotion_kept_by_chance_is_given_back_and_stays_released(tmp_path):
             s.columns["runq.p99"][1] = 4 * MS
             s.culprits = np.array([(1, 3, 0.2)], dtype=CULPRIT_DTYPE)
             s.columns["runq.wait.foreign"][1] = 0.2
+            over_its_share(s, 3)
         return s
 
     n2 = []
@@ -770,7 +785,7 @@ def test_a_neighbour_blamed_for_one_tick_is_not_a_culprit(tmp_path):
         s.columns["runq.p99"][1] = 4 * MS
         s.culprits = np.array([(1, {"/n1": 2, "/n3": 4}[culprit], 0.3)], dtype=CULPRIT_DTYPE)
         s.columns["runq.wait.foreign"][1] = 0.3
-        return s
+        return over_its_share(s, {"/n1": 2, "/n3": 4}[culprit])
 
     for t, culprit in enumerate(["/n3", "/n1", "/n1"]):
         s = tick(t, culprit)
@@ -795,6 +810,7 @@ def test_a_demotion_kept_while_the_cgroup_hogs_is_released_when_it_stops_at_its_
             s.columns["runq.p99"][1] = 4 * MS
             s.culprits = np.array([(1, 2, 0.2)], dtype=CULPRIT_DTYPE)
             s.columns["runq.wait.foreign"][1] = 0.2
+            over_its_share(s, 2)
         return s
 
     trace = []
@@ -848,6 +864,7 @@ def test_beside_a_hog_light_neighbours_blamed_for_the_misses_left_are_not_steppe
             s.columns["runq.p99"][1] = 4 * MS
             s.culprits = np.array([(1, 3, 0.3)], dtype=CULPRIT_DTYPE)
             s.columns["runq.wait.foreign"][1] = 0.3
+            over_its_share(s, 3)
         return s
 
     n2_from = None
@@ -914,6 +931,7 @@ def test_beside_a_hog_a_light_neighbours_demotion_given_back_is_not_needed_for_m
                 s.culprits = np.array([(1, 3, 0.3)], dtype=CULPRIT_DTYPE)
                 s.columns["runq.wait.foreign"][1] = 0.3
                 s.columns["runq.wait"][1] = 0.3 + (own if t >= 8 else 0.0)
+                over_its_share(s, 3)
             return s
 
         for t in range(40):
@@ -948,11 +966,61 @@ def test_a_light_neighbour_is_no_culprit_while_the_victims_own_tasks_hold_most_o
             s.culprits = np.array([(1, 2, 0.1)], dtype=CULPRIT_DTYPE)
             s.columns["runq.wait.foreign"][1] = 0.1
             s.columns["runq.wait"][1] = 0.1 + own
+            over_its_share(s, 2)
             act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
         return _knobs(root, "/n1")
 
     assert run(tmp_path / "own", own=0.3) == ORIGINAL
     assert run(tmp_path / "theirs", own=0.05)["cpu.idle"] == "1"
+
+
+def test_a_light_neighbour_within_its_fair_share_is_no_culprit(tmp_path):
+    """web misses every tick with light /n1 charged most of its wait.  web
+    (0.5 CPU), /n1 (0.9) and the other two (0.5 each) want 2.4 CPUs of 2.
+    At equal weights /n1's fair share is 0.5: it wants more, and is
+    stepped.  At weight 300 (a larger CPU request: Kubernetes sets the
+    weight from it) its share is 1.0: it takes nothing its weight does not
+    give it, and is left alone however often it is blamed."""
+
+    def run(root, weight):
+        root.mkdir()
+        store, act, slo, host = _unlabelled(root, target=2 * MS)
+        stepped = []
+        for t in range(8):
+            s = host.tick(t)
+            s.columns["runq.p99"][1] = 4 * MS
+            s.culprits = np.array([(1, 2, 0.3)], dtype=CULPRIT_DTYPE)
+            s.columns["runq.wait.foreign"][1] = 0.3
+            s.columns["cpu.demand"][2:5] = (0.9, 0.5, 0.5)
+            s.columns["cpu.weight"] = np.array([100.0, 100.0, weight, 100.0, 100.0])
+            act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+            stepped.append(_knobs(root, "/n1") != ORIGINAL)
+        return stepped, slo.spec.persist
+
+    stepped, persist = run(tmp_path / "equal", 100.0)
+    assert stepped.index(True) == persist - 1               # on its `persist`-th miss in a row
+    stepped, _ = run(tmp_path / "request", 300.0)
+    assert not any(stepped)
+
+
+def test_fair_shares_are_weighted_max_min():
+    """What each wants if it fits, else CPUs by weight from what the others
+    leave; an unknown demand is never within its share, an unknown weight
+    is the default."""
+    from tagger.policies.culprits import within_share
+
+    def within(demand, weight=None, cpus=2.0):
+        cols = {"cpu.demand": demand}
+        if weight is not None:
+            cols["cpu.weight"] = weight
+        s = Snapshot.synthetic([f"/c{i}" for i in range(len(demand))], cols)
+        return within_share(s, list(range(len(demand))), cpus)
+
+    assert within([0.5, 0.9, 0.5, 0.5]) == {0, 2, 3}            # 0.5 each; 0.5 left for the 0.9
+    assert within([0.5, 0.9, 0.5, 0.5], [100, 300, 100, 100]) == {1}   # 1.0 for the 0.9
+    assert within([0.3, 0.3, 1.3]) == {0, 1, 2}                 # the node is not full: all fit
+    assert within([0.3, math.nan, 1.9]) == {0}                  # 1.7 left for the 1.9
+    assert within([0.3, 0.4], [math.nan, 0.0], cpus=0.6) == {0}  # default weights: 0.3 each
 
 
 class IdleOnlyHost(UnlabelledHost):

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from tagger.knobs import WEIGHT_DEFAULT
 from tagger.snapshot import Snapshot
 
 from .state import ControlState
@@ -127,6 +128,38 @@ def fresh_hogs(snap: Snapshot, throttle: list[int], room: float, state: dict[str
     demand, paths = snap.column("cpu.demand"), snap.cgroups.paths
     return {i for i in throttle if demand[i] >= room
             and not (paths[i] in state and state[paths[i]].holds_cpu)}
+
+
+def within_share(snap: Snapshot, rows: list[int], cpus: float) -> set[int]:
+    """The rows that want no more CPU than their fair share: the node's CPUs
+    shared among ``rows`` (the protected and throttled cgroups) by weighted
+    max-min fairness -- each gets what it wants (``cpu.demand``) or, if it
+    wants more, CPUs in proportion to its weight (``cpu.weight``) from what
+    the others leave -- the split the kernel's weights promise.  Such a
+    cgroup takes nothing its weight does not give it, so no lever on it is
+    the fix for W's misses (the unlabelled scenario's light neighbours,
+    0.3-0.5 CPU in their bursts against a share of 0.6 at their weight,
+    were blamed for two misses in a row and demoted).  The ones it leaves
+    out want more than their share: a hog, or a neighbour among several
+    that together want more than the node.  A row whose demand is unknown
+    (NaN) is never within its share; an unknown weight counts as the
+    default (100).  cpu.idle is not read: an idle cgroup counts at its
+    weight."""
+    demand = snap.column("cpu.demand")
+    weights = snap.columns.get("cpu.weight")
+    want = {i: float(demand[i]) for i in rows if not math.isnan(demand[i])}
+    weight = {i: float(weights[i]) if weights is not None and weights[i] > 0 else float(WEIGHT_DEFAULT)
+              for i in want}
+    left, open_, out = float(cpus), set(want), set()
+    while open_:
+        per_weight = max(left, 0.0) / sum(weight[i] for i in open_)
+        fits = {i for i in open_ if want[i] <= per_weight * weight[i]}
+        if not fits:
+            break           # the rest all want more than their share
+        out |= fits
+        left -= sum(want[i] for i in fits)
+        open_ -= fits
+    return out
 
 
 def hog_at_hand(snap: Snapshot, w: int, throttle: list[int], room: float,

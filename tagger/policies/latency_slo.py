@@ -42,6 +42,10 @@ Each tick:
    unlabelled scenario's lead-in, three light neighbours starting at once,
    one charged 86-103 ms/s beside 250-275 ms/s of web's own wait was
    demoted, and no lever on it could have brought web within its SLO.
+   Nor while it wants no more than its fair share of the node
+   (:func:`.culprits.within_share`, by weight): it takes nothing its weight
+   does not give it (the lead-in's light neighbours, 0.3-0.5 CPU in their
+   bursts against a share of about 0.6, were blamed for two misses in a row).
    (Letting ticks within the SLO not break the run made no first action
    faster on the labelled scenario, 2.3-10.2 s, and let a light neighbour's
    bursts a few ticks apart add up on the unlabelled one.)
@@ -92,9 +96,9 @@ since it was last found needed is **given back on trial** (the cgroup wanting
 the least CPU first, one at a time): if W misses at a tick of the next
 ``judge`` with l blamed for it (any miss, without attribution) it is put back
 at once ("needed") and the next trial waits twice as long; else it stays
-given back ("released").  Beside a hog of the moment, or while W's own
-tasks hold most of its wait, a light l's blame does not count, as it takes
-no step then: the unlabelled scenario's light neighbours, demoted for
+given back ("released").  Beside a hog of the moment, while W's own
+tasks hold most of its wait, or while it wants no more than its fair share,
+a light l's blame does not count, as it takes no step then: the unlabelled scenario's light neighbours, demoted for
 their start-up bursts, were found "needed" while another neighbour hogged
 and stayed demoted into the next turn (17:25).  A demoted culprit is
 charged little of W's wait whether it still hogs or not, so only a trial
@@ -152,7 +156,7 @@ from tagger.rules.selectors import PathSelector
 from tagger.rules.spec import WORK_CONSERVING, ActionSet, CpuSpec, IoSpec, LatencySloSpec, Selector
 from tagger.snapshot import Snapshot
 
-from .culprits import SLOWDOWN, Interference, fresh_hogs, hog_at_hand, importance, neighbours_hold
+from .culprits import SLOWDOWN, Interference, fresh_hogs, hog_at_hand, importance, neighbours_hold, within_share
 from .figures import SloFigures
 from .ladder import Ladder
 from .state import ControlState, SloStatus, Trial
@@ -271,17 +275,20 @@ class LatencySlo:
                 st.missed = st.missed + 1 if missed else 0
         room = self._room(snapshot, protect, cpus)
         fresh = fresh_hogs(snapshot, throttle, room, self.state)
-        # A light neighbour's blame counts for nothing beside a hog or while
-        # W's own tasks hold most of its wait: it takes no step then, and its
-        # demotion given back on trial is not "needed" either.
+        # A light neighbour's blame counts for nothing beside a hog, while
+        # W's own tasks hold most of its wait, or while it wants no more than
+        # its fair share: it takes no step then, and its demotion given back
+        # on trial is not "needed" either.
         excused = w is not None and (
             ("cpu" in spec.resources and hog_at_hand(snapshot, w, throttle, room, self.state, fresh))
             or not neighbours_hold(snapshot, w))
-        judged, changed = self.verdicts.judge(self.state, snapshot, self.figures, now, room, excused)
+        fair = within_share(snapshot, protect + throttle, cpus)
+        judged, changed = self.verdicts.judge(self.state, snapshot, self.figures, now, room, excused,
+                                              {paths[i] for i in fair})
         if missed:
             status.action = "throttle"
             changed |= self._throttle_step(snapshot, status, w, miss, protect, throttle, judged,
-                                           cpus, ceiling, now, room, fresh, excused)
+                                           cpus, ceiling, now, room, fresh, set(throttle) if excused else fair)
         elif self.state and (self._met < self.hold or any(st.trial for st in self.state.values())):
             # Nothing is released while a step is judged: its window must see it alone.
             status.action = "hold"
@@ -300,8 +307,9 @@ class LatencySlo:
 
     def _throttle_step(self, snapshot: Snapshot, status: SloStatus, w: int, miss: float, protect: list[int],
                        throttle: list[int], judged: set[str], cpus: float, ceiling: float, now: float,
-                       room: float, fresh: set[int], excused: bool) -> bool:
-        """W missed: each culprit with no step under judgment takes one.  True if one did."""
+                       room: float, fresh: set[int], spared: set[int]) -> bool:
+        """W missed: each culprit with no step under judgment takes one.  True if one did.
+        ``spared``: the rows whose blame counts for nothing now if they are light."""
         spec, paths, changed = self.spec, snapshot.cgroups.paths, False
         status.importance, status.cause = importance(snapshot, w, spec.metric, spec.resources)
         demand = snapshot.column("cpu.demand")
@@ -316,8 +324,8 @@ class LatencySlo:
             if interference <= 0:
                 continue
             if harm.attributed and not demand[i] >= room and (
-                    excused or (paths[i] not in self.state and runs[paths[i]] < spec.persist)):
-                continue        # light: never beside a hog or for W's own wait, else after `persist` misses
+                    i in spared or (paths[i] not in self.state and runs[paths[i]] < spec.persist)):
+                continue        # light: never when spared (above), else after `persist` misses
             st = self.state.setdefault(paths[i], ControlState())
             if st.trial is not None or paths[i] in judged:
                 continue        # one step at a time, each judged before the next

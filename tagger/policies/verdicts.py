@@ -40,13 +40,15 @@ class Verdicts:
         return {k: until - now for k, until in self.cooled.items() if until > now}
 
     def judge(self, state: dict[str, ControlState], snap: Snapshot, figures: SloFigures,
-              now: float, room: float = math.inf, excused: bool = False) -> tuple[set[str], bool]:
+              now: float, room: float = math.inf, excused: bool = False,
+              fair: frozenset[str] | set[str] = frozenset()) -> tuple[set[str], bool]:
         """Give each trial this tick's sample of its victim; decide the ones
         whose window is full.  ``excused``: a light neighbour's blame does
         not count now (a hog is the cause at hand, or the victim's own tasks
         hold most of its wait), so it does not make its demotion "needed";
-        light is wanting less than ``room``, the CPUs beside the protected
-        ones.  Returns the culprits judged this tick, and whether a step was
+        nor does the blame of a light culprit in ``fair`` (wanting no more
+        than its fair share, :func:`.culprits.within_share`).  Light is
+        wanting less than ``room``, the CPUs beside the protected ones.  Returns the culprits judged this tick, and whether a step was
         undone."""
         judged, undone = set(), False
         index = snap.cgroups.index
@@ -62,7 +64,7 @@ class Verdicts:
                 blamed_now = None if by is None else {snap.cgroups.paths[r] for r in blamed(by)}
                 mine = index(culprit)
                 demand = float(snap.column("cpu.demand")[mine]) if mine is not None else math.nan
-                if blamed_now and excused and not demand >= room:
+                if blamed_now and (excused or culprit in fair) and not demand >= room:
                     # Light, and its blame does not count now (the rule a
                     # step follows too, latency_slo's module doc).
                     blamed_now.discard(culprit)

@@ -35,7 +35,7 @@ from .slotmap import SlotMap
 log = logging.getLogger(__name__)
 
 #: cgroupfs figures the BPF collector adds (the kernel keeps them already).
-CGROUPFS_EXTRAS = ("cpu.throttled", "cpu.periods", "cpu.throttled_periods", "mem.current",
+CGROUPFS_EXTRAS = ("cpu.throttled", "cpu.periods", "cpu.throttled_periods", "cpu.weight", "mem.current",
                    "psi.cpu.some", "psi.io.some", "psi.mem.some")
 
 

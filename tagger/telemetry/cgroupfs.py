@@ -21,6 +21,7 @@ cpu.throttled  cpu.stat nr_throttled / nr_periods       cpu/cpu.stat (same keys)
 cpu.periods    cpu.stat nr_periods (rate)               cpu/cpu.stat (same key)
 cpu.throttled_ cpu.stat nr_throttled (rate)             cpu/cpu.stat (same key)
   periods
+cpu.weight     cpu.weight                               cpu/cpu.shares x 100 / 1024
 mem.current    memory.current                           memory.usage_in_bytes
 psi.*.some     {cpu,io,memory}.pressure "some total"    (v2 only)
                  rate, at least avg10
@@ -45,11 +46,12 @@ import numpy as np
 
 from ..cgroups import Layout, normalize
 from ..kernelfs import KernelFS
+from ..knobs import SHARES_DEFAULT, WEIGHT_DEFAULT
 from .derive import load
 
 #: The Snapshot metrics this module can fill.
 CGROUPFS_METRICS = (
-    "cpu.usage", "cpu.share", "cpu.throttled", "cpu.periods", "cpu.throttled_periods", "mem.current",
+    "cpu.usage", "cpu.share", "cpu.throttled", "cpu.periods", "cpu.throttled_periods", "cpu.weight", "mem.current",
     "psi.cpu.some", "psi.io.some", "psi.mem.some",
     "io.ops", "io.read_bytes", "io.write_bytes",
 )
@@ -61,6 +63,7 @@ _NEEDS = {
     "cpu.throttled": ("cpu.nr_periods", "cpu.nr_throttled"),
     "cpu.periods": ("cpu.nr_periods",),
     "cpu.throttled_periods": ("cpu.nr_throttled",),
+    "cpu.weight": ("cpu.weight",),
     "mem.current": ("mem.current",),
     "psi.cpu.some": ("psi.cpu.some", "psi.cpu.some_total"),
     "psi.io.some": ("psi.io.some", "psi.io.some_total"),
@@ -204,6 +207,13 @@ def plan(layout: Layout, metrics: Iterable[str]) -> tuple[list[FileRead], set[st
                 missing.add(f)
             else:
                 want(layout.controller_root("cpu"), "cpu.stat", [f])
+    if "cpu.weight" in wanted:
+        if cpu_v == 2:
+            want(v2, "cpu.weight", ["cpu.weight"])
+        elif cpu_v == 1:
+            want(layout.controller_root("cpu"), "cpu.shares", ["cpu.weight"])
+        else:
+            missing.add("cpu.weight")
     if "mem.current" in wanted:
         if mem_v == 2:
             want(v2, "memory.current", ["mem.current"])
@@ -244,6 +254,11 @@ def plan(layout: Layout, metrics: Iterable[str]) -> tuple[list[FileRead], set[st
             parse = parse_cpu_stat(keys)
         elif name == "cpuacct.usage":
             parse = parse_int("cpu.usage_s", 1e-9)
+        elif name == "cpu.weight":
+            parse = parse_int("cpu.weight")
+        elif name == "cpu.shares":
+            # v1 shares in v2 weight units (the kernel's own scale: 1024 shares = weight 100).
+            parse = parse_int("cpu.weight", WEIGHT_DEFAULT / SHARES_DEFAULT)
         elif name == "memory.current" or name == "memory.usage_in_bytes":
             parse = parse_int("mem.current")
         elif name.endswith(".pressure"):
@@ -382,7 +397,7 @@ class CgroupfsReader:
                 # the 10 s average still shows.  avg10 until there are two reads.
                 share = np.clip(rate(m + "_total"), 0.0, 1.0)
                 cols[m] = np.where(np.isnan(share), raw[m], np.fmax(share, raw[m]))
-            else:                                # gauges: mem.current, psi.*
+            else:                                # gauges: cpu.weight, mem.current
                 cols[m] = raw[_NEEDS[m][0]].copy()
         return cols
 
