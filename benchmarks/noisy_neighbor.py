@@ -1028,7 +1028,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def write_ticks(path: Path, run) -> None:
     """--ticks: one JSON line per sample, then one per phase (times are CLOCK_MONOTONIC)."""
     fields = ("t", "dt", "web_p99", "web_events", "batch_cpu", "batch_quota", "batch_demoted", "steal",
-              "demoted", "cpu", "charged", "web_foreign", "web_wait", "web_self", "web_other")
+              "demoted", "cpu", "demand", "weight", "charged", "web_foreign", "web_wait", "web_self", "web_other")
     with open(path, "w") as fh:
         for s in run.sampler.samples:
             fh.write(json.dumps({f: getattr(s, f) for f in fields}) + "\n")

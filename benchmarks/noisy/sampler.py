@@ -37,6 +37,8 @@ class Sample:
     agent_cpu: float | None = None    # seconds of CPU the agent has used so far
     demoted: dict = field(default_factory=dict)   # watched workload -> demoted (the unlabelled scenario)
     cpu: dict = field(default_factory=dict)       # watched workload -> CPUs it used
+    demand: dict = field(default_factory=dict)    # watched workload (and web) -> CPUs it wanted (cpu.demand)
+    weight: dict = field(default_factory=dict)    # watched workload (and web) -> its cpu.weight (v2 units)
     charged: dict = field(default_factory=dict)   # watched workload -> web's run-queue wait charged to it, s/s
     web_foreign: float = math.nan     # web's run-queue wait while another cgroup's task held the CPU, s/s
     web_wait: float = math.nan        # all of web's run-queue wait, s/s
@@ -149,6 +151,11 @@ class Sampler(threading.Thread):
             mine = snap.culprits[snap.culprits["victim"] == w]
             for culprit, wait in zip(mine["culprit"], mine["wait"]):
                 by[int(culprit)] = by.get(int(culprit), 0.0) + float(wait)
+        demand, weight = snap.column("cpu.demand"), snap.column("cpu.weight")
+        for name, wl in (("web", self.web), *self.watch.items()):
+            row = snap.cgroups.index(wl.path)
+            s.demand[name] = math.nan if row is None else float(demand[row])
+            s.weight[name] = math.nan if row is None else float(weight[row])
         for name, wl in self.watch.items():
             row = snap.cgroups.index(wl.path)
             s.cpu[name] = math.nan if row is None else float(usage[row])
