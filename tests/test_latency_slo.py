@@ -615,6 +615,7 @@ class UnlabelledHost:
             charged.append((1, row, (0.2 if cg == self.hog else 0.01) * scale))
         p99 = self.BASE / (1 - min(felt / self.CPUS, 0.95))
         foreign = sum(w for _, _, w in charged)
+        demand[0] += foreign            # web's demand counts its wait, as the collector's does
         s = Snapshot.synthetic(
             paths, {"runq.p99": [math.nan, p99, *[0.2 * MS] * 3],
                     "runq.slowdown": [math.nan, 1 + p99 / (0.5 * MS), *[1.0] * 3],
@@ -638,6 +639,15 @@ def _unlabelled(tmp_path, target: float):
                                     throttle=Selector(cgroup=("/n*",)), metric="runq.p99", target=target,
                                     ladder=IDLE_FIRST))
     return store, act, slo, UnlabelledHost(tmp_path)
+
+
+def set_foreign(s: Snapshot, wait: float) -> None:
+    """web's (row 1) wait behind other cgroups is ``wait`` s/s on this tick;
+    its demand counts that wait, as the collector's does (cpu.demand =
+    usage + run-queue wait)."""
+    demand, foreign = s.columns["cpu.demand"], s.columns["runq.wait.foreign"]
+    demand[1] += wait - foreign[1]
+    foreign[1] = wait
 
 
 def over_its_share(s: Snapshot, row: int) -> Snapshot:
@@ -744,7 +754,7 @@ def test_a_demotion_kept_by_chance_is_given_back_and_stays_released(tmp_path):
         if t < 2:                                         # the chance stall, charged to /n2
             s.columns["runq.p99"][1] = 4 * MS
             s.culprits = np.array([(1, 3, 0.2)], dtype=CULPRIT_DTYPE)
-            s.columns["runq.wait.foreign"][1] = 0.2
+            set_foreign(s, 0.2)
             over_its_share(s, 3)
         return s
 
@@ -784,7 +794,7 @@ def test_a_neighbour_blamed_for_one_tick_is_not_a_culprit(tmp_path):
         s = host.tick(t)
         s.columns["runq.p99"][1] = 4 * MS
         s.culprits = np.array([(1, {"/n1": 2, "/n3": 4}[culprit], 0.3)], dtype=CULPRIT_DTYPE)
-        s.columns["runq.wait.foreign"][1] = 0.3
+        set_foreign(s, 0.3)
         return over_its_share(s, {"/n1": 2, "/n3": 4}[culprit])
 
     for t, culprit in enumerate(["/n3", "/n1", "/n1"]):
@@ -809,7 +819,7 @@ def test_a_demotion_kept_while_the_cgroup_hogs_is_released_when_it_stops_at_its_
         if t < 2:                                         # light /n1 blamed for web's misses
             s.columns["runq.p99"][1] = 4 * MS
             s.culprits = np.array([(1, 2, 0.2)], dtype=CULPRIT_DTYPE)
-            s.columns["runq.wait.foreign"][1] = 0.2
+            set_foreign(s, 0.2)
             over_its_share(s, 2)
         return s
 
@@ -838,7 +848,7 @@ def test_blame_for_misses_a_tick_apart_does_not_add_up(tmp_path):
         if t % 2 == 0:
             s.columns["runq.p99"][1] = 4 * MS
             s.culprits = np.array([(1, 2, 0.3)], dtype=CULPRIT_DTYPE)
-            s.columns["runq.wait.foreign"][1] = 0.3
+            set_foreign(s, 0.3)
         return s
 
     for t in range(9):
@@ -863,7 +873,7 @@ def test_beside_a_hog_light_neighbours_blamed_for_the_misses_left_are_not_steppe
         if t > HOG + 2:                                   # the misses left beside the demoted hog
             s.columns["runq.p99"][1] = 4 * MS
             s.culprits = np.array([(1, 3, 0.3)], dtype=CULPRIT_DTYPE)
-            s.columns["runq.wait.foreign"][1] = 0.3
+            set_foreign(s, 0.3)
             over_its_share(s, 3)
         return s
 
@@ -900,7 +910,7 @@ def test_a_hogs_first_step_needs_no_floor_a_light_neighbours_does(tmp_path):
         s = host.tick(0)
         s.columns["runq.p99"][1] = 4 * MS
         s.culprits = np.array([(1, 2, 0.02)], dtype=CULPRIT_DTYPE)     # /n1 held 20 ms/s of it
-        s.columns["runq.wait.foreign"][1] = 0.02
+        set_foreign(s, 0.02)
         act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
         return _knobs(root, "/n1")
 
@@ -930,7 +940,7 @@ def test_beside_a_hog_a_light_neighbours_demotion_given_back_is_not_needed_for_m
             if t < 2 or (t >= 8 and t % 4 == 0):
                 s.columns["runq.p99"][1] = 4 * MS
                 s.culprits = np.array([(1, 3, 0.3)], dtype=CULPRIT_DTYPE)
-                s.columns["runq.wait.foreign"][1] = 0.3
+                set_foreign(s, 0.3)
                 s.columns["runq.wait"][1] = 0.3 + (own if t >= 8 else 0.0)
                 if t < 2 or over:
                     over_its_share(s, 3)
@@ -968,7 +978,7 @@ def test_a_light_neighbour_is_no_culprit_while_the_victims_own_tasks_hold_most_o
             s = host.tick(t)
             s.columns["runq.p99"][1] = 4 * MS
             s.culprits = np.array([(1, 2, 0.1)], dtype=CULPRIT_DTYPE)
-            s.columns["runq.wait.foreign"][1] = 0.1
+            set_foreign(s, 0.1)
             s.columns["runq.wait"][1] = 0.1 + own
             over_its_share(s, 2)
             act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
@@ -994,7 +1004,7 @@ def test_a_light_neighbour_within_its_fair_share_is_no_culprit(tmp_path):
             s = host.tick(t)
             s.columns["runq.p99"][1] = 4 * MS
             s.culprits = np.array([(1, 2, 0.3)], dtype=CULPRIT_DTYPE)
-            s.columns["runq.wait.foreign"][1] = 0.3
+            set_foreign(s, 0.3)
             s.columns["cpu.demand"][2:5] = (0.9, 0.5, 0.5)
             s.columns["cpu.weight"] = np.array([100.0, 100.0, weight, 100.0, 100.0])
             act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
@@ -1005,6 +1015,27 @@ def test_a_light_neighbour_within_its_fair_share_is_no_culprit(tmp_path):
     assert stepped.index(True) == persist - 1               # on its `persist`-th miss in a row
     stepped, _ = run(tmp_path / "request", 300.0)
     assert not any(stepped)
+
+
+def test_a_light_neighbour_does_not_crowd_a_victim_swollen_by_the_wait_it_suffers(tmp_path):
+    """As /n2 starts to hog, web waits 1.3 s/s behind its neighbours, so its
+    demand (usage + wait) reads 1.6 CPU, and light /n3, wanting 0.45 CPU,
+    is charged most of that wait on one tick (the unlabelled run of
+    2026-12-01 02:20).  The room beside web is what web would want with the
+    node to itself (0.3 CPU), so /n3 does not crowd it: it is light, and one
+    miss is not `persist`.  Counting the wait, the room was 0.43 CPU and /n3
+    was stepped as a hog."""
+    store, act, slo, host = _unlabelled(tmp_path, target=2 * MS)
+    s = host.tick(0)
+    s.columns["runq.p99"][1] = 10 * MS
+    s.culprits = np.array([(1, 3, 0.4), (1, 4, 0.9)], dtype=CULPRIT_DTYPE)
+    s.columns["cpu.demand"][1] = 0.3                        # web's own want; set_foreign adds the wait
+    set_foreign(s, 1.3)
+    s.columns["runq.wait"][1] = 1.45
+    s.columns["cpu.demand"][3:5] = (0.9, 0.45)
+    act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+    assert s.columns["cpu.demand"][1] == pytest.approx(1.57)
+    assert _knobs(tmp_path, "/n3") == ORIGINAL and not slo.state
 
 
 def test_fair_shares_are_weighted_max_min():

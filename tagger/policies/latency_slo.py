@@ -25,8 +25,9 @@ Each tick:
    There a cgroup's first step also needs it blamed ``persist`` misses in a
    row: one tick in which a light neighbour happened to hold the CPU does not
    make it a culprit -- unless it *crowds* W: it and the protected together
-   want at least the node's CPUs (``cpu.demand``), a hog, not a light
-   neighbour's burst; then the first miss it is blamed for is enough, and
+   want at least the node's CPUs (``cpu.demand``; the protected's less the
+   wait other cgroups cause them, which is the harm, not a want), a hog,
+   not a light neighbour's burst; then the first miss it is blamed for is enough, and
    for that first step CULPRIT_FLOOR does not apply: in the sine's quiet
    seconds web's whole wait was 30-140 ms/s, 15-40 of it behind batch, and
    five misses in a row went unanswered (the labelled run of 14:18).
@@ -365,10 +366,17 @@ class LatencySlo:
 
     @staticmethod
     def _room(snap: Snapshot, protect: list[int], cpus: float) -> float:
-        """CPUs the node has beside what the protected cgroups want
-        (``cpu.demand``): a cgroup wanting at least this *crowds* them (a NaN
-        demand never does)."""
-        return cpus - float(np.nansum(snap.column("cpu.demand")[protect]))
+        """CPUs the node has beside what the protected cgroups would want with
+        the node to themselves (``cpu.demand`` less the wait other cgroups
+        caused them, ``runq.wait.foreign``): a cgroup wanting at least this
+        *crowds* them (a NaN demand never does).  That wait is the harm, not
+        a want: counted, the more W waited the less room it left, and a
+        light neighbour wanting 0.44 CPU crowded a W whose demand had
+        swollen to 1.59 with 1.3 s/s of such wait (the unlabelled run of
+        2026-12-01 02:20)."""
+        demand = snap.column("cpu.demand")[protect]
+        foreign = np.nan_to_num(snap.column("runq.wait.foreign")[protect])
+        return cpus - float(np.nansum(demand - foreign))
 
     def _give_back(self, snap: Snapshot, victim: str, room: float, now: float) -> bool:
         """The SLO has held ``hold`` ticks and no step is judged: the kept
