@@ -42,7 +42,8 @@ def _off(value):
 @click.option("--cgroupfs-only", is_flag=True, help="Do not load BPF; read cgroupfs only.")
 @click.option("--cgroupfs-every", type=click.IntRange(1), default=10, show_default=True, metavar="N",
               help="With BPF: read the cgroupfs-only figures (cpu.throttled, cpu.weight, mem.current, psi.*) "
-                   "every N ticks; a new cgroup's at once and every tick for its first N ticks.")
+                   "every N ticks; a new cgroup's at once and every tick for its first N ticks, and a cgroup "
+                   "whose knobs tagger changed at the next tick.")
 @click.option("--kubelet-logs", metavar="DIR", default="/var/log", show_default=True,
               help="Where the kubelet's pods/ and containers/ log directories are: pod namespace, pod "
                    "and container names for the labels (a node without them has none); 'off' to disable.")

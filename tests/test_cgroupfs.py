@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tagger.telemetry.cgroupfs import CGROUPFS_METRICS, CgroupfsReader, plan, read_columns, read_raw
+from tagger.telemetry.cgroupfs import CGROUPFS_METRICS, CgroupfsReader, PeriodicReader, plan, read_columns, read_raw
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST, KernelFS
 from tests.test_cgroups import MOUNTS_HYBRID, MOUNTS_V2, make_tree
@@ -168,6 +168,27 @@ def test_cpu_weight_in_v2_units_from_cpu_weight_or_v1_shares(v2_fs, tmp_path):
     hybrid = make_tree(tmp_path / "h", MOUNTS_HYBRID, "/sys/fs/cgroup/unified", "")
     write(tmp_path / "h/sys/fs/cgroup/cpu", "/w", "cpu.shares", "2048\n")
     assert read_columns(Layout.detect(hybrid), ["/w"], metrics=("cpu.weight",))["cpu.weight"][0] == 200
+
+
+def test_a_refreshed_cgroup_is_read_again_at_the_next_tick(v2_fs):
+    """Figures read every ``every`` ticks carry over in between -- except for
+    a cgroup the agent asked to refresh (it changed its knobs): read again
+    at the next tick, alone, and then carried over as before."""
+    from tagger.snapshot import Snapshot
+
+    fs, root = v2_fs
+    for p in ("/a", "/b"):
+        write(root, p, "cpu.weight", "100\n")
+    reader = PeriodicReader(CgroupfsReader(Layout.detect(fs), ("cpu.weight",)), every=10)
+    table = Snapshot.synthetic(["/a", "/b"], {}).cgroups
+    assert list(reader.columns(table, 0)["cpu.weight"]) == [100, 100]
+    for p in ("/a", "/b"):
+        write(root, p, "cpu.weight", "1\n")                 # the agent demoted both
+    assert list(reader.columns(table, 1)["cpu.weight"]) == [100, 100]     # carried over
+    reader.refresh(["/a"])
+    assert list(reader.columns(table, 2)["cpu.weight"]) == [1, 100]       # /a read again
+    write(root, "/a", "cpu.weight", "100\n")
+    assert list(reader.columns(table, 3)["cpu.weight"]) == [1, 100]       # once
 
 
 @pytest.mark.root

@@ -25,6 +25,7 @@ from tagger.agent.config import Config, check_rules_ownership, read_config_file
 from tagger.agent.daemon import Daemon
 from tagger.errors import ConfigError
 from tagger.sdnotify import Notifier
+from tagger.telemetry.base import Collector
 from tagger.snapshot import Snapshot
 from tests.cgroup_fixture import wait_for
 
@@ -50,13 +51,18 @@ rules:
 """
 
 
-class FakeCollector:
-    """Synthetic snapshots; ``usage`` (path -> CPUs) may be changed between ticks."""
+class FakeCollector(Collector):
+    """Synthetic snapshots; ``usage`` (path -> CPUs) may be changed between
+    ticks.  ``refreshed``: the paths the pipeline asked to read again."""
 
     def __init__(self, usage):
         self.usage = dict(usage)
         self.seq = 0
         self.closed = False
+        self.refreshed: list[set] = []
+
+    def refresh(self, paths):
+        self.refreshed.append(set(paths))
 
     def tick(self):
         self.seq += 1

@@ -131,3 +131,21 @@ def test_dry_run_knob_text_is_the_kernels(aset_yaml, knob, value):
     store = TagStore(history=10)
     pipeline = Pipeline(FakeCollector({"/a": 0.1}), Engine(load_text(rules), store), store, DryRunActuator())
     assert [(a.knob, a.value) for a in pipeline.tick().actions] == [(knob, value)]
+
+
+def test_the_cgroups_whose_knobs_changed_are_read_again_at_the_next_tick():
+    """The actuator changed /hog's cpu.max: the collector is told, so that a
+    figure it reads only every few ticks (cpu.weight) is not seen at the
+    value before the change; a tick that changes nothing tells it nothing."""
+    collector = FakeCollector({"/hog": 1.5, "/calm": 0.1})
+    pipeline = _pipeline(collector, RecordingActuator(), interval=1.0)
+    pipeline.tick()
+    assert collector.refreshed == [{"/hog"}]
+    pipeline.tick()                                     # the same limit again
+    assert collector.refreshed == [{"/hog"}]
+    collector.usage["/hog"] = 0.0                       # the rule lets go: the knob goes back
+    for _ in range(30):
+        pipeline.tick()
+        if len(collector.refreshed) > 1:
+            break
+    assert collector.refreshed[1:] == [{"/hog"}]

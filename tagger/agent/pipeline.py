@@ -42,7 +42,10 @@ class TickCost:
 class Pipeline:
     """collect -> evaluate -> policies -> actuate -> report; one tick = one call.
 
-    ``collector``: ``tick()`` -> Snapshot, ``health()`` -> dict.  ``engine``
+    ``collector``: ``tick()`` -> Snapshot, ``health()`` -> dict, and
+    ``refresh(paths)``, told the cgroups whose knobs the actuator changed
+    this tick (tagger.telemetry.base.Collector: their slow figures, such as
+    cpu.weight, are read again at the next tick).  ``engine``
     over ``store`` (tagger.rules.Engine, tagger.tags.TagStore).  ``actuator``:
     ``apply(snapshot, desired)`` and ``current()``, or None (replay: decide,
     never act).  ``policies``: closed loops stepped after the rules (replaced
@@ -112,8 +115,12 @@ class Pipeline:
             lap("publish")
             actions = None
             if self.actuator is not None:
+                before = {(a.cgroup, a.knob, a.value) for a in self.actuator.current()}
                 self.actuator.apply(snap, desired)
                 actions = self.actuator.current()
+                changed = before ^ {(a.cgroup, a.knob, a.value) for a in actions}
+                if changed:
+                    self.collector.refresh({cgroup for cgroup, _, _ in changed if cgroup})
             lap("actions")
             self.cost.ticks += 1
             report = TickReport(snapshot=snap, tags=tags, events=events, actions=actions,

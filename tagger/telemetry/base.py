@@ -39,6 +39,11 @@ class Collector:
     def health(self) -> dict:
         raise NotImplementedError
 
+    def refresh(self, paths) -> None:
+        """The agent itself just changed these cgroups' knobs: a figure read
+        only every few ticks (cpu.weight) is read again at the next tick.
+        Collectors that read everything every tick need do nothing."""
+
     def close(self) -> None:
         raise NotImplementedError
 

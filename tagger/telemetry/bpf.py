@@ -208,6 +208,10 @@ class BpfCollector(Collector):
             **{f"kernel.{k}": v for k, v in glob.items()},
         }
 
+    def refresh(self, paths) -> None:
+        if self._cgroupfs is not None:
+            self._cgroupfs.refresh(paths)
+
     def close(self):
         """Detach and unload the BPF programs; idempotent."""
         if self._closed:

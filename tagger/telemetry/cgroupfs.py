@@ -444,6 +444,13 @@ class PeriodicReader:
         self._paths: list[str] | None = None
         self._young: dict[str, int] = {}        # path -> reads left at every tick
 
+    def refresh(self, paths) -> None:
+        """Read ``paths`` again at the next tick, not at the next full read:
+        the agent changed their knobs (a weight it demoted and gave back
+        must not read as the demoted one for up to ``every`` ticks)."""
+        for p in paths:
+            self._young.setdefault(normalize(p), 1)
+
     def columns(self, table, seq: int) -> dict[str, np.ndarray]:
         """Columns for ``table``'s rows (a CgroupTable) at tick ``seq``."""
         every = self.every
@@ -475,6 +482,13 @@ class PeriodicReader:
             values[known] = col[take[known]]
             if young:
                 values[rows] = fresh[metric]
+                # Kept for the ticks until the next full read (a refreshed
+                # row must not fall back to what the last full read saw); a
+                # copy, as earlier snapshots hold the cached array.
+                cached = take[rows] >= 0
+                if cached.any():
+                    col = self._cols[metric] = col.copy()
+                    col[take[rows][cached]] = fresh[metric][cached]
             out[metric] = values
         for _, p in young:
             left = self._young[p] - 1
