@@ -366,6 +366,9 @@ def test_standalone_shows_what_the_rules_would_do_and_since_when(monkeypatch, tm
             self.t += 1
             return Snapshot.synthetic(["/hog", "/calm"], {"cpu.usage": [1.5, 0.1]}, t=self.t)
 
+        def refresh(self, paths):
+            pass                # told which cgroups' knobs the (dry-run) actuator changed
+
     fake = types.ModuleType("tagger.telemetry")
     fake.open_collector = lambda **kw: Collector()
     monkeypatch.setitem(sys.modules, "tagger.telemetry", fake)
