@@ -27,10 +27,11 @@ Each tick:
    make it a culprit -- unless it *crowds* W: it and the protected together
    want at least the node's CPUs (``cpu.demand``; the protected's less the
    wait other cgroups cause them, which is the harm, not a want), a hog,
-   not a light neighbour's burst; then the first miss it is blamed for is enough, and
-   for that first step CULPRIT_FLOOR does not apply: in the sine's quiet
-   seconds web's whole wait was 30-140 ms/s, 15-40 of it behind batch, and
-   five misses in a row went unanswered (the labelled run of 14:18).
+   not a light neighbour's burst; then the first miss it is blamed for is
+   enough, and for that first step CULPRIT_FLOOR does not apply: in the
+   sine's quiet seconds web's whole wait was 30-140 ms/s, 15-40 of it
+   behind batch, and five misses in a row went unanswered (the labelled
+   run of 14:18).
    And while such a hog is blamed, or held by a CPU step, light neighbours
    take no step at all: the hog is the cause at hand (its ladder is what
    the misses left beside it call for), and a light neighbour blamed then
@@ -98,10 +99,11 @@ the least CPU first, one at a time): if W misses at a tick of the next
 ``judge`` with l blamed for it (any miss, without attribution) it is put back
 at once ("needed") and the next trial waits twice as long; else it stays
 given back ("released").  Beside a hog of the moment, while W's own
-tasks hold most of its wait, or while it wants no more than its fair share,
-a light l's blame does not count, as it takes no step then: the unlabelled scenario's light neighbours, demoted for
-their start-up bursts, were found "needed" while another neighbour hogged
-and stayed demoted into the next turn (17:25).  A demoted culprit is
+tasks hold most of its wait, or while it wants no more than its fair
+share, a light l's blame does not count, as it takes no step then: the
+unlabelled scenario's light neighbours, demoted for their start-up
+bursts, were found "needed" while another neighbour hogged and stayed
+demoted into the next turn (17:25).  A demoted culprit is
 charged little of W's wait whether it still hogs or not, so only a trial
 tells -- except where its demand does: a work-conserving demotion (weight,
 idle) costs l only the CPU the protected take, and while l and the

@@ -48,7 +48,8 @@ class Verdicts:
         hold most of its wait), so it does not make its demotion "needed";
         nor does the blame of a light culprit in ``fair`` (wanting no more
         than its fair share, :func:`.culprits.within_share`).  Light is
-        wanting less than ``room``, the CPUs beside the protected ones.  Returns the culprits judged this tick, and whether a step was
+        wanting less than ``room``, the CPUs beside the protected ones.
+        Returns the culprits judged this tick, and whether a step was
         undone."""
         judged, undone = set(), False
         index = snap.cgroups.index
