@@ -16,8 +16,8 @@
  * empty program.  So the task on each CPU is remembered per CPU (struct
  * tg_oncpu), and each task caches its cgroup's slot with slot_generation,
  * so the cgroup storage is looked up only after something moved.  Per-task
- * state lives in task storage: it dies with the task (no stale state after
- * pid reuse), and no hash map is touched.
+ * state lives in a table indexed by pid (struct tg_task): no helper call,
+ * no lock and no hash map on the hot path.
  *
  * Wait by cause.  Each CPU keeps a ring of its last TG_SEGS run segments
  * (who held the CPU from when: struct tg_oncpu).  A task switched in after
@@ -54,20 +54,14 @@
 
 #define TASK_RUNNING 0
 
-struct tg_task {
-	__u64 slot_gen;          /* slot_generation when `slot` was looked up */
-	__u64 nivcsw;            /* its involuntary switches when it last ran */
-	__u64 run_delay;         /* sched_info.run_delay once its last wait was added */
-	__u32 slot;
-	__u32 seen;              /* nivcsw and run_delay are known (ran since we attached) */
-};
+/* Per-task state (struct tg_task, in tagger.h), indexed by pid. */
+struct tg_task tasks[TG_TASKS] SEC(".bss");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct tg_task);
-} tasks SEC(".maps");
+static __always_inline __u64 task_tag(struct task_struct *p, struct tg_task *t)
+{
+	return (p->start_time ^ ((__u64)p->pid << 44) ^ t->run_delay ^ (t->slot_gen << 7) ^
+		((__u64)t->nivcsw << 32 | t->slot)) | 1;
+}
 
 /* One cache line per CPU: each CPU writes only its own. */
 struct tg_oncpu oncpu[TG_MAX_CPUS] SEC(".bss") __attribute__((aligned(64)));
@@ -306,8 +300,9 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 	struct tg_cg_stats *s, *v = NULL;
 	struct tg_task *t;
 	__u64 queued, run_delay, wait, local, extra = 0;
+	__u64 gen;
 	__u32 cause;
-	bool arrived;
+	bool arrived, seen;
 	/* Still runnable at switch-out: preempted (or yielded); the kernel
 	 * re-queues it (sched_info.last_queued) right after this tracepoint. */
 	bool preempted = prev->pid && prev_state == TASK_RUNNING;
@@ -368,31 +363,17 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 		push_segment(cur, now, TG_SEG_IDLE);
 		return 0;
 	}
-	t = bpf_task_storage_get(&tasks, next, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!t) {
-		/* Task storage is busy on this CPU (an exiting task frees its
-		 * storage holding the lock with only migration disabled, and can
-		 * be preempted): this wait sample is lost (counted), but the
-		 * slice about to run is still credited to the right cgroup. */
-		__u32 slot = 0;
-
-		g->task_storage_fail++;
-		lookup_slot(storage, next->cgroups->dfl_cgrp, g, &slot);
-		cur->task = (__u64)next;
-		cur->since_ns = next->se.sum_exec_runtime;
-		cur->slot = slot;
-		cur->slot_gen = slot_generation;
-		push_segment(cur, now, slot);
-		return 0;
+	t = &tasks[next->pid & (TG_TASKS - 1)];
+	seen = t->tag == task_tag(next, t);
+	if (!seen) {
+		g->task_cache_miss++;
+		t->slot = 0;
 	}
 	/* Slot 0 is cached like any other: registering a cgroup bumps the
 	 * generation, so its tasks look again. */
-	if (t->slot_gen != slot_generation) {
-		__u64 gen = slot_generation;
-
-		if (lookup_slot(storage, next->cgroups->dfl_cgrp, g, &t->slot))
-			t->slot_gen = gen;
-	}
+	gen = slot_generation;
+	if (!seen || t->slot_gen != gen)
+		t->slot_gen = lookup_slot(storage, next->cgroups->dfl_cgrp, g, &t->slot) ? gen : gen - 1;
 	cur->task = (__u64)next;
 	cur->since_ns = next->se.sum_exec_runtime;
 	cur->slot_gen = t->slot_gen;
@@ -404,14 +385,14 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 	queued = next->sched_info.last_queued;
 	run_delay = next->sched_info.run_delay;
 	local = queued && now > queued ? now - queued : 0;
-	if (t->seen && run_delay > t->run_delay)
+	if (seen && run_delay > t->run_delay)
 		extra = run_delay - t->run_delay;
 	wait = local + extra;
-	cause = t->seen && next->nivcsw != t->nivcsw ? TG_CAUSE_PREEMPT :
+	cause = seen && (__u32)next->nivcsw != t->nivcsw ? TG_CAUSE_PREEMPT :
 		next->sched_info.pcount == 0 ? TG_CAUSE_NEW : TG_CAUSE_WAKEUP;
 	t->nivcsw = next->nivcsw;
 	t->run_delay = run_delay + local;
-	t->seen = 1;
+	t->tag = task_tag(next, t);
 	/* Every arrival the kernel counts (sched_info.pcount: the task was
 	 * stamped when queued) is one wait, a wait of 0 ns included: a task
 	 * woken onto an idle CPU is often switched in on the rq clock it was

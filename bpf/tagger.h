@@ -14,6 +14,7 @@
 #define TG_COMM_LEN       16
 #define TG_TOP_PREEMPTORS 4      /* preemptors remembered per cgroup and CPU */
 #define TG_TOP_CULPRITS   4      /* culprits (by wait time) remembered per cgroup and CPU */
+#define TG_TASKS          65536  /* entries of the per-task table, indexed by pid (power of two: a mask) */
 #define TG_SEGS           32     /* run segments remembered per CPU (power of two: a mask) */
 #define TG_SEG_IDLE       0xFFFFFFFFu  /* the holder of a segment the CPU spent idle */
 
@@ -94,11 +95,28 @@ struct tg_global {
 	__u64 preemptors_evicted;/* preemptor entries replaced by a newcomer */
 	__u64 rq_full;           /* block requests the request map had no room for */
 	__u64 slots_exhausted;   /* new cgroups that found no free slot */
-	__u64 task_storage_fail; /* tasks that could not get storage */
+	__u64 task_cache_miss;   /* switch-ins of a task with no entry in `tasks` (first seen, or taken by a pid TG_TASKS apart) */
 	__u64 storage_busy;      /* cgroup lookups deferred: the storage was busy on this CPU */
 	__u64 culprits_evicted;  /* culprit entries replaced by a newcomer */
 	__u64 switch_unseen;     /* switch-outs of a task whose switch-in was not seen here */
 	__u64 _pad[6];           /* two whole cache lines per CPU */
+};
+
+/* Per-task state, in a table indexed by pid (direct-mapped, TG_TASKS
+ * entries).  Not task storage: bpf_task_storage_get() is a helper call and
+ * a lock on every switch, a quarter of the program's cost beyond an empty
+ * one on a host with return thunks; an entry here is one inlined load.
+ * An entry is the task's only while `tag` matches it: the tag mixes the
+ * task's pid and start time with the entry's fields, so another task on
+ * the same index (pids TG_TASKS apart), a task that reuses the pid, or an
+ * entry torn by two CPUs writing it at once reads as no entry -- a task
+ * seen for the first time (counted in task_cache_miss). */
+struct tg_task {
+	__u64 tag;
+	__u64 run_delay;         /* sched_info.run_delay once its last wait was added */
+	__u64 slot_gen;          /* slot_generation when `slot` was looked up (another: look again) */
+	__u32 nivcsw;            /* its involuntary switches when it last ran (low bits: only a change counts) */
+	__u32 slot;
 };
 
 /* The task on a CPU: what sched_switch needs of `prev` without a task

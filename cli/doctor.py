@@ -48,7 +48,7 @@ def render(checks, code, sentence, console=None):
 @click.option("--no-load", is_flag=True,
               help="Do not load and attach tagger's own BPF programs (the probes with empty programs still run).")
 def doctor(as_json, no_load):
-    """Check BTF, bpf(), tp_btf, ring buffer, task storage, cgroup layout,
+    """Check BTF, bpf(), tp_btf, ring buffer, cgroup storage, cgroup layout,
     resctrl, delay accounting and privileges; say what each gap means and how
     to fix it.
 

@@ -67,7 +67,7 @@ class Context:
 # Values from include/uapi/linux/bpf.h; the native module carries the real ones,
 # these only let doctor probe before (or without) it.
 _BPF_MAP_CREATE, _BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN, _BPF_BTF_LOAD = 0, 5, 17, 18
-_MAP_ARRAY, _MAP_RINGBUF, _MAP_TASK_STORAGE, _MAP_CGRP_STORAGE = 2, 27, 29, 32
+_MAP_ARRAY, _MAP_RINGBUF, _MAP_CGRP_STORAGE = 2, 27, 32
 _PROG_TRACING, _TRACE_RAW_TP = 26, 23
 _F_NO_PREALLOC = 1
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
@@ -290,11 +290,6 @@ def _storage(ctx: Context, name: str, map_type: int, since: str, impact: str, le
                  impact=impact, level=level)
 
 
-def check_task_storage(ctx: Context) -> Check:
-    return _storage(ctx, "task storage", _MAP_TASK_STORAGE, "5.11",
-                    "per-task timestamps cannot live in task storage (stale timestamps on pid reuse)", BPF)
-
-
 def check_cgroup_storage(ctx: Context) -> Check:
     return _storage(ctx, "cgroup storage", _MAP_CGRP_STORAGE, "6.2",
                     "each cgroup's slot lives in a hash map keyed by cgroup id instead (same figures)",
@@ -439,7 +434,7 @@ def check_jit(ctx: Context) -> Check:
 #: The checks, in the order shown.  The native module may add its own with register().
 CHECKS: list[CheckFn] = [
     check_kernel, check_privileges, check_btf, check_bpf_syscall, check_tp_btf, check_ringbuf,
-    check_task_storage, check_cgroup_storage, check_jit, check_cgroups, check_native, check_variants,
+    check_cgroup_storage, check_jit, check_cgroups, check_native, check_variants,
     check_psi, check_delay_accounting, check_resctrl,
 ]
 

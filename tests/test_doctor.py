@@ -97,7 +97,7 @@ def test_register_tuples_and_crashing_checks(monkeypatch):
 def test_bpf_checks_skip_without_bpf_syscall():
     ctx = d.Context()
     ctx.results["bpf() syscall"] = Check("bpf() syscall", False, "EPERM", level=BPF)
-    for fn in (d.check_tp_btf, d.check_ringbuf, d.check_task_storage, d.check_cgroup_storage):
+    for fn in (d.check_tp_btf, d.check_ringbuf, d.check_cgroup_storage):
         c = fn(ctx)
         assert c.ok is None and "not probed" in c.detail
 
@@ -118,7 +118,7 @@ def test_btf_type_id_parser_matches_bpftool():
 def test_real_machine_can_run_bpf():
     checks = run_checks(load_programs=False)
     by_name = {c.name: c for c in checks}
-    for name in ("BTF", "bpf() syscall", "tp_btf programs", "ring buffer", "task storage", "cgroup layout"):
+    for name in ("BTF", "bpf() syscall", "tp_btf programs", "ring buffer", "cgroup layout"):
         assert by_name[name].ok, by_name[name]
     assert verdict(checks)[0] == 0
 

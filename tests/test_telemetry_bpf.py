@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,6 +168,74 @@ def test_every_arrival_is_a_wait_the_zero_ones_too(collector, make_cgroup):
     print(f"{cg.path}: {totals.events[cg.path]:.0f} events vs {arrivals} arrivals (pcount)")
     assert arrivals > 100, "the sleeper did not wake"
     assert totals.events[cg.path] == pytest.approx(arrivals, rel=0.01, abs=5)
+
+
+@pytest.fixture
+def pid_room():
+    """pid_max with room for a pid one task table (TG_TASKS) above today's:
+    raised for the test if it is lower, and put back."""
+    from tagger.native import lib
+
+    path = Path("/proc/sys/kernel/pid_max")
+    old = int(path.read_text())
+    want = 4 * lib.TG_TASKS
+    if old < want:
+        path.write_text(str(want))
+    try:
+        yield lib.TG_TASKS
+    finally:
+        if old < want:
+            path.write_text(str(old))
+
+
+def _spawn_with_pid(cg, argv, pid: int, tries: int = 100):
+    """Start ``argv`` in ``cg`` as process ``pid`` (the initial pid namespace
+    hands out ns_last_pid + 1 next; another fork on the host may take it
+    first, so try again)."""
+    last = Path("/proc/sys/kernel/ns_last_pid")
+    for _ in range(tries):
+        last.write_text(str(pid - 1))
+        proc = cg.spawn(argv)
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    pytest.fail(f"pid {pid} was taken by another fork {tries} times")
+
+
+def test_tasks_on_one_entry_of_the_task_table_keep_their_own_counts(collector, make_cgroup, pid_room):
+    """Two sleepers whose pids are one table apart share an entry of the
+    per-task table and take it from each other at almost every switch-in:
+    each cgroup still gets exactly its own task's arrivals, none of the
+    other's (an entry reads as the task's only while its tag matches)."""
+    a, b = make_cgroup("entry-a"), make_cgroup("entry-b")
+    totals = Totals(collector, [a.path, b.path])
+    totals.tick()
+    # Different rates, so counts that went to the other's cgroup would show.
+    pa = a.spawn([sys.executable, "-c", "import time\nwhile True: time.sleep(0.002)"])
+    pb = _spawn_with_pid(b, [sys.executable, "-c", "import time\nwhile True: time.sleep(0.005)"],
+                         pa.pid + pid_room)
+    pids = {a.path: pa.pid, b.path: pb.pid}
+    wait_for(lambda: min(thread_arrivals([p]) for p in pids.values()) > 50, timeout=20,
+             what="the sleepers to run")
+    _stop_all([a, b])
+    totals.tick()
+    totals.events = dict.fromkeys(pids, 0.0)
+    before = {path: thread_arrivals([pid]) for path, pid in pids.items()}
+    misses = collector.probes.read_globals()["task_cache_miss"]
+    for pid in pids.values():
+        os.kill(pid, signal.SIGCONT)
+    totals.run(WINDOW)
+    _stop_all([a, b])
+    totals.tick()
+    misses = collector.probes.read_globals()["task_cache_miss"] - misses
+    arrivals = {path: thread_arrivals([pid]) - before[path] for path, pid in pids.items()}
+    print(f"events {totals.events} vs arrivals {arrivals}; {misses} switch-ins found no entry")
+    for path in pids:
+        assert arrivals[path] > 100, f"{path}'s sleeper did not wake"
+        assert totals.events[path] == pytest.approx(arrivals[path], rel=0.01, abs=5), path
+    # They did share the entry: most switch-ins found the other's there.
+    assert misses > min(arrivals.values()) / 2
 
 
 def test_running_tasks_are_credited_every_tick(collector, make_cgroup):

@@ -18,7 +18,7 @@ from tagger import __version__
 
 #: BPF collector health counters of updates lost to a full map or slot table
 #: (bpf/tagger.h struct tg_global); their sum is ``map_full``.
-MAP_FULL_COUNTERS = ("kernel.rq_full", "kernel.slots_exhausted", "kernel.task_storage_fail")
+MAP_FULL_COUNTERS = ("kernel.rq_full", "kernel.slots_exhausted")
 
 #: Prefix of the collector's own health keys, passed through verbatim for the socket.
 COLLECTOR_PREFIX = "collector."

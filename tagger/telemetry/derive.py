@@ -161,11 +161,11 @@ def bpf_columns(cur: np.ndarray, prev: np.ndarray, rows: np.ndarray, nrows: int,
 
 def drops(glob: dict, old: dict, dt: float) -> float:
     """Events lost per second between two reads of the programs' global
-    counters: ring buffer or a map full, no slot, no task storage, or a
-    cgroup not known yet (those are counted in slot 0)."""
+    counters: ring buffer or a map full, no slot, or a cgroup not known yet
+    (those are counted in slot 0)."""
     d = {k: glob[k] - old.get(k, 0) for k in glob}
     return (d["ringbuf_drops"] + d["rq_full"] + d["slots_exhausted"]
-            + d["task_storage_fail"] + d["unknown_cgroup"]) / dt
+            + d["unknown_cgroup"]) / dt
 
 
 def merge_pairs(pairs: np.ndarray, slot_row: np.ndarray, other: str, value: str,
