@@ -33,6 +33,7 @@ policies:
     protect: {tags: {priority: high}}
     slo: runq.p99 < 2ms
     throttle: {tags: {priority: low}}
+    ladder: [weight, idle, quota, cpuset]     # a rung that does not help, then one that does
 """
 
 PATHS = ["/", "/web", "/batch", "/batch/job"]

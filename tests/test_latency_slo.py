@@ -160,11 +160,11 @@ def test_demotion_first_then_quota_and_demotion_kept_while_the_victim_runs(store
 
 
 def test_the_ladder_is_the_default_and_demote_is_its_first_rung():
-    # The default, from the noisy-neighbour static sweeps (docs/actions.md):
-    # the lowest weight kept web within its SLO at least as often as cpu.idle
-    # and left batch at least as much.
+    # The default (docs/actions.md, "The lever ladder"): cpu.idle and the
+    # lowest weight cost batch the same within the noise of the static sweeps,
+    # and cpu.idle also lets the victim wake up on the culprit's CPUs.
     default = LatencySloSpec(name="s", protect=Selector(), throttle=Selector(), metric="runq.p99", target=MS)
-    assert default.rungs() == (("weight",), ("idle",), ("quota",), ("cpuset",))
+    assert default.rungs() == (("idle",), ("weight",), ("quota",), ("cpuset",))
     assert spec().rungs() == IDLE_FIRST
     assert spec(demote=("weight", "cpuset")).rungs() == (("weight", "cpuset"), ("quota",))
     assert spec(demote=()).rungs() == (("quota",),)

@@ -285,7 +285,7 @@ def test_repeat_defaults_to_three_rounds_within_the_budget():
     assert a.repeat == 3 and nn.planned_seconds(a, 3) <= nn.REPEAT_BUDGET_S
     assert nn.parse_args(["--phase", "90"]).repeat == 2
     assert nn.parse_args(["--phase", "90", "--repeat", "4"]).repeat == 4
-    assert a.ladder == "weight,idle,quota,cpuset" and a.static_levers == "idle,shares=10,cpuset=1"
+    assert a.ladder == "idle,weight,quota,cpuset" and a.static_levers == "idle,shares=10,cpuset=1"
     assert nn.ladder("idle, weight,quota+cpuset") == [("idle",), ("weight",), ("quota", "cpuset")]
     for bad in (["--repeat", "0"], ["--ladder", "idle,nice"], ["--min-within", "80"]):
         with pytest.raises(SystemExit):

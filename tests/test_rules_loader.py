@@ -301,7 +301,7 @@ policies:
     p, q = rs.policies
     assert p.rungs() == (("weight",), ("idle", "cpuset"), ("quota",))
     assert (p.judge, p.gain, p.cooldown) == (5, pytest.approx(0.3), 120.0)
-    assert q.rungs() == (("weight",), ("idle",), ("quota",), ("cpuset",))      # the default ladder
+    assert q.rungs() == (("idle",), ("weight",), ("quota",), ("cpuset",))      # the default ladder
     assert (q.judge, q.gain, q.cooldown) == (3, 0.1, 60.0)
 
 

@@ -1,5 +1,5 @@
 """The lever ladder: which step a throttled cgroup l takes next on a miss -
-the next rung of CPU levers (default weight, idle, quota, cpuset), a further cut of a
+the next rung of CPU levers (default idle, weight, quota, cpuset), a further cut of a
 lever it keeps, or an I/O limit when the disk matters more to W."""
 
 from __future__ import annotations

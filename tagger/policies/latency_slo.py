@@ -60,12 +60,13 @@ Each tick:
    ceiling set), or an I/O limit back at the rate it was first throttled from,
    is dropped: the actuator then restores the cgroup's original setting.
 
-**The ladder** (``ladder``, default weight, idle, quota, cpuset: cheapest for
+**The ladder** (``ladder``, default idle, weight, quota, cpuset: cheapest for
 l first, from the noisy-neighbour scenario's static sweeps) is the order of
-the CPU levers: ``weight`` (the lowest cpu.weight, 1; v1 cpu.shares 10) and
-``idle`` (cpu.idle) are work-conserving, l keeps every cycle W leaves (the
-sweeps had the weight keeping W within its SLO at least as often, and l's
-throughput at least as high); a ``quota`` costs l cycles whether or not W wants them;
+the CPU levers: ``idle`` (cpu.idle) and ``weight`` (the lowest cpu.weight, 1;
+v1 cpu.shares 10) are work-conserving, l keeps every cycle W leaves (the
+sweeps had both keeping W within its SLO, and l's throughput equal within the
+host's noise); ``idle`` first, since W's wake-ups may also land on l's CPUs as
+on idle ones; a ``quota`` costs l cycles whether or not W wants them;
 a ``cpuset`` (l confined to the CPUs the protected cgroups do not need: they
 keep ``ceil(1.5 × their CPU use)`` CPUs, at least one, and l at least one)
 costs l whole CPUs, but leaves W CPUs to wake up on without a preemption, the

@@ -97,13 +97,16 @@ CPU_LEVERS = ("idle", "weight", "quota", "cpuset")
 #: whether or not the victim wants them).
 WORK_CONSERVING = frozenset({"idle", "weight"})
 
-#: The default ladder, cheapest for the culprit first (docs/noisy_neighbor.md's
-#: static sweep): cpu.idle and the lowest weight are work-conserving (the
-#: culprit keeps every cycle the victim leaves; 92-96% and 84-99% of its
-#: throughput there), a quota costs it cycles whether or not the victim wants
-#: them, a cpuset costs it whole CPUs (39-58%) but is the one lever that gave a
-#: timer-driven victim its tail back.
-DEFAULT_LADDER: tuple[tuple[str, ...], ...] = (("weight",), ("idle",), ("quota",), ("cpuset",))
+#: The default ladder, cheapest for the culprit first (docs/actions.md, "The
+#: lever ladder"): cpu.idle and the lowest weight are work-conserving (the
+#: culprit keeps every cycle the victim leaves; in the static sweeps cpu.idle
+#: left it 90-104% of what the lowest weight did, within the host's noise),
+#: and cpu.idle comes first because it also gives the victim somewhere to wake
+#: up: the kernel places a wake-up on a CPU running only SCHED_IDLE tasks as
+#: on an idle one. A quota costs the culprit cycles whether or not the victim
+#: wants them; a cpuset costs it whole CPUs (39-58%) but is the one lever that
+#: gave a timer-driven victim its tail back.
+DEFAULT_LADDER: tuple[tuple[str, ...], ...] = (("idle",), ("weight",), ("quota",), ("cpuset",))
 
 
 @dataclass(frozen=True)

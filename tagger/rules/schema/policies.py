@@ -116,7 +116,7 @@ def _ladder(reader: Reader, node) -> tuple[tuple[str, ...], ...]:
     list of levers applied together; each lever once."""
     if not isinstance(node, yaml.SequenceNode) or not node.value:
         reader.fail(node, f"ladder must be a list of levers ({', '.join(CPU_LEVERS)}), "
-                          f"cheapest first, e.g. [weight, idle, quota, cpuset]")
+                          f"cheapest first, e.g. [idle, weight, quota, cpuset]")
     rungs, seen = [], set()
     for item in node.value:
         rung = tuple(reader.one_of(v, "lever", CPU_LEVERS)
