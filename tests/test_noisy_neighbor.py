@@ -171,6 +171,8 @@ def test_the_throughput_bar_is_95_percent_of_the_best_static_at_the_same_judgmen
     tagger = rp.judge_runs([run(0.6, 0.9, 1430), run(0.7, 0.85, 1425), run(0.9, 0.95, 1500)], 1e-3, 0.8)
     bar = rp.throughput_bar(tagger, statics())
     assert bar.met and bar.measured.startswith("95%: tagger 1430 (1425–1500) vs cpu.shares 10 1500")
+    # Beside it, round by round: 1430, 1425 and 1500 against 1500 each.
+    assert bar.measured.endswith("; against the same round's: 95% (95%–100%)")
     low = rp.judge_runs([run(0.6, 0.9, 1400)] * 3, 1e-3, 0.8)          # 93%
     assert rp.throughput_bar(low, statics()).met is False
     # More throughput is not enough if tagger misses the judgment itself.
