@@ -387,6 +387,12 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 	local = queued && now > queued ? now - queued : 0;
 	if (seen && run_delay > t->run_delay)
 		extra = run_delay - t->run_delay;
+	/* A wait before a migration began after the task last began to run
+	 * (sched_info.last_arrival, on this clock).  More than that is not
+	 * this task's history: e.g. a thread that took over its leader's pid
+	 * and start time at exec (de_thread) and so its entry. */
+	if (extra && extra > now - next->sched_info.last_arrival)
+		extra = 0;
 	wait = local + extra;
 	cause = seen && (__u32)next->nivcsw != t->nivcsw ? TG_CAUSE_PREEMPT :
 		next->sched_info.pcount == 0 ? TG_CAUSE_NEW : TG_CAUSE_WAKEUP;
