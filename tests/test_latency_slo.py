@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -1087,3 +1088,62 @@ def test_a_work_conserving_lever_that_did_not_help_is_not_tried_on_the_next_culp
     assert steps[:2] == [("/n1", "weight", "no_effect"), ("/n1", "idle", "helped")]
     assert ("/n2", "weight", "no_effect") not in steps and ("/n2", "idle", "helped") in steps
     assert ("/web", "*", "weight") in slo.cooling(40.0)
+
+
+def _boost_run(root, misses, ticks, stop_at=None):
+    """web at weight 25 beside three light neighbours at 150 (UnlabelledHost
+    with no hog), each charged a little of web's wait and none a culprit;
+    web misses its 2 ms on the ticks ``misses`` says.  Returns web's
+    cpu.weight file per tick and the policy."""
+    store, act, slo, host = _unlabelled(root, target=2 * MS)
+    (root / "sys/fs/cgroup/web/cpu.weight").write_text("25\n")
+    written = []
+    for t in range(ticks):
+        if stop_at is not None and t >= stop_at:
+            host.VICTIM = 0.0                               # web stopped
+        s = host.tick(t)
+        s.columns["cpu.weight"] = np.array(
+            [math.nan, float(_knobs(root, "/web")["cpu.weight"]), 150.0, 150.0, 150.0])
+        if host.VICTIM and misses(t):
+            s.columns["runq.p99"][1] = 4 * MS
+        act.apply(s, {p: [a] for p, a in slo.step(s, store, act.current()).items()})
+        assert all(_knobs(root, cg) == ORIGINAL for cg in host.NEIGHBOURS)   # no neighbour is a culprit
+        written.append(_knobs(root, "/web")["cpu.weight"])
+    return written, slo
+
+
+def test_a_victim_weighted_below_the_neighbours_it_waits_behind_is_raised_to_their_weight(tmp_path):
+    """No neighbour takes more than its share, none is a culprit: web's own
+    weight is the lever.  Raised to theirs (never above) on its first miss,
+    judged like any step (helped: the SLO held after it), kept while web
+    runs, and given back (the original restored) once it stops."""
+    written, slo = _boost_run(tmp_path, misses=lambda t: t == 2, ticks=20, stop_at=12)
+    assert written[:2] == ["25", "25"]
+    assert written[2:12] == ["150"] * 10
+    assert [(o.victim, o.culprit, o.lever, o.outcome) for o in slo.outcomes] == [
+        ("/web", "/web", "boost", "helped")]
+    assert written[-1] == "25" and not slo.boosts.state
+
+
+def test_a_raised_victim_weight_that_did_not_help_is_undone_and_not_retried_in_the_cool_down(tmp_path):
+    written, slo = _boost_run(tmp_path, misses=lambda t: True, ticks=70)
+    judge, cooldown = slo.spec.judge, slo.spec.cooldown
+    assert written[:judge] == ["150"] * judge                # asked for at t=0, undone at t=judge
+    assert written[judge:int(cooldown) + judge] == ["25"] * int(cooldown)
+    assert written[int(cooldown) + judge] == "150"          # cooled for `cooldown` s, then tried again
+    assert [(o.lever, o.outcome) for o in slo.outcomes] == [("boost", "no_effect")] * 2
+
+
+def test_no_victim_weight_is_raised_against_host_steal_or_with_boost_off(tmp_path):
+    for name, steal, boost in (("steal", 1.0, True), ("off", 0.0, False)):
+        root = tmp_path / name
+        root.mkdir()
+        store, act, slo, host = _unlabelled(root, target=2 * MS)
+        slo = LatencySlo(replace(slo.spec, boost=boost))
+        for t in range(6):
+            s = host.tick(t)
+            s.node["steal"] = steal
+            s.columns["cpu.weight"] = np.array([math.nan, 25.0, 150.0, 150.0, 150.0])
+            s.columns["runq.p99"][1] = 4 * MS
+            assert slo.step(s, store, act.current()) == {}
+        assert slo.status.miss > 1 and not slo.outcomes

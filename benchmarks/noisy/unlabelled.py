@@ -35,9 +35,11 @@ def turn_figures(times, web_p99, turn: dict, slo: float, hold: int, steps=()) ->
     # ``judge`` ticks before, so a step counts in the turn its judgment ends in.
     # A kept demotion given back and "released" acts for the cgroup, not on
     # it (the release the scenario asks for): it names no one; "needed" puts
-    # the demotion back, and names it.
+    # the demotion back, and names it.  A "boost" raises web's own weight:
+    # it names no neighbour (tagger.policies.boost).
     named = sorted({s["culprit"] for s in steps
-                    if turn["t0"] <= s["t"] < turn["t1"] and s.get("outcome") != "released"})
+                    if turn["t0"] <= s["t"] < turn["t1"] and s.get("outcome") != "released"
+                    and s.get("lever") != "boost"})
     # The lead-in (culprit_path None) has no culprit: whoever it names is wrong.
     return {"recovery": rec, "named": named, "wrong": [c for c in named if c != turn.get("culprit_path")]}
 

@@ -122,6 +122,12 @@ When no protected cgroup ran a task for ``hold`` ticks, nothing is left to
 protect and every limit is dropped at once rather than released step by
 step.
 
+**W's own weight.**  A miss on which no neighbour takes a step (none is a
+culprit: each within its share, or charged too little) and no step is
+judged raises W's ``cpu.weight`` to the highest among the neighbours
+charged with its wait (lever ``boost``, :mod:`.boost`), judged like a step;
+``boost: false`` never does.
+
 Two additions to the seed algorithm keep it from sitting on the target (the
 proportional throttle vanishes as miss -> 1 while each release adds β; a
 deterministic load then parks W just above its SLO):
@@ -144,7 +150,8 @@ actions); the actuator applies them with its floor, step limit and cool-down.
 
 Its parts: :mod:`.culprits` (importance, interference, :func:`cpu_cause`),
 :mod:`.ladder` (the next step), :mod:`.figures` (W's SLO metric over windows),
-:mod:`.verdicts` (judging steps), :mod:`.state` (what it holds between ticks).
+:mod:`.verdicts` (judging steps), :mod:`.boost` (W's own weight), :mod:`.state` (what it holds
+between ticks).
 """
 
 from __future__ import annotations
@@ -160,6 +167,7 @@ from tagger.rules.selectors import PathSelector
 from tagger.rules.spec import WORK_CONSERVING, ActionSet, CpuSpec, IoSpec, LatencySloSpec, Selector
 from tagger.snapshot import Snapshot
 
+from .boost import Boosts
 from .culprits import SLOWDOWN, Interference, fresh_hogs, hog_at_hand, importance, neighbours_hold, within_share
 from .figures import SloFigures
 from .ladder import Ladder
@@ -184,6 +192,7 @@ class LatencySlo:
         self.figures = SloFigures(spec)
         self.verdicts = Verdicts(spec)
         self.ladder = Ladder(spec, self.verdicts.cooled)
+        self.boosts = Boosts(self.verdicts, self.figures)
         self._met = 0              # ticks in a row with the SLO met
         self._blamed: dict[str, int] = {}   # path -> W's misses in a row it was blamed for
         self._quiet = 0            # ticks in a row no protected cgroup ran
@@ -191,10 +200,8 @@ class LatencySlo:
         self.cpus = cpus
         self.state: dict[str, ControlState] = {}
         self.status = SloStatus()
-        #: (lever, outcome) -> steps, since start
-        self.counts = self.verdicts.counts
-        #: the latest StepOutcomes, oldest first
-        self.outcomes = self.verdicts.outcomes
+        #: (lever, outcome) -> steps since start; the latest StepOutcomes, oldest first
+        self.counts, self.outcomes = self.verdicts.counts, self.verdicts.outcomes
         unknown = set(spec.resources) - set(SLOWDOWN)
         if unknown:
             raise ValueError(f"latency-slo {spec.name}: unknown resources {sorted(unknown)} "
@@ -245,6 +252,7 @@ class LatencySlo:
         live = {paths[i] for i in throttle}
         for gone in [p for p in self.state if p not in live]:
             self.verdicts.unjudged(gone, self.state.pop(gone), now)
+        self.boosts.forget({paths[i] for i in protect}, now)
         self.verdicts.expire(now)
 
         status = SloStatus()
@@ -266,11 +274,12 @@ class LatencySlo:
         # NaN (a collector that cannot tell) counts as running.
         ran = any(not usage[i] == 0 for i in protect)
         self._quiet = 0 if ran else self._quiet + 1
-        if self._quiet >= self.hold and self.state:
+        if self._quiet >= self.hold and (self.state or self.boosts.state):
             status.action = "release"
             for path, st in self.state.items():
                 self.verdicts.unjudged(path, st, now)
             self.state.clear()
+            self.boosts.forget(set(), now)
             self.status = status
             return {}
 
@@ -289,10 +298,14 @@ class LatencySlo:
         fair = within_share(snapshot, protect + throttle, cpus)
         judged, changed = self.verdicts.judge(self.state, snapshot, self.figures, now, room, excused,
                                               {paths[i] for i in fair})
+        changed |= self.boosts.judge(snapshot, now)
         if missed:
             status.action = "throttle"
             changed |= self._throttle_step(snapshot, status, w, miss, protect, throttle, judged,
                                            cpus, ceiling, now, room, fresh, set(throttle) if excused else fair)
+            if spec.boost and not changed and not any(st.trial for st in {**self.state, **self.boosts.state}.values()):
+                # No neighbour is the culprit to step: W's own weight (.boost).
+                changed = self.boosts.step(snapshot, w, throttle, status.importance, now)
         elif self.state and (self._met < self.hold or any(st.trial for st in self.state.values())):
             # Nothing is released while a step is judged: its window must see it alone.
             status.action = "hold"
@@ -305,7 +318,7 @@ class LatencySlo:
             # A new setting: the windows judge the ticks under it, not the
             # misses that asked for it (they would ask again at once).
             self.figures.clear()
-        status.trials = {p: st.trial.lever for p, st in self.state.items() if st.trial is not None}
+        status.trials = {p: st.trial.lever for p, st in {**self.state, **self.boosts.state}.items() if st.trial}
         self.status = status
         return self._actions()
 
@@ -440,7 +453,7 @@ class LatencySlo:
                 st.cpu = limit.cpus
 
     def _actions(self) -> dict[str, ActionSet]:
-        out = {}
+        out = self.boosts.actions(self.rule)
         for path, st in self.state.items():
             cpu = None
             if st.cpu is not None or st.levers:

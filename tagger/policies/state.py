@@ -32,10 +32,12 @@ class Trial:
 
 @dataclass
 class ControlState:
-    """What the policy holds on one throttled cgroup."""
+    """What the policy holds on one throttled cgroup (or, for the
+    ``boost`` lever, on a protected one)."""
     cpu: float | None = None           # CPUs (the quota lever)
     levers: frozenset = frozenset()    # demotions in force: "idle", "weight", "cpuset"
     cpuset: int | None = None          # CPUs l keeps when confined to a cpuset
+    weight: int | None = None          # a protected cgroup's raised cpu.weight (lever "boost", .boost)
     missed: int = 0                    # misses in a row since l's last step or verdict
     io_scale: float | None = None      # fraction of io_base
     io_base: tuple[float, float] = (0.0, 0.0)   # read, write bytes/s when first throttled

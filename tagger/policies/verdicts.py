@@ -90,6 +90,7 @@ class Verdicts:
                 # restores the journaled originals of what is no longer asked for.
                 previous = trial.before
                 st.cpu, st.levers, st.cpuset = previous.cpu, previous.levers, previous.cpuset
+                st.weight = previous.weight
                 st.io_scale, st.io_base = previous.io_scale, previous.io_base
                 self.cooled[(trial.victim, culprit, trial.lever)] = now + self.spec.cooldown
                 if set(trial.lever.split("+")) <= WORK_CONSERVING:

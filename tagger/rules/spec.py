@@ -134,6 +134,7 @@ class LatencySloSpec:
     judge: int = 3              # ticks each step is judged over before it is kept or undone
     gain: float = 0.2           # a step helped if the SLO metric fell by this fraction (or the SLO is met)
     cooldown: float = 60.0      # seconds a lever that did not help is not tried again on that pair
+    boost: bool = True          # raise a protected cgroup's weight to its neighbours' (tagger.policies.boost)
 
     def rungs(self) -> tuple[tuple[str, ...], ...]:
         """The CPU ladder in force."""

@@ -15,14 +15,14 @@ from .selector import TagRef, read_selector
 
 POLICY_KEYS = ("name", "kind", "description", "enabled", "protect", "throttle", "slo", "alpha",
                "beta", "floor", "ceiling", "resources", "demote", "ladder", "persist", "window", "judge",
-               "gain", "cooldown")
+               "gain", "cooldown", "boost")
 POLICY_KINDS = ("latency-slo",)
 DEMOTIONS = ("weight", "idle", "cpuset", "none")     # latency-slo's first CPU step(s), the old key
 POLICY_RESOURCES = ("cpu", "io")
 REQUIRED = ("name", "kind", "protect", "throttle", "slo")
 #: Keys passed on to LatencySloSpec as they are read.
 TUNING = ("alpha", "beta", "floor", "ceiling", "resources", "demote", "ladder", "persist", "window",
-          "judge", "gain", "cooldown")
+          "judge", "gain", "cooldown", "boost")
 
 
 def read_policies(items: list[tuple[yaml.Node, Reader]], tag_refs: list[TagRef]) -> list[LatencySloSpec]:
@@ -76,6 +76,7 @@ def _policy(reader: Reader, node, names: dict[str, str], tag_refs) -> LatencySlo
         "persist": count("persist"), "window": count("window"), "judge": count("judge"),
         "gain": lambda v: reader.fraction(v, "gain"),
         "cooldown": lambda v: reader.duration(v, "cooldown"),
+        "boost": lambda v: reader.boolean(v, "boost"),
     }
     values = {}
     for key, read in parse.items():
