@@ -1147,3 +1147,23 @@ def test_no_victim_weight_is_raised_against_host_steal_or_with_boost_off(tmp_pat
             s.columns["runq.p99"][1] = 4 * MS
             assert slo.step(s, store, act.current()) == {}
         assert slo.status.miss > 1 and not slo.outcomes
+
+
+def test_an_ex_hog_found_needed_while_light_still_counts_as_stopped_from_its_hog_demand():
+    """A give-back trial finds a demoted ex-hog "needed" while its light work
+    wants 0.3 CPU (as the next hog begins, web misses with it charged): it is
+    put back, but stopped stays measured from the 1.5 CPUs it hogged, so
+    its light work frees it within `hold` ticks.  From the 0.3 CPU, it
+    would wait out the next trial (the unlabelled run of 2026-12-01 08:38:
+    20 s into the next turn)."""
+    from tagger.policies.state import ControlState, Trial
+    from tagger.policies.verdicts import Verdicts
+
+    for held_at, now, expect in ((1.5, 0.3, 1.5), (0.3, 1.5, 1.5)):   # light now; or hog now
+        st = ControlState(levers=frozenset({"idle"}), demand=held_at)
+        st.trial = Trial("idle", "/web", 0.0, replace(st, trial=None), 4 * MS, give_back=True)
+        st.levers = frozenset()
+        st.trial.samples.append(4 * MS)                    # web missed, the culprit blamed
+        state = {"/n1": st}
+        assert Verdicts(spec())._give_back(state, "/n1", st, {"/n1"}, now, 1.0)
+        assert st.levers == {"idle"} and st.demand == expect

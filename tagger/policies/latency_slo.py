@@ -114,8 +114,8 @@ contention back, so it is not tried (and l's demand then is the one it must
 fall under to count as stopped); it goes when l stops or, once l fits
 beside them, a trial finds it not needed.  A culprit that stops (its
 ``cpu.demand``, known where the run-queue wait is, under STOPPED times what
-it was at its first CPU step, when a trial last found it needed, or when it
-was last seen wanting the node, for ``hold`` ticks in a row) gets its CPU
+it was at its first CPU step, when a trial last found it needed (if more),
+or when it was last seen wanting the node, for ``hold`` ticks in a row) gets its CPU
 levers back at once: the next cgroup to hog the CPU is the next culprit, and
 the last one's light work must not wait behind it at the lowest weight.
 When no protected cgroup ran a task for ``hold`` ticks, nothing is left to

@@ -109,9 +109,9 @@ class Verdicts:
         the first tick W misses without the demotion and l is among the
         culprits of W's wait (``blamed_now``; None where the collector does
         not attribute it: any miss) -- put back at once, and the next trial
-        waits twice as long, and l's CPU demand now is the one it must fall
-        under to count as stopped (it may have been demoted while light, and
-        hog now); "released" when the window passed without (the demotion
+        waits twice as long, and l's CPU demand now, if higher than the one
+        it was held at, is the one it must fall under to count as stopped
+        (it may have been demoted while light, and hog now); "released" when the window passed without (the demotion
         stays given back).  True once decided."""
         trial = st.trial
         tick = aggregate(trial.samples[-1:])
@@ -135,7 +135,12 @@ class Verdicts:
             if outcome == "needed":
                 st.give_back_after = min(2 * st.give_back_after, GIVE_BACK_MAX * GIVE_BACK_AFTER)
                 if not math.isnan(demand):
-                    st.demand, st.calm = demand, 0
+                    # Stopped is measured from the most it wanted while held:
+                    # from its demand now if it turned hog, not if it is light
+                    # now (an ex-hog found "needed" as the next hog began, its
+                    # light work then the bar, stayed demoted 20 s: the
+                    # unlabelled run of 2026-12-01 08:38).
+                    st.demand, st.calm = max(demand, st.demand) if not math.isnan(st.demand) else demand, 0
         return True
 
     def unjudged(self, culprit: str, st: ControlState, now: float) -> None:
