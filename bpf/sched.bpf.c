@@ -43,7 +43,19 @@
  * So a wait that finds no window open but the counter grown since the
  * cgroup's last wait on this CPU began in a throttle, which lasted as long
  * as the counter grew (6.8+).  Before 6.8 such a wait counts as other (or
- * foreign, if the CPU ran someone else meanwhile). */
+ * foreign, if the CPU ran someone else meanwhile).
+ *
+ * Asleep and migrated (6.12+, delayed dequeue).  EEVDF leaves a task that
+ * sleeps having run more than its share on the run queue, asleep
+ * (se.sched_delayed), until its lag is spent; the load balancer may migrate
+ * it meanwhile.  Enqueued on its new run queue it is stamped then
+ * (sched_info.last_queued), and nothing clears the stamp before it next
+ * runs: its next wait counts from the migration, its sleep included -- in
+ * the kernel's run_delay too.  (A light stress-ng parent, asleep while its
+ * worker ran 25 s, woke with a "wait" of 24.6 s, and its cgroup read a
+ * demand of 25 CPUs.)  sched_migrate_task marks such a task's entry
+ * (TG_TASK_MOVED_ASLEEP); the wait ending at its next switch-in began at a
+ * wake-up no hook here sees, so it is not counted (stale_waits). */
 #include <vmlinux.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -302,7 +314,7 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 	__u64 queued, run_delay, wait, local, extra = 0;
 	__u64 gen;
 	__u32 cause;
-	bool arrived, seen;
+	bool arrived, seen, moved_asleep;
 	/* Still runnable at switch-out: preempted (or yielded); the kernel
 	 * re-queues it (sched_info.last_queued) right after this tracepoint. */
 	bool preempted = prev->pid && prev_state == TASK_RUNNING;
@@ -369,6 +381,7 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 		g->task_cache_miss++;
 		t->slot = 0;
 	}
+	moved_asleep = seen && (t->slot_gen & TG_TASK_MOVED_ASLEEP);
 	/* Slot 0 is cached like any other: registering a cgroup bumps the
 	 * generation, so its tasks look again. */
 	gen = slot_generation;
@@ -406,6 +419,11 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 	 * percentiles of its rare waits (cyclictest alone on this host: 5
 	 * counted a second of its 600 arrivals, p99 1.1 ms). */
 	arrived = queued || extra;
+	if (arrived && moved_asleep) {
+		/* Its stamp is the migration's, not its wake-up's (above). */
+		g->stale_waits++;
+		arrived = false;
+	}
 	s = NULL;
 	if (preempted || arrived)
 		s = stats_of(cpu, t->slot);
@@ -426,6 +444,29 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 	}
 	/* The segments the wait walked are complete: next's begins now. */
 	push_segment(cur, now, t->slot);
+	return 0;
+}
+
+/* A task asleep in a delayed dequeue is migrated: its next wait is not
+ * known (see "Asleep and migrated").  An entry not yet the task's is
+ * claimed as its first switch-in would (its slot looked up then).  Before
+ * 6.12 no task is asleep on a run queue: nothing to do. */
+SEC("tp_btf/sched_migrate_task")
+int BPF_PROG(tg_sched_migrate_task, struct task_struct *p, int dest_cpu)
+{
+	struct tg_task *t;
+
+	if (!bpf_core_field_exists(p->se.sched_delayed) || !p->se.sched_delayed || !p->pid)
+		return 0;
+	t = &tasks[p->pid & (TG_TASKS - 1)];
+	if (t->tag != task_tag(p, t)) {
+		t->run_delay = p->sched_info.run_delay;
+		t->nivcsw = p->nivcsw;
+		t->slot = 0;
+		t->slot_gen = 0;
+	}
+	t->slot_gen |= TG_TASK_MOVED_ASLEEP;
+	t->tag = task_tag(p, t);
 	return 0;
 }
 

@@ -99,8 +99,15 @@ struct tg_global {
 	__u64 storage_busy;      /* cgroup lookups deferred: the storage was busy on this CPU */
 	__u64 culprits_evicted;  /* culprit entries replaced by a newcomer */
 	__u64 switch_unseen;     /* switch-outs of a task whose switch-in was not seen here */
-	__u64 _pad[6];           /* two whole cache lines per CPU */
+	__u64 stale_waits;       /* waits not counted: stamped as the task, asleep, was migrated (TG_TASK_MOVED_ASLEEP) */
+	__u64 _pad[5];           /* two whole cache lines per CPU */
 };
+
+/* In tg_task.slot_gen (a generation never gets near it): the task was
+ * migrated while asleep in a delayed dequeue, so its next wait is not known
+ * (sched.bpf.c, "Asleep and migrated").  A generation that differs makes
+ * the next switch-in look the slot up again, which it then does once. */
+#define TG_TASK_MOVED_ASLEEP (1ULL << 63)
 
 /* Per-task state, in a table indexed by pid (direct-mapped, TG_TASKS
  * entries).  Not task storage: bpf_task_storage_get() is a helper call and
@@ -114,7 +121,7 @@ struct tg_global {
 struct tg_task {
 	__u64 tag;
 	__u64 run_delay;         /* sched_info.run_delay once its last wait was added */
-	__u64 slot_gen;          /* slot_generation when `slot` was looked up (another: look again) */
+	__u64 slot_gen;          /* slot_generation when `slot` was looked up (another: look again), | TG_TASK_MOVED_ASLEEP */
 	__u32 nivcsw;            /* its involuntary switches when it last ran (low bits: only a change counts) */
 	__u32 slot;
 };

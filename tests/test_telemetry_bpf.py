@@ -238,6 +238,79 @@ def test_tasks_on_one_entry_of_the_task_table_keep_their_own_counts(collector, m
     assert misses > min(arrivals.values()) / 2
 
 
+#: A sleeper niced to 19 that has just run beside a busy loop leaves its CPU
+#: far ahead of its share: EEVDF keeps it on the run queue, asleep, for a few
+#: hundred ms of the loop's running (delayed dequeue, 6.12+).
+DELAYED_SLEEPER = """
+import os, time
+os.nice(19)
+while True:
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.006:
+        pass
+    time.sleep(%r)
+"""
+
+
+def _state_and_cpu(pid: int) -> tuple[str, int]:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return fields[0], int(fields[36])           # state; processor (field 39)
+
+
+def test_a_sleep_the_kernel_counts_as_wait_after_a_delayed_dequeue_is_not_counted(collector, make_cgroup):
+    """A task asleep in a delayed dequeue and migrated (here by an affinity
+    change; the load balancer does it too) is stamped as queued on its new
+    run queue, and its next wait counts from there, its sleep included --
+    in the kernel's run_delay as well: a light stress-ng parent read a wait
+    of 24.6 s.  tagger counts no such wait (stale_waits).  Before 6.12 there
+    is no delayed dequeue: the kernel's run_delay and tagger's wait agree."""
+    from tagger.native.variants import kernel_version
+
+    SLEEP, CYCLES = 0.3, 8
+    if os.cpu_count() < 2:
+        pytest.fail("needs two CPUs")
+    sleeper, busy = make_cgroup("asleep"), make_cgroup("busy")
+    totals = Totals(collector, [sleeper.path])
+    totals.tick()
+    b = busy.spawn(BUSY_LOOP)
+    os.sched_setaffinity(b.pid, {0})
+    a = sleeper.spawn([sys.executable, "-c", DELAYED_SLEEPER % SLEEP])
+    wait_for(lambda: thread_arrivals([a.pid]) > 2, timeout=30, what="the sleeper to run")
+    totals.tick()
+    totals.wait_s[sleeper.path] = 0.0
+    stale = collector.probes.read_globals()["stale_waits"]
+    kernel_before, hits = thread_run_delays([a.pid]), 0
+    for _ in range(CYCLES):
+        os.sched_setaffinity(a.pid, {0})
+        # Caught as it falls asleep on CPU 0 beside the loop, then moved.
+        wait_for(lambda: _state_and_cpu(a.pid) == ("R", 0), timeout=10, interval=0.0005,
+                 what="the sleeper to run on CPU 0")
+        wait_for(lambda: _state_and_cpu(a.pid)[0] == "S", timeout=10, interval=0.0005,
+                 what="the sleeper to sleep")
+        before = thread_run_delays([a.pid])
+        os.sched_setaffinity(a.pid, {1})
+        arrivals = thread_arrivals([a.pid])
+        wait_for(lambda: thread_arrivals([a.pid]) > arrivals, timeout=10, what="the sleeper to wake")
+        hits += thread_run_delays([a.pid]) - before > SLEEP / 2 * 1e9
+        totals.tick()
+    _stop_all([sleeper])
+    totals.tick()
+    kernel = (thread_run_delays([a.pid]) - kernel_before) * 1e-9
+    ours = totals.wait_s[sleeper.path]
+    stale = collector.probes.read_globals()["stale_waits"] - stale
+    print(f"kernel run_delay {kernel:.3f} s ({hits} of {CYCLES} cycles counted the sleep), "
+          f"ours {ours:.3f} s, {stale} waits not counted")
+    if kernel_version() >= (6, 12):
+        assert hits >= CYCLES // 2, "the sleeper was not caught asleep on the run queue"
+        assert stale >= hits
+        # Each sleep counted by the kernel is left out, the real waits kept.
+        assert ours < kernel - hits * SLEEP * 0.8
+    else:
+        assert hits == 0 and stale == 0
+        assert ours == pytest.approx(kernel, rel=0.05, abs=0.005)
+
+
 def test_running_tasks_are_credited_every_tick(collector, make_cgroup):
     """Tick by tick, a busy loop's CPU time follows the kernel's own cpu.stat:
     a task that does not switch out is credited at each read (checkpoint),
