@@ -422,6 +422,7 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 	if (arrived && moved_asleep) {
 		/* Its stamp is the migration's, not its wake-up's (above). */
 		g->stale_waits++;
+		g->stale_wait_ns += wait;
 		arrived = false;
 	}
 	s = NULL;

@@ -100,7 +100,8 @@ struct tg_global {
 	__u64 culprits_evicted;  /* culprit entries replaced by a newcomer */
 	__u64 switch_unseen;     /* switch-outs of a task whose switch-in was not seen here */
 	__u64 stale_waits;       /* waits not counted: stamped as the task, asleep, was migrated (TG_TASK_MOVED_ASLEEP) */
-	__u64 _pad[5];           /* two whole cache lines per CPU */
+	__u64 stale_wait_ns;     /* ... and what the kernel counted of them (its run_delay grew by it) */
+	__u64 _pad[4];           /* two whole cache lines per CPU */
 };
 
 /* In tg_task.slot_gen (a generation never gets near it): the task was

@@ -267,7 +267,9 @@ def test_a_sleep_the_kernel_counts_as_wait_after_a_delayed_dequeue_is_not_counte
     is no delayed dequeue: the kernel's run_delay and tagger's wait agree."""
     from tagger.native.variants import kernel_version
 
-    SLEEP, CYCLES = 0.3, 8
+    # Until HITS waits were left out (on a loaded host some cycles catch it
+    # after its delayed dequeue is over), at most CYCLES.
+    SLEEP, HITS, CYCLES = 0.3, 2, 30
     if os.cpu_count() < 2:
         pytest.fail("needs two CPUs")
     sleeper, busy = make_cgroup("asleep"), make_cgroup("busy")
@@ -279,9 +281,13 @@ def test_a_sleep_the_kernel_counts_as_wait_after_a_delayed_dequeue_is_not_counte
     wait_for(lambda: thread_arrivals([a.pid]) > 2, timeout=30, what="the sleeper to run")
     totals.tick()
     totals.wait_s[sleeper.path] = 0.0
-    stale = collector.probes.read_globals()["stale_waits"]
+    globals_before = collector.probes.read_globals()
+    stale = lambda key="stale_waits": collector.probes.read_globals()[key] - globals_before[key]  # noqa: E731
     kernel_before, hits = thread_run_delays([a.pid]), 0
-    for _ in range(CYCLES):
+    # Before 6.12 no cycle can catch it (no delayed dequeue): 8 show that.
+    delayed, cycles = kernel_version() >= (6, 12), 0
+    while cycles < (CYCLES if delayed else 8) and not (delayed and stale() >= HITS):
+        cycles += 1
         os.sched_setaffinity(a.pid, {0})
         # Caught as it falls asleep on CPU 0 beside the loop, then moved.
         wait_for(lambda: _state_and_cpu(a.pid) == ("R", 0), timeout=10, interval=0.0005,
@@ -298,16 +304,18 @@ def test_a_sleep_the_kernel_counts_as_wait_after_a_delayed_dequeue_is_not_counte
     totals.tick()
     kernel = (thread_run_delays([a.pid]) - kernel_before) * 1e-9
     ours = totals.wait_s[sleeper.path]
-    stale = collector.probes.read_globals()["stale_waits"] - stale
-    print(f"kernel run_delay {kernel:.3f} s ({hits} of {CYCLES} cycles counted the sleep), "
-          f"ours {ours:.3f} s, {stale} waits not counted")
-    if kernel_version() >= (6, 12):
-        assert hits >= CYCLES // 2, "the sleeper was not caught asleep on the run queue"
-        assert stale >= hits
-        # Each sleep counted by the kernel is left out, the real waits kept.
-        assert ours < kernel - hits * SLEEP * 0.8
+    left_out, left_out_s = stale(), stale("stale_wait_ns") * 1e-9
+    print(f"kernel run_delay {kernel:.3f} s ({hits} of {cycles} cycles grew it by more than the sleep's "
+          f"half), ours {ours:.3f} s, {left_out} waits not counted ({left_out_s:.3f} s)")
+    if delayed:
+        assert left_out >= HITS, "the sleeper was not caught asleep on the run queue"
+        # What is left out holds a sleep (the load balancer moves it too,
+        # late in a sleep at times: not a whole sleep each time), and is
+        # gone from ours; the real waits are kept.
+        assert left_out_s > SLEEP * 0.8
+        assert ours < kernel - left_out_s / 2
     else:
-        assert hits == 0 and stale == 0
+        assert hits == 0 and left_out == 0
         assert ours == pytest.approx(kernel, rel=0.05, abs=0.005)
 
 
