@@ -279,11 +279,15 @@ def test_a_sleep_the_kernel_counts_as_wait_after_a_delayed_dequeue_is_not_counte
     os.sched_setaffinity(b.pid, {0})
     a = sleeper.spawn([sys.executable, "-c", DELAYED_SLEEPER % SLEEP])
     wait_for(lambda: thread_arrivals([a.pid]) > 2, timeout=30, what="the sleeper to run")
+    # Both counts start from the same wait: the sleeper is stopped while
+    # they are read (a slow tick, as in a TCG VM, moves nothing).
+    _stop_all([sleeper])
     totals.tick()
     totals.wait_s[sleeper.path] = 0.0
     globals_before = collector.probes.read_globals()
     stale = lambda key="stale_waits": collector.probes.read_globals()[key] - globals_before[key]  # noqa: E731
     kernel_before, hits = thread_run_delays([a.pid]), 0
+    os.kill(a.pid, signal.SIGCONT)
     # Before 6.12 no cycle can catch it (no delayed dequeue): 8 show that.
     delayed, cycles = kernel_version() >= (6, 12), 0
     while cycles < (CYCLES if delayed else 8) and not (delayed and stale() >= HITS):
