@@ -263,8 +263,10 @@ def test_a_sleep_the_kernel_counts_as_wait_after_a_delayed_dequeue_is_not_counte
     change; the load balancer does it too) is stamped as queued on its new
     run queue, and its next wait counts from there, its sleep included --
     in the kernel's run_delay as well: a light stress-ng parent read a wait
-    of 24.6 s.  tagger counts no such wait (stale_waits).  Before 6.12 there
-    is no delayed dequeue: the kernel's run_delay and tagger's wait agree."""
+    of 24.6 s.  tagger counts no such wait (stale_waits).  Where the kernel
+    never counts a sleep so (before 6.12 there is no delayed dequeue; Debian's
+    6.12.95 in a TCG VM did not in 30 cycles), its run_delay and tagger's
+    wait agree."""
     from tagger.native.variants import kernel_version
 
     # Until HITS waits were left out (on a loaded host some cycles catch it
@@ -290,7 +292,7 @@ def test_a_sleep_the_kernel_counts_as_wait_after_a_delayed_dequeue_is_not_counte
     os.kill(a.pid, signal.SIGCONT)
     # Before 6.12 no cycle can catch it (no delayed dequeue): 8 show that.
     delayed, cycles = kernel_version() >= (6, 12), 0
-    while cycles < (CYCLES if delayed else 8) and not (delayed and stale() >= HITS):
+    while cycles < (CYCLES if delayed else 8) and stale() < HITS:
         cycles += 1
         os.sched_setaffinity(a.pid, {0})
         # Caught as it falls asleep on CPU 0 beside the loop, then moved.
@@ -311,16 +313,17 @@ def test_a_sleep_the_kernel_counts_as_wait_after_a_delayed_dequeue_is_not_counte
     left_out, left_out_s = stale(), stale("stale_wait_ns") * 1e-9
     print(f"kernel run_delay {kernel:.3f} s ({hits} of {cycles} cycles grew it by more than the sleep's "
           f"half), ours {ours:.3f} s, {left_out} waits not counted ({left_out_s:.3f} s)")
-    if delayed:
-        assert left_out >= HITS, "the sleeper was not caught asleep on the run queue"
+    if hits:
+        # The kernel counted a sleep as wait: tagger left such waits out.
+        assert left_out >= 1, "the kernel counted a sleep as wait, and so did tagger"
         # What is left out holds a sleep (the load balancer moves it too,
         # late in a sleep at times: not a whole sleep each time), and is
         # gone from ours; the real waits are kept.
         assert left_out_s > SLEEP * 0.8
         assert ours < kernel - left_out_s / 2
     else:
-        assert hits == 0 and left_out == 0
-        assert ours == pytest.approx(kernel, rel=0.05, abs=0.005)
+        # Nothing left out but what the kernel counted beyond ours (6.1: nothing).
+        assert ours + left_out_s == pytest.approx(kernel, rel=0.05, abs=0.005)
 
 
 def test_running_tasks_are_credited_every_tick(collector, make_cgroup):
