@@ -66,8 +66,9 @@
 
 #define TASK_RUNNING 0
 
-/* Per-task state (struct tg_task, in tagger.h), indexed by pid. */
-struct tg_task tasks[TG_TASKS] SEC(".bss");
+/* Per-task state (struct tg_task, in tagger.h), indexed by pid: one cache
+ * line per entry (see struct tg_task). */
+struct tg_task tasks[TG_TASKS] SEC(".bss") __attribute__((aligned(64)));
 
 static __always_inline __u64 task_tag(struct task_struct *p, struct tg_task *t)
 {

@@ -118,13 +118,20 @@ struct tg_global {
  * task's pid and start time with the entry's fields, so another task on
  * the same index (pids TG_TASKS apart), a task that reuses the pid, or an
  * entry torn by two CPUs writing it at once reads as no entry -- a task
- * seen for the first time (counted in task_cache_miss). */
+ * seen for the first time (counted in task_cache_miss).
+ * One cache line per entry (4 MiB in all): at 32 bytes, tasks with
+ * neighbouring pids (a process and the child it talks to, a thread pool)
+ * shared a line, and switching on two CPUs they bounced it between them:
+ * bench_bpf's switch storm (stress-ng --switch: a pair of processes per
+ * CPU) ran some rounds at 2.8-3.8x the empty program, as pids fell, and
+ * the rest at 1.9-2.1x; padded, 1.8-2.3x in all of 72 rounds. */
 struct tg_task {
 	__u64 tag;
 	__u64 run_delay;         /* sched_info.run_delay once its last wait was added */
 	__u64 slot_gen;          /* slot_generation when `slot` was looked up (another: look again), | TG_TASK_MOVED_ASLEEP */
 	__u32 nivcsw;            /* its involuntary switches when it last ran (low bits: only a change counts) */
 	__u32 slot;
+	__u32 _pad[8];           /* one cache line per entry */
 };
 
 /* The task on a CPU: what sched_switch needs of `prev` without a task
