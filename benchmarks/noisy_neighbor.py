@@ -149,7 +149,7 @@ def _on_signal(signum, frame):
 class Agent:
     """``tagger run`` in a subprocess with a rules directory of its own."""
 
-    def __init__(self, workdir: Path, rules_text: str, interval: float):
+    def __init__(self, workdir: Path, rules_text: str, interval: float, record: Path | None = None):
         from tagger.client import ApiClient
         self._client = ApiClient
         self.dir = Path(tempfile.mkdtemp(prefix="agent-", dir=workdir))
@@ -167,6 +167,8 @@ class Agent:
         argv = [PY, "-m", "tagger.cli.main", "run", "--rules", str(rules), "--interval", f"{interval}s",
                 "--socket", self.sock, "--metrics", "off", "--state-dir", str(self.dir / "state"),
                 "--log-level", "info"]
+        if record is not None:      # the agent's own view, tick by tick (`tagger run --record`)
+            argv += ["--record", str(record)]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=ROOT)
         self.pid = self.proc.pid
@@ -221,6 +223,13 @@ class Run:
 
     def log(self, msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def agent_record(self, label: str) -> Path | None:
+        """Where the agent records its own snapshots (``tagger run --record``)
+        when --ticks asks for a run tick by tick: FILE.agent-LABEL.trace, to
+        replay what the policy saw (its ticks are not aligned with ours)."""
+        t = self.args.ticks
+        return None if t is None else t.with_name(f"{t.name}.agent-{label}.trace")
 
     def rules_text(self) -> str:
         """The rules file ``tagger run`` gets (the protected phase and overhead's B runs)."""
@@ -342,7 +351,7 @@ class Run:
         batch_figs["collocated"] = self.finish_batch(br)
 
         self.log("starting tagger run")
-        self.agent = Agent(self.workdir, self.rules_text(), a.interval)
+        self.agent = Agent(self.workdir, self.rules_text(), a.interval, self.agent_record(f"round{k + 1}"))
         self.agent.wait_ready()
         self.sampler.agent_pid = self.agent.pid
         self.log(f"protected for {P:.0f}s")
@@ -854,7 +863,7 @@ class UnlabelledRun(Run):
                 for n in NEIGHBOURS:
                     self.scenario[n].set_idle(True)
             if mode == "tagger":
-                self.agent = Agent(self.workdir, self.rules_text(), a.interval)
+                self.agent = Agent(self.workdir, self.rules_text(), a.interval, self.agent_record("tagger"))
                 self.agent.wait_ready()
                 self.sampler.agent_pid = self.agent.pid
             self.start_web(a.lead + 3 * (T + 3) + 10)
@@ -1009,7 +1018,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--ticks", type=Path, metavar="FILE",
                     help="also write every 1 s sample (web's p99, who was demoted, who was charged) "
-                         "and the phases as JSON lines, to look at a run tick by tick")
+                         "and the phases as JSON lines, to look at a run tick by tick; the agent then also "
+                         "records its own snapshots beside it (FILE.agent-LABEL.trace, tagger run --record)")
     args = ap.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     rungs = ladder(args.ladder)
