@@ -9,7 +9,7 @@ phase p99 of web's run-queue latency and the share of ticks within the
 SLO); every phase and setting repeated (``--repeat``) and reported as
 median (min–max); and the agent's overhead on context switches.  Writes
 benchmarks/results/noisy_neighbor.md and two PNG plots.  Root, real kernel,
-about 15 minutes with the defaults (3 rounds).
+about 21 minutes with the defaults (3 rounds).
 
     sudo .venv/bin/python benchmarks/noisy_neighbor.py [--repeat 3] [--phase 45] [--out benchmarks/results]
 
@@ -100,7 +100,7 @@ DEFAULT_LADDER = ",".join("+".join(rung) for rung in SPEC_LADDER)
 #: setting that meets the same SLO judgment.
 THROUGHPUT_BAR = 0.95
 #: --repeat's default: 3 rounds when the whole run stays within this, else 2.
-REPEAT_BUDGET_S = 15 * 60
+REPEAT_BUDGET_S = 22 * 60
 
 
 def ladder(text: str) -> list[tuple[str, ...]]:
@@ -435,6 +435,10 @@ class Run:
         settings = self.static_settings()
         # Every setting is tried (not only down to the first quota that meets the
         # SLO): the table is also the curve of web's latency against batch's quota.
+        # In reverse order every other round: a drift of the host's speed over
+        # the sweep then weighs on each setting alike, as in bench_overhead.
+        if k % 2:
+            settings = settings[::-1]
         self.log(f"static baseline: {settings}, {a.static_trial:.0f}s each")
         self.start_web(len(settings) * (a.static_trial + 2) + 10)
         time.sleep(1.0)
@@ -1010,8 +1014,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--static-levers", default="idle,shares=10,cpuset=1",
                     help="settings tried after the quotas: idle (cpu.idle=1), shares=N (v1 cpu.shares; 10 is the "
                          "lowest weight tagger sets, cpu.weight 1), cpuset=N (batch on the last N CPUs); '' for none")
-    ap.add_argument("--static-trial", type=float, default=18.0,
-                    help="seconds per static setting (0: skip); each is judged as tagger's protected phase is")
+    ap.add_argument("--static-trial", type=float,
+                    help="seconds per static setting (0: skip); each is judged as tagger's protected phase is "
+                         "(default: --phase, so that each spans as many periods of web's sine as tagger's phase "
+                         "and the host's slow drifts in speed average out alike)")
     ap.add_argument("--overhead-rounds", type=int, default=3, help="A/B rounds (0: skip)")
     ap.add_argument("--pipe-loops", type=int, default=300000)
     ap.add_argument("--switch-seconds", type=int, default=3)
@@ -1028,6 +1034,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--ladder: unknown lever(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(CPU_LEVERS)})")
     if not 0 <= args.min_within <= 1:
         ap.error("--min-within: a share of ticks, 0 to 1")
+    if args.static_trial is None:
+        args.static_trial = args.phase
     if args.repeat is None:
         args.repeat = 3 if planned_seconds(args, 3) <= REPEAT_BUDGET_S else 2
     elif args.repeat < 1:

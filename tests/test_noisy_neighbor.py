@@ -142,8 +142,8 @@ def test_the_judgment_needs_the_p99_and_the_share_of_ticks():
     assert not rp.meets(math.nan, 1.0, 1e-3, 0.8) and not rp.meets(0.5e-3, math.nan, 1e-3, 0.8)
 
 
-def run(p99_ms, within, bogo, fio=100.0):
-    return {"runq": {"p99": p99_ms * 1e-3}, "within": within, "bogo_ops": bogo, "fio_mibs": fio}
+def run(p99_ms, within, bogo, fio=100.0, cpu=math.nan):
+    return {"runq": {"p99": p99_ms * 1e-3}, "within": within, "bogo_ops": bogo, "fio_mibs": fio, "batch_cpu": cpu}
 
 
 def test_repeated_runs_are_judged_on_their_medians():
@@ -181,6 +181,19 @@ def test_the_throughput_bar_is_95_percent_of_the_best_static_at_the_same_judgmen
     assert bar.met is False and "does not meet" in bar.measured
     # Nothing static meets it: nothing to compare with.
     assert rp.throughput_bar(tagger, {"no limit": statics()["no limit"]}).met is None
+
+
+def test_beside_the_throughput_bar_the_same_comparison_in_cpu_time_which_does_not_decide_it():
+    best = {"cpu.shares 10": rp.judge_runs([run(0.5, 0.9, 1500, cpu=1.72)] * 3, 1e-3, 0.8)}
+    tagger = rp.judge_runs([run(0.6, 0.9, n, cpu=c) for n, c in ((1300, 1.69), (1310, 1.61), (1370, 1.65))],
+                           1e-3, 0.8)
+    assert tagger["batch_cpu"] == {"median": 1.65, "min": 1.61, "max": 1.69, "n": 3}
+    bar = rp.throughput_bar(tagger, best)
+    # 87% in bogo-ops decides; 96% in CPU time is shown, not counted.
+    assert bar.met is False and bar.measured.startswith("87%: ")
+    assert bar.measured.endswith("; in CPU time: 96% (1.65 vs 1.72 CPUs)")
+    # Not measured (an old recording): nothing said about it.
+    assert "CPU time" not in rp.throughput_bar(rp.judge_runs([run(0.6, 0.9, 1500)] * 3, 1e-3, 0.8), best).measured
 
 
 # --- report and plots from recorded samples -----------------------------------------
@@ -239,7 +252,7 @@ def test_markdown_report_from_recorded_samples():
     for name in ("alone", "collocated", "protected", "release"):
         assert f"| 1 | {name} |" in md and f"| 2 | {name} |" in md
     assert "| protected | 0.60 (0.50–0.70) | 85% (80%–90%) | 1.50 (1.00–2.00) | 1050 (1000–1100) |" in md
-    assert "| cpu.idle 1 | 0.50 (0.50–0.50) | 70% (70%–70%) | 1640 (1640–1640) | 100.0 (100.0–100.0) | no (0 of 3) |" in md
+    assert "| cpu.idle 1 | 0.50 (0.50–0.50) | 70% (70%–70%) | 1640 (1640–1640) | – | 100.0 (100.0–100.0) | no (0 of 3) |" in md
     assert "| cpu.shares 10 | 0.50 (0.50–0.50) | 90% (90%–90%) | 1500 (1500–1500) |" in md
     assert "| **tagger** (protected phase) | 0.65 (0.60–0.70) |" in md
     assert "The best static setting that meets the judgment: **cpu.shares 10**." in md
@@ -282,8 +295,12 @@ def test_the_rules_tagger_run_gets_load_with_the_ladder_asked_for():
 def test_repeat_defaults_to_three_rounds_within_the_budget():
     from benchmarks import noisy_neighbor as nn
     a = nn.parse_args([])
-    # 3 x 45 + 20 + 1 + 5 settings x (18 + 2) + 1 + 10 = 267 s a round, 25 s an overhead round
-    assert nn.planned_seconds(a, 1) == pytest.approx(267 + 75)
+    # Each static trial as long as a phase: 3 x 45 + 20 + 1 + 5 settings x (45 + 2) + 1 + 10 = 402 s
+    # a round, 25 s an overhead round.
+    assert a.static_trial == a.phase == 45
+    assert nn.planned_seconds(a, 1) == pytest.approx(402 + 75)
+    assert nn.parse_args(["--phase", "30"]).static_trial == 30
+    assert nn.parse_args(["--static-trial", "18"]).static_trial == 18
     assert a.repeat == 3 and nn.planned_seconds(a, 3) <= nn.REPEAT_BUDGET_S
     assert nn.parse_args(["--phase", "90"]).repeat == 2
     assert nn.parse_args(["--phase", "90", "--repeat", "4"]).repeat == 4

@@ -223,6 +223,7 @@ def judge_runs(runs, slo: float, min_within: float) -> dict:
     share = spread(r["within"] for r in runs)
     return {"p99": p99, "within": share, "bogo_ops": spread(r["bogo_ops"] for r in runs),
             "bogo_runs": [r["bogo_ops"] for r in runs],
+            "batch_cpu": spread(r.get("batch_cpu", NAN) for r in runs),
             "fio_mibs": spread(r.get("fio_mibs", NAN) for r in runs),
             "meets": meets(p99["median"], share["median"], slo, min_within),
             "met_runs": sum(meets(r["runq"]["p99"], r["within"], slo, min_within) for r in runs),
@@ -253,7 +254,7 @@ def throughput_bar(tagger: dict, statics: dict, ratio: float = 0.95) -> "Bar":
     share = mine / b["bogo_ops"]["median"] if b["bogo_ops"]["median"] else NAN
     measured = (f"{share * 100:.0f}%: tagger {fmt_spread(tagger['bogo_ops'], fmt='{:.0f}')} vs {label} "
                 f"{fmt_spread(b['bogo_ops'], fmt='{:.0f}')} bogo-ops/s, median (min–max); tagger {verdict} "
-                "the judgment" + paired_share(tagger, b))
+                "the judgment" + paired_share(tagger, b) + cpu_share(tagger, b))
     return Bar(name, wanted, measured, bool(tagger["meets"] and share >= ratio))
 
 
@@ -268,6 +269,18 @@ def paired_share(tagger: dict, best: dict) -> str:
         return ""
     s = spread(m / t if t else NAN for m, t in zip(mine, theirs))
     return f"; against the same round's: {fmt_spread(s, 100, '{:.0f}%')}"
+
+
+def cpu_share(tagger: dict, best: dict) -> str:
+    """The same comparison in CPU time (batch's CPU usage, in CPUs): what the
+    policy leaves batch, which the host's speed moves less.  In one run here
+    (2026-12-02 01:19) a window's bogo-ops per CPU-second moved 664-867 (the
+    host's speed: other tenants, not the policy), its CPU time 1.61-1.73 CPUs.
+    Shown beside the bar, which is judged on bogo-ops as issue 16 states it."""
+    mine, theirs = tagger.get("batch_cpu", {}).get("median", NAN), best.get("batch_cpu", {}).get("median", NAN)
+    if not (mine > 0 and theirs > 0):
+        return ""
+    return (f"; in CPU time: {mine / theirs * 100:.0f}% ({mine:.2f} vs {theirs:.2f} CPUs)")
 
 
 @dataclass
@@ -414,13 +427,16 @@ def build_markdown(res: dict) -> str:
                 f"Each setting fixed on `batch` for {st['trial_s']:.0f} s per round (its first second not judged, as "
                 "for tagger's phase), web and batch as in the collocated phase; \"no limit\" is the collocated "
                 "phases. A setting meets the judgment when the medians over the rounds do.", "",
-                "| static setting | runq p99 (ms) | ticks ≤ SLO | bogo-ops/s | fio MiB/s | meets (rounds that met) |",
-                "|---|---|---|---|---|---|"]
+                "| static setting | runq p99 (ms) | ticks ≤ SLO | bogo-ops/s | batch CPUs | fio MiB/s "
+                "| meets (rounds that met) |",
+                "|---|---|---|---|---|---|---|"]
         rows = list(st["judged"].items()) + [("**tagger** (protected phase)", res["tagger"])] if res.get("tagger") \
             else list(st["judged"].items())
         for label, j in rows:
             out.append(f"| {label} | {fmt_spread(j['p99'], 1e3)} | {fmt_spread(j['within'], 100, '{:.0f}%')} "
-                       f"| {fmt_spread(j['bogo_ops'], fmt='{:.0f}')} | {fmt_spread(j['fio_mibs'], fmt='{:.1f}')} "
+                       f"| {fmt_spread(j['bogo_ops'], fmt='{:.0f}')} "
+                       f"| {fmt_spread(j.get('batch_cpu', {}), fmt='{:.2f}')} "
+                       f"| {fmt_spread(j['fio_mibs'], fmt='{:.1f}')} "
                        f"| {'yes' if j['meets'] else 'no'} ({j['met_runs']} of {j['n']}) |")
         out += ["", ("The best static setting that meets the judgment: **" + st["best"] + "**.") if st.get("best")
                 else "No static setting met the judgment.", ""]
