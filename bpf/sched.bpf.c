@@ -67,7 +67,9 @@
 #define TASK_RUNNING 0
 
 /* Per-task state (struct tg_task, in tagger.h), indexed by pid: one cache
- * line per entry (see struct tg_task). */
+ * line per entry (see struct tg_task).  The padding is spelled out in the
+ * struct, not an aligned attribute, because cffi parses tagger.h too. */
+_Static_assert(sizeof(struct tg_task) == 64, "struct tg_task: one cache line per entry");
 struct tg_task tasks[TG_TASKS] SEC(".bss") __attribute__((aligned(64)));
 
 static __always_inline __u64 task_tag(struct task_struct *p, struct tg_task *t)

@@ -119,12 +119,10 @@ struct tg_global {
  * the same index (pids TG_TASKS apart), a task that reuses the pid, or an
  * entry torn by two CPUs writing it at once reads as no entry -- a task
  * seen for the first time (counted in task_cache_miss).
- * One cache line per entry (4 MiB in all): at 32 bytes, tasks with
- * neighbouring pids (a process and the child it talks to, a thread pool)
- * shared a line, and switching on two CPUs they bounced it between them:
- * bench_bpf's switch storm (stress-ng --switch: a pair of processes per
- * CPU) ran some rounds at 2.8-3.8x the empty program, as pids fell, and
- * the rest at 1.9-2.1x; padded, 1.8-2.3x in all of 72 rounds. */
+ * One cache line per entry (4 MiB in all; sched.bpf.c asserts the size):
+ * tasks with neighbouring pids (a process and the child it talks to, a
+ * thread pool) would otherwise share a line and, switching on two CPUs at
+ * once, bounce it between them (docs/telemetry.md, "The per-task table"). */
 struct tg_task {
 	__u64 tag;
 	__u64 run_delay;         /* sched_info.run_delay once its last wait was added */
