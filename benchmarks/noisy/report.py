@@ -273,10 +273,9 @@ def paired_share(tagger: dict, best: dict) -> str:
 
 def cpu_share(tagger: dict, best: dict) -> str:
     """The same comparison in CPU time (batch's CPU usage, in CPUs): what the
-    policy leaves batch, which the host's speed moves less.  In one run here
-    (2026-12-02 01:19) a window's bogo-ops per CPU-second moved 664-867 (the
-    host's speed: other tenants, not the policy), its CPU time 1.61-1.73 CPUs.
-    Shown beside the bar, which is judged on bogo-ops as issue 16 states it."""
+    policy leaves batch, which the host's speed moves less than bogo-ops per
+    CPU-second (docs/noisy_neighbor.md, "Bogo-ops or CPU time").  Shown beside
+    the bar, which is judged on bogo-ops as issue 16 states it."""
     mine, theirs = tagger.get("batch_cpu", {}).get("median", NAN), best.get("batch_cpu", {}).get("median", NAN)
     if not (mine > 0 and theirs > 0):
         return ""
