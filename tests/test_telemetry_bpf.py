@@ -269,8 +269,10 @@ def test_a_sleep_the_kernel_counts_as_wait_after_a_delayed_dequeue_is_not_counte
     wait agree."""
     from tagger.native.variants import kernel_version
 
-    # Until HITS waits were left out (on a loaded host some cycles catch it
-    # after its delayed dequeue is over), at most CYCLES.
+    # Until the kernel counted HITS of the sleeps as wait, at most CYCLES.
+    # tagger's stale_waits are global: any task of the host migrated asleep
+    # adds to them (in a VM, a daemon's 5 s sleep), so the loop and the
+    # assertions go by what the kernel did to the sleeper's own run_delay.
     SLEEP, HITS, CYCLES = 0.3, 2, 30
     if os.cpu_count() < 2:
         pytest.fail("needs two CPUs")
@@ -288,11 +290,11 @@ def test_a_sleep_the_kernel_counts_as_wait_after_a_delayed_dequeue_is_not_counte
     totals.wait_s[sleeper.path] = 0.0
     globals_before = collector.probes.read_globals()
     stale = lambda key="stale_waits": collector.probes.read_globals()[key] - globals_before[key]  # noqa: E731
-    kernel_before, hits = thread_run_delays([a.pid]), 0
+    kernel_before, hits, hit_s = thread_run_delays([a.pid]), 0, 0.0
     os.kill(a.pid, signal.SIGCONT)
     # Before 6.12 no cycle can catch it (no delayed dequeue): 8 show that.
     delayed, cycles = kernel_version() >= (6, 12), 0
-    while cycles < (CYCLES if delayed else 8) and stale() < HITS:
+    while cycles < (CYCLES if delayed else 8) and hits < HITS:
         cycles += 1
         os.sched_setaffinity(a.pid, {0})
         # Caught as it falls asleep on CPU 0 beside the loop, then moved.
@@ -304,7 +306,9 @@ def test_a_sleep_the_kernel_counts_as_wait_after_a_delayed_dequeue_is_not_counte
         os.sched_setaffinity(a.pid, {1})
         arrivals = thread_arrivals([a.pid])
         wait_for(lambda: thread_arrivals([a.pid]) > arrivals, timeout=10, what="the sleeper to wake")
-        hits += thread_run_delays([a.pid]) - before > SLEEP / 2 * 1e9
+        grown = (thread_run_delays([a.pid]) - before) * 1e-9
+        if grown > SLEEP / 2:
+            hits, hit_s = hits + 1, hit_s + grown
         totals.tick()
     _stop_all([sleeper])
     totals.tick()
@@ -312,18 +316,22 @@ def test_a_sleep_the_kernel_counts_as_wait_after_a_delayed_dequeue_is_not_counte
     ours = totals.wait_s[sleeper.path]
     left_out, left_out_s = stale(), stale("stale_wait_ns") * 1e-9
     print(f"kernel run_delay {kernel:.3f} s ({hits} of {cycles} cycles grew it by more than the sleep's "
-          f"half), ours {ours:.3f} s, {left_out} waits not counted ({left_out_s:.3f} s)")
+          f"half: {hit_s:.3f} s), ours {ours:.3f} s; on the whole host {left_out} waits not counted "
+          f"({left_out_s:.3f} s)")
+    tolerance = max(0.05 * kernel, 0.005)
+    # Never more than the kernel: a sleep is not a wait.
+    assert ours <= kernel + tolerance
     if hits:
-        # The kernel counted a sleep as wait: tagger left such waits out.
-        assert left_out >= 1, "the kernel counted a sleep as wait, and so did tagger"
-        # What is left out holds a sleep (the load balancer moves it too,
-        # late in a sleep at times: not a whole sleep each time), and is
-        # gone from ours; the real waits are kept.
-        assert left_out_s > SLEEP * 0.8
-        assert ours < kernel - left_out_s / 2
+        # The kernel counted the sleeper's sleeps as wait; tagger left each
+        # such wait out (the host's count holds the sleeper's), its real
+        # waits kept.
+        assert left_out >= hits, "the kernel counted a sleep as wait, and so did tagger"
+        assert ours < kernel - hit_s / 2
     else:
-        # Nothing left out but what the kernel counted beyond ours (6.1: nothing).
-        assert ours + left_out_s == pytest.approx(kernel, rel=0.05, abs=0.005)
+        # The kernel counted no sleep: the two agree, but for the sleeper's
+        # waits left out (moved late in a sleep: each under the sleep's half
+        # in the kernel's run_delay; on 6.1, none).  The host's count bounds them.
+        assert ours >= kernel - min(left_out_s, left_out * SLEEP / 2) - tolerance
 
 
 def test_running_tasks_are_credited_every_tick(collector, make_cgroup):
