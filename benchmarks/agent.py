@@ -2,10 +2,12 @@
 directory of its own, watched through its socket.
 
 Every benchmark that measures the agent (bench_daemon, bench_scrape,
-bench_overhead, bench_cede) starts it here, so they measure the same thing: `tagger run
---dry-run` with its socket, its /metrics on a free port, its own state
-directory and, if given, a rules directory of one file.  `stop()` sends
-SIGTERM (the agent undoes what it did; --dry-run did nothing) and waits.
+bench_overhead, bench_cede, noisy_neighbor) starts it here, so they measure
+the same thing: by default `tagger run --dry-run` with its socket, its
+/metrics on a free port, its own state directory and, if given, a rules
+directory (one file, or several by name).  noisy_neighbor's agent acts
+(``dry_run=False``).  `stop()` sends SIGTERM (the agent undoes what it did;
+--dry-run did nothing) and waits.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from benchmarks.scrape_byte_names import free_port
@@ -55,31 +58,36 @@ def at_nice(nice: int | None):
 
 
 class Agent:
-    """`tagger run --dry-run` in a fresh directory under ``workdir``.  ``launch``:
-    what runs ``tagger`` (a ``taskset`` in front, a ``python -c`` that sets
+    """`tagger run` in a fresh directory under ``workdir``.  ``rules``: the
+    text of one rules file, or {file name: text}.  ``dry_run=False``: the
+    agent acts.  ``metrics=False``: no /metrics endpoint.  ``launch``: what
+    runs ``tagger`` (a ``taskset`` in front, a ``python -c`` that sets
     something first)."""
 
-    def __init__(self, workdir: Path, *, rules: str | None = None, interval: str = "1s",
-                 extra: tuple[str, ...] = (), nice: int | None = None,
+    def __init__(self, workdir: Path, *, rules: str | Mapping[str, str] | None = None, interval: str = "1s",
+                 extra: tuple[str, ...] = (), nice: int | None = None, dry_run: bool = True,
+                 metrics: bool = True, log_level: str = "warning",
                  launch: tuple[str, ...] = (sys.executable, "-m", "tagger.cli.main")):
         self.dir = Path(tempfile.mkdtemp(prefix="agent-", dir=workdir))
         os.chmod(self.dir, 0o755)
         self.sock = str(self.dir / "tagger.sock")
-        self.port = free_port()
-        self.metrics_url = f"http://127.0.0.1:{self.port}/metrics"
+        self.port = free_port() if metrics else None
+        self.metrics_url = f"http://127.0.0.1:{self.port}/metrics" if metrics else None
         self.log_path = self.dir / "agent.log"
-        argv = [*launch, "run", "--dry-run", "--interval", interval,
-                "--metrics", f"127.0.0.1:{self.port}", "--socket", self.sock,
-                "--state-dir", str(self.dir / "state"), "--log-level", "warning", *extra]
+        argv = [*launch, "run", *(["--dry-run"] if dry_run else []), "--interval", interval,
+                "--metrics", f"127.0.0.1:{self.port}" if metrics else "off", "--socket", self.sock,
+                "--state-dir", str(self.dir / "state"), "--log-level", log_level, *extra]
         if rules is not None:
             rules_dir = self.dir / "rules"
             rules_dir.mkdir(mode=0o755)
-            (rules_dir / "10-bench.yaml").write_text(rules)
-            os.chmod(rules_dir / "10-bench.yaml", 0o644)
+            for name, text in ({"10-bench.yaml": rules} if isinstance(rules, str) else rules).items():
+                (rules_dir / name).write_text(text)
+                os.chmod(rules_dir / name, 0o644)
             argv += ["--rules", str(rules_dir)]
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          cwd=ROOT, preexec_fn=at_nice(nice))
+        self.pid = self.proc.pid
         self._client: ApiClient | None = None
 
     def health(self) -> dict:
@@ -105,8 +113,9 @@ class Agent:
         while time.monotonic() < deadline:
             h = self.health()
             if h.get("ticks", 0) >= ticks:
-                with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
-                    r.read()
+                if self.metrics_url is not None:
+                    with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
+                        r.read()
                 return h
             time.sleep(0.2)
         raise TimeoutError(f"tagger run did not tick {ticks} times in {timeout:.0f}s")
@@ -127,9 +136,10 @@ class Agent:
         except OSError:
             return ""
 
-    def stop(self):
-        """SIGTERM, then wait (SIGKILL after 30 s)."""
+    def stop(self) -> int | None:
+        """SIGTERM, then wait (SIGKILL after 30 s); its exit code."""
         if self._client is not None:
             self._client.close()
             self._client = None
         terminate(self.proc)
+        return self.proc.returncode

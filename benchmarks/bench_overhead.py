@@ -86,6 +86,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.agent import Agent, at_nice, task_cpu, terminate  # noqa: E402
 from benchmarks.scrape_byte_names import free_port  # noqa: E402
 from benchmarks.baseline import EmptyPrograms  # noqa: E402
+from benchmarks.interleave import round_order  # noqa: E402
 from tagger.native.probes import bpf_stats_enabled  # noqa: E402
 
 CONDITIONS = ("none", "empty", "agent")
@@ -216,11 +217,6 @@ def redis_cpus(pin: str) -> tuple[str | None, str | None]:
     return {"none": (None, None), "same": (last, last), "split": ("0", last)}[pin]
 
 
-def round_order(i: int) -> tuple[str, ...]:
-    """A B C, then C B A: a linear drift over a pair of rounds weighs on each condition alike."""
-    return CONDITIONS if i % 2 == 0 else CONDITIONS[::-1]
-
-
 def run(args, log=print) -> dict:
     """The pipe's rounds, then redis's: apart, because a SCHED_FIFO pipe run just
     before a redis run changed redis's throughput, and not alike in every condition
@@ -231,7 +227,8 @@ def run(args, log=print) -> dict:
     os.chmod(workdir, 0o755)
     redis_server_cpu, redis_client_cpu = redis_cpus(args.redis_pin)
     pipe_cpu = None if args.pipe_cpu == "none" else args.pipe_cpu
-    rounds = [{"order": round_order(i), "pipe": {}, "redis": {}, "others": {}, "steal": {}, "agent_cpu": {}}
+    rounds = [{"order": tuple(round_order(CONDITIONS, i)), "pipe": {}, "redis": {}, "others": {}, "steal": {},
+               "agent_cpu": {}}
               for i in range(args.rounds)]
     accounting = None
     server = None

@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from benchmarks.agent import Agent  # noqa: E402
+from benchmarks.interleave import round_order  # noqa: E402
 from benchmarks.noisy import report as rp  # noqa: E402
 from benchmarks.noisy import unlabelled as nu  # noqa: E402
 from benchmarks.noisy.cgroups import Scenario  # noqa: E402
@@ -146,62 +148,14 @@ def _on_signal(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
-class Agent:
-    """``tagger run`` in a subprocess with a rules directory of its own."""
-
-    def __init__(self, workdir: Path, rules_text: str, interval: float, record: Path | None = None):
-        from tagger.client import ApiClient
-        self._client = ApiClient
-        self.dir = Path(tempfile.mkdtemp(prefix="agent-", dir=workdir))
-        os.chmod(self.dir, 0o755)
-        rules = self.dir / "rules"
-        rules.mkdir(parents=True, mode=0o755)
-        for f in sorted((ROOT / "rules").glob("*.yaml")):    # the shipped rules ...
-            shutil.copy(f, rules / f.name)
-        (rules / "50-noisy-neighbour.yaml").write_text(rules_text)   # ... and the scenario's
-        for f in rules.iterdir():
-            os.chmod(f, 0o644)
-        self.sock = str(self.dir / "tagger.sock")
-        self.log_path = self.dir / "agent.log"
-        self.log = open(self.log_path, "a")
-        argv = [PY, "-m", "tagger.cli.main", "run", "--rules", str(rules), "--interval", f"{interval}s",
-                "--socket", self.sock, "--metrics", "off", "--state-dir", str(self.dir / "state"),
-                "--log-level", "info"]
-        if record is not None:      # the agent's own view, tick by tick (`tagger run --record`)
-            argv += ["--record", str(record)]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=ROOT)
-        self.pid = self.proc.pid
-
-    def health(self) -> dict:
-        try:
-            with self._client(self.sock, timeout=2) as c:
-                return c.request("health") or {}
-        except Exception:
-            return {}
-
-    def wait_ready(self, ticks: int = 2, timeout: float = 60.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tagger run exited with {self.proc.returncode}:\n"
-                                   + self.log_path.read_text()[-3000:])
-            if os.path.exists(self.sock) and self.health().get("ticks", 0) >= ticks:
-                return
-            time.sleep(0.2)
-        raise TimeoutError("tagger run did not tick in time")
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (the agent reverts every knob), then wait."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
-        return self.proc.returncode
+def start_agent(workdir: Path, rules_text: str, interval: float, record: Path | None = None) -> Agent:
+    """``tagger run``, acting, with the shipped rules and the scenario's
+    (50-noisy-neighbour.yaml); with ``record``, its own view tick by tick
+    (``tagger run --record``)."""
+    rules = {f.name: f.read_text() for f in sorted((ROOT / "rules").glob("*.yaml"))}
+    rules["50-noisy-neighbour.yaml"] = rules_text
+    return Agent(workdir, rules=rules, interval=f"{interval}s", dry_run=False, metrics=False, log_level="info",
+                 extra=("--record", str(record)) if record is not None else ())
 
 
 class Run:
@@ -351,7 +305,7 @@ class Run:
         batch_figs["collocated"] = self.finish_batch(br)
 
         self.log("starting tagger run")
-        self.agent = Agent(self.workdir, self.rules_text(), a.interval, self.agent_record(f"round{k + 1}"))
+        self.agent = start_agent(self.workdir, self.rules_text(), a.interval, self.agent_record(f"round{k + 1}"))
         self.agent.wait_ready()
         self.sampler.agent_pid = self.agent.pid
         self.log(f"protected for {P:.0f}s")
@@ -436,9 +390,8 @@ class Run:
         # Every setting is tried (not only down to the first quota that meets the
         # SLO): the table is also the curve of web's latency against batch's quota.
         # In reverse order every other round: a drift of the host's speed over
-        # the sweep then weighs on each setting alike, as in bench_overhead.
-        if k % 2:
-            settings = settings[::-1]
+        # the sweep then weighs on each setting alike.
+        settings = round_order(settings, k)
         self.log(f"static baseline: {settings}, {a.static_trial:.0f}s each")
         self.start_web(len(settings) * (a.static_trial + 2) + 10)
         time.sleep(1.0)
@@ -480,7 +433,7 @@ class Run:
         for _ in range(a.overhead_rounds):
             for cond in ("A", "B", "E"):
                 if cond == "B":
-                    self.agent = Agent(self.workdir, rules, a.interval) if self.agent is None else self.agent
+                    self.agent = start_agent(self.workdir, rules, a.interval) if self.agent is None else self.agent
                     self.agent.wait_ready()
                 empty = EmptyPrograms(wakeup=False) if cond == "E" else None
                 try:
@@ -867,7 +820,7 @@ class UnlabelledRun(Run):
                 for n in NEIGHBOURS:
                     self.scenario[n].set_idle(True)
             if mode == "tagger":
-                self.agent = Agent(self.workdir, self.rules_text(), a.interval, self.agent_record("tagger"))
+                self.agent = start_agent(self.workdir, self.rules_text(), a.interval, self.agent_record("tagger"))
                 self.agent.wait_ready()
                 self.sampler.agent_pid = self.agent.pid
             self.start_web(a.lead + 3 * (T + 3) + 10)

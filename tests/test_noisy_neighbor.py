@@ -409,3 +409,17 @@ def test_waits_behind_counts_who_held_the_cpu_as_each_long_wait_began():
     # 1.7 ms behind batch after a preemption, 0.3 ms behind batch (short).
     assert n == 3
     assert behind == {"python:500": 1, "batch": 1}
+
+
+def test_a_pair_of_rounds_puts_every_condition_at_the_same_mean_position():
+    """A linear drift of the host's speed over a pair of rounds weighs on
+    each static setting (and bench_overhead's conditions) alike."""
+    from benchmarks.interleave import round_order
+
+    settings = [("quota", 0.5), ("shares", 10.0), ("idle", 1.0), ("cpuset", 1.0)]
+    assert round_order(settings, 0) == settings
+    assert round_order(settings, 1) == settings[::-1]
+    for rounds in (range(0, 2), range(4, 6)):
+        mean = {s: sum(round_order(settings, i).index(s) for i in rounds) / 2 for s in settings}
+        assert set(mean.values()) == {(len(settings) - 1) / 2}
+    assert settings == [("quota", 0.5), ("shares", 10.0), ("idle", 1.0), ("cpuset", 1.0)], "not reordered in place"
