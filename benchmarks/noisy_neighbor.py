@@ -4,12 +4,13 @@ by ``tagger run`` and its latency-slo policy (its own lever ladder by
 default: cpu.idle, the lowest weight, a quota, a cpuset, each step judged
 and undone if it did not help), then ``web`` stopped to show the limits
 released; static settings on batch as the baseline (cpu.idle, the lowest
-weight, quotas, a cpuset), judged by the same SLO judgment as tagger (the
-phase p99 of web's run-queue latency and the share of ticks within the
-SLO); every phase and setting repeated (``--repeat``) and reported as
-median (min–max); and the agent's overhead on context switches.  Writes
+weight, quotas, a cpuset), with a trial of tagger among them measured as
+they are, all judged by the same SLO judgment (the phase p99 of web's
+run-queue latency and the share of ticks within the SLO); every phase and
+setting repeated (``--repeat``) and reported as median (min–max); and the
+agent's overhead on context switches.  Writes
 benchmarks/results/noisy_neighbor.md and two PNG plots.  Root, real kernel,
-about 21 minutes with the defaults (3 rounds).
+about 24 minutes with the defaults (3 rounds).
 
     sudo .venv/bin/python benchmarks/noisy_neighbor.py [--repeat 3] [--phase 45] [--out benchmarks/results]
 
@@ -102,7 +103,7 @@ DEFAULT_LADDER = ",".join("+".join(rung) for rung in SPEC_LADDER)
 #: setting that meets the same SLO judgment.
 THROUGHPUT_BAR = 0.95
 #: --repeat's default: 3 rounds when the whole run stays within this, else 2.
-REPEAT_BUDGET_S = 22 * 60
+REPEAT_BUDGET_S = 25 * 60
 
 
 def ladder(text: str) -> list[tuple[str, ...]]:
@@ -115,15 +116,27 @@ def ladder_yaml(rungs) -> str:
     return ", ".join(r[0] if len(r) == 1 else "[" + ", ".join(r) + "]" for r in rungs)
 
 
+TAGGER = "tagger"   # the sweep's trial with `tagger run` acting, no static setting
+AGENT_START_S = 10  # from `tagger run` to its third tick, with room
+
+
+def with_tagger_trial(settings: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The static settings with tagger's own trial in the middle: reversed
+    every other round, it is as far from the sweep's ends as the middle
+    setting, and next to a work-conserving lever in the default sweep."""
+    mid = len(settings) // 2
+    return [*settings[:mid], (TAGGER, 1.0), *settings[mid:]]
+
+
 def planned_seconds(a, repeat: int) -> float:
     """How long a run takes with these arguments and ``repeat`` rounds (the
-    phases, the static trials with their 2 s gaps, ~10 s of starts and stops
-    a round, ~25 s per overhead round)."""
+    phases, the static trials with their 2 s gaps and tagger's trial among
+    them, ~10 s of starts and stops a round, ~25 s per overhead round)."""
     static = 0.0
     if a.static_trial > 0:
         n = len([q for q in a.static_quotas.split(",") if q.strip()])
         n += len([x for x in a.static_levers.split(",") if x.strip()])
-        static = n * (a.static_trial + 2) + 1
+        static = (n + 1) * (a.static_trial + 2) + 1 + AGENT_START_S
     one = 3 * a.phase + a.release + 1 + static + 10
     return repeat * one + 25 * a.overhead_rounds
 
@@ -305,9 +318,7 @@ class Run:
         batch_figs["collocated"] = self.finish_batch(br)
 
         self.log("starting tagger run")
-        self.agent = start_agent(self.workdir, self.rules_text(), a.interval, self.agent_record(f"round{k + 1}"))
-        self.agent.wait_ready()
-        self.sampler.agent_pid = self.agent.pid
+        self.start_protecting(f"round{k + 1}")
         self.log(f"protected for {P:.0f}s")
         br = self.run_batch(P, f"protected-{k}")
         c0 = proc_cpu_seconds(self.agent.pid)
@@ -326,36 +337,48 @@ class Run:
         batch_figs["release"] = self.finish_batch(br, timeout=5)
 
         self.log("stopping tagger run (SIGTERM)")
-        # The policy's judged steps (tagger actions shows the same), and how
-        # late the agent's own ticks started.
-        health = self.agent.health()
-        steps = health.get("policy_recent_steps") or []
-        self.note_agent_ticks(health, f"round {k + 1}")
-        code = self.agent.stop()
-        quota_after = batch.raw_quota()
-        idle_after, shares_after, cpuset_after = batch.idle(), batch.shares(), batch.cpuset()
-        self.log(f"tagger run exited {code}; batch quota file now {quota_after}, cpu.idle {int(idle_after)}, "
-                 f"cpu.shares {shares_after}, cpuset.cpus {cpuset_after}")
-        if quota_after.split()[0] not in ("-1", "max"):
-            self.notes.append(f"round {k + 1}: batch's quota was {quota_after} after tagger run stopped (expected -1)")
-        if idle_after or shares_after != a.batch_shares:
-            self.notes.append(f"round {k + 1}: batch's cpu.idle/cpu.shares were {int(idle_after)}/{shares_after} "
-                              f"after tagger run stopped (expected 0/{a.batch_shares})")
-        if batch.confined():
-            self.notes.append(f"round {k + 1}: batch's cpuset.cpus was {cpuset_after} after tagger run stopped "
-                              f"(expected its parent's CPUs)")
-        restored = (quota_after.split()[0] in ("-1", "max") and not idle_after
-                    and shares_after == a.batch_shares and not batch.confined())
-        quota_after = (f"{quota_after}, cpu.idle {int(idle_after)}, cpu.shares {shares_after}, "
-                       f"cpuset.cpus {cpuset_after}")
-        self.sampler.agent_pid = None
-        self.agent = None
+        steps, code, restored, quota_after = self.stop_agent(f"round {k + 1}")
 
         self.phase_log.extend({**p, "round": k} for p in phases)
         static = self.static_baseline(slo, k) if a.static_trial > 0 else {}
         return {"phases": phases, "batch_figs": batch_figs, "agent_cpu_share": agent_cpu_share,
                 "quota_after": quota_after, "restored": restored, "static": static, "steps": steps,
                 "returncode": code}
+
+    def start_protecting(self, label: str) -> None:
+        """``tagger run`` with the scenario's rules, ticking, its pid given to the sampler."""
+        self.agent = start_agent(self.workdir, self.rules_text(), self.args.interval, self.agent_record(label))
+        self.agent.wait_ready()
+        self.sampler.agent_pid = self.agent.pid
+
+    def stop_agent(self, label: str) -> tuple[list, int | None, bool, str]:
+        """SIGTERM to the agent, then batch's knobs checked: (the policy's judged
+        steps, as `tagger actions` shows them; its exit code; whether every knob
+        is back; the knobs in words).  A knob left changed is a note."""
+        a, batch = self.args, self.scenario["batch"]
+        # The steps, and how late the agent's own ticks started, before it goes.
+        health = self.agent.health()
+        steps = health.get("policy_recent_steps") or []
+        self.note_agent_ticks(health, label)
+        code = self.agent.stop()
+        self.sampler.agent_pid = None
+        self.agent = None
+        quota_after = batch.raw_quota()
+        idle_after, shares_after, cpuset_after = batch.idle(), batch.shares(), batch.cpuset()
+        self.log(f"tagger run exited {code}; batch quota file now {quota_after}, cpu.idle {int(idle_after)}, "
+                 f"cpu.shares {shares_after}, cpuset.cpus {cpuset_after}")
+        if quota_after.split()[0] not in ("-1", "max"):
+            self.notes.append(f"{label}: batch's quota was {quota_after} after tagger run stopped (expected -1)")
+        if idle_after or shares_after != a.batch_shares:
+            self.notes.append(f"{label}: batch's cpu.idle/cpu.shares were {int(idle_after)}/{shares_after} "
+                              f"after tagger run stopped (expected 0/{a.batch_shares})")
+        if batch.confined():
+            self.notes.append(f"{label}: batch's cpuset.cpus was {cpuset_after} after tagger run stopped "
+                              f"(expected its parent's CPUs)")
+        restored = (quota_after.split()[0] in ("-1", "max") and not idle_after
+                    and shares_after == a.batch_shares and not batch.confined())
+        return steps, code, restored, (f"{quota_after}, cpu.idle {int(idle_after)}, cpu.shares {shares_after}, "
+                                       f"cpuset.cpus {cpuset_after}")
 
     def static_settings(self) -> list[tuple[str, float]]:
         """(lever, value): the quotas, then the weight levers (--static-levers)."""
@@ -386,25 +409,32 @@ class Run:
 
     def static_baseline(self, slo: float, k: int = 0) -> dict:
         a = self.args
-        settings = self.static_settings()
         # Every setting is tried (not only down to the first quota that meets the
         # SLO): the table is also the curve of web's latency against batch's quota.
-        # In reverse order every other round: a drift of the host's speed over
-        # the sweep then weighs on each setting alike.
-        settings = round_order(settings, k)
+        # tagger's trial is one more, in the middle (its protected phase runs
+        # minutes from the sweep, while the host's speed moves bogo-ops per
+        # CPU-second by 20-50%).  In reverse order every other round: a drift
+        # of the host's speed over the sweep then weighs on each trial alike.
+        settings = round_order(with_tagger_trial(self.static_settings()), k)
         self.log(f"static baseline: {settings}, {a.static_trial:.0f}s each")
-        self.start_web(len(settings) * (a.static_trial + 2) + 10)
+        self.start_web(len(settings) * (a.static_trial + 2) + 10 + AGENT_START_S)
         time.sleep(1.0)
         trials = []
         try:
             for lever, value in settings:
-                self._set_static(lever, value)
+                if lever == TAGGER:
+                    self.start_protecting(f"sweep{k + 1}")
+                else:
+                    self._set_static(lever, value)
                 br = self.run_batch(a.static_trial, f"static-{lever}-{value:g}-{k}")
                 time.sleep(a.static_trial)
                 t0, t1 = br["t0"], time.monotonic()
                 # A throttled stress-ng or fio takes long to wind down and may be
                 # killed before it reports: lift the limit once the trial is over.
-                self._set_static(lever, None)
+                if lever == TAGGER:
+                    self.stop_agent(f"round {k + 1}, tagger's trial in the sweep")
+                else:
+                    self._set_static(lever, None)
                 figs = self.finish_batch(br, timeout=5)
                 tr = {"lever": lever, "quota": value if lever == "quota" else None, "value": value,
                       "t0": t0, "t1": t1, **figs, **self.window_figures(t0, t1, slo, skip=1.0)}
@@ -596,10 +626,15 @@ class Run:
         # The one judgment, for tagger and every static setting, over the rounds.
         tagger = rp.judge_runs([f["judged"] for f in rf], slo, a.min_within)
         by_setting: dict[str, list] = {"no limit (the collocated phase)": [f["coll"] for f in rf]}
+        in_sweep = []
         for r in rounds:
             for tr in (r["static"] or {}).get("trials", ()):
-                by_setting.setdefault(rp.static_label(tr), []).append(tr)
+                if tr["lever"] == TAGGER:
+                    in_sweep.append(tr)
+                else:
+                    by_setting.setdefault(rp.static_label(tr), []).append(tr)
         statics = {label: rp.judge_runs(trs, slo, a.min_within) for label, trs in by_setting.items()}
+        tagger_sweep = rp.judge_runs(in_sweep, slo, a.min_within) if in_sweep else None
         spreads = {name: {"p99": rp.spread(p["runq"]["p99"] for f in rf for p in f["phases"] if p["name"] == name),
                           "within": rp.spread(p["within"] for f in rf for p in f["phases"] if p["name"] == name),
                           "bogo_ops": rp.spread(p["bogo_ops"] for f in rf for p in f["phases"] if p["name"] == name),
@@ -641,7 +676,8 @@ class Run:
                            f"p99 {rp.fmt_spread(tagger['p99'], 1e3)} ms, "
                            f"{rp.fmt_spread(tagger['within'], 100, '{:.0f}%')} of ticks; met in "
                            f"{tagger['met_runs']} of {n} rounds", tagger["meets"]))
-        bars.append(rp.throughput_bar(tagger, statics, THROUGHPUT_BAR))
+        bars.append(rp.throughput_bar(tagger_sweep or tagger, statics, THROUGHPUT_BAR,
+                                      phase=tagger if tagger_sweep else None))
         keep = rp.spread(f["prot"]["bogo_ops"] / f["coll"]["bogo_ops"] if f["coll"]["bogo_ops"] else math.nan
                          for f in rf)
         bars.append(rp.Bar("protected: batch keeps its throughput", "≥ 50% of collocated (stress-ng bogo-ops/s)",
@@ -691,7 +727,7 @@ class Run:
                                           "lowest_quota", "restored", "quota_after", "agent_cpu_share", "levers")}
                        | {"release_from": None if f["release_from"] is None else _limit(f["release_from"]),
                           "steps": [(s.get("lever"), s.get("outcome")) for s in f["steps"]]} for f in rf],
-            "spreads": spreads, "tagger": tagger,
+            "spreads": spreads, "tagger": tagger, "tagger_sweep": tagger_sweep,
             "static": {"trial_s": a.static_trial, "judged": statics, "best": None if best is None else best[0]},
             "overhead": overhead, "series": series, "bars": bars, "notes": self.notes,
         }
@@ -820,9 +856,7 @@ class UnlabelledRun(Run):
                 for n in NEIGHBOURS:
                     self.scenario[n].set_idle(True)
             if mode == "tagger":
-                self.agent = start_agent(self.workdir, self.rules_text(), a.interval, self.agent_record("tagger"))
-                self.agent.wait_ready()
-                self.sampler.agent_pid = self.agent.pid
+                self.start_protecting("tagger")
             self.start_web(a.lead + 3 * (T + 3) + 10)
             time.sleep(1.0)
             t_lead = time.monotonic()

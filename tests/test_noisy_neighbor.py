@@ -196,6 +196,20 @@ def test_beside_the_throughput_bar_the_same_comparison_in_cpu_time_which_does_no
     assert "CPU time" not in rp.throughput_bar(rp.judge_runs([run(0.6, 0.9, 1500)] * 3, 1e-3, 0.8), best).measured
 
 
+def test_the_bar_is_judged_on_taggers_trials_in_the_sweep_its_protected_phase_beside():
+    """Measured as every static setting is, at the same place in the sweep:
+    the protected phase, minutes away, is shown and does not decide."""
+    best = {"cpu.shares 10": rp.judge_runs([run(0.5, 0.9, 1500, cpu=1.72)] * 3, 1e-3, 0.8)}
+    sweep = rp.judge_runs([run(0.6, 0.9, n, cpu=1.70) for n in (1440, 1470, 1500)], 1e-3, 0.8)
+    phase = rp.judge_runs([run(0.6, 0.9, n, cpu=1.69) for n in (1200, 1300, 1250)], 1e-3, 0.8)
+    bar = rp.throughput_bar(sweep, best, phase=phase)
+    assert bar.met and bar.measured.startswith("tagger's trials in the sweep: 98%: tagger 1470 (1440–1500)")
+    assert bar.measured.endswith(". Its protected phase (minutes from the sweep; not counted): 83% "
+                                 "(1250 (1200–1300) bogo-ops/s); in CPU time: 98% (1.69 vs 1.72 CPUs)")
+    # The other way round, the sweep decides too.
+    assert rp.throughput_bar(phase, best, phase=sweep).met is False
+
+
 # --- report and plots from recorded samples -----------------------------------------
 def recorded_run() -> dict:
     """A small run's results, as benchmarks/noisy_neighbor.py builds them (two rounds)."""
@@ -255,6 +269,7 @@ def test_markdown_report_from_recorded_samples():
     assert "| cpu.idle 1 | 0.50 (0.50–0.50) | 70% (70%–70%) | 1640 (1640–1640) | – | 100.0 (100.0–100.0) | no (0 of 3) |" in md
     assert "| cpu.shares 10 | 0.50 (0.50–0.50) | 90% (90%–90%) | 1500 (1500–1500) |" in md
     assert "| **tagger** (protected phase) | 0.65 (0.60–0.70) |" in md
+    assert "its trial in the sweep" not in md            # a run recorded before the sweep had one
     assert "The best static setting that meets the judgment: **cpu.shares 10**." in md
     assert "Its lever ladder, cheapest for batch first: `cpu.idle`" in md and "; then `cpuset.cpus` confined" in md
     assert "| 2 | 2.0 s | 1.0 s / 1.5 s | 1.2 s | idle helped | 9.0 s (from 0.25 CPU) |" in md
@@ -263,6 +278,10 @@ def test_markdown_report_from_recorded_samples():
     res = recorded_run()
     res["static"]["best"] = None
     assert "No static setting met the judgment." in rp.build_markdown(res)
+    res["tagger_sweep"] = rp.judge_runs([run(0.4, 1.0, 1600)] * 2, 1e-3, 0.8)
+    md = rp.build_markdown(res)
+    assert "| **tagger** (its trial in the sweep) | 0.40 (0.40–0.40) | 100% (100%–100%) | 1600 (1600–1600) |" in md
+    assert "tagger's trial is one more in the sweep" in md
 
 
 def test_plots_are_written(tmp_path):
@@ -295,10 +314,10 @@ def test_the_rules_tagger_run_gets_load_with_the_ladder_asked_for():
 def test_repeat_defaults_to_three_rounds_within_the_budget():
     from benchmarks import noisy_neighbor as nn
     a = nn.parse_args([])
-    # Each static trial as long as a phase: 3 x 45 + 20 + 1 + 5 settings x (45 + 2) + 1 + 10 = 402 s
-    # a round, 25 s an overhead round.
+    # Each static trial as long as a phase: 3 x 45 + 20 + 1 + (5 settings + tagger's trial) x (45 + 2)
+    # + 1 + 10 (the agent's start) + 10 = 459 s a round, 25 s an overhead round.
     assert a.static_trial == a.phase == 45
-    assert nn.planned_seconds(a, 1) == pytest.approx(402 + 75)
+    assert nn.planned_seconds(a, 1) == pytest.approx(459 + 75)
     assert nn.parse_args(["--phase", "30"]).static_trial == 30
     assert nn.parse_args(["--static-trial", "18"]).static_trial == 18
     assert a.repeat == 3 and nn.planned_seconds(a, 3) <= nn.REPEAT_BUDGET_S
@@ -423,3 +442,18 @@ def test_a_pair_of_rounds_puts_every_condition_at_the_same_mean_position():
         mean = {s: sum(round_order(settings, i).index(s) for i in rounds) / 2 for s in settings}
         assert set(mean.values()) == {(len(settings) - 1) / 2}
     assert settings == [("quota", 0.5), ("shares", 10.0), ("idle", 1.0), ("cpuset", 1.0)], "not reordered in place"
+
+
+def test_tagger_has_a_trial_in_the_middle_of_the_sweep():
+    """Its throughput is measured as every static setting's is, at the same
+    place in the sweep whichever way round the sweep runs."""
+    from types import SimpleNamespace
+    from benchmarks import noisy_neighbor as nn
+    from benchmarks.interleave import round_order
+
+    settings = nn.Run.static_settings(SimpleNamespace(args=nn.parse_args([])))
+    sweep = nn.with_tagger_trial(settings)
+    assert [x for x in sweep if x[0] != nn.TAGGER] == settings and len(sweep) == len(settings) + 1
+    positions = [round_order(sweep, k).index((nn.TAGGER, 1.0)) for k in range(2)]
+    assert positions in ([2, 3], [3, 2]), "not in the middle"
+    assert nn.with_tagger_trial([]) == [(nn.TAGGER, 1.0)]
