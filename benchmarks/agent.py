@@ -87,8 +87,11 @@ class Agent:
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          cwd=ROOT, preexec_fn=at_nice(nice))
-        self.pid = self.proc.pid
         self._client: ApiClient | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def health(self) -> dict:
         """The agent's health, {} while its socket does not answer; raises

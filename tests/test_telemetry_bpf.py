@@ -326,6 +326,9 @@ def test_a_sleep_the_kernel_counts_as_wait_after_a_delayed_dequeue_is_not_counte
         # such wait out (the host's count holds the sleeper's), its real
         # waits kept.
         assert left_out >= hits, "the kernel counted a sleep as wait, and so did tagger"
+        # What is left out holds those sleeps (the host's count holds the
+        # sleeper's), and is gone from ours.
+        assert left_out_s > hit_s / 2
         assert ours < kernel - hit_s / 2
     else:
         # The kernel counted no sleep: the two agree, but for the sleeper's
