@@ -113,7 +113,9 @@ the node's CPUs (``cpu.demand``) giving it back could only bring the
 contention back, so it is not tried (and l's demand then is the one it must
 fall under to count as stopped); it goes when l stops or, once l fits
 beside them, a trial finds it not needed.  A culprit that stops (its
-``cpu.demand``, known where the run-queue wait is, under STOPPED times what
+``cpu.demand``, known where the run-queue wait is -- demoted, less its wait
+behind the cgroups not demoted with it, which the demotion causes -- under
+STOPPED times what
 it was at its first CPU step, when a trial last found it needed (if more),
 or when it was last seen wanting the node, for ``hold`` ticks in a row) gets its CPU
 levers back at once: the next cgroup to hog the CPU is the next culprit, and
@@ -168,7 +170,8 @@ from tagger.rules.spec import WORK_CONSERVING, ActionSet, CpuSpec, IoSpec, Laten
 from tagger.snapshot import Snapshot
 
 from .boost import Boosts
-from .culprits import SLOWDOWN, Interference, fresh_hogs, hog_at_hand, importance, neighbours_hold, within_share
+from .culprits import (SLOWDOWN, Interference, demand_beside_peers, fresh_hogs, hog_at_hand, importance,
+                       neighbours_hold, within_share)
 from .figures import SloFigures
 from .ladder import Ladder
 from .state import ControlState, SloStatus, Trial
@@ -400,7 +403,7 @@ class LatencySlo:
         wanting the least CPU, is given back on trial.  A work-conserving one
         is not due while l and the protected want the whole node (see the
         module doc).  True if one was given back."""
-        demand = snap.column("cpu.demand")
+        demand = self._wants(snap)
         due = []
         for path, st in self.state.items():
             if st.levers and not math.isnan(st.kept) and now - st.kept >= st.give_back_after:
@@ -425,8 +428,9 @@ class LatencySlo:
         """Give back the CPU levers of culprits that stopped wanting the CPU
         (``cpu.demand`` under STOPPED x what it was at their first CPU step,
         ``hold`` ticks in a row); returns their paths.  Unknown demand (NaN:
-        a collector without run-queue wait) never counts as stopped."""
-        demand = snap.column("cpu.demand")
+        a collector without run-queue wait) never counts as stopped.  A
+        demoted culprit's demand is read beside its peers (:meth:`_wants`)."""
+        demand = self._wants(snap)
         out = []
         for path, st in list(self.state.items()):
             row = snap.cgroups.index(path)
@@ -442,6 +446,18 @@ class LatencySlo:
                 del self.state[path]
             out.append(path)
         return out
+
+    def _wants(self, snap: Snapshot) -> np.ndarray:
+        """``cpu.demand``, with each cgroup held at a work-conserving lever
+        read beside its peers (:func:`.culprits.demand_beside_peers`): less
+        the wait behind the cgroups not demoted with it, which its demotion
+        causes.  What "stopped" and a give-back's "still wants the node" go by."""
+        demand = snap.column("cpu.demand").copy()
+        demoted = {row for path, st in self.state.items()
+                   if st.levers & WORK_CONSERVING and (row := snap.cgroups.index(path)) is not None}
+        for row, want in demand_beside_peers(snap, demoted).items():
+            demand[row] = want
+        return demand
 
     def _sync(self, applied) -> None:
         for a in applied or ():
