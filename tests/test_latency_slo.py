@@ -595,7 +595,8 @@ class UnlabelledHost:
     nothing and reads a demand of at least 1 CPU (one thread always
     runnable), charged to that hog (``runq.wait.by`` with it as victim);
     demoted hogs beside each other share what web leaves, each waiting
-    behind the other.  ``also``: neighbours that hog beside the one whose
+    behind the other; a demoted hog alone gets what web and the light
+    neighbours leave and waits the rest, behind web.  ``also``: neighbours that hog beside the one whose
     turn it is."""
 
     CPUS, VICTIM, LIGHT, HOG, BASE = 2.0, 0.5, 0.1, 1.5, 0.4 * MS
@@ -630,6 +631,10 @@ class UnlabelledHost:
                 got = min(got, (self.CPUS - self.VICTIM - self.LIGHT) / len(down))
                 wait = want - got
                 charged.append((row, next(r for r in down if r != row), wait))
+            elif row in down:                           # below web and the light neighbours
+                got = min(got, self.CPUS - self.VICTIM - 2 * self.LIGHT)
+                wait = want - got
+                charged.append((row, 1, wait))
             waits.append(wait)
             usage.append(got)
             demand.append(want)

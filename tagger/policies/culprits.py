@@ -101,17 +101,20 @@ def charged(snap: Snapshot, row: int) -> dict[int, float] | None:
     return out
 
 
-def demand_beside_peers(snap: Snapshot, demoted: set[int]) -> dict[int, float]:
+def demand_below_hogs(snap: Snapshot, demoted: set[int], room: float) -> dict[int, float]:
     """``cpu.demand`` of each ``demoted`` row (held at cpu.idle or the lowest
-    weight) less its run-queue wait behind cgroups that are not
-    (``runq.wait.by``): what it would want with no cgroup above it.
-    Demoted, a cgroup waits behind every task of a higher weight, so its
-    demand reads what the demotion costs it, not what it wants: the
-    unlabelled scenario's turn-1 hog, light again at ``cpu.idle``, waited
-    behind the next hog, not yet demoted, and read 0.8-1.09 CPU for its one
-    thread of 0.2 (13:22 and 15:21 on 2026-12-02), so it stayed demoted
-    into the next turn.  Its wait behind cgroups demoted alike stays in:
-    two demoted hogs still share the node.  Without attribution (NaN
+    weight) less its run-queue wait behind hogs not demoted with it (rows
+    wanting at least ``room``, the CPUs beside what the protected want;
+    ``runq.wait.by``).  Demoted, a cgroup's one light thread waits behind
+    such a hog all the time, where at its own weight it would have had its
+    share at once: its demand then reads what the demotion costs it, not
+    what it wants.  The unlabelled scenario's turn-1 hog, light again at
+    ``cpu.idle`` behind the next hog not yet demoted, read 0.8-1.09 CPU for
+    its one thread of 0.2 (13:22 and 15:21 on 2026-12-02) and stayed
+    demoted into the next turn.  Its wait behind the protected and light
+    neighbours stays in (their wake-ups go first at any weight), and so
+    does its wait behind hogs demoted alike (they share the node): a
+    demoted hog keeps its demand.  Without attribution (NaN
     ``runq.wait.foreign``) the row's demand is kept as it is."""
     demand, foreign = snap.column("cpu.demand"), snap.columns.get("runq.wait.foreign")
     out = {i: float(demand[i]) for i in demoted}
@@ -119,8 +122,8 @@ def demand_beside_peers(snap: Snapshot, demoted: set[int]) -> dict[int, float]:
         return out
     by = snap.culprits
     for victim, culprit, wait in zip(by["victim"], by["culprit"], by["wait"]):
-        v = int(victim)
-        if v in out and int(culprit) not in demoted and not math.isnan(foreign[v]):
+        v, c = int(victim), int(culprit)
+        if v in out and c not in demoted and demand[c] >= room and not math.isnan(foreign[v]):
             out[v] -= float(wait)
     return out
 

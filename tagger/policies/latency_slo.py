@@ -114,7 +114,7 @@ contention back, so it is not tried (and l's demand then is the one it must
 fall under to count as stopped); it goes when l stops or, once l fits
 beside them, a trial finds it not needed.  A culprit that stops (its
 ``cpu.demand``, known where the run-queue wait is -- demoted, less its wait
-behind the cgroups not demoted with it, which the demotion causes -- under
+behind hogs not demoted with it, which the demotion causes -- under
 STOPPED times what
 it was at its first CPU step, when a trial last found it needed (if more),
 or when it was last seen wanting the node, for ``hold`` ticks in a row) gets its CPU
@@ -170,7 +170,7 @@ from tagger.rules.spec import WORK_CONSERVING, ActionSet, CpuSpec, IoSpec, Laten
 from tagger.snapshot import Snapshot
 
 from .boost import Boosts
-from .culprits import (SLOWDOWN, Interference, demand_beside_peers, fresh_hogs, hog_at_hand, importance,
+from .culprits import (SLOWDOWN, Interference, demand_below_hogs, fresh_hogs, hog_at_hand, importance,
                        neighbours_hold, within_share)
 from .figures import SloFigures
 from .ladder import Ladder
@@ -259,7 +259,8 @@ class LatencySlo:
         self.verdicts.expire(now)
 
         status = SloStatus()
-        status.stopped = self._stopped(snapshot, now)
+        room = self._room(snapshot, protect, cpus)
+        status.stopped = self._stopped(snapshot, room, now)
         lat = self.figures.latency(snapshot, protect)
         misses = [(lat[i] / spec.target, i) for i in protect if not math.isnan(lat[i])]
         if misses:
@@ -289,7 +290,6 @@ class LatencySlo:
         for st in self.state.values():
             if st.trial is None:
                 st.missed = st.missed + 1 if missed else 0
-        room = self._room(snapshot, protect, cpus)
         fresh = fresh_hogs(snapshot, throttle, room, self.state)
         # A light neighbour's blame counts for nothing beside a hog, while
         # W's own tasks hold most of its wait, or while it wants no more than
@@ -316,7 +316,7 @@ class LatencySlo:
             status.action = "release"
             self._release(self.ladder.cpuset_size(snapshot, protect, cpus), ceiling)
             if w is not None:
-                changed |= self._give_back(snapshot, paths[w], self._room(snapshot, protect, cpus), now)
+                changed |= self._give_back(snapshot, paths[w], room, now)
         if changed:
             # A new setting: the windows judge the ticks under it, not the
             # misses that asked for it (they would ask again at once).
@@ -403,7 +403,7 @@ class LatencySlo:
         wanting the least CPU, is given back on trial.  A work-conserving one
         is not due while l and the protected want the whole node (see the
         module doc).  True if one was given back."""
-        demand = self._wants(snap)
+        demand = self._wants(snap, room)
         due = []
         for path, st in self.state.items():
             if st.levers and not math.isnan(st.kept) and now - st.kept >= st.give_back_after:
@@ -424,13 +424,13 @@ class LatencySlo:
         st.levers, st.cpuset = frozenset(), None
         return True
 
-    def _stopped(self, snap: Snapshot, now: float) -> list[str]:
+    def _stopped(self, snap: Snapshot, room: float, now: float) -> list[str]:
         """Give back the CPU levers of culprits that stopped wanting the CPU
         (``cpu.demand`` under STOPPED x what it was at their first CPU step,
         ``hold`` ticks in a row); returns their paths.  Unknown demand (NaN:
         a collector without run-queue wait) never counts as stopped.  A
-        demoted culprit's demand is read beside its peers (:meth:`_wants`)."""
-        demand = self._wants(snap)
+        demoted culprit's demand leaves out its wait behind hogs (:meth:`_wants`)."""
+        demand = self._wants(snap, room)
         out = []
         for path, st in list(self.state.items()):
             row = snap.cgroups.index(path)
@@ -447,15 +447,15 @@ class LatencySlo:
             out.append(path)
         return out
 
-    def _wants(self, snap: Snapshot) -> np.ndarray:
+    def _wants(self, snap: Snapshot, room: float) -> np.ndarray:
         """``cpu.demand``, with each cgroup held at a work-conserving lever
-        read beside its peers (:func:`.culprits.demand_beside_peers`): less
-        the wait behind the cgroups not demoted with it, which its demotion
-        causes.  What "stopped" and a give-back's "still wants the node" go by."""
+        less its wait behind hogs not demoted with it, which its demotion
+        causes (:func:`.culprits.demand_below_hogs`).  What "stopped" and a
+        give-back's "still wants the node" go by."""
         demand = snap.column("cpu.demand").copy()
         demoted = {row for path, st in self.state.items()
                    if st.levers & WORK_CONSERVING and (row := snap.cgroups.index(path)) is not None}
-        for row, want in demand_beside_peers(snap, demoted).items():
+        for row, want in demand_below_hogs(snap, demoted, room).items():
             demand[row] = want
         return demand
 
