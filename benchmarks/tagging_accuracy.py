@@ -96,6 +96,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.accuracy.score import PairScore, TagScore, score_pair  # noqa: E402
+from benchmarks.agent import Agent  # noqa: E402
 from benchmarks.noisy.cgroups import Workload  # noqa: E402
 from tests.cgroup_fixture import _rmdir_tree, delegate, inherit_cpuset, v1_root, v2_root  # noqa: E402
 
@@ -263,57 +264,13 @@ class Cgroups:
         return problems
 
 
-class Agent:
-    """``tagger run --dry-run`` with the packaged rules, its socket in a temp dir."""
-
-    def __init__(self, workdir: Path, interval: float, trace: str | None, cgroupfs_every: int | None):
-        self.dir = workdir / "agent"
-        self.rules = self.dir / "rules"
-        self.rules.mkdir(parents=True, mode=0o755)
-        os.chmod(self.dir, 0o755)
-        for f in sorted((ROOT / "rules").glob("*.yaml")):
-            shutil.copy(f, self.rules / f.name)
-            os.chmod(self.rules / f.name, 0o644)
-        self.sock = str(self.dir / "tagger.sock")
-        self.log_path = self.dir / "agent.log"
-        self.argv = [PY, "-m", "tagger.cli.main", "run", "--dry-run", "--rules", str(self.rules),
-                     "--interval", f"{interval}s", "--socket", self.sock, "--metrics", "off",
-                     "--state-dir", str(self.dir / "state"), "--log-level", "info"]
-        if trace:
-            self.argv += ["--record", trace]
-        if cgroupfs_every:
-            self.argv += ["--cgroupfs-every", str(cgroupfs_every)]
-        self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def wait_ready(self, timeout: float = 60.0):
-        from tagger.client import ApiClient, ApiError
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tagger run exited with {self.proc.returncode}:\n"
-                                   + self.log_path.read_text()[-3000:])
-            if os.path.exists(self.sock):
-                try:
-                    with ApiClient(self.sock, timeout=2) as c:
-                        if (c.request("health") or {}).get("ticks", 0) >= 2:
-                            return
-                except (ApiError, OSError):
-                    pass
-            time.sleep(0.2)
-        raise TimeoutError("tagger run did not tick in time")
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
-        return self.proc.returncode
+def start_agent(workdir: Path, interval: float, trace: str | None, cgroupfs_every: int | None) -> Agent:
+    """``tagger run --dry-run`` with the packaged rules, its socket in a temp dir,
+    recording its ticks to ``trace`` if given."""
+    rules = {f.name: f.read_text() for f in sorted((ROOT / "rules").glob("*.yaml"))}
+    extra = (*(("--record", trace) if trace else ()),
+             *(("--cgroupfs-every", str(cgroupfs_every)) if cgroupfs_every else ()))
+    return Agent(workdir, rules=rules, interval=f"{interval}s", extra=extra, metrics=False, log_level="info")
 
 
 #: Figures kept per tick for the report's explanation of each verdict.
@@ -553,8 +510,8 @@ class Run:
         a = self.args
         self.cgroups = Cgroups()
         log("starting tagger run --dry-run (packaged rules)")
-        self.agent = Agent(self.workdir, a.interval, a.trace, a.cgroupfs_every)
-        self.agent.wait_ready()
+        self.agent = start_agent(self.workdir, a.interval, a.trace, a.cgroupfs_every)
+        self.agent.wait_ready(ticks=2)
         self.watcher = Watcher(self.agent.sock, self.cgroups.prefix)
         self.watcher.start()
         self.uptime_before = Path("/proc/loadavg").read_text().split()[:3]
