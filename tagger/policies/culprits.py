@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from tagger.knobs import WEIGHT_DEFAULT
+from tagger.rules.spec import WORK_CONSERVING
 from tagger.snapshot import Snapshot
 
 from .state import ControlState
@@ -101,9 +102,9 @@ def charged(snap: Snapshot, row: int) -> dict[int, float] | None:
     return out
 
 
-def demand_below_hogs(snap: Snapshot, demoted: set[int], room: float) -> dict[int, float]:
-    """``cpu.demand`` of each ``demoted`` row (held at cpu.idle or the lowest
-    weight) less its run-queue wait behind hogs not demoted with it (rows
+def demand_below_hogs(snap: Snapshot, state: dict[str, ControlState], room: float) -> np.ndarray:
+    """``cpu.demand``, with each cgroup ``state`` holds at cpu.idle or the
+    lowest weight less its run-queue wait behind hogs not demoted with it (rows
     wanting at least ``room``, the CPUs beside what the protected want;
     ``runq.wait.by``).  Demoted, a cgroup's one light thread waits behind
     such a hog all the time, where at its own weight it would have had its
@@ -117,13 +118,15 @@ def demand_below_hogs(snap: Snapshot, demoted: set[int], room: float) -> dict[in
     demoted hog keeps its demand.  Without attribution (NaN
     ``runq.wait.foreign``) the row's demand is kept as it is."""
     demand, foreign = snap.column("cpu.demand"), snap.columns.get("runq.wait.foreign")
-    out = {i: float(demand[i]) for i in demoted}
+    out = demand.copy()
+    demoted = {row for path, st in state.items()
+               if st.levers & WORK_CONSERVING and (row := snap.cgroups.index(path)) is not None}
     if foreign is None:
         return out
     by = snap.culprits
     for victim, culprit, wait in zip(by["victim"], by["culprit"], by["wait"]):
         v, c = int(victim), int(culprit)
-        if v in out and c not in demoted and demand[c] >= room and not math.isnan(foreign[v]):
+        if v in demoted and c not in demoted and demand[c] >= room and not math.isnan(foreign[v]):
             out[v] -= float(wait)
     return out
 

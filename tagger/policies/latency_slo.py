@@ -403,7 +403,7 @@ class LatencySlo:
         wanting the least CPU, is given back on trial.  A work-conserving one
         is not due while l and the protected want the whole node (see the
         module doc).  True if one was given back."""
-        demand = self._wants(snap, room)
+        demand = demand_below_hogs(snap, self.state, room)
         due = []
         for path, st in self.state.items():
             if st.levers and not math.isnan(st.kept) and now - st.kept >= st.give_back_after:
@@ -429,8 +429,8 @@ class LatencySlo:
         (``cpu.demand`` under STOPPED x what it was at their first CPU step,
         ``hold`` ticks in a row); returns their paths.  Unknown demand (NaN:
         a collector without run-queue wait) never counts as stopped.  A
-        demoted culprit's demand leaves out its wait behind hogs (:meth:`_wants`)."""
-        demand = self._wants(snap, room)
+        demoted culprit's demand leaves out its wait behind hogs (:func:`.culprits.demand_below_hogs`)."""
+        demand = demand_below_hogs(snap, self.state, room)
         out = []
         for path, st in list(self.state.items()):
             row = snap.cgroups.index(path)
@@ -446,18 +446,6 @@ class LatencySlo:
                 del self.state[path]
             out.append(path)
         return out
-
-    def _wants(self, snap: Snapshot, room: float) -> np.ndarray:
-        """``cpu.demand``, with each cgroup held at a work-conserving lever
-        less its wait behind hogs not demoted with it, which its demotion
-        causes (:func:`.culprits.demand_below_hogs`).  What "stopped" and a
-        give-back's "still wants the node" go by."""
-        demand = snap.column("cpu.demand").copy()
-        demoted = {row for path, st in self.state.items()
-                   if st.levers & WORK_CONSERVING and (row := snap.cgroups.index(path)) is not None}
-        for row, want in demand_below_hogs(snap, demoted, room).items():
-            demand[row] = want
-        return demand
 
     def _sync(self, applied) -> None:
         for a in applied or ():
