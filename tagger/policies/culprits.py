@@ -121,13 +121,14 @@ def demand_below_hogs(snap: Snapshot, state: dict[str, ControlState], room: floa
     out = demand.copy()
     demoted = {row for path, st in state.items()
                if st.levers & WORK_CONSERVING and (row := snap.cgroups.index(path)) is not None}
-    if foreign is None:
-        return out
     by = snap.culprits
-    for victim, culprit, wait in zip(by["victim"], by["culprit"], by["wait"]):
-        v, c = int(victim), int(culprit)
-        if v in demoted and c not in demoted and demand[c] >= room and not math.isnan(foreign[v]):
-            out[v] -= float(wait)
+    if foreign is None or not demoted or not len(by):
+        return out
+    # Whole-table array operations: the table holds a few rows per cgroup and CPU.
+    rows = np.fromiter(demoted, np.int64)
+    v, c = by["victim"], by["culprit"]
+    keep = np.isin(v, rows) & ~np.isin(c, rows) & (demand[c] >= room) & ~np.isnan(foreign[v])
+    np.subtract.at(out, v[keep], by["wait"][keep])
     return out
 
 
