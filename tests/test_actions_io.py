@@ -53,11 +53,15 @@ def test_v1_read_limit_holds_on_a_direct_io_reader(make_cgroup, tmp_path):
         wait_for(lambda: read_bytes(cg, dev) > 0, timeout=10, what="fio to start reading")
         time.sleep(1.0)                   # past fio's start-up and the first throttle slice
         b0, t0 = read_bytes(cg, dev), time.monotonic()
-        time.sleep(5.0)
+        time.sleep(8.0)                   # a measurement window: its real length is measured
         b1, t1 = read_bytes(cg, dev), time.monotonic()
         rate = (b1 - b0) / (t1 - t0) / MiB
-        print(f"\nread limit 10 MiB/s: measured {rate:.2f} MiB/s over 5 s (blkio.throttle.io_service_bytes)")
-        assert abs(rate - 10) <= 1.0
+        print(f"\nread limit 10 MiB/s: measured {rate:.2f} MiB/s over {t1 - t0:.1f} s "
+              "(blkio.throttle.io_service_bytes)")
+        # blk-throttle counts bytes when a bio is dispatched and carries a slice's
+        # budget across slices, so on a loaded host a window can see ~15% more than
+        # the limit; the unlimited rate below is several times the limit.
+        assert 8 <= rate <= 12
         act.apply(tick(1), {})
         assert (cg.dir("blkio") / "blkio.throttle.read_bps_device").read_text().strip() == ""
         b0, t0 = read_bytes(cg, dev), time.monotonic()

@@ -373,6 +373,22 @@ def test_running_tasks_are_credited_every_tick(collector, make_cgroup):
     assert np.all(ours_total >= low - slack) and np.all(ours_total <= high + slack)
 
 
+def test_detached_programs_count_nothing_until_attached_again(collector, make_cgroup):
+    """Probes.detach keeps the maps but stops the counting (what
+    benchmarks/bench_overhead_paired.py alternates); attach resumes it."""
+    cg = make_cgroup("waker")
+    shell = cg.spawn(["sh", "-c", "while :; do sleep 0.01; done"]).pid
+    events = lambda: collector.tick().value(cg.path, "runq.events")   # noqa: E731
+    wait_for(lambda: events() > 0, timeout=10, what="the sleeper's wake-ups to be counted")
+    collector.probes.detach()
+    collector.tick()                           # what was counted before the detach
+    woken = thread_arrivals([shell])
+    wait_for(lambda: thread_arrivals([shell]) >= woken + 10, timeout=10, what="ten wake-ups the kernel counts")
+    assert events() == 0
+    collector.probes.attach()
+    wait_for(lambda: events() > 0, timeout=10, what="counting to resume")
+
+
 def test_preemption_pairs_name_the_preemptor(collector, make_cgroup):
     """A real-time task (cyclictest, SCHED_FIFO, waking every 1 ms) shares a
     CPU with a busy loop: it preempts the loop at every wakeup, far more often

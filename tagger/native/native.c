@@ -255,6 +255,13 @@ int tg_attach(struct tg_handle *h)
 	return tagger_bpf__attach(h->skel);
 }
 
+/* Detach every program, keeping maps and counters: tg_attach attaches them
+ * again (benchmarks/bench_overhead_paired.py alternates conditions so). */
+void tg_detach(struct tg_handle *h)
+{
+	tagger_bpf__detach(h->skel);
+}
+
 void tg_close(struct tg_handle *h)
 {
 	if (!h)

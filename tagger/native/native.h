@@ -29,6 +29,7 @@ uint32_t tg_probe_features(void);
 int tg_open(const struct tg_config *cfg, struct tg_handle **out);
 uint32_t tg_features(struct tg_handle *h);
 int tg_attach(struct tg_handle *h);
+void tg_detach(struct tg_handle *h);
 void tg_close(struct tg_handle *h);
 int tg_nr_cpus(struct tg_handle *h);
 uint32_t tg_max_slots(struct tg_handle *h);

@@ -67,6 +67,12 @@ class Probes:
         check(lib.tg_attach(self._h), "attaching BPF programs")
         self.attached = True
 
+    def detach(self) -> None:
+        """Detach the programs, keeping maps and counters; :meth:`attach` again
+        to resume (what a benchmark alternating conditions does)."""
+        lib.tg_detach(self._h)
+        self.attached = False
+
     def close(self) -> None:
         """Detach and free everything; safe to call twice."""
         if self._finalizer.alive:
