@@ -70,6 +70,9 @@
  * line per entry (see struct tg_task).  The padding is spelled out in the
  * struct, not an aligned attribute, because cffi parses tagger.h too. */
 _Static_assert(sizeof(struct tg_task) == 64, "struct tg_task: one cache line per entry");
+_Static_assert(sizeof(struct tg_cg_stats) % 64 == 0, "struct tg_cg_stats: rows of whole cache lines");
+_Static_assert(sizeof(struct tg_oncpu) % 64 == 0 && __builtin_offsetof(struct tg_oncpu, seg) == 64,
+	       "struct tg_oncpu: a header line, then the segments");
 struct tg_task tasks[TG_TASKS] SEC(".bss") __attribute__((aligned(64)));
 
 static __always_inline __u64 task_tag(struct task_struct *p, struct tg_task *t)
@@ -194,8 +197,8 @@ static __always_inline void attribute_wait(struct tg_oncpu *cur, struct tg_cg_st
 	}
 	for (i = 0; i < TG_SEGS; i++) {
 		__u32 idx = (head - i) & (TG_SEGS - 1);
-		__u64 start = cur->seg_start[idx], lo, ns, thr;
-		__u32 holder = cur->seg_slot[idx];
+		__u64 start = cur->seg[idx].start, lo, ns, thr;
+		__u32 holder = cur->seg[idx].slot;
 
 		if (!start)
 			break;           /* the ring is not full yet */
@@ -238,12 +241,12 @@ static __always_inline void push_segment(struct tg_oncpu *cur, __u64 now, __u32 
 {
 	__u32 head = cur->seg_head & (TG_SEGS - 1);
 
-	if (cur->seg_slot[head] == slot && cur->seg_start[head])
+	if (cur->seg[head].slot == slot && cur->seg[head].start)
 		return;
 	head = (head + 1) & (TG_SEGS - 1);
 	cur->seg_head = head;
-	cur->seg_start[head] = now;
-	cur->seg_slot[head] = slot;
+	cur->seg[head].start = now;
+	cur->seg[head].slot = slot;
 }
 
 /* One more preemption of the victim's tasks by `preemptor`, in the victim's
@@ -335,7 +338,7 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 			 * began where the kernel says (se.prev_sum_exec_runtime,
 			 * set as it was picked), or where we credited it when it
 			 * last left this CPU. */
-			__u64 since_seen = now - cur->seg_start[cur->seg_head & (TG_SEGS - 1)];
+			__u64 since_seen = now - cur->seg[cur->seg_head & (TG_SEGS - 1)].start;
 
 			g->switch_unseen++;
 			from = prev->se.prev_sum_exec_runtime;

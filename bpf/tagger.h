@@ -44,10 +44,28 @@ struct tg_runq {
 /* Counters of one cgroup on one CPU (the kernel side), or summed over CPUs
  * (what tg_read_stats returns).  Monotonic except the *max_ns fields. */
 struct tg_cg_stats {
+	/* What every context switch writes comes first: with the row a whole
+	 * number of cache lines (sched.bpf.c asserts it), a switch touches the
+	 * row's first line, and the second for the wait (a short one's
+	 * histogram bucket included), not five lines across the row. */
 	__u64 cpu_ns;            /* on-CPU time (se.sum_exec_runtime), switch-in to switch-out */
 	__u64 switches;          /* voluntary switch-outs (task blocked) */
 	__u64 preempted;         /* involuntary switch-outs (still runnable) */
 	__u64 preempts;          /* preemptions this cgroup's tasks caused */
+	/* Run-queue wait by cause (sched.bpf.c, "Wait by cause"): every
+	 * nanosecond of runq[].sum_ns is in exactly one of the four. */
+	__u64 wait_self_ns;      /* the CPU ran a task of this same cgroup */
+	__u64 wait_foreign_ns;   /* the CPU ran another cgroup's task */
+	__u64 wait_throttled_ns; /* this cgroup was throttled (its own quota) on that CPU */
+	__u64 wait_other_ns;     /* idle CPU not throttled (wake-up from idle), migrations, beyond the ring */
+	/* Kernel-side only (not summed): this cgroup's last throttle on this
+	 * CPU, as seen at the switch-out it caused: [thr_start, thr_end], rq
+	 * clock; thr_end 0 until a task of it runs again (then worked out);
+	 * thr_base the cfs_rq's throttled_clock_self_time at the throttle. */
+	__u64 thr_start;
+	__u64 thr_end;
+	__u64 thr_base;
+	__u64 thr_seen;          /* 1 + throttled_clock_self_time at the last wait here; 0 = none yet */
 	struct tg_runq runq[TG_CAUSES];
 	__u64 io_ops;            /* completed block requests */
 	__u64 io_read_bytes;
@@ -64,26 +82,13 @@ struct tg_cg_stats {
 	 * a newcomer evicts the rarest entry (counted in preemptors_evicted). */
 	__u32 preemptor[TG_TOP_PREEMPTORS];
 	__u32 preempt_count[TG_TOP_PREEMPTORS];
-	/* Run-queue wait by cause (sched.bpf.c, "Wait by cause"): every
-	 * nanosecond of runq[].sum_ns is in exactly one of the four. */
-	__u64 wait_self_ns;      /* the CPU ran a task of this same cgroup */
-	__u64 wait_foreign_ns;   /* the CPU ran another cgroup's task */
-	__u64 wait_throttled_ns; /* this cgroup was throttled (its own quota) on that CPU */
-	__u64 wait_other_ns;     /* idle CPU not throttled (wake-up from idle), migrations, beyond the ring */
 	/* Whose tasks held the CPU while this cgroup's tasks waited, and for how
 	 * long, since the last read (user space takes and zeroes them, like the
 	 * preemptor table); a newcomer evicts the smallest entry
 	 * (culprits_evicted).  Charged by wait time, not by count. */
 	__u32 culprit[TG_TOP_CULPRITS];
 	__u64 culprit_ns[TG_TOP_CULPRITS];
-	/* Kernel-side only (not summed): this cgroup's last throttle on this
-	 * CPU, as seen at the switch-out it caused: [thr_start, thr_end], rq
-	 * clock; thr_end 0 until a task of it runs again (then worked out);
-	 * thr_base the cfs_rq's throttled_clock_self_time at the throttle. */
-	__u64 thr_start;
-	__u64 thr_end;
-	__u64 thr_base;
-	__u64 thr_seen;          /* 1 + throttled_clock_self_time at the last wait here; 0 = none yet */
+	__u64 _pad_row[2];       /* whole cache lines per row */
 };
 
 /* Per-CPU health counters: nothing is lost silently.  A whole number of
@@ -134,22 +139,29 @@ struct tg_task {
 
 /* The task on a CPU: what sched_switch needs of `prev` without a task
  * storage lookup (the task switched in on a CPU is the next one out). */
+/* One run segment of a CPU: from `start` (rq clock) a task of `slot`
+ * (TG_SEG_IDLE: the idle task) held it, until the next segment began. */
+struct tg_seg {
+	__u64 start;
+	__u32 slot;
+	__u32 _pad;
+};
+
+/* What a switch reads and writes of its CPU is in the first cache line,
+ * and the newest segments in the next: two lines, not four (the segment
+ * fields were once two arrays, a start and its slot on different lines). */
 struct tg_oncpu {
 	__u64 task;              /* task_struct address, 0 = unknown */
 	__u64 since_ns;          /* its se.sum_exec_runtime at switch-in */
 	__u64 slot_gen;          /* slot_generation at switch-in */
 	__u32 slot;
 	__u32 seg_head;          /* index of the newest run segment */
-	/* The last TG_SEGS run segments of this CPU: segment i began at
-	 * seg_start[i] (rq clock) with a task of slot seg_slot[i] (TG_SEG_IDLE:
-	 * the idle task) and lasted until the next one began. */
-	__u64 seg_start[TG_SEGS];
-	__u32 seg_slot[TG_SEGS];
 	/* The task last switched out here and its se.sum_exec_runtime then:
 	 * where its slice is credited from if it runs again unseen. */
 	__u64 out_task;
 	__u64 out_sum;
-	__u32 _pad[4];           /* whole cache lines per CPU */
+	__u64 _pad[2];           /* the header is one cache line */
+	struct tg_seg seg[TG_SEGS];   /* the last TG_SEGS run segments, a ring */
 };
 
 /* Victim and preemptor cgroup slots, and preemptions: what
