@@ -17,8 +17,9 @@ a second apart, in one process that loads everything once:
 
 Each round runs the three once, in the order of benchmarks.interleave (A B C,
 then C B A), and every figure is a ratio to the same round's `none`: a
-drift of the host weighs on each condition alike, and with a few hundred
-rounds the median's 95% interval narrows to about a point.
+drift of the host weighs on each condition alike.  A single run still varies
+by ±15% here, so it takes rounds: 300 of the pipe gave a 95% interval for the
+median about two points wide (docs/telemetry.md, "Cost").
 
 What this leaves out is the agent's Python loop beyond its reads (rules,
 tags, the API: ~0.3% of one CPU in bench_overhead's rounds, which measure it);
