@@ -409,24 +409,27 @@ def verdict(s: dict, bar: float) -> str:
     return f"not resolved ({side}; the median's {s['ci_cover'] * 100:.0f}% interval spans the bar)"
 
 
-def figures(rounds: list[dict]) -> dict:
+def paired(rounds: list[dict], get, cost: bool = False, ours: str = "agent") -> dict:
     """Per round, each a percentage of the same round's `none`:
     slowdown = 100 * (1 - cond / none) for throughputs, 100 * (cond / none - 1) for
-    CPU per request; tagger's share = agent's - empty's."""
-    def paired(get, cost=False):
-        f = (lambda a, b: 100 * (a / b - 1)) if cost else (lambda a, b: 100 * (1 - a / b))
-        e = [f(get(r, "empty"), get(r, "none")) for r in rounds]
-        a = [f(get(r, "agent"), get(r, "none")) for r in rounds]
-        return {"none": spread([get(r, "none") for r in rounds]), "empty": spread(e), "agent": spread(a),
-                "share": spread([x - y for x, y in zip(a, e)])}
+    a cost (CPU per request); tagger's share = ``ours``'s slowdown - empty's.
+    ``get(round, condition)`` is the figure."""
+    f = (lambda a, b: 100 * (a / b - 1)) if cost else (lambda a, b: 100 * (1 - a / b))
+    e = [f(get(r, "empty"), get(r, "none")) for r in rounds]
+    a = [f(get(r, ours), get(r, "none")) for r in rounds]
+    return {"none": spread([get(r, "none") for r in rounds]), "empty": spread(e), ours: spread(a),
+            "share": spread([x - y for x, y in zip(a, e)])}
 
+
+def figures(rounds: list[dict]) -> dict:
+    """Each benchmark's figures (:func:`paired`), the host's steal and the agent's CPU."""
     out = {
-        "pipe": paired(lambda r, c: r["pipe"][c]),
-        "redis": {t: paired(lambda r, c, t=t: r["redis"][c][t]) for t in ("both", "SET", "GET")},
+        "pipe": paired(rounds, lambda r, c: r["pipe"][c]),
+        "redis": {t: paired(rounds, lambda r, c, t=t: r["redis"][c][t]) for t in ("both", "SET", "GET")},
         "steal": {c: spread([r["steal"][c] for r in rounds]) for c in CONDITIONS},
         "agent_cpu": spread([r["agent_cpu"] * 100 for r in rounds]),
     }
-    out["redis"]["cpu_us"] = paired(lambda r, c: r["redis"][c]["cpu_us"], cost=True)
+    out["redis"]["cpu_us"] = paired(rounds, lambda r, c: r["redis"][c]["cpu_us"], cost=True)
     out["verdicts"] = {
         "pipe": verdict(out["pipe"]["share"], PIPE_BAR_POINTS),
         "redis": verdict(out["redis"]["both"]["agent"], REDIS_BAR_LOSS),

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.baseline import EmptyPrograms  # noqa: E402
 from benchmarks.bench_overhead import (AGENT_NICE, PIPE_BAR_POINTS, PIPE_PAUSE, REDIS_BAR_LOSS,  # noqa: E402
-                                       RedisServer, machine, pipe_ops, redis_cpus, redis_rps, spread,
+                                       RedisServer, machine, paired, pipe_ops, redis_cpus, redis_rps,
                                        uptime, verdict)
 from benchmarks.interleave import round_order  # noqa: E402
 
@@ -167,14 +167,6 @@ def run(args, log=print) -> dict:
     return out
 
 
-def figures(rounds: list[dict]) -> dict:
-    """Slowdowns against each round's `none` (%), and tagger's share above empty (pt)."""
-    slow = {c: [100 * (1 - r[c] / r["none"]) for r in rounds] for c in ("empty", "tagger")}
-    return {"none": spread([r["none"] for r in rounds]), "empty": spread(slow["empty"]),
-            "tagger": spread(slow["tagger"]),
-            "share": spread([t - e for t, e in zip(slow["tagger"], slow["empty"])])}
-
-
 def table(figs: dict) -> list[str]:
     rows = ["| figure (per round, against `none` in the same round) | median | 95% interval of the median "
             "| IQR | rounds | bar |", "|---|---:|---:|---:|---:|---|"]
@@ -278,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{started}; {load_before}")
     result = run(args, log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True))
     load_after = uptime()
-    figs = {b: figures(result[b]) for b in args.bench}
+    figs = {b: paired(result[b], lambda r, c: r[c], ours="tagger") for b in args.bench}
     print("\n".join(table(figs)))
     if str(args.out) != "-":
         shown = ["benchmarks/bench_overhead_paired.py", *(sys.argv[1:] if argv is None else argv)]

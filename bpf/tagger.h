@@ -137,8 +137,6 @@ struct tg_task {
 	__u32 _pad[8];           /* one cache line per entry */
 };
 
-/* The task on a CPU: what sched_switch needs of `prev` without a task
- * storage lookup (the task switched in on a CPU is the next one out). */
 /* One run segment of a CPU: from `start` (rq clock) a task of `slot`
  * (TG_SEG_IDLE: the idle task) held it, until the next segment began. */
 struct tg_seg {
@@ -147,7 +145,9 @@ struct tg_seg {
 	__u32 _pad;
 };
 
-/* What a switch reads and writes of its CPU is in the first cache line,
+/* The task on a CPU: what sched_switch needs of `prev` without a task
+ * storage lookup (the task switched in on a CPU is the next one out).
+ * What a switch reads and writes of its CPU is in the first cache line,
  * and the newest segments in the next: two lines, not four (the segment
  * fields were once two arrays, a start and its slot on different lines). */
 struct tg_oncpu {
