@@ -11,26 +11,44 @@ a second apart, in one process that loads everything once:
   empty   an empty tp_btf program on sched_switch (benchmarks.baseline);
   tagger  tagger's own programs (tagger.telemetry.BpfCollector, the agent's
           collector, every cgroup registered as the agent registers them),
-          attached for the run and read every --tick seconds meanwhile by a
-          thread (checkpoint IPIs, counters, ring buffer: the agent's reads);
-          detached between runs (Probes.detach, maps kept).
+          attached for the run (or window) and read every --tick seconds of
+          its attached time (checkpoint IPIs, counters, ring buffer: the
+          agent's reads); detached between runs (Probes.detach, maps kept).
 
 Each round runs the three once, in the order of benchmarks.interleave (A B C,
 then C B A), and every figure is a ratio to the same round's `none`: a
-drift of the host weighs on each condition alike.  A single run still varies
-by ±15% here, so it takes rounds: 300 of the pipe gave a 95% interval for the
-median about two points wide (docs/telemetry.md, "Cost").
+drift of the host weighs on each condition alike.
+
+The pipe, two methods (--method):
+
+  windows  (default) one long run of perf bench for the whole session, the
+           conditions switched under it: a round is three windows of
+           --window seconds, each the kernel's own count of the ops done in
+           it (the parent's switch-ins, /proc/<pid>/schedstat pcount, one
+           per op).
+  runs     one whole `perf bench` run per condition.
+
+Redis is measured by runs only.  It uses both CPUs, so switching condition
+(loading the empty program, attaching, detaching) competes with it inside
+the windows: with 1 s windows its rate with nothing attached fell to half
+of what whole runs measure and varied ±40%.
+
+A 0.2 s window of the pipe varies about as much as a whole run here (±5%:
+the noise is the host's, at every time scale), so what narrows the interval
+is the number of rounds, and windows give three to four times as many per
+minute: 1,000 pipe rounds take ~12 minutes where 300 runs took 13
+(docs/telemetry.md, "Cost").
 
 What this leaves out is the agent's Python loop beyond its reads (rules,
-tags, the API: ~0.3% of one CPU in bench_overhead's rounds, which measure it);
-the pipe, pinned under SCHED_FIFO on its own CPU, does not compete with it.
+tags, the API: ~0.3% of one CPU in bench_overhead's rounds, which measure it).
 
-    sudo .venv/bin/python benchmarks/bench_overhead_paired.py [--rounds 150] [--out FILE]
+    sudo .venv/bin/python benchmarks/bench_overhead_paired.py [--method windows] [--rounds 1000]
+        [--redis-rounds 150] [--out FILE]
 
 Exit status 0 if both bars are met, 1 otherwise.  On every exit path
 (SIGINT and SIGTERM included) the collector and the empty program are
-detached and closed through their own handles, redis-server stopped by pid,
-the temp dir removed.
+detached and closed through their own handles, the long pipe run (its
+process group) and redis-server stopped by their pid, the temp dir removed.
 """
 
 from __future__ import annotations
@@ -41,6 +59,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -52,12 +71,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.baseline import EmptyPrograms  # noqa: E402
+from benchmarks.agent import at_nice  # noqa: E402
 from benchmarks.bench_overhead import (AGENT_NICE, PIPE_BAR_POINTS, PIPE_PAUSE, REDIS_BAR_LOSS,  # noqa: E402
                                        RedisServer, machine, paired, pipe_ops, redis_cpus, redis_rps,
                                        uptime, verdict)
 from benchmarks.interleave import round_order  # noqa: E402
 
 CONDITIONS = ("none", "empty", "tagger")
+#: between switching condition and a window: the attach's own work done
+SETTLE = 0.02
 
 
 class Ticker:
@@ -103,14 +125,16 @@ class Conditions:
         stack.callback(self._leave)
         self.current = "none"
 
-    def enter(self, cond: str):
+    def enter(self, cond: str, ticker: bool = True):
+        """``ticker=False``: the caller does the reads (the windows method)."""
         self._leave()
         if cond == "empty":
             self._empty = EmptyPrograms(wakeup=False)
         elif cond == "tagger":
             self.collector.probes.attach()
             self.collector.tick()               # counts from here, as a running agent's would
-            self.ticker.start()
+            if ticker:
+                self.ticker.start()
         self.current = cond
 
     def _leave(self):
@@ -121,6 +145,62 @@ class Conditions:
             self._empty.close()
             self._empty = None
         self.current = "none"
+
+
+class PipeRun:
+    """perf bench sched pipe for the whole session, pinned to ``cpu`` at
+    ``nice`` (CFS: SCHED_FIFO for minutes would meet RT throttling), in a
+    process group of its own; :meth:`count` is its parent's switch-ins so
+    far, one per op."""
+
+    def __init__(self, cpu: str | None, nice: int):
+        pin = ["taskset", "-c", cpu] if cpu is not None else []
+        self.proc = subprocess.Popen([*pin, "perf", "bench", "sched", "pipe", "-l", str(2**31 - 1)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=at_nice(nice))
+        self._schedstat = Path(f"/proc/{self.proc.pid}/schedstat")
+
+    def count(self) -> int:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"perf bench sched pipe exited with {self.proc.returncode} under the windows")
+        return int(self._schedstat.read_text().split()[2])
+
+    def close(self):
+        # perf bench's parent and the child it forked: the group this object
+        # started, by its pid.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.proc.poll() is not None:
+                break
+            try:
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+
+
+def window_rate(load: PipeRun, seconds: float, during=None) -> float:
+    """Work per second in the next ``seconds`` (by the clock, whatever the sleep
+    lasted); ``during()`` runs inside the window (the agent's read)."""
+    c0, t0 = load.count(), time.monotonic_ns()
+    if during is not None:
+        during()
+    time.sleep(max(0.0, seconds - (time.monotonic_ns() - t0) / 1e9))
+    c1, t1 = load.count(), time.monotonic_ns()
+    return (c1 - c0) * 1e9 / (t1 - t0)
+
+
+def windows(args, bench: str) -> bool:
+    return bench == "pipe" and args.method == "windows"
+
+
+def reads_every(args) -> int:
+    """One `tagger` window in this many holds a read: one per --tick."""
+    return max(1, round(args.tick / args.window))
+
+
+def rounds_of(args, bench: str) -> int:
+    return args.rounds if bench == "pipe" else args.redis_rounds
 
 
 def run(args, log=print) -> dict:
@@ -140,7 +220,34 @@ def run(args, log=print) -> dict:
                 server = RedisServer(workdir, server_cpu, args.nice)
                 stack.callback(server.close)
 
+            loads: dict = {}
+
+            def long_run(bench):
+                if bench not in loads:
+                    loads[bench] = PipeRun(pipe_cpu, args.nice)
+                    stack.callback(loads[bench].close)
+                    time.sleep(1.0)                  # past its start-up
+                return loads[bench]
+
+            tagger_windows = 0
+
+            def read_now():
+                t0 = time.thread_time()
+                cond.collector.tick()
+                cond.ticker.busy_s += time.thread_time() - t0
+                cond.ticker.ticks += 1
+
             def measure(bench):
+                nonlocal tagger_windows
+                if windows(args, bench):
+                    load = long_run(bench)
+                    time.sleep(SETTLE)
+                    during = None
+                    if cond.current == "tagger":
+                        # The agent reads once per --tick: in one window of so many.
+                        during = read_now if tagger_windows % reads_every(args) == 0 else None
+                        tagger_windows += 1
+                    return window_rate(load, args.window, during)
                 if bench == "pipe":
                     ops = pipe_ops(args.pipe_loops, pipe_cpu, args.nice, args.pipe_fifo)
                     time.sleep(PIPE_PAUSE)          # past RT throttling's window (bench_overhead)
@@ -150,16 +257,19 @@ def run(args, log=print) -> dict:
 
             for bench in args.bench:
                 measure(bench)                       # warm-up
-                for i in range(args.rounds):
+                tagger_windows, rounds = 0, rounds_of(args, bench)
+                for i in range(rounds):
                     rnd = {}
                     for c in round_order(CONDITIONS, i):
-                        cond.enter(c)
+                        cond.enter(c, ticker=not windows(args, bench))
                         rnd[c] = measure(bench)
                     cond.enter("none")
                     out[bench].append(rnd)
-                    if (i + 1) % 10 == 0 or i + 1 == args.rounds:
-                        log(f"{bench} round {i + 1}/{args.rounds}: "
+                    if (i + 1) % (100 if windows(args, bench) else 10) == 0 or i + 1 == rounds:
+                        log(f"{bench} round {i + 1}/{rounds}: "
                             + ", ".join(f"{c} {rnd[c]:.0f}" for c in CONDITIONS))
+                if bench in loads:                   # the next benchmark runs alone
+                    loads.pop(bench).close()
             out["ticks"] = cond.ticker.ticks
             out["tick_cpu_ms"] = 1e3 * cond.ticker.busy_s / max(cond.ticker.ticks, 1)
     finally:
@@ -194,6 +304,35 @@ def table(figs: dict) -> list[str]:
     return rows
 
 
+def what_runs(args, bench: str) -> list[str]:
+    return [f"{bench}: {rounds_of(args, bench)} rounds; each round runs `none`, `empty` and `tagger` once, one run "
+            "each, the order alternating (none, empty, tagger; then tagger, empty, none), switching condition "
+            "in milliseconds (tagger's programs detached and attached again, maps kept)."]
+
+
+def what_windows(args) -> list[str]:
+    return [f"pipe: {args.rounds} rounds under one long run of it; each round is three windows of "
+            f"{args.window:g} s, `none`, `empty` and `tagger`, the order alternating (none, empty, tagger; "
+            "then tagger, empty, none), the condition switched in milliseconds between windows (tagger's "
+            f"programs detached and attached again, maps kept) and {SETTLE * 1e3:.0f} ms left before each. "
+            "A window's figure is the kernel's count of the work done in it over its length by the clock."]
+
+
+def how_runs(args, bench: str, redis_where: str) -> str:
+    if bench == "pipe":
+        return (f"- `perf bench sched pipe -l {args.pipe_loops}`, both ends on CPU {args.pipe_cpu}, "
+                + (f"SCHED_FIFO priority {args.pipe_fifo}" if args.pipe_fifo > 0 else f"nice {args.nice}") + ".")
+    return (f"- `redis-benchmark -t set,get -n {args.redis_requests} -c {args.redis_clients} -P 1` against "
+            f"`redis-server` on loopback, {redis_where}, both at nice {args.nice}; SET+GET is all requests "
+            "over the run's time.")
+
+
+def how_windows(args) -> str:
+    return (f"- `perf bench sched pipe -l {2**31 - 1}`, both ends on CPU {args.pipe_cpu} at nice {args.nice} "
+            "(CFS: SCHED_FIFO for minutes meets RT throttling); ops/s = its parent's switch-ins per second "
+            "(/proc/<pid>/schedstat, one per op).")
+
+
 def report(args, argv, result, figs, started, load_before, load_after) -> str:
     server_cpu, client_cpu = redis_cpus(args.redis_pin)
     redis_where = "unpinned" if server_cpu is None else f"server on CPU {server_cpu}, client on CPU {client_cpu}"
@@ -210,19 +349,14 @@ def report(args, argv, result, figs, started, load_before, load_after) -> str:
         "- the host is shared: other engineers' VMs and tests ran at the same time",
         "",
         "## What was run", "",
-        f"{args.rounds} rounds per benchmark; each round runs `none`, `empty` and `tagger` once, one run "
-        "each, the order alternating (none, empty, tagger; then tagger, empty, none), switching condition "
-        "in milliseconds (tagger's programs detached and attached again, maps kept).",
-        "",
+        *[line for b in args.bench for line in [*(what_windows(args) if windows(args, b) else what_runs(args, b)), ""]],
         "- `tagger`: tagger's programs as the agent loads them (tagger.telemetry.BpfCollector, every cgroup "
-        f"registered), read every {args.tick:g} s while attached ({result['ticks']} reads, "
+        f"registered), read every {args.tick:g} s of its attached time"
+        + (f" (in one `tagger` window of {reads_every(args)} of the pipe)" if windows(args, "pipe")
+           and "pipe" in args.bench else "") + f" ({result['ticks']} reads, "
         f"{result['tick_cpu_ms']:.1f} ms of CPU each); the agent's rules, tags and API are not run "
         "(bench_overhead.py's rounds run the whole agent and give its own CPU).",
-        f"- `perf bench sched pipe -l {args.pipe_loops}`, both ends on CPU {args.pipe_cpu}, "
-        + (f"SCHED_FIFO priority {args.pipe_fifo}" if args.pipe_fifo > 0 else f"nice {args.nice}") + ".",
-        f"- `redis-benchmark -t set,get -n {args.redis_requests} -c {args.redis_clients} -P 1` against "
-        f"`redis-server` on loopback, {redis_where}, both at nice {args.nice}; SET+GET is all requests "
-        "over the run's time.",
+        *[how_windows(args) if windows(args, b) else how_runs(args, b, redis_where) for b in args.bench],
         f"- this process (the reads) at nice {args.nice + AGENT_NICE}, as deploy/tagger.service runs the agent.",
         "",
         "A bar is met or NOT MET only where the median's 95% interval lies on one side of it.",
@@ -234,9 +368,16 @@ def report(args, argv, result, figs, started, load_before, load_after) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=150,
-                    help="rounds per benchmark, each one run of none, empty and tagger (default 150: "
-                         "~5 minutes of pipe, ~10 of redis)")
+    ap.add_argument("--method", choices=("windows", "runs"), default="windows",
+                    help="the pipe's: windows, one long run with the conditions switched under it every "
+                         "--window seconds; runs, one whole run per condition (default windows; redis is "
+                         "always measured by runs)")
+    ap.add_argument("--window", type=float, default=0.2, help="seconds per window of the pipe (default 0.2)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="pipe rounds, each one window (or run) of none, empty and tagger (default 1000 "
+                         "windows, ~12 minutes; or 150 runs, ~5 minutes)")
+    ap.add_argument("--redis-rounds", type=int, default=150,
+                    help="redis rounds, each one run of none, empty and tagger (default 150, ~12 minutes)")
     ap.add_argument("--bench", default="pipe,redis", help="which benchmarks, comma-separated (default pipe,redis)")
     ap.add_argument("--tick", type=float, default=1.0, help="seconds between the reads while attached (default 1)")
     ap.add_argument("--pipe-loops", type=int, default=100000, help="perf bench sched pipe -l (default 100000)")
@@ -254,10 +395,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="the report (default benchmarks/results/overhead_paired.md); '-' for none")
     args = ap.parse_args(argv)
     args.bench = [b.strip() for b in args.bench.split(",") if b.strip()]
+    if args.rounds is None:
+        args.rounds = 1000 if args.method == "windows" else 150
     if not args.bench or set(args.bench) - {"pipe", "redis"}:
         ap.error("--bench: pipe, redis or both")
-    if min(args.rounds, args.pipe_loops, args.redis_requests, args.redis_clients) < 1 or args.tick <= 0:
-        ap.error("--rounds, --pipe-loops, --redis-requests, --redis-clients and --tick must be positive")
+    if min(args.rounds, args.redis_rounds, args.pipe_loops, args.redis_requests, args.redis_clients) < 1 \
+            or min(args.tick, args.window) <= 0:
+        ap.error("--rounds, --redis-rounds, --pipe-loops, --redis-requests, --redis-clients, --tick and "
+                 "--window must be positive")
     if os.geteuid() != 0:
         sys.exit("bench_overhead_paired: needs root (loads BPF programs)")
     for tool in ("perf", "taskset", *(("redis-server", "redis-benchmark") if "redis" in args.bench else ())):
