@@ -380,11 +380,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="redis rounds, each one run of none, empty and tagger (default 150, ~12 minutes)")
     ap.add_argument("--bench", default="pipe,redis", help="which benchmarks, comma-separated (default pipe,redis)")
     ap.add_argument("--tick", type=float, default=1.0, help="seconds between the reads while attached (default 1)")
-    ap.add_argument("--pipe-loops", type=int, default=100000, help="perf bench sched pipe -l (default 100000)")
+    ap.add_argument("--pipe-loops", type=int, default=100000, help="perf bench sched pipe -l, --method runs (default 100000)")
     ap.add_argument("--pipe-cpu", default=str((os.cpu_count() or 1) - 1),
                     help="CPU both pipe ends are pinned to (default: the last)")
     ap.add_argument("--pipe-fifo", type=int, default=10,
-                    help="SCHED_FIFO priority of the pipe pair, 0 for CFS at --nice (default 10)")
+                    help="--method runs: SCHED_FIFO priority of the pipe pair, 0 for CFS at --nice (default 10; "
+                         "windows run it at --nice)")
     ap.add_argument("--redis-requests", type=int, default=60000, help="redis-benchmark -n per test (default 60000)")
     ap.add_argument("--redis-clients", type=int, default=50, help="redis-benchmark -c (default 50)")
     ap.add_argument("--redis-pin", choices=("none", "same", "split"), default="none",
