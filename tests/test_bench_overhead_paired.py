@@ -1,17 +1,19 @@
-"""benchmarks/bench_overhead_paired.py's windows: the long pipe run it counts
-ops in, and that it leaves no process behind.  A real perf bench, briefly."""
+"""benchmarks/bench_overhead_paired.py: the windows' long pipe run (a real
+perf bench, briefly: it counts the ops and leaves no process behind), and
+--pool over saved rounds."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_overhead_paired import PipeRun, window_rate
+from benchmarks.bench_overhead_paired import PipeRun, main, window_rate
 
-pytestmark = pytest.mark.skipif(shutil.which("perf") is None, reason="perf not installed (make deps)")
+needs_perf = pytest.mark.skipif(shutil.which("perf") is None, reason="perf not installed (make deps)")
 
 
 def _children(pid: int) -> list[int]:
@@ -23,6 +25,7 @@ def _pcount(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[2])
 
 
+@needs_perf
 def test_a_window_counts_the_pipes_round_trips_and_close_leaves_nothing():
     run = PipeRun(cpu="0", nice=0)
     try:
@@ -44,3 +47,24 @@ def test_a_window_counts_the_pipes_round_trips_and_close_leaves_nothing():
     assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
     with pytest.raises(RuntimeError, match="exited"):
         run.count()
+
+
+def _raw(path: Path, n: int, empty: float, tagger: float) -> Path:
+    path.write_text(json.dumps({"started": path.stem, "pipe": [{"none": 100.0, "empty": empty, "tagger": tagger}] * n}))
+    return path
+
+
+def test_pool_judges_the_rounds_of_several_runs_together(tmp_path, capsys):
+    # tagger's share above the empty program: 1 point in 10 rounds, 3 in 30.
+    a = _raw(tmp_path / "a.json", 10, empty=99.0, tagger=98.0)
+    b = _raw(tmp_path / "b.json", 30, empty=99.0, tagger=96.0)
+    assert main(["--pool", str(a)]) == 0                 # alone, within the 2-point bar
+    capsys.readouterr()
+    assert main(["--pool", str(a), str(b)]) == 1         # together, over it
+    share = next(line for line in capsys.readouterr().out.splitlines() if "share above" in line)
+    assert "| +3.0 pt |" in share and "| 40 |" in share and "NOT MET" in share
+
+
+def test_pool_of_a_file_that_is_not_there_says_which(tmp_path):
+    with pytest.raises(SystemExit, match="nope.json"):
+        main(["--pool", str(tmp_path / "nope.json")])
