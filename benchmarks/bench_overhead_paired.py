@@ -105,10 +105,14 @@ class Ticker:
 
     def _run(self):
         while not self._stop.wait(self.interval):
-            t0 = time.thread_time()
-            self.collector.tick()
-            self.busy_s += time.thread_time() - t0
-            self.ticks += 1
+            self.read()
+
+    def read(self):
+        """One read, its CPU time counted (the windows method calls it itself)."""
+        t0 = time.thread_time()
+        self.collector.tick()
+        self.busy_s += time.thread_time() - t0
+        self.ticks += 1
 
     def stop(self):
         self._stop.set()
@@ -235,14 +239,6 @@ def run(args, log=print) -> dict:
                     time.sleep(1.0)                  # past its start-up
                 return loads[bench]
 
-            tagger_windows = 0
-
-            def read_now():
-                t0 = time.thread_time()
-                cond.collector.tick()
-                cond.ticker.busy_s += time.thread_time() - t0
-                cond.ticker.ticks += 1
-
             def measure(bench):
                 nonlocal tagger_windows
                 if windows(args, bench):
@@ -251,7 +247,7 @@ def run(args, log=print) -> dict:
                     during = None
                     if cond.current == "tagger":
                         # The agent reads once per --tick: in one window of so many.
-                        during = read_now if tagger_windows % reads_every(args) == 0 else None
+                        during = cond.ticker.read if tagger_windows % reads_every(args) == 0 else None
                         tagger_windows += 1
                     return window_rate(load, args.window, during)
                 if bench == "pipe":
