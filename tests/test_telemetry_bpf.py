@@ -527,8 +527,14 @@ def test_rescan_keeps_a_remade_cgroups_slot(collector, make_cgroup):
     assert collector.path_slot[cg.path] == new_slot
     assert int(collector.slotmap.slot_id[new_slot]) == cg.id
     assert old_slot not in collector.slotmap.slot_path or old_slot == new_slot
+    # The new slot counts: the loop's CPU time, against cpu.stat, over
+    # however long a noisy host takes to give it 0.1 s (not a fixed sleep).
+    totals = Totals(collector, [cg.path])
+    totals.tick()
+    start = _usage_usec(cg)
     cg.spawn(BUSY_LOOP)
-    collector.tick()
-    time.sleep(0.5)
-    snap = collector.tick()
-    assert snap.value(cg.path, "cpu.usage") > 0.05
+    wait_for(lambda: _usage_usec(cg) - start > 100_000, timeout=60, what="the loop to run 0.1 s")
+    _stop_all([cg])
+    totals.tick()
+    kernel_cpu = (_usage_usec(cg) - start) * 1e-6
+    assert totals.cpu_s[cg.path] == pytest.approx(kernel_cpu, rel=0.02)
