@@ -75,10 +75,21 @@ _Static_assert(sizeof(struct tg_oncpu) % 64 == 0 && __builtin_offsetof(struct tg
 	       "struct tg_oncpu: a header line, then the segments");
 struct tg_task tasks[TG_TASKS] SEC(".bss") __attribute__((aligned(64)));
 
+/* Who a task is (its entry's tag mixes in the entry's own fields, so an
+ * entry half written by another CPU does not pass for the task's). */
+static __always_inline __u64 task_ident(struct task_struct *p)
+{
+	return p->start_time ^ ((__u64)p->pid << 44);
+}
+
+static __always_inline __u64 tag_of(__u64 ident, struct tg_task *t)
+{
+	return (ident ^ t->run_delay ^ (t->slot_gen << 7) ^ ((__u64)t->nivcsw << 32 | t->slot)) | 1;
+}
+
 static __always_inline __u64 task_tag(struct task_struct *p, struct tg_task *t)
 {
-	return (p->start_time ^ ((__u64)p->pid << 44) ^ t->run_delay ^ (t->slot_gen << 7) ^
-		((__u64)t->nivcsw << 32 | t->slot)) | 1;
+	return tag_of(task_ident(p), t);
 }
 
 /* One cache line per CPU: each CPU writes only its own. */
@@ -317,7 +328,8 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 	struct tg_global *g = global_of(cpu);
 	struct tg_cg_stats *s, *v = NULL;
 	struct tg_task *t;
-	__u64 queued, run_delay, wait, local, extra = 0;
+	__u32 victim = 0;
+	__u64 ident, queued, run_delay, wait, local, extra = 0;
 	__u64 gen;
 	__u32 cause;
 	bool arrived, seen, moved_asleep;
@@ -326,8 +338,9 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 	bool preempted = prev->pid && prev_state == TASK_RUNNING;
 
 	if (prev->pid && cur->task) {
-		__u32 victim = cur->slot;
 		__u64 runtime = prev->se.sum_exec_runtime, from = cur->since_ns;
+
+		victim = cur->slot;
 
 		if (cur->task != (__u64)prev) {
 			/* prev is not the task whose switch-in this CPU saw last:
@@ -382,7 +395,8 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 		return 0;
 	}
 	t = &tasks[next->pid & (TG_TASKS - 1)];
-	seen = t->tag == task_tag(next, t);
+	ident = task_ident(next);
+	seen = t->tag == tag_of(ident, t);
 	if (!seen) {
 		g->task_cache_miss++;
 		t->slot = 0;
@@ -417,7 +431,7 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 		next->sched_info.pcount == 0 ? TG_CAUSE_NEW : TG_CAUSE_WAKEUP;
 	t->nivcsw = next->nivcsw;
 	t->run_delay = run_delay + local;
-	t->tag = task_tag(next, t);
+	t->tag = tag_of(ident, t);
 	/* Every arrival the kernel counts (sched_info.pcount: the task was
 	 * stamped when queued) is one wait, a wait of 0 ns included: a task
 	 * woken onto an idle CPU is often switched in on the rq clock it was
@@ -432,8 +446,8 @@ static __always_inline int on_switch(bool storage, struct task_struct *prev,
 		arrived = false;
 	}
 	s = NULL;
-	if (preempted || arrived)
-		s = stats_of(cpu, t->slot);
+	if (preempted || arrived)    /* prev's row, when both are of one cgroup */
+		s = v && t->slot == victim ? v : stats_of(cpu, t->slot);
 	if (s) {
 		if (preempted) {
 			s->preempts++;
