@@ -92,7 +92,7 @@ bpf/vmlinux.h: | .stamp-apt
 
 # -mcpu=v3: 32-bit ALU and jumps (kernels 5.1+; we need 5.15), so a 32-bit
 # value needs no shift pair to clear its upper half before each compare.
-# sched_switch costs 12 ns less a call for it (benchmarks/bench_bpf.py).
+# sched_switch's run costs 4-12 ns less for it (bench_bpf.py's storm, paired).
 BPF_CFLAGS  := -g -O2 -Wall -mcpu=v3 -target bpf -D__TARGET_ARCH_$(ARCH) -Ibpf
 
 bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS) bpf/vmlinux.h
