@@ -95,7 +95,8 @@ bpf/vmlinux.h: | .stamp-apt
 # sched_switch's run costs 4-12 ns less for it (bench_bpf.py's storm, paired).
 BPF_CFLAGS  := -g -O2 -Wall -mcpu=v3 -target bpf -D__TARGET_ARCH_$(ARCH) -Ibpf
 
-bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS) bpf/vmlinux.h
+# The Makefile too: a checkout built before a change of BPF_CFLAGS rebuilds.
+bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HEADERS) bpf/vmlinux.h Makefile
 	$(Q)echo "  CLANG   $@"
 	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
