@@ -529,6 +529,9 @@ def test_rescan_keeps_a_remade_cgroups_slot(collector, make_cgroup):
     assert old_slot not in collector.slotmap.slot_path or old_slot == new_slot
     # The new slot counts: the loop's CPU time, against cpu.stat, over
     # however long a noisy host takes to give it 0.1 s (not a fixed sleep).
+    # Only that it counts: the loop's first slice, begun before its move
+    # into the cgroup was seen, is a large part of so short a window (a
+    # 6.12 VM under TCG missed the 2% the 5 s accuracy tests hold to).
     totals = Totals(collector, [cg.path])
     totals.tick()
     start = _usage_usec(cg)
@@ -537,4 +540,4 @@ def test_rescan_keeps_a_remade_cgroups_slot(collector, make_cgroup):
     _stop_all([cg])
     totals.tick()
     kernel_cpu = (_usage_usec(cg) - start) * 1e-6
-    assert totals.cpu_s[cg.path] == pytest.approx(kernel_cpu, rel=0.02)
+    assert 0.5 * kernel_cpu <= totals.cpu_s[cg.path] <= 1.02 * kernel_cpu
