@@ -32,6 +32,14 @@ def read_bytes(cg, dev):
     return 0
 
 
+def window_rate(cg, dev, seconds) -> float:
+    """MiB/s ``cg`` read from ``dev`` over a window of at least ``seconds``: its real length is measured."""
+    b0, t0 = read_bytes(cg, dev), time.monotonic()
+    time.sleep(seconds)
+    b1, t1 = read_bytes(cg, dev), time.monotonic()
+    return (b1 - b0) / (t1 - t0) / MiB
+
+
 @pytest.mark.root
 @pytest.mark.cgroup_v1
 def test_v1_read_limit_holds_on_a_direct_io_reader(make_cgroup, tmp_path):
@@ -52,23 +60,29 @@ def test_v1_read_limit_holds_on_a_direct_io_reader(make_cgroup, tmp_path):
                   "--ioengine=libaio", "--iodepth=8", "--time_based", "--runtime=60", "--size=64M"])
         wait_for(lambda: read_bytes(cg, dev) > 0, timeout=10, what="fio to start reading")
         time.sleep(1.0)                   # past fio's start-up and the first throttle slice
-        b0, t0 = read_bytes(cg, dev), time.monotonic()
-        time.sleep(8.0)                   # a measurement window: its real length is measured
-        b1, t1 = read_bytes(cg, dev), time.monotonic()
-        rate = (b1 - b0) / (t1 - t0) / MiB
-        print(f"\nread limit 10 MiB/s: measured {rate:.2f} MiB/s over {t1 - t0:.1f} s "
-              "(blkio.throttle.io_service_bytes)")
         # blk-throttle counts bytes when a bio is dispatched and carries a slice's
         # budget across slices, so on a loaded host a window can see ~15% more than
-        # the limit; the unlimited rate below is several times the limit.
-        assert 8 <= rate <= 12
+        # the limit. A window can also fall short when the shared disk stalls (CI
+        # saw 6.7 MiB/s once): the ceiling must hold in every window, and one
+        # window of at most three must reach the limit.
+        rates = []
+        for _ in range(3):
+            rates.append(window_rate(cg, dev, 8.0))
+            if rates[-1] >= 8:
+                break
+        print("\nread limit 10 MiB/s: measured " + ", ".join(f"{r:.2f}" for r in rates)
+              + " MiB/s (blkio.throttle.io_service_bytes)")
+        assert max(rates) <= 12
+        assert rates[-1] >= 8
         act.apply(tick(1), {})
         assert (cg.dir("blkio") / "blkio.throttle.read_bps_device").read_text().strip() == ""
-        b0, t0 = read_bytes(cg, dev), time.monotonic()
-        time.sleep(1.0)
-        unlimited = (read_bytes(cg, dev) - b0) / (time.monotonic() - t0) / MiB
-        print(f"limit removed: {unlimited:.1f} MiB/s")
-        assert unlimited > 15
+        windows = []
+        for _ in range(5):
+            windows.append(window_rate(cg, dev, 1.0))
+            if windows[-1] > 15:
+                break
+        print("limit removed: " + ", ".join(f"{w:.1f}" for w in windows) + " MiB/s")
+        assert max(windows) > 15
 
 
 @pytest.mark.root
