@@ -191,9 +191,13 @@ def test_counters_and_histograms_carry_the_time_their_tick_measured_them():
     stamps = {s.timestamp for f in ("tagger_cgroup_runq_latency_seconds",) for s in fams[f].samples}
     assert stamps == {cpu.timestamp}                  # _bucket, _count and _sum alike
     assert samples(fams, "tagger_mem_current_bytes")[0].timestamp is None
-    col = TaggerCollector()
-    col.update(snapshot(["/a"], [1.0], hist=hist), {}, [], {})        # t=1.0: not this host's clock
-    assert samples(exposition(col)[0], "tagger_cgroup_cpu_seconds_total")[0].timestamp is None
+    # Not this host's clock: minutes old (a replayed record), in the future,
+    # negative; and a synthetic t=1.0 once the host has been up past the horizon.
+    now = time.monotonic()
+    for t in [now - 120.0, now + 30.0, -5.0] + ([1.0] if now > 62.0 else []):
+        col = TaggerCollector()
+        col.update(snapshot(["/a"], [1.0], hist=hist, t=t), {}, [], {})
+        assert samples(exposition(col)[0], "tagger_cgroup_cpu_seconds_total")[0].timestamp is None, t
 
 
 def test_cfs_period_counters_only_where_a_quota_ran_a_period():
