@@ -49,6 +49,15 @@ def cpus_used(pid) -> set[int]:
     return out
 
 
+def quota_reached(window, quota: float, tolerance: float, min_periods: int) -> bool:
+    """A window (CPUs used, periods, throttled periods) of busy loops capped at
+    ``quota`` CPUs: the quota used, and the kernel throttling nearly every
+    period (the quota is the cause).  A window the shared host starves falls
+    short on both, so the tests measure up to three and need one."""
+    usage, periods, throttled = window
+    return abs(usage - quota) <= tolerance and periods >= min_periods and throttled >= 0.8 * periods
+
+
 def cpus_allowed(pid) -> str:
     """The task's affinity as the kernel keeps it (/proc/PID/status Cpus_allowed_list)."""
     for line in open(f"/proc/{pid}/status"):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tagger.actions.actuator import Actuator
@@ -52,8 +50,8 @@ def test_v1_cpuset_confines_and_reverts_on_the_real_kernel(make_cgroup, tmp_path
             status = open(f"/proc/{p.pid}/status").read()
             assert f"Cpus_allowed_list:\t{last}\n" in status
         # Where they run: after a scheduler tick or two, only on the last CPU.
-        time.sleep(0.1)
-        assert set().union(*(cpus_used(p.pid) for p in procs)) == {last}
+        wait_for(lambda: set().union(*(cpus_used(p.pid) for p in procs)) == {last}, timeout=10,
+                 what="the loops to run on the last CPU only")
     # Reverted on exit: the parent's CPUs again, and the tasks may use them.
     assert (cg.dir("cpuset") / "cpuset.cpus").read_text().strip() == parent
     for p in procs:

@@ -23,8 +23,8 @@ from tagger.knobs import parse_cpulist
 from tagger.cgroups import Layout
 from tagger.kernelfs import HOST
 from tagger.rules.spec import ActionSet, CpuSpec, IoSpec
-from tests.actuator_helpers import (BUSY, FREE, cpus_allowed, cpus_used, data_disk, start_driver, tick,
-                                    v2_cpu_stat, v2_cpus, wait_line)
+from tests.actuator_helpers import (BUSY, FREE, cpus_allowed, cpus_used, data_disk, quota_reached, start_driver,
+                                    tick, v2_cpu_stat, v2_cpus, wait_line)
 from tests.cgroup_fixture import spawn_in, wait_for
 
 pytestmark = [pytest.mark.cgroup_v2, pytest.mark.root]
@@ -46,6 +46,10 @@ def knob(cg, name) -> str:
 
 # --- cpu.max ---------------------------------------------------------------------------------
 
+def _quota_reached(window) -> bool:
+    return quota_reached(window, 0.3, tolerance=0.05, min_periods=10)       # windows of 3 s
+
+
 def test_cpu_max_holds_and_lifts(make_cgroup, layout, tmp_path):
     """Two busy loops capped at 0.3 CPU: the kernel throttles nearly every period
     and cpu.stat's usage holds the quota; reverted, throttling stops."""
@@ -62,14 +66,21 @@ def test_cpu_max_holds_and_lifts(make_cgroup, layout, tmp_path):
         s0 = v2_cpu_stat(cg)
         wait_for(lambda: v2_cpu_stat(cg)["nr_throttled"] >= s0["nr_throttled"] + 2, timeout=30,
                  what="the quota to throttle")
-        s0 = v2_cpu_stat(cg)
-        [limited] = v2_cpus([cg], 3.0)
-        s1 = v2_cpu_stat(cg)
-        periods, throttled = s1["nr_periods"] - s0["nr_periods"], s1["nr_throttled"] - s0["nr_throttled"]
-        print(f"\ncpu.max 0.3 CPU: measured {limited:.3f} CPU (cpu.stat usage_usec), "
-              f"throttled in {throttled}/{periods} periods")
-        assert abs(limited - 0.3) <= 0.05
-        assert periods >= 10 and throttled >= 0.8 * periods
+        # A guest the host starves cannot use its quota: such a window falls
+        # short (usage and throttles both). The ceiling must hold in every
+        # window; one of at most three must show the quota reached.
+        windows = []
+        for _ in range(3):
+            s0 = v2_cpu_stat(cg)
+            [limited] = v2_cpus([cg], 3.0)
+            s1 = v2_cpu_stat(cg)
+            windows.append((limited, s1["nr_periods"] - s0["nr_periods"], s1["nr_throttled"] - s0["nr_throttled"]))
+            if _quota_reached(windows[-1]):
+                break
+        print("\ncpu.max 0.3 CPU: measured " + ", ".join(f"{u:.3f} CPU throttled in {t}/{p} periods"
+                                                         for u, p, t in windows) + " (cpu.stat)")
+        assert max(u for u, _, _ in windows) <= 0.35
+        assert _quota_reached(windows[-1]), windows
         act.apply(tick(1), {})                # the rule stopped matching
         assert knob(cg, "cpu.max") == "max 100000"
         assert act.entries == {}

@@ -108,7 +108,9 @@ def test_idle_crowd_displaces_only_idle_connections(sock_path):
 
 
 def test_silent_and_idle_connections_are_closed_after_their_timeouts(sock_path):
-    with ApiServer(sock_path, handshake_timeout=0.3, idle_timeout=0.6) as srv:
+    # Timeouts long enough that a stall of the test process between a client's
+    # hello and its subscribe (a loaded host) does not time the watcher out.
+    with ApiServer(sock_path, handshake_timeout=1.0, idle_timeout=2.0) as srv:
         publish_tags(srv)
         silent = [connect(sock_path) for _ in range(5)]           # never say hello
         idle = ApiClient(sock_path, timeout=5)                     # hello, then nothing

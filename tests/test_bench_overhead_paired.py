@@ -5,7 +5,9 @@ perf bench, briefly: it counts the ops and leaves no process behind), and
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -25,6 +27,23 @@ def _pcount(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[2])
 
 
+def _stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "tT"
+
+
+def _paused(run, child: int, read):
+    """``read()`` with the pipe run's process group stopped (SIGSTOP), then resumed."""
+    pgid = os.getpgid(run.proc.pid)
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 30
+        while not (_stopped(run.proc.pid) and _stopped(child)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return read()
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+
+
 @needs_perf
 def test_a_window_counts_the_pipes_round_trips_and_close_leaves_nothing():
     run = PipeRun(cpu="0", nice=0)
@@ -35,9 +54,11 @@ def test_a_window_counts_the_pipes_round_trips_and_close_leaves_nothing():
         (child,) = _children(run.proc.pid)
         # Each op is one write and one blocking read at each end: the parent's
         # switch-ins (what a window counts) and the child's move together.
-        p0, c0 = run.count(), _pcount(child)
+        # Each pair is read with the pipe stopped: at 100k ops/s, the test
+        # descheduled between the two reads would see them apart.
+        p0, c0 = _paused(run, child, lambda: (run.count(), _pcount(child)))
         rate = window_rate(run, 0.3)
-        p1, c1 = run.count(), _pcount(child)
+        p1, c1 = _paused(run, child, lambda: (run.count(), _pcount(child)))
         assert rate > 1000
         assert p1 - p0 > 300
         assert abs((p1 - p0) - (c1 - c0)) <= 0.02 * (p1 - p0) + 2

@@ -109,7 +109,7 @@ def test_stream_is_capped(redis_server):
 def test_outage_never_stalls_and_recovers(redis_server):
     r = redis_server.client
     pub = RedisPublisher(f"redis://127.0.0.1:{redis_server.port}", host="n", queue_size=50,
-                         backoff=(0.05, 0.2), timeout=0.5).start()
+                         backoff=(0.05, 0.2), timeout=2.0).start()
     try:
         pub.publish(TickReport(tags=tagset(**{"/old": {"k": "v"}}), events=[TagEvent(0.0, "/old", "k", "v", None, "r", "added")]))
         wait_for(lambda: r.exists("tagger:n:tags:/old"), timeout=5, what="first write")
@@ -120,7 +120,11 @@ def test_outage_never_stalls_and_recovers(redis_server):
             t0 = time.perf_counter()
             pub.publish(TickReport(tags=tagset(**{"/new": {"k": str(i)}}), events=[TagEvent(float(i + 1), "/new", "k", str(i), None, "r", "changed")]))
             worst = max(worst, time.perf_counter() - t0)
-        assert worst < 0.05, f"publish blocked {worst:.3f}s during the outage"
+        # Far below the socket timeout a publish waiting on Redis would take;
+        # not so low that a descheduled test process (a GC pause, another
+        # tenant) fails it.  The timeout is long so that a slow reply on a
+        # loaded host is not re-sent: the stream must hold exactly 50 below.
+        assert worst < 0.25, f"publish blocked {worst:.3f}s during the outage"
         wait_for(lambda: pub.stats["connected"] == 0, timeout=5, what="outage noticed")
         assert pub.stats["dropped"] >= 150                    # bounded queue: drop + count
 
@@ -140,7 +144,7 @@ def test_unreachable_at_start_is_not_fatal():
     try:
         t0 = time.perf_counter()
         pub.publish(TickReport(tags=tagset(**{"/a": {"k": "v"}}), events=[]))
-        assert time.perf_counter() - t0 < 0.05
+        assert time.perf_counter() - t0 < 0.1             # half the socket timeout: not waited on
         time.sleep(0.2)
         assert pub.stats["connected"] == 0
     finally:

@@ -213,8 +213,11 @@ def test_tasks_on_one_entry_of_the_task_table_keep_their_own_counts(collector, m
     totals.tick()
     # Different rates, so counts that went to the other's cgroup would show.
     pa = a.spawn([sys.executable, "-c", "import time\nwhile True: time.sleep(0.002)"])
-    pb = _spawn_with_pid(b, [sys.executable, "-c", "import time\nwhile True: time.sleep(0.005)"],
-                         pa.pid + pid_room)
+    # One table apart, above a's pid or (near pid_max) below it.
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    other = pa.pid + pid_room if pa.pid + pid_room < pid_max else pa.pid - pid_room
+    assert other > 300, f"no pid one table ({pid_room}) from {pa.pid} below pid_max {pid_max}"
+    pb = _spawn_with_pid(b, [sys.executable, "-c", "import time\nwhile True: time.sleep(0.005)"], other)
     pids = {a.path: pa.pid, b.path: pb.pid}
     wait_for(lambda: min(thread_arrivals([p]) for p in pids.values()) > 50, timeout=20,
              what="the sleepers to run")
@@ -398,16 +401,31 @@ def test_preemption_pairs_name_the_preemptor(collector, make_cgroup):
     totals.tick()
     cpu = str(os.cpu_count() - 1)
     victim.spawn(["taskset", "-c", cpu] + BUSY_LOOP)
-    hog.spawn(["cyclictest", "-q", "-t1", "-p", "80", "-i", "1000", "-a", cpu, "-D", "10"])
-    totals.run(2.0)
-    by = totals.preempted_by[victim.path]
-    print({k: round(v) for k, v in by.items()})
-    assert by, "no preemption of the victim was seen"
-    # Kernel threads live in the root cgroup and preempt everyone on a busy
-    # host; among workloads, the real-time task is the one.
-    workloads = {path: n for path, n in by.items() if path != "/"}
-    assert max(workloads, key=workloads.get) == hog.path
-    assert by[hog.path] > 200          # ~1000 wakeups/s over 2 s, fewer on a busy host
+    hog.spawn(["cyclictest", "-q", "-t1", "-p", "80", "-i", "1000", "-a", cpu, "-D", "30"])
+
+    def rt_on_top(by):
+        # Kernel threads live in the root cgroup and preempt everyone on a busy
+        # host; among workloads, the real-time task is the one.
+        workloads = {path: n for path, n in by.items() if path != "/"}
+        return bool(workloads) and max(workloads, key=workloads.get) == hog.path \
+            and by[hog.path] > 200     # ~1000 wakeups/s over 2 s, fewer on a busy host
+
+    # Windows of 2 s, from cyclictest's start: another tenant's busy task on
+    # that CPU preempts the victim every slice too, and can outnumber a
+    # cyclictest still starting up.  One window of at most three must show
+    # the real-time task on top; a preemptor credited to the wrong cgroup
+    # fails every one.
+    seen = []
+    for _ in range(3):
+        totals.preempted_by[victim.path] = {}
+        totals.run(2.0)
+        by = totals.preempted_by[victim.path]
+        seen.append({k: round(v) for k, v in by.items()})
+        if rt_on_top(by):
+            break
+    print(seen)
+    assert any(seen), "no preemption of the victim was seen"
+    assert rt_on_top(by), seen
 
 
 def test_cgroups_appear_and_vanish_between_ticks(collector, make_cgroup):
