@@ -178,7 +178,10 @@ class PipeRun:
 
     def close(self):
         # perf bench's parent and the child it forked: the group this object
-        # started, by its pid.
+        # started, by its pid.  The parent is waited for; the child, reparented
+        # as the parent dies, may still be dying then: it is waited for too
+        # (by its pid, remembered before the kill), so nothing runs on after.
+        kids = children_of(self.proc.pid) if self.proc.poll() is None else []
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if self.proc.poll() is not None:
                 break
@@ -187,6 +190,36 @@ class PipeRun:
                 self.proc.wait(timeout=10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(k) for k in kids):
+            for k in kids:
+                if _running(k):
+                    try:
+                        os.kill(k, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.01)
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes ``pid`` forked that are still its children."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def proc_state(pid: int) -> str | None:
+    """``pid``'s state letter (/proc/PID/stat: R, S, T, Z, ...), None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (one is gone but for its exit status)."""
+    return proc_state(pid) not in (None, "Z")
 
 
 def window_rate(load: PipeRun, seconds: float, during=None) -> float:

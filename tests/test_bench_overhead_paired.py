@@ -13,14 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_overhead_paired import PipeRun, main, window_rate
+from benchmarks.bench_overhead_paired import PipeRun, children_of, main, proc_state, window_rate
 
 needs_perf = pytest.mark.skipif(shutil.which("perf") is None, reason="perf not installed (make deps)")
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(c) for c in path.read_text().split()] if path.exists() else []
 
 
 def _pcount(pid: int) -> int:
@@ -28,7 +23,7 @@ def _pcount(pid: int) -> int:
 
 
 def _stopped(pid: int) -> bool:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "tT"
+    return proc_state(pid) in ("t", "T")
 
 
 def _paused(run, child: int, read):
@@ -49,9 +44,9 @@ def test_a_window_counts_the_pipes_round_trips_and_close_leaves_nothing():
     run = PipeRun(cpu="0", nice=0)
     try:
         deadline = time.monotonic() + 30
-        while not _children(run.proc.pid) and time.monotonic() < deadline:
+        while not children_of(run.proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        (child,) = _children(run.proc.pid)
+        (child,) = children_of(run.proc.pid)
         # Each op is one write and one blocking read at each end: the parent's
         # switch-ins (what a window counts) and the child's move together.
         # Each pair is read with the pipe stopped: at 100k ops/s, the test
@@ -65,7 +60,7 @@ def test_a_window_counts_the_pipes_round_trips_and_close_leaves_nothing():
     finally:
         run.close()
     assert run.proc.poll() is not None
-    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    assert proc_state(child) in (None, "Z")             # gone, or gone but for its exit status
     with pytest.raises(RuntimeError, match="exited"):
         run.count()
 
